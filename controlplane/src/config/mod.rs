@@ -1,0 +1,312 @@
+//! The control plane's config file (`controlplane.toml`, SPEC §5): typed, defaulted,
+//! validated; loaded with the data plane's strict machinery so both report alike.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dataplane::config::{parse_toml, read_file};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+pub use dataplane::config::{load_token, ConfigError, TlsMode};
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub grpc: GrpcConfig,
+    pub api: ApiConfig,
+    pub routing: RoutingConfig,
+    pub mapping: MappingConfig,
+    pub cache: CacheConfig,
+    pub breaker: BreakerConfig,
+    pub destination: BTreeMap<String, DestinationConfig>,
+}
+
+impl Config {
+    /// Parses and validates; every problem is reported at once.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        parse_toml(s, validate::validate)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::from_toml_str(&read_file(path)?)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub log_level: String,
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// How often nodes send their reports (pushed to them in Welcome).
+    #[serde(with = "humantime_serde")]
+    pub report_interval: Duration,
+    /// Heartbeats both ways; a node silent for 3 intervals is stale.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            log_level: "info".into(),
+            metrics_interval: Duration::from_secs(60),
+            report_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct GrpcConfig {
+    pub bind: SocketAddr,
+    pub node_token_file: Option<PathBuf>,
+    pub node_token_env: String,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            node_token_file: None,
+            node_token_env: "SWITCHYARD_NODE_TOKEN".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    pub bind: SocketAddr,
+    pub bearer_token_file: Option<PathBuf>,
+    pub bearer_token_env: String,
+    /// How long a PUT, move or reset waits for node acks before answering.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7480)),
+            bearer_token_file: None,
+            bearer_token_env: "SWITCHYARD_ADMIN_TOKEN".into(),
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RoutingConfig {
+    /// Where unmapped accounts go; required (checked by validation, so that a missing
+    /// value is reported together with everything else).
+    pub default_destination: String,
+    pub master_user_separators: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            default_destination: String::new(),
+            master_user_separators: vec!["%".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default)]
+pub struct MappingConfig {
+    pub source: MappingSource,
+    pub normalize: Normalize,
+    pub sqlite: SqliteConfig,
+    pub file: Option<FileConfig>,
+}
+
+/// Where mappings live. `postgres` and `redis` are part of the product's key space but
+/// not built yet: naming them gives a clear problem rather than "unknown variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MappingSource {
+    #[default]
+    Sqlite,
+    File,
+}
+
+impl MappingSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MappingSource::Sqlite => "sqlite",
+            MappingSource::File => "file",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MappingSource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "sqlite" => Ok(MappingSource::Sqlite),
+            "file" => Ok(MappingSource::File),
+            "postgres" | "redis" => Err(D::Error::custom(format!(
+                "source {name:?} is not supported yet; use \"sqlite\" or \"file\""
+            ))),
+            _ => Err(D::Error::unknown_variant(&name, &["sqlite", "file"])),
+        }
+    }
+}
+
+/// How an identifier becomes a route key after the master-user cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalize {
+    #[default]
+    Lowercase,
+    None,
+}
+
+impl Normalize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Normalize::Lowercase => "lowercase",
+            Normalize::None => "none",
+        }
+    }
+
+    pub fn apply(self, key: &str) -> String {
+        match self {
+            Normalize::Lowercase => key.to_lowercase(),
+            Normalize::None => key.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            path: "switchyard-mappings.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FileConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    #[serde(with = "humantime_serde")]
+    pub positive_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    pub max_entries: u64,
+    /// How long past its TTL a node may serve a cached route while the control plane is
+    /// unreachable; zero disables stale answers.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            positive_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(30),
+            max_entries: 1_000_000,
+            max_stale: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct BreakerConfig {
+    pub failure_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub connect_retries: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            connect_retries: 1,
+        }
+    }
+}
+
+/// One `[destination.<id>]`: a backend that accounts are routed to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DestinationConfig {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub forwarding: Forwarding,
+    /// May credentials cross a `tls = "plain"` backend leg? If not, the node refuses
+    /// such logins at login time (the config itself stays valid).
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+    /// Keyed by protocol name (`imap`, `pop3`, ...).
+    #[serde(default)]
+    pub protocol: BTreeMap<String, EndpointConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    #[default]
+    None,
+    Proxy,
+    Xclient,
+}
+
+impl Forwarding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarding::None => "none",
+            Forwarding::Proxy => "proxy",
+            Forwarding::Xclient => "xclient",
+        }
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct EndpointConfig {
+    pub port: u16,
+    /// Defaults to `starttls` so that an endpoint written without `tls` never sends
+    /// credentials in clear.
+    #[serde(default = "starttls")]
+    pub tls: TlsMode,
+}
+
+fn starttls() -> TlsMode {
+    TlsMode::Starttls
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! Checks on a parsed `controlplane.toml` that types alone cannot express.
+
+use dataplane::config::{check_log_level, check_positive, key_path, Problems, Protocol};
+
+use super::{Config, DestinationConfig, MappingSource};
+
+pub(super) fn validate(config: &Config, p: &mut Problems) {
+    let server = &config.server;
+    check_log_level("server.log_level", &server.log_level, p);
+    check_positive("server.metrics_interval", server.metrics_interval, p);
+    check_positive("server.report_interval", server.report_interval, p);
+    check_positive("server.heartbeat_interval", server.heartbeat_interval, p);
+
+    if config.grpc.node_token_env.is_empty() {
+        p.push("grpc.node_token_env", "must not be empty");
+    }
+    if config.api.bearer_token_env.is_empty() {
+        p.push("api.bearer_token_env", "must not be empty");
+    }
+    check_positive("api.ack_timeout", config.api.ack_timeout, p);
+    // Port 0 (ephemeral, used by tests) never conflicts.
+    if config.api.bind == config.grpc.bind && config.api.bind.port() != 0 {
+        p.push(
+            "api.bind",
+            format!("{} is already bound by grpc.bind", config.api.bind),
+        );
+    }
+
+    check_routing(config, p);
+    check_mapping(config, p);
+    check_cache_and_breaker(config, p);
+
+    if config.destination.is_empty() {
+        p.push("destination", "at least one [destination.<id>] is required");
+    }
+    for (id, destination) in &config.destination {
+        check_destination(&key_path("destination", id), id, destination, p);
+    }
+}
+
+fn check_routing(config: &Config, p: &mut Problems) {
+    let routing = &config.routing;
+    let default = &routing.default_destination;
+    if default.is_empty() {
+        p.push("routing.default_destination", "is required");
+    } else if !config.destination.contains_key(default) {
+        p.push(
+            "routing.default_destination",
+            format!("{default:?} is not a declared [destination.<id>]"),
+        );
+    }
+    for (i, sep) in routing.master_user_separators.iter().enumerate() {
+        if sep.is_empty() {
+            p.push(
+                format!("routing.master_user_separators[{i}]"),
+                "must not be empty",
+            );
+        }
+    }
+}
+
+fn check_mapping(config: &Config, p: &mut Problems) {
+    let mapping = &config.mapping;
+    match mapping.source {
+        MappingSource::Sqlite if mapping.sqlite.path.as_os_str().is_empty() => {
+            p.push("mapping.sqlite.path", "must not be empty");
+        }
+        MappingSource::File => match &mapping.file {
+            None => p.push(
+                "mapping.file",
+                "[mapping.file] path is required when source = \"file\"",
+            ),
+            Some(file) if file.path.as_os_str().is_empty() => {
+                p.push("mapping.file.path", "must not be empty")
+            }
+            Some(_) => {}
+        },
+        MappingSource::Sqlite => {}
+    }
+}
+
+fn check_cache_and_breaker(config: &Config, p: &mut Problems) {
+    let cache = &config.cache;
+    check_positive("cache.positive_ttl", cache.positive_ttl, p);
+    check_positive("cache.negative_ttl", cache.negative_ttl, p);
+    if cache.max_entries == 0 {
+        p.push("cache.max_entries", "must be at least 1");
+    }
+    let breaker = &config.breaker;
+    if breaker.failure_threshold == 0 {
+        p.push("breaker.failure_threshold", "must be at least 1");
+    }
+    check_positive("breaker.cooldown", breaker.cooldown, p);
+    check_positive("breaker.connect_timeout", breaker.connect_timeout, p);
+}
+
+/// Destination ids travel in API paths and query strings, metrics and logs, so they are
+/// kept to characters that need no escaping anywhere.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check_destination(at: &str, id: &str, d: &DestinationConfig, p: &mut Problems) {
+    if !valid_id(id) {
+        p.push(
+            at,
+            "destination ids may use only letters, digits, '-', '_' and '.'",
+        );
+    }
+    if d.host.trim().is_empty() {
+        p.push(key_path(at, "host"), "is required");
+    }
+    let protocols = key_path(at, "protocol");
+    if d.protocol.is_empty() {
+        p.push(
+            &protocols,
+            "at least one [destination.<id>.protocol.<protocol>] is required",
+        );
+    }
+    for (name, endpoint) in &d.protocol {
+        let at = key_path(&protocols, name);
+        if Protocol::from_name(name).is_none() {
+            let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
+            p.push(
+                &at,
+                format!("unknown protocol; expected one of {}", known.join(", ")),
+            );
+        }
+        if endpoint.port == 0 {
+            p.push(key_path(&at, "port"), "must be 1..=65535");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Switchyard control plane: owns the mapping store, serves nodes over gRPC and operators
+//! over the management API.
+//!
+//! `main.rs` loads the config, calls [`bind`] (fail fast) and [`run`]; tests do the same
+//! with port 0.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod grpc;
+pub mod metrics;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::state::Shared;
+use crate::store::Store;
+
+/// The control plane's sockets, bound before anything starts.
+pub struct Bound {
+    pub grpc: TcpListener,
+    pub api: TcpListener,
+}
+
+impl Bound {
+    pub fn grpc_addr(&self) -> Result<SocketAddr> {
+        Ok(self.grpc.local_addr()?)
+    }
+
+    pub fn api_addr(&self) -> Result<SocketAddr> {
+        Ok(self.api.local_addr()?)
+    }
+}
+
+pub async fn bind(config: &Config) -> Result<Bound> {
+    let grpc = TcpListener::bind(config.grpc.bind)
+        .await
+        .map_err(|e| Error::Config(format!("grpc: cannot bind {}: {e}", config.grpc.bind)))?;
+    let api = TcpListener::bind(config.api.bind)
+        .await
+        .map_err(|e| Error::Config(format!("api: cannot bind {}: {e}", config.api.bind)))?;
+    tracing::info!(addr = %grpc.local_addr()?, "grpc listening");
+    tracing::info!(addr = %api.local_addr()?, "management api listening");
+    Ok(Bound { grpc, api })
+}
+
+/// The secrets the control plane needs, loaded by `main` (files or environment).
+pub struct Secrets {
+    pub node_token: String,
+    pub admin_token: String,
+}
+
+impl Secrets {
+    /// Loads both tokens; each is required, and the admin token must be long enough.
+    pub fn load(config: &Config) -> Result<Secrets> {
+        let load = |file: Option<&std::path::Path>, env: &str, what: &str| {
+            config::load_token(file, env)
+                .map_err(|e| Error::Config(e.to_string()))?
+                .ok_or_else(|| Error::Config(format!("{what} is required: set its file in the config or {env}")))
+        };
+        let node_token = load(config.grpc.node_token_file.as_deref(), &config.grpc.node_token_env, "the node token")?;
+        let admin_token = load(config.api.bearer_token_file.as_deref(), &config.api.bearer_token_env, "the admin token")?;
+        if admin_token.len() < api::MIN_TOKEN_LEN {
+            return Err(Error::Config(format!("the admin token must be at least {} characters", api::MIN_TOKEN_LEN)));
+        }
+        Ok(Secrets { node_token, admin_token })
+    }
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: CancellationToken) -> Result<()> {
+    let store = Store::open(&config.mapping).await?;
+    tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision = store.revision().await?, "mapping store open");
+    let metrics_interval = config.server.metrics_interval;
+    let shared = Shared::new(config, store);
+    let tasks = TaskTracker::new();
+    tasks.spawn(metrics::run(Arc::clone(&shared.fleet), metrics_interval, shutdown.clone()));
+    let api = axum::serve(bound.api, api::router(Arc::clone(&shared), secrets.admin_token))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tasks.spawn(async move {
+        if let Err(e) = api.await {
+            tracing::error!(error = %e, "management api failed");
+        }
+    });
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(grpc::server(Arc::clone(&shared), secrets.node_token))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(bound.grpc), shutdown.clone().cancelled_owned());
+    tasks.spawn(async move {
+        if let Err(e) = grpc.await {
+            tracing::error!(error = %e, "grpc server failed");
+        }
+    });
+    tasks.close();
+    shutdown.cancelled().await;
+    tasks.wait().await;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! `controlplane --config FILE [--check]`: load, validate, bind, run.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "Switchyard control plane")]
+struct Args {
+    /// Path to controlplane.toml
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Validate the config and exit
+    #[arg(long)]
+    check: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = controlplane::config::Config::load(&args.config)?;
+    if args.check {
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
+    dataplane::telemetry::init(&config.server.log_level);
+    let secrets = controlplane::Secrets::load(&config)?;
+    let bound = controlplane::bind(&config).await.context("binding listeners")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(dataplane::telemetry::shutdown_on_signal(shutdown.clone()));
+    controlplane::run(config, bound, secrets, shutdown).await?;
+    Ok(())
+}

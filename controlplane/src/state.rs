@@ -1,0 +1,177 @@
+//! What the gRPC service and the management API share: the store, the fleet, the fleet
+//! settings pushed to nodes, and the one path by which a mapping changes.
+
+use std::sync::Arc;
+
+use dataplane::routekey::{redact, RouteKeyRule};
+use switchyard_proto::v1 as pb;
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::fleet::{Fleet, NodeResult};
+use crate::store::Store;
+
+pub struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub fleet: Arc<Fleet>,
+    pub settings: pb::FleetSettings,
+    pub rule: RouteKeyRule,
+    /// Serializes write → push and Welcome → register, so every node sees revisions in order.
+    pub writes: Mutex<()>,
+}
+
+/// How one identifier resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub key: String,
+    pub destination: String,
+    pub mapped: bool,
+}
+
+/// A mapping change and how far it reached.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub revision: u64,
+    pub nodes: Vec<NodeResult>,
+}
+
+impl Shared {
+    pub fn new(config: Config, store: Store) -> Arc<Self> {
+        let settings = fleet_settings(&config);
+        let rule = RouteKeyRule {
+            master_user_separators: config.routing.master_user_separators.clone(),
+            lowercase: config.mapping.normalize == crate::config::Normalize::Lowercase,
+        };
+        let fleet = Fleet::new(config.server.heartbeat_interval);
+        Arc::new(Self { config, store, fleet, settings, rule, writes: Mutex::new(()) })
+    }
+
+    pub fn epoch(&self) -> &str {
+        self.store.epoch()
+    }
+
+    pub fn is_declared(&self, destination: &str) -> bool {
+        self.config.destination.contains_key(destination)
+    }
+
+    /// Answers for a route key. A store error is an error, never the default destination.
+    pub async fn resolve(&self, key: &str) -> Result<Resolution> {
+        let default = &self.config.routing.default_destination;
+        let (destination, mapped) = match self.store.get(key).await? {
+            Some(d) if self.is_declared(&d) => (d, true),
+            Some(d) => {
+                tracing::warn!(account = %redact(key), destination = %d, "mapping store names an undeclared destination; using the default");
+                (default.clone(), false)
+            }
+            None => (default.clone(), false),
+        };
+        Ok(Resolution { key: key.to_string(), destination, mapped })
+    }
+
+    /// Writes (or with `None` removes) one mapping, pushes it to every node and waits for
+    /// their acks, so their caches no longer hold the old answer when this returns.
+    pub async fn write(&self, key: &str, destination: Option<&str>) -> Result<Option<Written>> {
+        if let Some(d) = destination.filter(|d| !self.is_declared(d)) {
+            return Err(Error::BadRequest(format!("destination {d:?} is not declared")));
+        }
+        let guard = self.writes.lock().await;
+        let revision = match destination {
+            Some(d) => Some(self.store.put(key, d).await?),
+            None => self.store.delete(key).await?,
+        };
+        let Some(revision) = revision else {
+            return Ok(None);
+        };
+        let change = match destination {
+            Some(d) => pb::route_change::Change::Upsert(d.to_string()),
+            None => pb::route_change::Change::Remove(true),
+        };
+        let update = pb::RouteUpdate {
+            epoch: self.epoch().to_string(),
+            revision,
+            changes: vec![pb::RouteChange { key: key.to_string(), change: Some(change) }],
+        };
+        self.fleet.push(update).await;
+        drop(guard);
+        let nodes = self.fleet.wait_applied(self.epoch(), revision, self.config.api.ack_timeout).await;
+        Ok(Some(Written { revision, nodes }))
+    }
+
+    /// The Welcome for a node that last applied `(epoch, revision)`, and the changes to
+    /// replay after it. A node that cannot catch up by replay is told to flush its cache.
+    pub async fn welcome(&self, epoch: &str, last: u64) -> Result<(pb::Welcome, Option<pb::RouteUpdate>)> {
+        const MAX_REPLAY: usize = 10_000;
+        let current = self.store.revision().await?;
+        let replay = if epoch == self.epoch() && last <= current {
+            self.store.changes_since(last, MAX_REPLAY).await?.filter(|c| c.len() < MAX_REPLAY)
+        } else {
+            None
+        };
+        let welcome = pb::Welcome {
+            epoch: self.epoch().to_string(),
+            revision: current,
+            settings: Some(self.settings.clone()),
+            flush_cache: replay.is_none(),
+        };
+        let update = replay.filter(|c| !c.is_empty()).map(|changes| pb::RouteUpdate {
+            epoch: self.epoch().to_string(),
+            revision: current,
+            changes: changes
+                .into_iter()
+                .map(|c| pb::RouteChange {
+                    key: c.key,
+                    change: Some(match c.destination {
+                        Some(d) => pb::route_change::Change::Upsert(d),
+                        None => pb::route_change::Change::Remove(true),
+                    }),
+                })
+                .collect(),
+        });
+        Ok((welcome, update))
+    }
+}
+
+/// The settings every node gets in its Welcome, from the control plane's own config.
+fn fleet_settings(config: &Config) -> pb::FleetSettings {
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    pb::FleetSettings {
+        destinations: config
+            .destination
+            .iter()
+            .map(|(id, d)| pb::Destination {
+                id: id.clone(),
+                host: d.host.clone(),
+                forwarding: d.forwarding.as_str().to_string(),
+                allow_plaintext_auth: d.allow_plaintext_auth,
+                endpoints: d
+                    .protocol
+                    .iter()
+                    .map(|(protocol, e)| pb::Endpoint {
+                        protocol: protocol.clone(),
+                        port: u32::from(e.port),
+                        tls: e.tls.as_str().to_string(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        default_destination: config.routing.default_destination.clone(),
+        master_user_separators: config.routing.master_user_separators.clone(),
+        normalize: config.mapping.normalize.as_str().to_string(),
+        cache: Some(pb::CacheSettings {
+            positive_ttl_ms: ms(config.cache.positive_ttl),
+            negative_ttl_ms: ms(config.cache.negative_ttl),
+            max_entries: config.cache.max_entries,
+            max_stale_ms: ms(config.cache.max_stale),
+        }),
+        breaker: Some(pb::BreakerSettings {
+            failure_threshold: config.breaker.failure_threshold,
+            cooldown_ms: ms(config.breaker.cooldown),
+            connect_timeout_ms: ms(config.breaker.connect_timeout),
+            connect_retries: config.breaker.connect_retries,
+        }),
+        report_interval_ms: ms(config.server.report_interval),
+        heartbeat_interval_ms: ms(config.server.heartbeat_interval),
+    }
+}

@@ -1,0 +1,374 @@
+//! The embedded SQLite mapping store: mappings plus an append-only change log whose row
+//! id is the revision, so revisions stay monotonic across restarts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{to_i64, Change, Mapping, StoreError};
+
+/// `AUTOINCREMENT` keeps revision numbers from being reused even if old changes are ever
+/// trimmed; `meta` holds the epoch and the schema version.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mappings (
+    key TEXT PRIMARY KEY,
+    destination TEXT NOT NULL,
+    updated_revision INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes (
+    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    destination TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+const SCHEMA_VERSION: &str = "1";
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    epoch: Arc<str>,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        // FULL sync: a write acknowledged to a node must survive a power cut, or the
+        // revision counter could go back and reuse numbers nodes have already applied.
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        let version = meta(&pool, "schema_version", SCHEMA_VERSION).await?;
+        if version != SCHEMA_VERSION {
+            return Err(StoreError::Unavailable(format!(
+                "{}: schema version {version} is not supported (expected {SCHEMA_VERSION})",
+                path.display()
+            )));
+        }
+        // Generated once with the database, so a restarted control plane keeps it and
+        // nodes keep their caches.
+        let epoch = meta(&pool, "epoch", &uuid::Uuid::new_v4().to_string()).await?;
+        Ok(SqliteStore {
+            pool,
+            epoch: epoch.into(),
+        })
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let destination = sqlx::query_scalar("SELECT destination FROM mappings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(destination)
+    }
+
+    /// The mapping and its change row are written in one transaction, so the log never
+    /// disagrees with the table.
+    pub async fn put(&self, key: &str, destination: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar(
+            "INSERT INTO changes (key, destination) VALUES (?, ?) RETURNING revision",
+        )
+        .bind(key)
+        .bind(destination)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO mappings (key, destination, updated_revision) VALUES (?, ?, ?)
+             ON CONFLICT (key) DO UPDATE SET
+                 destination = excluded.destination,
+                 updated_revision = excluded.updated_revision",
+        )
+        .bind(key)
+        .bind(destination)
+        .bind(revision)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(revision as u64)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query("DELETE FROM mappings WHERE key = ?")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let revision: i64 = sqlx::query_scalar(
+            "INSERT INTO changes (key, destination) VALUES (?, NULL) RETURNING revision",
+        )
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(revision as u64))
+    }
+
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Mapping>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, destination FROM mappings
+             WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2",
+        )
+        .bind(after)
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mappings = rows
+            .iter()
+            .map(|r| {
+                Ok(Mapping {
+                    key: r.try_get(0)?,
+                    destination: r.try_get(1)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(mappings)
+    }
+
+    /// Read from `sqlite_sequence`, not `MAX(revision)`, so that it stays right even if
+    /// the change log is ever trimmed.
+    pub async fn revision(&self) -> Result<u64, StoreError> {
+        let revision: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(revision as u64)
+    }
+
+    pub async fn changes_since(
+        &self,
+        revision: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<Change>>, StoreError> {
+        let current = self.revision().await?;
+        if revision > current {
+            return Ok(None);
+        }
+        if revision == current {
+            return Ok(Some(Vec::new()));
+        }
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(revision) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        if !oldest.is_some_and(|o| o as u64 <= revision + 1) {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT revision, key, destination FROM changes
+             WHERE revision > ? ORDER BY revision LIMIT ?",
+        )
+        .bind(to_i64(revision))
+        .bind(to_i64(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let changes = rows
+            .iter()
+            .map(|r| {
+                Ok(Change {
+                    revision: r.try_get::<i64, _>(0)? as u64,
+                    key: r.try_get(1)?,
+                    destination: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Some(changes))
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Closes the pool, waiting for connections to finish (tests reopen the file).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The `meta` value for `name`, storing `initial` first if there is none yet.
+async fn meta(pool: &SqlitePool, name: &str, initial: &str) -> Result<String, StoreError> {
+    sqlx::query("INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)")
+        .bind(name)
+        .bind(initial)
+        .execute(pool)
+        .await?;
+    let value = sqlx::query_scalar("SELECT value FROM meta WHERE name = ?")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("nested/dir/mappings.db"))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn put_get_delete_with_monotonic_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        assert_eq!(store.revision().await.unwrap(), 0);
+        assert_eq!(store.get("alice").await.unwrap(), None);
+        assert_eq!(store.put("alice", "new").await.unwrap(), 1);
+        assert_eq!(store.put("bob", "legacy").await.unwrap(), 2);
+        // Rewriting the same value is still a write: it bumps the revision.
+        assert_eq!(store.put("alice", "new").await.unwrap(), 3);
+        assert_eq!(store.put("alice", "legacy").await.unwrap(), 4);
+        assert_eq!(store.get("alice").await.unwrap().as_deref(), Some("legacy"));
+        assert_eq!(store.delete("alice").await.unwrap(), Some(5));
+        assert_eq!(store.delete("alice").await.unwrap(), None);
+        assert_eq!(store.get("alice").await.unwrap(), None);
+        assert_eq!(store.revision().await.unwrap(), 5);
+        // Keys are stored as given; normalizing is the caller's job.
+        store.put("Carol", "new").await.unwrap();
+        assert_eq!(store.get("carol").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn list_pages_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        for key in ["d", "a", "c", "e", "b"] {
+            store.put(key, &format!("dest-{key}")).await.unwrap();
+        }
+        let page = store.list(None, 2).await.unwrap();
+        let keys: Vec<&str> = page.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(page[1].destination, "dest-b");
+        let page = store.list(Some("b"), 2).await.unwrap();
+        assert_eq!(
+            page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+            ["c", "d"]
+        );
+        let page = store.list(Some("d"), 2).await.unwrap();
+        assert_eq!(
+            page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+            ["e"]
+        );
+        assert!(store.list(Some("e"), 2).await.unwrap().is_empty());
+        assert!(store.list(None, 0).await.unwrap().is_empty());
+        assert_eq!(store.list(None, usize::MAX).await.unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn changes_since_replays_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        assert_eq!(store.changes_since(0, 10).await.unwrap(), Some(vec![]));
+        store.put("a", "x").await.unwrap();
+        store.put("b", "y").await.unwrap();
+        store.delete("a").await.unwrap();
+        let change = |revision, key: &str, destination: Option<&str>| Change {
+            revision,
+            key: key.into(),
+            destination: destination.map(Into::into),
+        };
+        assert_eq!(
+            store.changes_since(0, 10).await.unwrap().unwrap(),
+            [
+                change(1, "a", Some("x")),
+                change(2, "b", Some("y")),
+                change(3, "a", None)
+            ]
+        );
+        assert_eq!(
+            store.changes_since(1, 1).await.unwrap().unwrap(),
+            [change(2, "b", Some("y"))]
+        );
+        assert_eq!(store.changes_since(3, 10).await.unwrap(), Some(vec![]));
+        // A node ahead of the store follows another history: it must flush.
+        assert_eq!(store.changes_since(4, 10).await.unwrap(), None);
+        // Once the log is trimmed past a node's revision, it must flush too.
+        sqlx::query("DELETE FROM changes WHERE revision <= 2")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.changes_since(1, 10).await.unwrap(), None);
+        assert_eq!(store.changes_since(2, 10).await.unwrap().unwrap().len(), 1);
+        assert_eq!(store.revision().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_epoch_mappings_and_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store.put("a", "x").await.unwrap();
+        store.put("b", "y").await.unwrap();
+        store.delete("b").await.unwrap();
+        let epoch = store.epoch().to_owned();
+        assert!(!epoch.is_empty());
+        store.close().await;
+
+        let store = open(&dir).await;
+        assert_eq!(store.epoch(), epoch);
+        assert_eq!(store.revision().await.unwrap(), 3);
+        assert_eq!(store.get("a").await.unwrap().as_deref(), Some("x"));
+        assert_eq!(store.put("c", "z").await.unwrap(), 4);
+        assert_eq!(store.changes_since(2, 10).await.unwrap().unwrap().len(), 2);
+
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(open(&other).await.epoch(), epoch);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_get_distinct_revisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let writes = (0..20).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(&format!("k{i}"), "d").await.unwrap() })
+        });
+        let mut revisions = Vec::new();
+        for w in writes {
+            revisions.push(w.await.unwrap());
+        }
+        revisions.sort_unstable();
+        assert_eq!(revisions, (1..=20).collect::<Vec<u64>>());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_path_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "").unwrap();
+        let err = SqliteStore::open(&blocker.join("mappings.db"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    }
+}

@@ -1,0 +1,94 @@
+//! What a node does with the control plane's route updates and commands, and what it reports.
+
+use switchyard_proto::v1 as pb;
+
+use crate::node::Node;
+
+/// Applies a route update in order and returns the ack. Updates for another epoch or at
+/// or below the applied revision are acked without being applied again (idempotent).
+pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionAck {
+    let (epoch, applied) = node.revision();
+    let current = epoch == update.epoch && update.revision <= applied;
+    if !current {
+        if let Some(routes) = node.routes() {
+            for change in &update.changes {
+                match &change.change {
+                    Some(pb::route_change::Change::Upsert(destination)) => {
+                        routes.upsert(&change.key, destination).await
+                    }
+                    Some(pb::route_change::Change::Remove(_)) | None => routes.remove(&change.key).await,
+                }
+            }
+        }
+        node.set_revision(&update.epoch, update.revision);
+        tracing::debug!(revision = update.revision, changes = update.changes.len(), "route update applied");
+    }
+    let (epoch, revision) = node.revision();
+    pb::RevisionAck { epoch, revision }
+}
+
+/// Runs one command and says what it did.
+pub async fn apply_command(node: &Node, command: pb::Command) -> pb::CommandAck {
+    use pb::command::Kind;
+    let (result, count, detail) = match command.kind {
+        Some(Kind::BreakerReset(reset)) => {
+            let count = node.breakers.reset(&reset.destination);
+            tracing::info!(destination = %reset.destination, was_down = count, "breaker reset by the control plane");
+            (pb::CommandResult::Applied, count, String::new())
+        }
+        Some(Kind::Invalidate(inv)) => {
+            if let Some(routes) = node.routes() {
+                if inv.key.is_empty() {
+                    routes.clear();
+                } else {
+                    routes.remove(&inv.key).await;
+                }
+            }
+            (pb::CommandResult::Applied, 0, String::new())
+        }
+        Some(Kind::Kick(kick)) => {
+            let count = node.sessions.kick(&kick.key);
+            tracing::info!(account = %crate::routekey::redact(&kick.key), sessions = count, "sessions kicked");
+            (pb::CommandResult::Applied, count, String::new())
+        }
+        Some(Kind::Delay(delay)) => {
+            node.delay(&delay.key, delay.seconds);
+            tracing::info!(account = %crate::routekey::redact(&delay.key), seconds = delay.seconds, "login delay set");
+            (pb::CommandResult::Applied, 0, String::new())
+        }
+        Some(Kind::Probe(_)) => (pb::CommandResult::Applied, 0, String::new()),
+        None => (pb::CommandResult::Rejected, 0, "unknown command".to_string()),
+    };
+    pb::CommandAck { command_id: command.id, result: result.into(), count, detail }
+}
+
+/// The node's cumulative counters and destination health.
+pub async fn report(node: &Node) -> pb::Report {
+    if let Some(routes) = node.routes() {
+        routes.sync().await;
+    }
+    let cache = node.cache_stats();
+    let active = node.sessions.active();
+    let sessions = &node.sessions;
+    use std::sync::atomic::Ordering::Relaxed;
+    pb::Report {
+        cache_hits: cache.hits,
+        cache_misses: cache.misses,
+        cache_entries: cache.entries,
+        active_connections: active.values().sum(),
+        active_by_protocol: active.iter().map(|(p, n)| (p.as_str().to_string(), *n)).collect(),
+        bytes_from_clients: sessions.bytes_from_clients.load(Relaxed),
+        bytes_to_clients: sessions.bytes_to_clients.load(Relaxed),
+        sessions_total: sessions.total.load(Relaxed),
+        destinations: node
+            .breakers
+            .health()
+            .into_iter()
+            .map(|(destination, h)| pb::DestinationHealth {
+                destination,
+                consecutive_failures: h.consecutive_failures,
+                down: h.down,
+            })
+            .collect(),
+    }
+}

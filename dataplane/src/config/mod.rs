@@ -1,0 +1,228 @@
+//! The node's own config file (`dataplane.toml`, SPEC §5): typed, defaulted, validated.
+//!
+//! Everything a node learns from the control plane (destinations, cache, breaker) is not
+//! here; see `settings`. The strict loading machinery in `parse` is shared with the
+//! control plane's config.
+
+mod parse;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use parse::{key_path, load_token, parse_toml, read_file, ConfigError, Problems};
+pub use validate::{check_log_level, check_positive};
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub control: ControlConfig,
+    pub health: HealthConfig,
+    pub listener: BTreeMap<String, ListenerConfig>,
+}
+
+impl Config {
+    /// Parses and validates; every problem is reported at once.
+    pub fn from_toml_str(s: &str) -> Result<Config, ConfigError> {
+        parse_toml(s, validate::validate)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::from_toml_str(&read_file(path)?)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Stable across restarts: the control plane keys node state by it.
+    pub id: String,
+    pub log_level: String,
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            id: default_node_id(),
+            log_level: "info".into(),
+            metrics_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The host name (`/etc/hostname`, else `$HOSTNAME`), else `dataplane`.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dataplane".into())
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ControlConfig {
+    /// Tried in turn on (re)connect; `http://` or `https://` URLs.
+    pub endpoints: Vec<String>,
+    pub node_token_file: Option<PathBuf>,
+    pub node_token_env: String,
+    /// How long a route lookup waits for the control plane before failing temporarily.
+    #[serde(with = "humantime_serde")]
+    pub resolve_timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            endpoints: Vec::new(),
+            node_token_file: None,
+            node_token_env: "SWITCHYARD_NODE_TOKEN".into(),
+            resolve_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HealthConfig {
+    pub bind: SocketAddr,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7481)),
+        }
+    }
+}
+
+/// One `[listener.<id>]`. `protocol` and `tls` have no default: they decide whether
+/// credentials cross the network in clear, so the operator writes them down.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ListenerConfig {
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub bind: Vec<SocketAddr>,
+    pub tls: TlsMode,
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::preauth_timeout", with = "humantime_serde")]
+    pub preauth_timeout: Duration,
+    #[serde(default = "defaults::max_auth_attempts")]
+    pub max_auth_attempts: u32,
+    #[serde(default = "defaults::max_line_length")]
+    pub max_line_length: usize,
+    #[serde(default = "defaults::max_literal_size")]
+    pub max_literal_size: usize,
+    #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn max_connections() -> usize {
+        8192
+    }
+    pub fn preauth_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_auth_attempts() -> u32 {
+        3
+    }
+    pub fn max_line_length() -> usize {
+        8192
+    }
+    pub fn max_literal_size() -> usize {
+        65536
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Imap,
+    Pop3,
+    Managesieve,
+    Submission,
+    Smtp,
+    Lmtp,
+    Http,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 7] = [
+        Protocol::Imap,
+        Protocol::Pop3,
+        Protocol::Managesieve,
+        Protocol::Submission,
+        Protocol::Smtp,
+        Protocol::Lmtp,
+        Protocol::Http,
+    ];
+
+    /// The config and wire name (`imap`, `pop3`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Managesieve => "managesieve",
+            Protocol::Submission => "submission",
+            Protocol::Smtp => "smtp",
+            Protocol::Lmtp => "lmtp",
+            Protocol::Http => "http",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a leg (client → listener, or node → backend endpoint) is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Plain,
+    Starttls,
+    Implicit,
+}
+
+impl TlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Plain => "plain",
+            TlsMode::Starttls => "starttls",
+            TlsMode::Implicit => "implicit",
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;

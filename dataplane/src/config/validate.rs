@@ -1,0 +1,124 @@
+//! Checks on a parsed `dataplane.toml` that types alone cannot express.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{key_path, Config, ListenerConfig, Problems, Protocol, TlsMode};
+
+/// Below this an ordinary `AUTHENTICATE` with an OAuth token would not fit on one line.
+const MIN_LINE_LENGTH: usize = 1024;
+
+pub(super) fn validate(config: &Config, p: &mut Problems) {
+    if config.node.id.trim().is_empty() {
+        p.push("node.id", "must not be empty");
+    }
+    check_log_level("node.log_level", &config.node.log_level, p);
+    check_positive("node.metrics_interval", config.node.metrics_interval, p);
+
+    let control = &config.control;
+    if control.endpoints.is_empty() {
+        p.push(
+            "control.endpoints",
+            "at least one control-plane URL is required",
+        );
+    }
+    for (i, url) in control.endpoints.iter().enumerate() {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            p.push(
+                format!("control.endpoints[{i}]"),
+                format!("{url:?} must start with http:// or https://"),
+            );
+        }
+    }
+    if control.node_token_env.is_empty() {
+        p.push("control.node_token_env", "must not be empty");
+    }
+    check_positive("control.resolve_timeout", control.resolve_timeout, p);
+
+    if config.listener.is_empty() {
+        p.push("listener", "at least one [listener.<id>] is required");
+    }
+    for (id, listener) in &config.listener {
+        check_listener(&key_path("listener", id), listener, p);
+    }
+    check_bind_conflicts(config, p);
+}
+
+fn check_listener(at: &str, l: &ListenerConfig, p: &mut Problems) {
+    let key = |k: &str| key_path(at, k);
+    // Later issues add the other protocols and client-side TLS; until then a config
+    // asking for them must fail loudly rather than start a listener that cannot serve.
+    if l.protocol != Protocol::Imap {
+        p.push(
+            key("protocol"),
+            format!("protocol {} is not available in this build", l.protocol),
+        );
+    }
+    if l.tls != TlsMode::Plain {
+        p.push(
+            key("tls"),
+            "TLS on the client leg is not available in this build; use tls = \"plain\"",
+        );
+    }
+    if l.bind.is_empty() {
+        p.push(key("bind"), "at least one address is required");
+    }
+    if l.max_connections == 0 {
+        p.push(key("max_connections"), "must be at least 1");
+    }
+    if l.max_auth_attempts == 0 {
+        p.push(key("max_auth_attempts"), "must be at least 1");
+    }
+    if l.max_line_length < MIN_LINE_LENGTH {
+        p.push(
+            key("max_line_length"),
+            format!("must be at least {MIN_LINE_LENGTH}"),
+        );
+    }
+    if l.max_literal_size == 0 {
+        p.push(key("max_literal_size"), "must be at least 1");
+    }
+    check_positive(&key("preauth_timeout"), l.preauth_timeout, p);
+    check_positive(&key("idle_timeout"), l.idle_timeout, p);
+}
+
+/// Two sockets on one address would make the second bind fail at start-up; port 0 (an
+/// ephemeral port, used by tests) never conflicts.
+fn check_bind_conflicts(config: &Config, p: &mut Problems) {
+    let mut owners: HashMap<SocketAddr, String> = HashMap::new();
+    if config.health.bind.port() != 0 {
+        owners.insert(config.health.bind, "health.bind".into());
+    }
+    for (id, listener) in &config.listener {
+        let at = key_path(&key_path("listener", id), "bind");
+        for addr in listener.bind.iter().filter(|a| a.port() != 0) {
+            match owners.get(addr) {
+                Some(owner) => p.push(at.clone(), format!("{addr} is already bound by {owner}")),
+                None => {
+                    owners.insert(*addr, at.clone());
+                }
+            }
+        }
+    }
+}
+
+pub fn check_positive(at: &str, d: Duration, p: &mut Problems) {
+    if d.is_zero() {
+        p.push(at, "must be greater than zero");
+    }
+}
+
+/// `log_level` is a level or an `EnvFilter` directive list (`warn,dataplane=debug`). A
+/// lone word must be a level: `EnvFilter` would take a typo like `inf` as a target name.
+pub fn check_log_level(at: &str, level: &str, p: &mut Problems) {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = level.trim();
+    if !level.contains(['=', ',']) {
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            p.push(at, format!("{level:?} is not one of {}", LEVELS.join(", ")));
+        }
+    } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+        p.push(at, format!("invalid filter {level:?}: {e}"));
+    }
+}

@@ -1,0 +1,323 @@
+//! The node's link to the control plane: one long-lived Session stream, reconnected with
+//! jittered backoff across the configured endpoints, plus the `Resolve` client.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::control_client::ControlClient;
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::route::{Resolved, Resolver, RouteError};
+use crate::settings::FleetSettings;
+
+/// Adds the node token to every call.
+#[derive(Clone)]
+pub struct NodeAuth(Option<AsciiMetadataValue>);
+
+impl NodeAuth {
+    pub fn new(token: Option<&str>) -> Result<Self> {
+        let value = token
+            .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
+            .transpose()
+            .map_err(|_| Error::Control("the node token contains invalid characters".into()))?;
+        Ok(Self(value))
+    }
+}
+
+impl tonic::service::Interceptor for NodeAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = ControlClient<InterceptedService<Channel, NodeAuth>>;
+
+/// The client of the current Session, shared with the resolver: `None` while disconnected,
+/// so a miss during an outage fails fast instead of waiting on a dead channel.
+#[derive(Clone, Default)]
+pub struct ClientSlot(Arc<RwLock<Option<Client>>>);
+
+impl ClientSlot {
+    fn set(&self, client: Option<Client>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = client;
+    }
+
+    fn get(&self) -> Option<Client> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Answers route-cache misses with the control plane's `Resolve`.
+pub struct ControlResolver {
+    pub slot: ClientSlot,
+    pub timeout: Duration,
+}
+
+impl Resolver for ControlResolver {
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
+        let client = self.slot.get();
+        let timeout = self.timeout;
+        async move {
+            let mut client = client.ok_or_else(|| RouteError::Unavailable("not connected".into()))?;
+            let call = client.resolve(pb::ResolveRequest { key });
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(answer)) => {
+                    let answer = answer.into_inner();
+                    Ok(Resolved { destination: answer.destination, mapped: answer.mapped })
+                }
+                Ok(Err(status)) => Err(RouteError::Unavailable(status.message().to_string())),
+                Err(_) => Err(RouteError::Unavailable("resolve timed out".into())),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The node side of the Session stream.
+pub struct Link {
+    pub endpoints: Vec<String>,
+    pub auth: NodeAuth,
+    pub slot: ClientSlot,
+    pub node: Arc<Node>,
+    pub listeners: Vec<pb::Listener>,
+}
+
+/// Recently applied command ids and their acks: a replayed command is acked again, not re-run.
+#[derive(Default)]
+struct SeenCommands {
+    order: VecDeque<String>,
+    acks: HashMap<String, pb::CommandAck>,
+}
+
+impl Link {
+    /// Keeps a Session open until shutdown, rotating endpoints with jittered backoff.
+    pub async fn run(self) {
+        let mut failures = 0u32;
+        let mut seen = SeenCommands::default();
+        for endpoint in self.endpoints.iter().cycle() {
+            let started = Instant::now();
+            let result = self.session(endpoint, &mut seen).await;
+            self.slot.set(None);
+            self.node.connected.store(false, Ordering::Release);
+            if self.node.shutdown.is_cancelled() {
+                return;
+            }
+            match result {
+                Ok(()) => tracing::info!(endpoint, "control stream closed; reconnecting"),
+                Err(e) => tracing::warn!(endpoint, error = %e, "control plane unreachable"),
+            }
+            // A session that lived a while was healthy: start the backoff over.
+            failures = if started.elapsed() > Duration::from_secs(30) { 1 } else { failures + 1 };
+            tokio::select! {
+                _ = tokio::time::sleep(backoff(failures)) => {}
+                _ = self.node.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn session(&self, endpoint: &str, seen: &mut SeenCommands) -> Result<()> {
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| Error::Control(format!("bad endpoint {endpoint}: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| Error::Control(format!("connect: {e}")))?;
+        let client = ControlClient::with_interceptor(channel, self.auth.clone());
+        let (tx, rx) = mpsc::channel(64);
+        let (epoch, last_revision) = self.node.revision();
+        let hello = pb::Hello {
+            node_id: self.node.id.clone(),
+            instance_id: self.node.instance_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            listeners: self.listeners.clone(),
+            epoch,
+            last_revision,
+        };
+        send(&tx, pb::node_message::Kind::Hello(hello)).await?;
+        let mut inbound = client
+            .clone()
+            .session(ReceiverStream::new(rx))
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Error::Control("no welcome within 10s".into()))?
+            .map_err(status_error)?;
+        let Some(pb::ControlMessage { kind: Some(pb::control_message::Kind::Welcome(welcome)) }) = first else {
+            return Err(Error::Control("the control plane did not start with a welcome".into()));
+        };
+        let settings = self.welcome(welcome)?;
+        self.slot.set(Some(client));
+        self.node.connected.store(true, Ordering::Release);
+        self.node.synced_once.store(true, Ordering::Release);
+        tracing::info!(endpoint, node = %self.node.id, "connected to the control plane");
+        self.stream(&tx, &mut inbound, &settings, seen).await
+    }
+
+    fn welcome(&self, welcome: pb::Welcome) -> Result<Arc<FleetSettings>> {
+        let settings = welcome
+            .settings
+            .ok_or_else(|| Error::Control("welcome without settings".into()))?;
+        let settings = FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;
+        self.node.apply_settings(settings);
+        if welcome.flush_cache {
+            if let Some(routes) = self.node.routes() {
+                routes.clear();
+            }
+            self.node.set_revision(&welcome.epoch, welcome.revision);
+        }
+        self.node.settings().ok_or_else(|| Error::Control("settings not applied".into()))
+    }
+
+    async fn stream(
+        &self,
+        tx: &mpsc::Sender<pb::NodeMessage>,
+        inbound: &mut tonic::Streaming<pb::ControlMessage>,
+        settings: &FleetSettings,
+        seen: &mut SeenCommands,
+    ) -> Result<()> {
+        let mut report_tick = tokio::time::interval(settings.report_interval);
+        let mut heartbeat_tick = tokio::time::interval(settings.heartbeat_interval);
+        let silence = settings.heartbeat_interval * 3;
+        let transitions = self.node.breakers.transitions();
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    let Some(message) = message.map_err(status_error)? else { return Ok(()) };
+                    last_heard = Instant::now();
+                    if let Some(kind) = message.kind {
+                        self.handle(kind, tx, seen).await?;
+                    }
+                }
+                _ = report_tick.tick() => send(tx, self.report().await).await?,
+                _ = transitions.notified() => send(tx, self.report().await).await?,
+                _ = heartbeat_tick.tick() => send(tx, heartbeat()).await?,
+                _ = sleep_until(last_heard + silence) => {
+                    return Err(Error::Control(format!("control plane silent for {silence:?}")));
+                }
+                _ = self.node.shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        kind: pb::control_message::Kind,
+        tx: &mpsc::Sender<pb::NodeMessage>,
+        seen: &mut SeenCommands,
+    ) -> Result<()> {
+        use pb::control_message::Kind;
+        match kind {
+            Kind::RouteUpdate(update) => {
+                let ack = crate::commands::apply_update(&self.node, update).await;
+                send(tx, pb::node_message::Kind::RevisionAck(ack)).await
+            }
+            Kind::Command(command) => {
+                let ack = match seen.acks.get(&command.id) {
+                    Some(ack) => ack.clone(),
+                    None => {
+                        let ack = crate::commands::apply_command(&self.node, command).await;
+                        seen.remember(ack.clone());
+                        ack
+                    }
+                };
+                send(tx, pb::node_message::Kind::CommandAck(ack)).await
+            }
+            Kind::Settings(settings) => {
+                let settings = FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;
+                self.node.apply_settings(settings);
+                Ok(())
+            }
+            Kind::Heartbeat(_) | Kind::Welcome(_) => Ok(()),
+        }
+    }
+
+    async fn report(&self) -> pb::node_message::Kind {
+        pb::node_message::Kind::Report(crate::commands::report(&self.node).await)
+    }
+}
+
+impl SeenCommands {
+    const CAPACITY: usize = 1024;
+
+    fn remember(&mut self, ack: pb::CommandAck) {
+        if self.order.len() == Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.acks.remove(&old);
+            }
+        }
+        self.order.push_back(ack.command_id.clone());
+        self.acks.insert(ack.command_id.clone(), ack);
+    }
+}
+
+fn heartbeat() -> pb::node_message::Kind {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    pb::node_message::Kind::Heartbeat(pb::Heartbeat { sent_unix_ms: now })
+}
+
+async fn send(tx: &mpsc::Sender<pb::NodeMessage>, kind: pb::node_message::Kind) -> Result<()> {
+    tx.send(pb::NodeMessage { kind: Some(kind) })
+        .await
+        .map_err(|_| Error::Control("session stream closed".into()))
+}
+
+fn status_error(status: tonic::Status) -> Error {
+    Error::Control(format!("{}: {}", status.code(), status.message()))
+}
+
+/// Exponential from 200 ms to 10 s, with jitter so a fleet does not reconnect in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_millis(200).saturating_mul(1 << failures.min(6));
+    let capped = base.min(Duration::from_secs(10));
+    capped.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for failures in 1..20 {
+            let b = backoff(failures);
+            assert!(b <= Duration::from_secs(10));
+            assert!(b >= Duration::from_millis(200));
+        }
+        assert!(backoff(1) <= Duration::from_millis(400));
+        assert!(backoff(10) >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_replayed_command_id_is_remembered_and_old_ones_forgotten() {
+        let mut seen = SeenCommands::default();
+        for i in 0..=SeenCommands::CAPACITY {
+            seen.remember(pb::CommandAck { command_id: format!("c{i}"), ..Default::default() });
+        }
+        assert!(!seen.acks.contains_key("c0"));
+        assert!(seen.acks.contains_key("c1"));
+        assert_eq!(seen.acks.len(), SeenCommands::CAPACITY);
+    }
+}

@@ -1,0 +1,129 @@
+//! Switchyard data plane: a node that terminates mail sessions, routes each account to its
+//! destination and bridges the bytes, following the control plane's fleet settings.
+//!
+//! `main.rs` parses arguments, loads the config, calls [`bind`] (fail fast) and [`run`].
+//! Tests call the same two functions with listeners on port 0.
+
+pub mod breaker;
+pub mod codec;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod node;
+pub mod pipeline;
+pub mod protocol;
+pub mod route;
+pub mod routekey;
+pub mod sessions;
+pub mod settings;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::control::{ClientSlot, ControlResolver, Link, NodeAuth};
+use crate::error::{Error, Result};
+use crate::listener::BoundListener;
+use crate::node::Node;
+
+/// Every socket the node serves, bound before anything starts.
+pub struct Bound {
+    pub listeners: Vec<BoundListener>,
+    pub health: TcpListener,
+}
+
+impl Bound {
+    /// The addresses actually bound, by listener id (port 0 resolved).
+    pub fn addresses(&self) -> Vec<(String, Vec<SocketAddr>)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.id.clone(), l.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()))
+            .collect()
+    }
+}
+
+/// Binds every listener and the health endpoint; the first failure is fatal.
+pub async fn bind(config: &Config) -> Result<Bound> {
+    let mut listeners = Vec::new();
+    for (id, listener) in &config.listener {
+        let mut sockets = Vec::new();
+        for addr in &listener.bind {
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Client(format!("listener {id}: cannot bind {addr}: {e}")))?;
+            tracing::info!(listener = %id, protocol = listener.protocol.as_str(), addr = %socket.local_addr()?, "listening");
+            sockets.push(socket);
+        }
+        listeners.push(BoundListener { id: id.clone(), config: listener.clone(), sockets });
+    }
+    let health = TcpListener::bind(config.health.bind)
+        .await
+        .map_err(|e| Error::Client(format!("health: cannot bind {}: {e}", config.health.bind)))?;
+    tracing::info!(addr = %health.local_addr()?, "health endpoint listening");
+    Ok(Bound { listeners, health })
+}
+
+/// How long live sessions may drain after shutdown is requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the node until `shutdown` is cancelled, then drains live sessions.
+pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutdown: CancellationToken) -> Result<()> {
+    let slot = ClientSlot::default();
+    let resolver = ControlResolver { slot: slot.clone(), timeout: config.control.resolve_timeout };
+    let node = Node::new(config.node.id.clone(), Arc::new(resolver), shutdown.clone());
+    let listeners = bound
+        .addresses()
+        .into_iter()
+        .map(|(id, addrs)| {
+            let l = &config.listener[&id];
+            pb::Listener {
+                id,
+                protocol: l.protocol.as_str().into(),
+                bind: addrs.iter().map(ToString::to_string).collect(),
+                tls: l.tls.as_str().into(),
+            }
+        })
+        .collect();
+    let link = Link {
+        endpoints: config.control.endpoints.clone(),
+        auth: NodeAuth::new(node_token.as_deref())?,
+        slot,
+        node: Arc::clone(&node),
+        listeners,
+    };
+    let background = TaskTracker::new();
+    background.spawn(link.run());
+    background.spawn(metrics::run(Arc::clone(&node), config.node.metrics_interval));
+    let health = axum::serve(bound.health, health::router(Arc::clone(&node)))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    background.spawn(async move {
+        if let Err(e) = health.await {
+            tracing::error!(error = %e, "health endpoint failed");
+        }
+    });
+    let sessions = TaskTracker::new();
+    for bound in bound.listeners {
+        background.spawn(listener::serve(Arc::clone(&node), bound, sessions.clone()));
+    }
+    shutdown.cancelled().await;
+    tracing::info!(live = node.sessions.active_total(), "shutting down; draining sessions");
+    background.close();
+    background.wait().await;
+    sessions.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+        node.kill_sessions.cancel();
+        sessions.wait().await;
+    }
+    Ok(())
+}

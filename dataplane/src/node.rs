@@ -1,0 +1,150 @@
+//! The state one data-plane node shares between its listeners and its control link.
+//!
+//! Fleet settings arrive as one immutable snapshot (watch channel); the route cache is
+//! rebuilt only when the pushed cache settings change.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::Breakers;
+use crate::route::{CacheStats, Resolver, RouteCache};
+use crate::sessions::Sessions;
+use crate::settings::{BreakerSettings, FleetSettings};
+
+pub struct Node {
+    pub id: String,
+    pub instance_id: String,
+    settings: watch::Sender<Option<Arc<FleetSettings>>>,
+    routes: RwLock<Option<Arc<RouteCache>>>,
+    resolver: Arc<dyn Resolver>,
+    pub breakers: Breakers,
+    pub sessions: Arc<Sessions>,
+    delays: Mutex<HashMap<String, Instant>>,
+    delay_changed: Notify,
+    revision: Mutex<(String, u64)>,
+    pub connected: AtomicBool,
+    pub synced_once: AtomicBool,
+    /// Stops the node's background work (listeners, control link) on shutdown.
+    pub shutdown: CancellationToken,
+    /// Closes every bridged session: cancelled once the shutdown grace period is over.
+    pub kill_sessions: CancellationToken,
+}
+
+impl Node {
+    pub fn new(id: String, resolver: Arc<dyn Resolver>, shutdown: CancellationToken) -> Arc<Self> {
+        let (settings, _) = watch::channel(None);
+        Arc::new(Self {
+            id,
+            instance_id: uuid::Uuid::new_v4().to_string(),
+            settings,
+            routes: RwLock::new(None),
+            resolver,
+            breakers: Breakers::new(BreakerSettings {
+                failure_threshold: 5,
+                cooldown: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(10),
+                connect_retries: 1,
+            }),
+            sessions: Arc::new(Sessions::default()),
+            delays: Mutex::default(),
+            delay_changed: Notify::new(),
+            revision: Mutex::new((String::new(), 0)),
+            connected: AtomicBool::new(false),
+            synced_once: AtomicBool::new(false),
+            shutdown,
+            kill_sessions: CancellationToken::new(),
+        })
+    }
+
+    /// The current fleet settings; `None` until the first Welcome.
+    pub fn settings(&self) -> Option<Arc<FleetSettings>> {
+        self.settings.borrow().clone()
+    }
+
+    pub fn watch_settings(&self) -> watch::Receiver<Option<Arc<FleetSettings>>> {
+        self.settings.subscribe()
+    }
+
+    pub fn routes(&self) -> Option<Arc<RouteCache>> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Swaps in a new settings snapshot; rebuilds the route cache if its settings changed.
+    pub fn apply_settings(&self, settings: FleetSettings) {
+        self.breakers.configure(settings.breaker);
+        {
+            let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+            let unchanged = routes.as_ref().is_some_and(|r| r.settings() == settings.cache);
+            if !unchanged {
+                let fresh = RouteCache::new(settings.cache, Arc::clone(&self.resolver));
+                if let Some(old) = routes.as_ref() {
+                    fresh.carry_counters(old);
+                }
+                *routes = Some(fresh);
+            }
+        }
+        self.settings.send_replace(Some(Arc::new(settings)));
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.routes().map(|r| r.stats()).unwrap_or_default()
+    }
+
+    /// The control-plane epoch and revision this node has applied.
+    pub fn revision(&self) -> (String, u64) {
+        self.revision.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_revision(&self, epoch: &str, revision: u64) {
+        *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = (epoch.to_string(), revision);
+    }
+
+    /// Holds new logins of `key` for `seconds` (0 releases).
+    pub fn delay(&self, key: &str, seconds: u64) {
+        let mut delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+        if seconds == 0 {
+            delays.remove(key);
+        } else {
+            delays.insert(key.to_string(), Instant::now() + Duration::from_secs(seconds));
+        }
+        drop(delays);
+        self.delay_changed.notify_waiters();
+    }
+
+    /// Waits out a pending login delay for `key`; returns early once it is released.
+    pub async fn honour_delay(&self, key: &str) {
+        loop {
+            // Registered before the check so a release between check and wait is not missed.
+            let released = self.delay_changed.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let until = {
+                let mut delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
+                match delays.get(key) {
+                    Some(until) if *until > Instant::now() => *until,
+                    Some(_) => {
+                        delays.remove(key);
+                        return;
+                    }
+                    None => return,
+                }
+            };
+            // Re-check every 100 ms so a release takes effect promptly.
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = released => {}
+            }
+        }
+    }
+
+    /// Ready: synced with a control plane at least once and holding settings.
+    pub fn ready(&self) -> bool {
+        self.synced_once.load(Ordering::Acquire) && self.settings().is_some()
+    }
+}

@@ -1,0 +1,232 @@
+//! IMAP session tests against a scripted backend on port 0 (the real-Dovecot interop
+//! lives in the workspace `tests/`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ListenerConfig;
+use crate::node::Node;
+use crate::pipeline::SessionCtx;
+use crate::route::{Resolved, Resolver, RouteError};
+use crate::settings::FleetSettings;
+use switchyard_proto::v1 as pb;
+
+struct Table(Option<HashMap<String, String>>);
+
+impl Resolver for Table {
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
+        let answer = match &self.0 {
+            None => Err(RouteError::Unavailable("control plane down".into())),
+            Some(t) => Ok(match t.get(&key) {
+                Some(d) => Resolved { destination: d.clone(), mapped: true },
+                None => Resolved { destination: "legacy".into(), mapped: false },
+            }),
+        };
+        async move { answer }.boxed()
+    }
+}
+
+/// A scripted IMAP backend: accepts `alice`/`secret` over AUTHENTICATE PLAIN, then echoes
+/// each line back as `* ECHO <line>`.
+async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = Arc::clone(&logins);
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] scripted\r\n").await.unwrap();
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                assert_eq!(line, "S1 AUTHENTICATE PLAIN\r\n");
+                w.write_all(b"+ \r\n").await.unwrap();
+                line.clear();
+                r.read_line(&mut line).await.unwrap();
+                let creds = crate::codec::sasl::decode_plain(line.trim_end().as_bytes()).unwrap();
+                if creds.authcid.to_lowercase().starts_with("alice") && creds.password == "secret" {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    w.write_all(b"* CAPABILITY IMAP4rev1 IDLE\r\nS1 OK Logged in\r\n").await.unwrap();
+                } else {
+                    w.write_all(b"S1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").await.unwrap();
+                    return;
+                }
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    w.write_all(format!("* ECHO {line}").as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    (port, logins)
+}
+
+fn listener_config(allow_plaintext_auth: bool) -> ListenerConfig {
+    let toml = format!(
+        "[listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = {allow_plaintext_auth}\nmax_auth_attempts = 2\n[control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
+    );
+    crate::config::Config::from_toml_str(&toml).unwrap().listener["imap"].clone()
+}
+
+/// A node with destinations `legacy` (default) and `new`, both at `port`, and a client
+/// connected to an IMAP session served by it.
+async fn session(port: u16, table: Option<HashMap<String, String>>, allow_plaintext: bool) -> (Arc<Node>, BufReader<TcpStream>) {
+    let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
+    let mut settings = crate::settings::tests::sample();
+    settings.breaker.as_mut().unwrap().failure_threshold = 2;
+    for d in &mut settings.destinations {
+        d.endpoints = vec![pb::Endpoint { protocol: "imap".into(), port: u32::from(port), tls: "plain".into() }];
+    }
+    node.apply_settings(FleetSettings::try_from(settings).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::clone(&node);
+    let config = Arc::new(listener_config(allow_plaintext));
+    tokio::spawn(async move {
+        while let Ok((stream, client)) = listener.accept().await {
+            let ctx = SessionCtx { node: Arc::clone(&served), listener_id: "imap".into(), listener: Arc::clone(&config), client };
+            tokio::spawn(super::serve(ctx, stream));
+        }
+    });
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let greeting = read(&mut client).await;
+    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1"), "{greeting}");
+    (node, client)
+}
+
+async fn read(c: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
+    line
+}
+
+async fn say(c: &mut BufReader<TcpStream>, s: &str) {
+    c.get_mut().write_all(s.as_bytes()).await.unwrap();
+}
+
+fn b64(user: &str, pass: &str) -> String {
+    crate::codec::sasl::encode_plain(&crate::codec::sasl::Credentials {
+        authzid: String::new(),
+        authcid: user.into(),
+        password: pass.into(),
+    })
+}
+
+#[tokio::test]
+async fn login_is_replayed_relayed_under_the_clients_tag_and_bridged() {
+    let (port, logins) = backend().await;
+    let (_node, mut c) = session(port, Some(HashMap::new()), true).await;
+    say(&mut c, "a1 CAPABILITY\r\n").await;
+    assert!(read(&mut c).await.contains("AUTH=PLAIN"));
+    assert_eq!(read(&mut c).await, "a1 OK CAPABILITY completed\r\n");
+    say(&mut c, "a2 LOGIN \"Alice\" {6+}\r\nsecret\r\na3 NOOP\r\n").await;
+    assert_eq!(read(&mut c).await, "* CAPABILITY IMAP4rev1 IDLE\r\n");
+    assert_eq!(read(&mut c).await, "a2 OK Logged in\r\n");
+    // a3 was pipelined behind the login: it must reach the backend, not get lost.
+    assert_eq!(read(&mut c).await, "* ECHO a3 NOOP\r\n");
+    say(&mut c, "a4 SELECT INBOX\r\n").await;
+    assert_eq!(read(&mut c).await, "* ECHO a4 SELECT INBOX\r\n");
+    assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn authenticate_plain_with_initial_response_and_with_continuation() {
+    let (port, _) = backend().await;
+    let (_n, mut c) = session(port, Some(HashMap::new()), true).await;
+    say(&mut c, &format!("x AUTHENTICATE PLAIN {}\r\n", b64("alice", "secret"))).await;
+    read(&mut c).await;
+    assert_eq!(read(&mut c).await, "x OK Logged in\r\n");
+
+    let (_n, mut c) = session(port, Some(HashMap::new()), true).await;
+    say(&mut c, "y authenticate plain\r\n").await;
+    assert_eq!(read(&mut c).await, "+ \r\n");
+    say(&mut c, &format!("{}\r\n", b64("alice%master", "secret"))).await;
+    read(&mut c).await;
+    assert_eq!(read(&mut c).await, "y OK Logged in\r\n");
+
+    let (_n, mut c) = session(port, Some(HashMap::new()), true).await;
+    say(&mut c, "z AUTHENTICATE PLAIN\r\n").await;
+    read(&mut c).await;
+    say(&mut c, "*\r\n").await;
+    assert_eq!(read(&mut c).await, "z BAD Authentication cancelled\r\n");
+    say(&mut c, "z2 AUTHENTICATE PLAIN !!!notbase64\r\n").await;
+    assert!(read(&mut c).await.starts_with("z2 BAD Invalid SASL response"));
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_the_backends_verdict_and_does_not_trip_the_breaker() {
+    let (port, _) = backend().await;
+    let (node, mut c) = session(port, Some(HashMap::new()), true).await;
+    say(&mut c, "a LOGIN alice wrong\r\n").await;
+    assert_eq!(read(&mut c).await, "a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
+    say(&mut c, "b LOGIN alice wrong\r\n").await;
+    assert!(read(&mut c).await.starts_with("b NO [AUTHENTICATIONFAILED]"));
+    assert_eq!(read(&mut c).await, "* BYE Too many authentication failures\r\n");
+    assert!(node.breakers.health().iter().all(|(_, h)| h.consecutive_failures == 0 && !h.down));
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_is_unavailable_and_opens_the_breaker() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (node, mut c) = session(port, Some(HashMap::new()), true).await;
+    say(&mut c, "a LOGIN alice secret\r\n").await;
+    assert!(read(&mut c).await.starts_with("a NO [UNAVAILABLE]"));
+    let health = node.breakers.health();
+    assert_eq!(health[0].0, "legacy");
+    assert!(health[0].1.down, "threshold 2 with one retry: one login opens it");
+}
+
+#[tokio::test]
+async fn an_uncached_account_gets_unavailable_when_the_control_plane_is_down() {
+    let (port, logins) = backend().await;
+    let (_n, mut c) = session(port, None, true).await;
+    say(&mut c, "a LOGIN alice secret\r\n").await;
+    assert!(read(&mut c).await.starts_with("a NO [UNAVAILABLE]"));
+    assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 0, "never the default backend");
+}
+
+#[tokio::test]
+async fn cleartext_login_is_refused_unless_the_listener_allows_it() {
+    let (port, _) = backend().await;
+    let (_n, mut c) = session(port, Some(HashMap::new()), false).await;
+    say(&mut c, "a CAPABILITY\r\n").await;
+    let caps = read(&mut c).await;
+    assert!(caps.contains("LOGINDISABLED") && !caps.contains("AUTH=PLAIN"), "{caps}");
+    read(&mut c).await;
+    say(&mut c, "b LOGIN alice secret\r\n").await;
+    assert!(read(&mut c).await.starts_with("b NO [PRIVACYREQUIRED]"));
+}
+
+#[tokio::test]
+async fn pre_auth_commands_and_malformed_input() {
+    let (port, _) = backend().await;
+    let (_n, mut c) = session(port, Some(HashMap::new()), true).await;
+    say(&mut c, "a NOOP\r\nb ID (\"name\" \"test\")\r\nc SELECT INBOX\r\n\"bad\r\nd LOGIN onlyuser\r\n").await;
+    assert_eq!(read(&mut c).await, "a OK NOOP completed\r\n");
+    assert!(read(&mut c).await.starts_with("* ID ("));
+    assert_eq!(read(&mut c).await, "b OK ID completed\r\n");
+    assert!(read(&mut c).await.starts_with("c BAD"));
+    assert!(read(&mut c).await.starts_with("* BAD"));
+    assert!(read(&mut c).await.starts_with("d BAD"));
+    say(&mut c, "e LOGOUT\r\n").await;
+    assert!(read(&mut c).await.starts_with("* BYE"));
+    assert_eq!(read(&mut c).await, "e OK LOGOUT completed\r\n");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}

@@ -1,0 +1,28 @@
+//! Protocol dispatch: the only `match` on the listener's protocol.
+
+pub mod imap;
+
+use tokio::net::TcpStream;
+
+use crate::config::Protocol;
+use crate::pipeline::SessionCtx;
+
+/// Serves one client connection with the listener's protocol.
+pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+    match ctx.protocol() {
+        Protocol::Imap => imap::serve(ctx, stream).await,
+        // Config validation refuses listeners for protocols this build does not serve.
+        other => tracing::error!(protocol = other.as_str(), "protocol not available in this build"),
+    }
+}
+
+/// The protocol's "too busy, try later" reply for a connection past the limit.
+pub fn busy(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+        Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+        Protocol::Managesieve => b"BYE (TRYLATER) \"Too many connections, try again later\"\r\n",
+        Protocol::Submission | Protocol::Smtp | Protocol::Lmtp => b"421 4.3.2 Too many connections, try again later\r\n",
+        Protocol::Http => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    }
+}
