@@ -80,7 +80,8 @@ impl Secrets {
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: CancellationToken) -> Result<()> {
     let store = Store::open(&config.mapping).await?;
-    tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision = store.revision().await?, "mapping store open");
+    let revision = store.revision().await?;
+    tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision, "mapping store open");
     let metrics_interval = config.server.metrics_interval;
     let shared = Shared::new(config, store);
     let tasks = TaskTracker::new();

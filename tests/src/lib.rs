@@ -10,6 +10,7 @@
 //! assert_eq!(imap.subjects_in_inbox().await?, ["on backend A"]);
 //! ```
 
+pub mod fleet;
 mod dovecot;
 mod dovecot_conf;
 mod imap;

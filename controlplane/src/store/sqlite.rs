@@ -180,7 +180,7 @@ impl SqliteStore {
         let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(revision) FROM changes")
             .fetch_one(&self.pool)
             .await?;
-        if !oldest.is_some_and(|o| o as u64 <= revision + 1) {
+        if oldest.is_none_or(|o| o as u64 > revision + 1) {
             return Ok(None);
         }
         let rows = sqlx::query(

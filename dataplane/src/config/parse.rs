@@ -204,7 +204,7 @@ fn deserialize<T: DeserializeOwned>(mut tree: toml::Value) -> Deserialized<T> {
     let mut value = None;
     for attempt in 0.. {
         if attempt == MAX_ATTEMPTS {
-            problems.push("", "too many problems; fix the ones above first");
+            problems.push("", "too many problems; only the first ones are listed");
             break;
         }
         let mut on_ignored = |p: serde_ignored::Path| {
@@ -312,4 +312,47 @@ pub fn load_token(file: Option<&Path>, env: &str) -> Result<Option<String>, Conf
         )));
     }
     Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_quote_keys_that_are_not_bare() {
+        assert_eq!(key_path("", "listener"), "listener");
+        assert_eq!(key_path("listener", "imap-1"), "listener.imap-1");
+        assert_eq!(key_path("destination", "a.b"), "destination.\"a.b\"");
+        let segs = [
+            Seg::Key("listener".into()),
+            Seg::Key("x".into()),
+            Seg::Key("bind".into()),
+            Seg::Index(2),
+        ];
+        assert_eq!(render(&segs), "listener.x.bind[2]");
+    }
+
+    #[test]
+    fn related_respects_key_boundaries() {
+        assert!(related("a.b", "a.b"));
+        assert!(related("a.b.c", "a.b"));
+        assert!(related("a.b", "a.b[0]"));
+        assert!(!related("a.bc", "a.b"));
+        assert!(!related("a.b", "a.c"));
+    }
+
+    #[test]
+    fn remove_takes_out_nested_keys_only_when_present() {
+        let mut tree = toml::Value::Table(toml::from_str("[a.b]\nc = 1\nd = [1]").unwrap());
+        let path = |keys: &[&str]| {
+            keys.iter()
+                .map(|k| Seg::Key((*k).into()))
+                .collect::<Vec<_>>()
+        };
+        assert!(remove(&mut tree, &path(&["a", "b", "c"])));
+        assert!(!remove(&mut tree, &path(&["a", "b", "c"])));
+        assert!(!remove(&mut tree, &path(&["a", "x", "d"])));
+        assert!(!remove(&mut tree, &[]));
+        assert_eq!(tree.to_string(), "{ a = { b = { d = [1] } } }");
+    }
 }

@@ -1,0 +1,213 @@
+//! A fleet on ephemeral ports, in this process: one control plane (SQLite store in a temp
+//! dir) and data-plane nodes, started through the same `bind` + `run` the binaries use.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+pub const NODE_TOKEN: &str = "test-node-token-abcdef";
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub api: SocketAddr,
+    pub grpc: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    dir: tempfile::TempDir,
+    config: String,
+}
+
+/// Destinations for a test fleet: `(id, imap port)`, all on 127.0.0.1 over plain IMAP.
+pub fn controlplane_toml(db: &std::path::Path, destinations: &[(&str, u16)], default: &str) -> String {
+    let mut toml = format!(
+        r#"[server]
+metrics_interval = "1s"
+report_interval = "200ms"
+heartbeat_interval = "500ms"
+[grpc]
+bind = "127.0.0.1:0"
+[api]
+bind = "127.0.0.1:0"
+ack_timeout = "3s"
+[routing]
+default_destination = "{default}"
+[mapping.sqlite]
+path = "{}"
+[breaker]
+failure_threshold = 2
+cooldown = "5m"
+connect_timeout = "2s"
+connect_retries = 0
+"#,
+        db.display()
+    );
+    for (id, port) in destinations {
+        toml.push_str(&format!(
+            "[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = true\n[destination.{id}.protocol.imap]\nport = {port}\ntls = \"plain\"\n"
+        ));
+    }
+    toml
+}
+
+impl ControlPlane {
+    pub async fn start(destinations: &[(&str, u16)], default: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = controlplane_toml(&dir.path().join("mappings.db"), destinations, default);
+        Self::start_with(dir, config).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, config: String) -> Result<Self> {
+        let parsed = controlplane::config::Config::from_toml_str(&config)?;
+        let bound = controlplane::bind(&parsed).await?;
+        let (api, grpc) = (bound.api_addr()?, bound.grpc_addr()?);
+        let secrets = controlplane::Secrets { node_token: NODE_TOKEN.into(), admin_token: ADMIN_TOKEN.into() };
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = controlplane::run(parsed, bound, secrets, token).await {
+                eprintln!("control plane stopped: {e}");
+            }
+        });
+        Ok(Self { api, grpc, shutdown, task: Some(task), dir, config })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn api(&self) -> Api {
+        Api { base: format!("http://{}", self.api), token: Some(ADMIN_TOKEN.into()), http: reqwest::Client::new() }
+    }
+
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Starts a new control plane on the same store (new ports).
+    pub async fn restart(mut self) -> Result<Self> {
+        self.stop().await;
+        let (dir, config) = (std::mem::replace(&mut self.dir, tempfile::tempdir()?), self.config.clone());
+        Self::start_with(dir, config).await
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A running data-plane node with one IMAP listener (cleartext allowed: tests run on loopback).
+pub struct Node {
+    pub id: String,
+    pub imap: SocketAddr,
+    pub health: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(id: &str, endpoints: &[String], token: Option<&str>) -> Result<Self> {
+        let endpoints = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
+        let toml = format!(
+            r#"[node]
+id = "{id}"
+metrics_interval = "1s"
+[control]
+endpoints = [{endpoints}]
+resolve_timeout = "2s"
+[health]
+bind = "127.0.0.1:0"
+[listener.imap]
+protocol = "imap"
+bind = ["127.0.0.1:0"]
+tls = "plain"
+allow_plaintext_auth = true
+"#
+        );
+        let config = dataplane::config::Config::from_toml_str(&toml)?;
+        let bound = dataplane::bind(&config).await?;
+        let imap = bound.addresses()[0].1[0];
+        let health = bound.health.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let (stop, token) = (shutdown.clone(), token.map(str::to_string));
+        let task = tokio::spawn(async move {
+            if let Err(e) = dataplane::run(config, bound, token, stop).await {
+                eprintln!("node stopped: {e}");
+            }
+        });
+        Ok(Self { id: id.to_string(), imap, health, shutdown, task: Some(task) })
+    }
+
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// `GET /readyz` on the node's health listener: (status code, body).
+    pub async fn readyz(&self) -> Result<(u16, Value)> {
+        let r = reqwest::get(format!("http://{}/readyz", self.health)).await?;
+        Ok((r.status().as_u16(), r.json().await?))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The management API, as an operator's curl would use it.
+pub struct Api {
+    pub base: String,
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn without_token(mut self) -> Self {
+        self.token = None;
+        self
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).timeout(Duration::from_secs(15));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("{path}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+}
