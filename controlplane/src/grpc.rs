@@ -41,8 +41,14 @@ impl tonic::service::Interceptor for NodeTokenCheck {
     }
 }
 
-pub fn server(shared: Arc<Shared>, node_token: String) -> InterceptedService<ControlServer<ControlService>, NodeTokenCheck> {
-    ControlServer::with_interceptor(ControlService { shared }, NodeTokenCheck(Arc::new(node_token)))
+pub fn server(
+    shared: Arc<Shared>,
+    node_token: String,
+) -> InterceptedService<ControlServer<ControlService>, NodeTokenCheck> {
+    ControlServer::with_interceptor(
+        ControlService { shared },
+        NodeTokenCheck(Arc::new(node_token)),
+    )
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -51,12 +57,18 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + 
 impl Control for ControlService {
     type SessionStream = Outbound;
 
-    async fn session(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<Outbound>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10s"))??;
-        let Some(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }) = first else {
+        let Some(pb::NodeMessage {
+            kind: Some(pb::node_message::Kind::Hello(hello)),
+        }) = first
+        else {
             return Err(Status::invalid_argument("a session starts with a hello"));
         };
         if hello.node_id.is_empty() {
@@ -74,11 +86,10 @@ impl Control for ControlService {
             } else {
                 (hello.epoch.clone(), hello.last_revision)
             };
-            let send = |kind| tx.try_send(Ok(pb::ControlMessage { kind: Some(kind) }));
-            send(pb::control_message::Kind::Welcome(welcome))
-                .map_err(|_| Status::internal("session buffer full"))?;
-            if let Some(update) = replay {
-                send(pb::control_message::Kind::RouteUpdate(update))
+            let mut first = vec![pb::control_message::Kind::Welcome(welcome)];
+            first.extend(replay.map(pb::control_message::Kind::RouteUpdate));
+            for kind in first {
+                tx.try_send(Ok(pb::ControlMessage { kind: Some(kind) }))
                     .map_err(|_| Status::internal("session buffer full"))?;
             }
             tracing::info!(node = %hello.node_id, instance = %hello.instance_id, version = %hello.version, "node connected");
@@ -88,7 +99,10 @@ impl Control for ControlService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
         let key = request.into_inner().key;
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(Status::invalid_argument("route key must be 1..=1024 bytes"));

@@ -48,7 +48,15 @@ impl Bound {
     pub fn addresses(&self) -> Vec<(String, Vec<SocketAddr>)> {
         self.listeners
             .iter()
-            .map(|l| (l.id.clone(), l.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()))
+            .map(|l| {
+                (
+                    l.id.clone(),
+                    l.sockets
+                        .iter()
+                        .filter_map(|s| s.local_addr().ok())
+                        .collect(),
+                )
+            })
             .collect()
     }
 }
@@ -65,7 +73,11 @@ pub async fn bind(config: &Config) -> Result<Bound> {
             tracing::info!(listener = %id, protocol = listener.protocol.as_str(), addr = %socket.local_addr()?, "listening");
             sockets.push(socket);
         }
-        listeners.push(BoundListener { id: id.clone(), config: listener.clone(), sockets });
+        listeners.push(BoundListener {
+            id: id.clone(),
+            config: listener.clone(),
+            sockets,
+        });
     }
     let health = TcpListener::bind(config.health.bind)
         .await
@@ -78,9 +90,17 @@ pub async fn bind(config: &Config) -> Result<Bound> {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the node until `shutdown` is cancelled, then drains live sessions.
-pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: Config,
+    bound: Bound,
+    node_token: Option<String>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let slot = ClientSlot::default();
-    let resolver = ControlResolver { slot: slot.clone(), timeout: config.control.resolve_timeout };
+    let resolver = ControlResolver {
+        slot: slot.clone(),
+        timeout: config.control.resolve_timeout,
+    };
     let node = Node::new(config.node.id.clone(), Arc::new(resolver), shutdown.clone());
     let listeners = bound
         .addresses()
@@ -104,7 +124,10 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
     };
     let background = TaskTracker::new();
     background.spawn(link.run());
-    background.spawn(metrics::run(Arc::clone(&node), config.node.metrics_interval));
+    background.spawn(metrics::run(
+        Arc::clone(&node),
+        config.node.metrics_interval,
+    ));
     let health = axum::serve(bound.health, health::router(Arc::clone(&node)))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     background.spawn(async move {
@@ -117,11 +140,17 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
         background.spawn(listener::serve(Arc::clone(&node), bound, sessions.clone()));
     }
     shutdown.cancelled().await;
-    tracing::info!(live = node.sessions.active_total(), "shutting down; draining sessions");
+    tracing::info!(
+        live = node.sessions.active_total(),
+        "shutting down; draining sessions"
+    );
     background.close();
     background.wait().await;
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
+        .await
+        .is_err()
+    {
         node.kill_sessions.cancel();
         sessions.wait().await;
     }

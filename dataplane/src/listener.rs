@@ -28,7 +28,12 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, sessions: TaskTracker)
     let accepts = TaskTracker::new();
     for socket in bound.sockets {
         let node = Arc::clone(&node);
-        let (id, config, limit, sessions) = (Arc::clone(&id), Arc::clone(&config), Arc::clone(&limit), sessions.clone());
+        let (id, config, limit, sessions) = (
+            Arc::clone(&id),
+            Arc::clone(&config),
+            Arc::clone(&limit),
+            sessions.clone(),
+        );
         accepts.spawn(async move {
             loop {
                 let accepted = tokio::select! {

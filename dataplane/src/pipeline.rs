@@ -49,8 +49,14 @@ impl SessionCtx {
             return Err(Error::Client("empty account identifier".into()));
         }
         self.node.honour_delay(&key).await;
-        let routes = self.node.routes().ok_or_else(|| Error::Routing("no route cache yet".into()))?;
-        let resolved = routes.lookup(&key).await.map_err(|e| Error::Routing(e.to_string()))?;
+        let routes = self
+            .node
+            .routes()
+            .ok_or_else(|| Error::Routing("no route cache yet".into()))?;
+        let resolved = routes
+            .lookup(&key)
+            .await
+            .map_err(|e| Error::Routing(e.to_string()))?;
         let destination = match settings.destination(&resolved.destination) {
             Some(d) => Arc::clone(d),
             None => {
@@ -70,15 +76,21 @@ impl SessionCtx {
             "routing decision"
         );
         let endpoint = self.endpoint(&destination)?;
-        Ok(Route { key, destination, endpoint })
+        Ok(Route {
+            key,
+            destination,
+            endpoint,
+        })
     }
 
     fn endpoint(&self, destination: &Destination) -> Result<Endpoint> {
         let protocol = self.protocol();
-        let endpoint = *destination
-            .endpoints
-            .get(&protocol)
-            .ok_or_else(|| Error::unavailable(&destination.id, format!("no {} endpoint", protocol.as_str())))?;
+        let endpoint = *destination.endpoints.get(&protocol).ok_or_else(|| {
+            Error::unavailable(
+                &destination.id,
+                format!("no {} endpoint", protocol.as_str()),
+            )
+        })?;
         match endpoint.tls {
             TlsMode::Plain if !destination.allow_plaintext_auth => Err(Error::unavailable(
                 &destination.id,
@@ -123,13 +135,22 @@ impl SessionCtx {
 
     /// Step 7: relays bytes both ways until one side closes or the session is kicked,
     /// then logs the completed session.
-    pub async fn bridge<C, B>(&self, route: &Route, mut client: C, to_backend: Vec<u8>, mut backend: B, to_client: Vec<u8>)
-    where
+    pub async fn bridge<C, B>(
+        &self,
+        route: &Route,
+        mut client: C,
+        to_backend: Vec<u8>,
+        mut backend: B,
+        to_client: Vec<u8>,
+    ) where
         C: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        let kick = self.node.sessions.register(&route.key, &self.node.kill_sessions);
+        let kick = self
+            .node
+            .sessions
+            .register(&route.key, &self.node.kill_sessions);
         let primed = async {
             backend.write_all(&to_backend).await?;
             client.write_all(&to_client).await?;

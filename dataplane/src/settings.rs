@@ -126,8 +126,12 @@ impl TryFrom<pb::FleetSettings> for FleetSettings {
     type Error = InvalidSettings;
 
     fn try_from(s: pb::FleetSettings) -> Result<Self, Self::Error> {
-        let cache = s.cache.ok_or_else(|| InvalidSettings("no cache settings".into()))?;
-        let breaker = s.breaker.ok_or_else(|| InvalidSettings("no breaker settings".into()))?;
+        let cache = s
+            .cache
+            .ok_or_else(|| InvalidSettings("no cache settings".into()))?;
+        let breaker = s
+            .breaker
+            .ok_or_else(|| InvalidSettings("no breaker settings".into()))?;
         let mut destinations = HashMap::new();
         for d in s.destinations {
             let d = Destination::try_from(d)?;
@@ -175,7 +179,11 @@ pub(crate) mod tests {
             host: "127.0.0.1".into(),
             forwarding: "none".into(),
             allow_plaintext_auth: true,
-            endpoints: vec![pb::Endpoint { protocol: "imap".into(), port, tls: "plain".into() }],
+            endpoints: vec![pb::Endpoint {
+                protocol: "imap".into(),
+                port,
+                tls: "plain".into(),
+            }],
         };
         pb::FleetSettings {
             destinations: vec![dest("legacy", 1143), dest("new", 2143)],
@@ -204,7 +212,13 @@ pub(crate) mod tests {
         let s = FleetSettings::try_from(sample()).unwrap();
         assert_eq!(s.destinations.len(), 2);
         let new = s.destination("new").unwrap();
-        assert_eq!(new.endpoints[&Protocol::Imap], Endpoint { port: 2143, tls: TlsMode::Plain });
+        assert_eq!(
+            new.endpoints[&Protocol::Imap],
+            Endpoint {
+                port: 2143,
+                tls: TlsMode::Plain
+            }
+        );
         assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
         assert!(s.route_key.lowercase);
     }

@@ -23,7 +23,11 @@ pub struct ControlPlane {
 }
 
 /// Destinations for a test fleet: `(id, imap port)`, all on 127.0.0.1 over plain IMAP.
-pub fn controlplane_toml(db: &std::path::Path, destinations: &[(&str, u16)], default: &str) -> String {
+pub fn controlplane_toml(
+    db: &std::path::Path,
+    destinations: &[(&str, u16)],
+    default: &str,
+) -> String {
     let mut toml = format!(
         r#"[server]
 metrics_interval = "1s"
@@ -65,7 +69,10 @@ impl ControlPlane {
         let parsed = controlplane::config::Config::from_toml_str(&config)?;
         let bound = controlplane::bind(&parsed).await?;
         let (api, grpc) = (bound.api_addr()?, bound.grpc_addr()?);
-        let secrets = controlplane::Secrets { node_token: NODE_TOKEN.into(), admin_token: ADMIN_TOKEN.into() };
+        let secrets = controlplane::Secrets {
+            node_token: NODE_TOKEN.into(),
+            admin_token: ADMIN_TOKEN.into(),
+        };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -73,7 +80,14 @@ impl ControlPlane {
                 eprintln!("control plane stopped: {e}");
             }
         });
-        Ok(Self { api, grpc, shutdown, task: Some(task), dir, config })
+        Ok(Self {
+            api,
+            grpc,
+            shutdown,
+            task: Some(task),
+            dir,
+            config,
+        })
     }
 
     pub fn endpoint(&self) -> String {
@@ -81,7 +95,11 @@ impl ControlPlane {
     }
 
     pub fn api(&self) -> Api {
-        Api { base: format!("http://{}", self.api), token: Some(ADMIN_TOKEN.into()), http: reqwest::Client::new() }
+        Api {
+            base: format!("http://{}", self.api),
+            token: Some(ADMIN_TOKEN.into()),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn stop(&mut self) {
@@ -94,7 +112,10 @@ impl ControlPlane {
     /// Starts a new control plane on the same store (new ports).
     pub async fn restart(mut self) -> Result<Self> {
         self.stop().await;
-        let (dir, config) = (std::mem::replace(&mut self.dir, tempfile::tempdir()?), self.config.clone());
+        let (dir, config) = (
+            std::mem::replace(&mut self.dir, tempfile::tempdir()?),
+            self.config.clone(),
+        );
         Self::start_with(dir, config).await
     }
 }
@@ -116,7 +137,11 @@ pub struct Node {
 
 impl Node {
     pub async fn start(id: &str, endpoints: &[String], token: Option<&str>) -> Result<Self> {
-        let endpoints = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
+        let endpoints = endpoints
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let toml = format!(
             r#"[node]
 id = "{id}"
@@ -144,7 +169,13 @@ allow_plaintext_auth = true
                 eprintln!("node stopped: {e}");
             }
         });
-        Ok(Self { id: id.to_string(), imap, health, shutdown, task: Some(task) })
+        Ok(Self {
+            id: id.to_string(),
+            imap,
+            health,
+            shutdown,
+            task: Some(task),
+        })
     }
 
     pub async fn stop(&mut self) {
@@ -180,15 +211,23 @@ impl Api {
         self
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).timeout(Duration::from_secs(15));
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(15));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("{path}"))?;
+        let resp = req.send().await.with_context(|| path.to_string())?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));

@@ -10,9 +10,9 @@
 //! assert_eq!(imap.subjects_in_inbox().await?, ["on backend A"]);
 //! ```
 
-pub mod fleet;
 mod dovecot;
 mod dovecot_conf;
+pub mod fleet;
 mod imap;
 mod python;
 mod util;

@@ -40,11 +40,27 @@ async fn list(State(state): State<ApiState>) -> Json<Vec<DestinationView>> {
         .config
         .destination
         .keys()
-        .map(|id| (id.clone(), DestinationView { destination: id.clone(), ..Default::default() }))
+        .map(|id| {
+            (
+                id.clone(),
+                DestinationView {
+                    destination: id.clone(),
+                    ..Default::default()
+                },
+            )
+        })
         .collect();
-    for node in state.shared.fleet.views().into_iter().filter(|n| n.connected) {
+    for node in state
+        .shared
+        .fleet
+        .views()
+        .into_iter()
+        .filter(|n| n.connected)
+    {
         for h in node.report.map(|r| r.destinations).unwrap_or_default() {
-            let Some(view) = all.get_mut(&h.destination) else { continue };
+            let Some(view) = all.get_mut(&h.destination) else {
+                continue;
+            };
             view.consecutive_failures = view.consecutive_failures.max(h.consecutive_failures);
             view.down |= h.down;
             view.nodes_down += usize::from(h.down);
@@ -70,7 +86,10 @@ struct ResetResult {
     nodes: Vec<NodeResult>,
 }
 
-async fn reset(State(state): State<ApiState>, Query(q): Query<ResetQuery>) -> Result<Json<ResetResult>> {
+async fn reset(
+    State(state): State<ApiState>,
+    Query(q): Query<ResetQuery>,
+) -> Result<Json<ResetResult>> {
     let shared = &state.shared;
     if let Some(d) = q.destination.as_deref().filter(|d| !shared.is_declared(d)) {
         return Err(Error::NotFound(format!("unknown destination {d:?}")));
@@ -78,8 +97,16 @@ async fn reset(State(state): State<ApiState>, Query(q): Query<ResetQuery>) -> Re
     if let Some(n) = q.node.as_deref().filter(|n| !shared.fleet.knows(n)) {
         return Err(Error::NotFound(format!("unknown node {n:?}")));
     }
-    let kind = pb::command::Kind::BreakerReset(pb::BreakerReset { destination: q.destination.clone().unwrap_or_default() });
-    let nodes = shared.fleet.command(kind, q.node.as_deref(), shared.config.api.ack_timeout).await;
+    let kind = pb::command::Kind::BreakerReset(pb::BreakerReset {
+        destination: q.destination.clone().unwrap_or_default(),
+    });
+    let nodes = shared
+        .fleet
+        .command(kind, q.node.as_deref(), shared.config.api.ack_timeout)
+        .await;
     tracing::info!(destination = ?q.destination, node = ?q.node, "admin: breaker reset");
-    Ok(Json(ResetResult { destination: q.destination, nodes }))
+    Ok(Json(ResetResult {
+        destination: q.destination,
+        nodes,
+    }))
 }

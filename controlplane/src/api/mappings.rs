@@ -30,12 +30,17 @@ struct Resolution {
 fn key_of(state: &ApiState, identifier: &str) -> Result<String> {
     let key = state.shared.rule.key(identifier);
     if key.is_empty() || key.len() > 1024 {
-        return Err(Error::BadRequest("identifier must give a route key of 1..=1024 bytes".into()));
+        return Err(Error::BadRequest(
+            "identifier must give a route key of 1..=1024 bytes".into(),
+        ));
     }
     Ok(key)
 }
 
-async fn show(State(state): State<ApiState>, Path(identifier): Path<String>) -> Result<Json<Resolution>> {
+async fn show(
+    State(state): State<ApiState>,
+    Path(identifier): Path<String>,
+) -> Result<Json<Resolution>> {
     let key = key_of(&state, &identifier)?;
     let r = state.shared.resolve(&key).await?;
     Ok(Json(Resolution {
@@ -70,16 +75,29 @@ async fn put(
     let written = state.shared.write(&key, Some(&body.destination)).await?;
     let written = written.ok_or_else(|| Error::Config("store did not return a revision".into()))?;
     tracing::info!(account = %redact(&key), destination = %body.destination, revision = written.revision, "admin: mapping set");
-    Ok(Json(WriteResult { normalized: key, destination: Some(body.destination), revision: written.revision, nodes: written.nodes }))
+    Ok(Json(WriteResult {
+        normalized: key,
+        destination: Some(body.destination),
+        revision: written.revision,
+        nodes: written.nodes,
+    }))
 }
 
-async fn remove(State(state): State<ApiState>, Path(identifier): Path<String>) -> Result<(StatusCode, Json<WriteResult>)> {
+async fn remove(
+    State(state): State<ApiState>,
+    Path(identifier): Path<String>,
+) -> Result<(StatusCode, Json<WriteResult>)> {
     let key = key_of(&state, &identifier)?;
     let Some(written) = state.shared.write(&key, None).await? else {
         return Err(Error::NotFound(format!("no mapping for {identifier:?}")));
     };
     tracing::info!(account = %redact(&key), revision = written.revision, "admin: mapping removed");
-    let result = WriteResult { normalized: key, destination: None, revision: written.revision, nodes: written.nodes };
+    let result = WriteResult {
+        normalized: key,
+        destination: None,
+        revision: written.revision,
+        nodes: written.nodes,
+    };
     Ok((StatusCode::OK, Json(result)))
 }
 
@@ -104,8 +122,20 @@ struct Entry {
 
 async fn list(State(state): State<ApiState>, Query(page): Query<Page>) -> Result<Json<Listing>> {
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = state.shared.store.list(page.after.as_deref(), limit).await?;
-    let next = (rows.len() == limit).then(|| rows.last().map(|m| m.key.clone())).flatten();
-    let mappings = rows.into_iter().map(|m| Entry { identifier: m.key, destination: m.destination }).collect();
+    let rows = state
+        .shared
+        .store
+        .list(page.after.as_deref(), limit)
+        .await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|m| m.key.clone()))
+        .flatten();
+    let mappings = rows
+        .into_iter()
+        .map(|m| Entry {
+            identifier: m.key,
+            destination: m.destination,
+        })
+        .collect();
     Ok(Json(Listing { mappings, next }))
 }

@@ -23,13 +23,31 @@ const BACKEND_AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
     let parser = ImapParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { ctx, client: stream, parser, deadline, failures: 0, bad: 0 };
+    let mut session = Session {
+        ctx,
+        client: stream,
+        parser,
+        deadline,
+        failures: 0,
+        bad: 0,
+    };
     match session.run().await {
         Ok(Some((route, backend))) => {
-            let Session { ctx, client, mut parser, .. } = session;
+            let Session {
+                ctx,
+                client,
+                mut parser,
+                ..
+            } = session;
             let BackendConn { stream, mut lines } = backend;
-            ctx.bridge(&route, client, parser.take_remaining(), stream, lines.take_remaining())
-                .await;
+            ctx.bridge(
+                &route,
+                client,
+                parser.take_remaining(),
+                stream,
+                lines.take_remaining(),
+            )
+            .await;
         }
         Ok(None) => {}
         Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
@@ -60,7 +78,10 @@ enum Outcome {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
     async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
-        let greeting = format!("* OK [CAPABILITY {}] Switchyard ready\r\n", self.capabilities());
+        let greeting = format!(
+            "* OK [CAPABILITY {}] Switchyard ready\r\n",
+            self.capabilities()
+        );
         self.send(greeting.as_bytes()).await?;
         loop {
             let command = match self.next_command().await? {
@@ -70,12 +91,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let tag = command.tag.clone();
             let outcome = match command.name.as_str() {
                 "CAPABILITY" => {
-                    let caps = format!("* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n", self.capabilities());
+                    let caps = format!(
+                        "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
+                        self.capabilities()
+                    );
                     self.send(caps.as_bytes()).await?;
                     continue;
                 }
                 "NOOP" => {
-                    self.send(format!("{tag} OK NOOP completed\r\n").as_bytes()).await?;
+                    self.send(format!("{tag} OK NOOP completed\r\n").as_bytes())
+                        .await?;
                     continue;
                 }
                 "ID" => {
@@ -91,7 +116,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "LOGIN" => self.login(command).await?,
                 "AUTHENTICATE" => self.authenticate(command).await?,
                 _ => {
-                    self.send(format!("{tag} BAD Command not valid before authentication\r\n").as_bytes()).await?;
+                    self.send(
+                        format!("{tag} BAD Command not valid before authentication\r\n").as_bytes(),
+                    )
+                    .await?;
                     continue;
                 }
             };
@@ -100,7 +128,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(Outcome::Rejected) => {
                     self.failures += 1;
                     if self.failures >= self.ctx.listener.max_auth_attempts {
-                        self.send(b"* BYE Too many authentication failures\r\n").await?;
+                        self.send(b"* BYE Too many authentication failures\r\n")
+                            .await?;
                         return Ok(None);
                     }
                 }
@@ -133,7 +162,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             match self.parser.next_event() {
                 Ok(Some(Event::Command(c))) => return Ok(Some(c)),
-                Ok(Some(Event::NeedContinuation { .. })) => self.send(b"+ Ready for literal data\r\n").await?,
+                Ok(Some(Event::NeedContinuation { .. })) => {
+                    self.send(b"+ Ready for literal data\r\n").await?
+                }
                 Ok(None) => {
                     if !self.fill().await? {
                         return Ok(None);
@@ -171,27 +202,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn login(&mut self, command: Command) -> Result<Option<Outcome>> {
         let tag = command.tag;
         if !self.plaintext_allowed() {
-            let refusal = format!("{tag} NO [PRIVACYREQUIRED] Cleartext login is disabled on this connection\r\n");
+            let refusal = format!(
+                "{tag} NO [PRIVACYREQUIRED] Cleartext login is disabled on this connection\r\n"
+            );
             self.send(refusal.as_bytes()).await?;
             return Ok(None);
         }
         let [user, pass] = command.args.as_slice() else {
-            self.send(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes()).await?;
+            self.send(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes())
+                .await?;
             return Ok(None);
         };
         let (Some(user), Some(pass)) = (user.as_str(), pass.as_str()) else {
-            self.send(format!("{tag} BAD LOGIN arguments must be UTF-8 strings\r\n").as_bytes()).await?;
+            self.send(format!("{tag} BAD LOGIN arguments must be UTF-8 strings\r\n").as_bytes())
+                .await?;
             return Ok(None);
         };
-        let creds = Credentials { authzid: String::new(), authcid: user.to_string(), password: pass.to_string() };
+        let creds = Credentials {
+            authzid: String::new(),
+            authcid: user.to_string(),
+            password: pass.to_string(),
+        };
         self.replay(&tag, creds).await.map(Some)
     }
 
     async fn authenticate(&mut self, command: Command) -> Result<Option<Outcome>> {
         let tag = command.tag;
-        let mechanism = command.args.first().and_then(Arg::as_str).map(str::to_ascii_uppercase);
+        let mechanism = command
+            .args
+            .first()
+            .and_then(Arg::as_str)
+            .map(str::to_ascii_uppercase);
         if mechanism.as_deref() != Some("PLAIN") {
-            self.send(format!("{tag} NO Unsupported authentication mechanism\r\n").as_bytes()).await?;
+            self.send(format!("{tag} NO Unsupported authentication mechanism\r\n").as_bytes())
+                .await?;
             return Ok(None);
         }
         if !self.plaintext_allowed() {
@@ -200,7 +244,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Ok(None);
         }
         let response = match command.args.get(1) {
-            Some(ir) => ir.as_bytes().map(|b| SaslLine::Data(b.to_vec())).unwrap_or(SaslLine::Cancelled),
+            Some(ir) => ir
+                .as_bytes()
+                .map(|b| SaslLine::Data(b.to_vec()))
+                .unwrap_or(SaslLine::Cancelled),
             None => match self.continuation().await? {
                 Some(line) => match sasl::decode_base64_line(&line) {
                     Ok(SaslLine::Data(_)) => SaslLine::Data(line),
@@ -211,7 +258,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
         };
         let SaslLine::Data(b64) = response else {
-            self.send(format!("{tag} BAD Authentication cancelled\r\n").as_bytes()).await?;
+            self.send(format!("{tag} BAD Authentication cancelled\r\n").as_bytes())
+                .await?;
             return Ok(None);
         };
         match sasl::decode_plain(&b64) {
@@ -221,7 +269,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn bad_sasl(&mut self, tag: &str, why: &str) -> Result<Option<Outcome>> {
-        self.send(format!("{tag} BAD Invalid SASL response: {why}\r\n").as_bytes()).await?;
+        self.send(format!("{tag} BAD Invalid SASL response: {why}\r\n").as_bytes())
+            .await?;
         Ok(Some(Outcome::Rejected))
     }
 
@@ -247,7 +296,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(route) => route,
             Err(Error::Client(why)) => {
                 tracing::debug!(reason = %why, "login refused");
-                self.send(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed\r\n").as_bytes()).await?;
+                self.send(
+                    format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed\r\n").as_bytes(),
+                )
+                .await?;
                 return Ok(Outcome::Rejected);
             }
             Err(e) => return self.unavailable(tag, e).await,
@@ -265,7 +317,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn unavailable(&mut self, tag: &str, error: Error) -> Result<Outcome> {
         tracing::warn!(error = %error, "backend unavailable");
-        let reply = format!("{tag} NO [UNAVAILABLE] Backend temporarily unavailable, try again later\r\n");
+        let reply =
+            format!("{tag} NO [UNAVAILABLE] Backend temporarily unavailable, try again later\r\n");
         self.send(reply.as_bytes()).await?;
         Ok(Outcome::Rejected)
     }
@@ -273,8 +326,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Connects and reads the greeting; only this part counts for the breaker.
     async fn establish(&self, route: &Route) -> Result<BackendConn> {
         let (stream, permit) = self.ctx.connect(route).await?;
-        let mut backend = BackendConn { stream, lines: LineBuffer::new(BACKEND_MAX_LINE) };
-        let wait = self.ctx.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(BACKEND_AUTH_TIMEOUT);
+        let mut backend = BackendConn {
+            stream,
+            lines: LineBuffer::new(BACKEND_MAX_LINE),
+        };
+        let wait = self
+            .ctx
+            .node
+            .settings()
+            .map(|s| s.breaker.connect_timeout)
+            .unwrap_or(BACKEND_AUTH_TIMEOUT);
         match backend.read_line(Instant::now() + wait).await {
             Ok(greeting) if greeting.starts_with(b"* OK") => {
                 permit.success();
@@ -283,7 +344,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(other) => {
                 permit.failure();
                 let shown = String::from_utf8_lossy(&other[..other.len().min(80)]).into_owned();
-                Err(Error::backend(&route.destination.id, format!("unexpected greeting {shown:?}")))
+                Err(Error::backend(
+                    &route.destination.id,
+                    format!("unexpected greeting {shown:?}"),
+                ))
             }
             Err(e) => {
                 permit.failure();
@@ -293,17 +357,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Sends the credential and relays the backend's answer; true when it accepted.
-    async fn verdict(&mut self, tag: &str, backend: &mut BackendConn, creds: &Credentials) -> Result<bool> {
+    async fn verdict(
+        &mut self,
+        tag: &str,
+        backend: &mut BackendConn,
+        creds: &Credentials,
+    ) -> Result<bool> {
         let deadline = Instant::now() + BACKEND_AUTH_TIMEOUT;
         let payload = sasl::encode_plain(creds);
-        backend.stream.write_all(b"S1 AUTHENTICATE PLAIN\r\n").await?;
+        backend
+            .stream
+            .write_all(b"S1 AUTHENTICATE PLAIN\r\n")
+            .await?;
         let mut sent = false;
         loop {
             let line = backend.read_line(deadline).await?;
             if line.starts_with(b"+") {
                 // One continuation for the payload; a second one means the backend wants
                 // more than PLAIN carries, so the exchange is cancelled.
-                let reply = if sent { "*\r\n".to_string() } else { format!("{payload}\r\n") };
+                let reply = if sent {
+                    "*\r\n".to_string()
+                } else {
+                    format!("{payload}\r\n")
+                };
                 backend.stream.write_all(reply.as_bytes()).await?;
                 sent = true;
             } else if let Some(rest) = line.strip_prefix(b"S1 ") {
@@ -327,13 +403,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 }
 
 fn backend_peer(backend: &BackendConn) -> String {
-    backend.stream.peer_addr().map(|a| a.to_string()).unwrap_or_default()
+    backend
+        .stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
 }
 
 impl BackendConn {
     async fn read_line(&mut self, deadline: Instant) -> Result<Vec<u8>> {
         loop {
-            if let Some(line) = self.lines.next_line().map_err(|e| Error::Client(format!("backend: {e}")))? {
+            if let Some(line) = self
+                .lines
+                .next_line()
+                .map_err(|e| Error::Client(format!("backend: {e}")))?
+            {
                 return Ok(line);
             }
             let mut buf = [0u8; 4096];

@@ -12,7 +12,10 @@ pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
     match ctx.protocol() {
         Protocol::Imap => imap::serve(ctx, stream).await,
         // Config validation refuses listeners for protocols this build does not serve.
-        other => tracing::error!(protocol = other.as_str(), "protocol not available in this build"),
+        other => tracing::error!(
+            protocol = other.as_str(),
+            "protocol not available in this build"
+        ),
     }
 }
 
@@ -22,7 +25,11 @@ pub fn busy(protocol: Protocol) -> &'static [u8] {
         Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
         Protocol::Managesieve => b"BYE (TRYLATER) \"Too many connections, try again later\"\r\n",
-        Protocol::Submission | Protocol::Smtp | Protocol::Lmtp => b"421 4.3.2 Too many connections, try again later\r\n",
-        Protocol::Http => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        Protocol::Submission | Protocol::Smtp | Protocol::Lmtp => {
+            b"421 4.3.2 Too many connections, try again later\r\n"
+        }
+        Protocol::Http => {
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        }
     }
 }
