@@ -70,7 +70,7 @@ pub async fn bind(config: &Config) -> Result<Bound> {
             let socket = TcpListener::bind(addr)
                 .await
                 .map_err(|e| Error::Client(format!("listener {id}: cannot bind {addr}: {e}")))?;
-            tracing::info!(listener = %id, protocol = listener.protocol.as_str(), addr = %socket.local_addr()?, "listening");
+            tracing::info!(listener = %id, protocol = %listener.protocol, addr = %socket.local_addr()?, "listening");
             sockets.push(socket);
         }
         listeners.push(BoundListener {

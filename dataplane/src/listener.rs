@@ -49,7 +49,7 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, sessions: TaskTracker)
                 };
                 let _ = stream.set_nodelay(true);
                 let ctx = SessionCtx { node: Arc::clone(&node), listener_id: Arc::clone(&id), listener: Arc::clone(&config), client };
-                let span = tracing::info_span!("conn", listener = %id, protocol = config.protocol.as_str(), client = %client);
+                let span = tracing::info_span!("conn", listener = %id, protocol = %config.protocol, client = %client);
                 match Arc::clone(&limit).try_acquire_owned() {
                     Ok(permit) => {
                         sessions.spawn(

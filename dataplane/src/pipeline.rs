@@ -167,12 +167,12 @@ impl SessionCtx {
         let to_client_bytes = to_client_bytes + to_client.len() as u64;
         self.node.sessions.add_bytes(from_client, to_client_bytes);
         tracing::info!(
-            protocol = self.protocol().as_str(),
+            protocol = %self.protocol(),
             destination = %route.destination.id,
             bytes_from_client = from_client,
             bytes_to_client = to_client_bytes,
             duration_ms = started.elapsed().as_millis() as u64,
-            end = how,
+            end = %how,
             "session closed"
         );
     }

@@ -206,6 +206,15 @@ pub struct Api {
 }
 
 impl Api {
+    /// A client for the API at `addr` with the test admin token.
+    pub fn new(addr: SocketAddr) -> Self {
+        Api {
+            base: format!("http://{addr}"),
+            token: Some(ADMIN_TOKEN.into()),
+            http: reqwest::Client::new(),
+        }
+    }
+
     pub fn without_token(mut self) -> Self {
         self.token = None;
         self
