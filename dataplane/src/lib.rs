@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod health;
+pub mod idle;
 pub mod listener;
 pub mod metrics;
 pub mod node;

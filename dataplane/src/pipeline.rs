@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::breaker::Permit;
 use crate::config::{ListenerConfig, Protocol, TlsMode};
 use crate::error::{Error, Result};
+use crate::idle::{Activity, Watched};
 use crate::node::Node;
 use crate::routekey::redact;
 use crate::settings::{Destination, Endpoint};
@@ -133,14 +134,14 @@ impl SessionCtx {
         Err(Error::backend(&dest.id, last))
     }
 
-    /// Step 7: relays bytes both ways until one side closes or the session is kicked,
-    /// then logs the completed session.
+    /// Step 7: relays bytes both ways until one side closes, the session is kicked or
+    /// nothing moved for the listener's `idle_timeout`, then logs the completed session.
     pub async fn bridge<C, B>(
         &self,
         route: &Route,
-        mut client: C,
+        client: C,
         to_backend: Vec<u8>,
-        mut backend: B,
+        backend: B,
         to_client: Vec<u8>,
     ) where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -151,6 +152,9 @@ impl SessionCtx {
             .node
             .sessions
             .register(&route.key, &self.node.kill_sessions);
+        let activity = Activity::new();
+        let mut client = Watched::new(client, activity.clone());
+        let mut backend = Watched::new(backend, activity.clone());
         let primed = async {
             backend.write_all(&to_backend).await?;
             client.write_all(&to_client).await?;
@@ -162,6 +166,7 @@ impl SessionCtx {
                 Err(_) => (0, 0, "broken"),
             },
             _ = kick.token.cancelled() => (0, 0, "kicked"),
+            _ = activity.idle_for(self.listener.idle_timeout) => (0, 0, "idle"),
         };
         let from_client = from_client + to_backend.len() as u64;
         let to_client_bytes = to_client_bytes + to_client.len() as u64;
