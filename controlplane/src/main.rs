@@ -1,25 +1,12 @@
 //! `controlplane --config FILE [--check]`: load, validate, bind, run.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use clap::Parser;
+use dataplane::cli::Args;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Parser)]
-#[command(version, about = "Switchyard control plane")]
-struct Args {
-    /// Path to controlplane.toml
-    #[arg(long, short)]
-    config: PathBuf,
-    /// Validate the config and exit
-    #[arg(long)]
-    check: bool,
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = Args::parse_for("controlplane", "Switchyard control plane");
     let config = controlplane::config::Config::load(&args.config)?;
     if args.check {
         println!("{}: ok", args.config.display());

@@ -5,6 +5,7 @@
 //! Tests call the same two functions with listeners on port 0.
 
 pub mod breaker;
+pub mod cli;
 pub mod codec;
 pub mod commands;
 pub mod config;

@@ -67,28 +67,6 @@ impl FleetSettings {
 #[error("invalid fleet settings from the control plane: {0}")]
 pub struct InvalidSettings(pub String);
 
-pub fn protocol_from_str(s: &str) -> Option<Protocol> {
-    Some(match s {
-        "imap" => Protocol::Imap,
-        "pop3" => Protocol::Pop3,
-        "managesieve" => Protocol::Managesieve,
-        "submission" => Protocol::Submission,
-        "smtp" => Protocol::Smtp,
-        "lmtp" => Protocol::Lmtp,
-        "http" => Protocol::Http,
-        _ => return None,
-    })
-}
-
-pub fn tls_from_str(s: &str) -> Option<TlsMode> {
-    Some(match s {
-        "plain" => TlsMode::Plain,
-        "starttls" => TlsMode::Starttls,
-        "implicit" => TlsMode::Implicit,
-        _ => return None,
-    })
-}
-
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
@@ -101,10 +79,10 @@ impl TryFrom<pb::Destination> for Destination {
         for e in d.endpoints {
             // An endpoint for a protocol this node does not know is skipped, not fatal:
             // a newer control plane may declare protocols an older node never serves.
-            let Some(protocol) = protocol_from_str(&e.protocol) else {
+            let Some(protocol) = Protocol::from_name(&e.protocol) else {
                 continue;
             };
-            let tls = tls_from_str(&e.tls)
+            let tls = TlsMode::from_name(&e.tls)
                 .ok_or_else(|| InvalidSettings(format!("destination {}: tls {:?}", d.id, e.tls)))?;
             let port = u16::try_from(e.port)
                 .ok()

@@ -209,12 +209,18 @@ pub enum TlsMode {
 }
 
 impl TlsMode {
+    pub const ALL: [TlsMode; 3] = [TlsMode::Plain, TlsMode::Starttls, TlsMode::Implicit];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TlsMode::Plain => "plain",
             TlsMode::Starttls => "starttls",
             TlsMode::Implicit => "implicit",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<TlsMode> {
+        TlsMode::ALL.into_iter().find(|t| t.as_str() == name)
     }
 }
 
