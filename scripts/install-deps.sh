@@ -14,6 +14,9 @@ DEPS=(
   "dovecot-lmtpd:/usr/lib/dovecot/lmtp"
   "dovecot-managesieved:/usr/lib/dovecot/managesieve"
   "python3:python3"
+  "postfix:/usr/sbin/postfix"
+  "swaks:swaks"
+  "curl:curl"
 )
 
 present() {

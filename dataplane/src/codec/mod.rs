@@ -6,6 +6,7 @@
 
 pub mod imap;
 pub mod line;
+pub mod mechanism;
 pub mod sasl;
 
 /// What was wrong with client input. The messages are safe to echo back to the client
