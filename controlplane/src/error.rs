@@ -42,10 +42,6 @@ impl IntoResponse for Error {
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
     }
 }

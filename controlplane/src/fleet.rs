@@ -83,24 +83,20 @@ impl Fleet {
 
     /// Registers a node's new stream; a new instance id starts its counters afresh.
     pub fn connect(&self, hello: pb::Hello, applied: (String, u64), tx: Outbound) -> u64 {
-        let stream_id = self
-            .next_stream
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stream_id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
         let mut nodes = self.lock();
-        let entry = nodes
-            .entry(hello.node_id.clone())
-            .or_insert_with(|| NodeEntry {
-                hello: hello.clone(),
-                stream_id,
-                tx: None,
-                connected_at: now,
-                last_seen: now,
-                report: None,
-                report_at: None,
-                applied: applied.clone(),
-                pending: HashMap::new(),
-            });
+        let entry = nodes.entry(hello.node_id.clone()).or_insert_with(|| NodeEntry {
+            hello: hello.clone(),
+            stream_id,
+            tx: None,
+            connected_at: now,
+            last_seen: now,
+            report: None,
+            report_at: None,
+            applied: applied.clone(),
+            pending: HashMap::new(),
+        });
         if entry.hello.instance_id != hello.instance_id {
             entry.report = None;
             entry.report_at = None;
@@ -180,17 +176,12 @@ impl Fleet {
     }
 
     fn senders(&self) -> Vec<(String, Outbound)> {
-        self.lock()
-            .values()
-            .filter_map(|e| e.tx.clone().map(|tx| (e.hello.node_id.clone(), tx)))
-            .collect()
+        self.lock().values().filter_map(|e| e.tx.clone().map(|tx| (e.hello.node_id.clone(), tx))).collect()
     }
 
     /// Sends a route update to every connected node (in the caller's revision order).
     pub async fn push(&self, update: pb::RouteUpdate) {
-        let message = pb::ControlMessage {
-            kind: Some(pb::control_message::Kind::RouteUpdate(update)),
-        };
+        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update)) };
         for (node_id, tx) in self.senders() {
             if tx.send(Ok(message.clone())).await.is_err() {
                 tracing::debug!(node = %node_id, "route update not delivered: stream closed");
@@ -199,12 +190,7 @@ impl Fleet {
     }
 
     /// Waits until every node connected now has applied `revision` of `epoch`, or the timeout.
-    pub async fn wait_applied(
-        &self,
-        epoch: &str,
-        revision: u64,
-        timeout: Duration,
-    ) -> Vec<NodeResult> {
+    pub async fn wait_applied(&self, epoch: &str, revision: u64, timeout: Duration) -> Vec<NodeResult> {
         let deadline = Instant::now() + timeout;
         let targets: Vec<String> = self.senders().into_iter().map(|(id, _)| id).collect();
         loop {
@@ -225,44 +211,27 @@ impl Fleet {
             .iter()
             .map(|id| {
                 let result = match nodes.get(id) {
-                    Some(e) if e.applied.0 == epoch && e.applied.1 >= revision => {
-                        NodeOutcome::Applied
-                    }
+                    Some(e) if e.applied.0 == epoch && e.applied.1 >= revision => NodeOutcome::Applied,
                     Some(e) if e.tx.is_some() => NodeOutcome::Timeout,
                     _ => NodeOutcome::NotConnected,
                 };
-                NodeResult {
-                    node_id: id.clone(),
-                    result,
-                    count: None,
-                }
+                NodeResult { node_id: id.clone(), result, count: None }
             })
             .collect()
     }
 
     /// Sends one command to every connected node (or just `only`) and collects the acks.
     /// Known nodes that are not connected are listed as `not_connected`.
-    pub async fn command(
-        &self,
-        kind: pb::command::Kind,
-        only: Option<&str>,
-        timeout: Duration,
-    ) -> Vec<NodeResult> {
+    pub async fn command(&self, kind: pb::command::Kind, only: Option<&str>, timeout: Duration) -> Vec<NodeResult> {
         let id = uuid::Uuid::new_v4().to_string();
         let message = pb::ControlMessage {
-            kind: Some(pb::control_message::Kind::Command(pb::Command {
-                id: id.clone(),
-                kind: Some(kind),
-            })),
+            kind: Some(pb::control_message::Kind::Command(pb::Command { id: id.clone(), kind: Some(kind) })),
         };
         let mut waiting = Vec::new();
         let mut results = Vec::new();
         {
             let mut nodes = self.lock();
-            for entry in nodes
-                .values_mut()
-                .filter(|e| only.is_none_or(|o| o == e.hello.node_id))
-            {
+            for entry in nodes.values_mut().filter(|e| only.is_none_or(|o| o == e.hello.node_id)) {
                 let node_id = entry.hello.node_id.clone();
                 match &entry.tx {
                     Some(tx) => {
@@ -270,11 +239,7 @@ impl Fleet {
                         entry.pending.insert(id.clone(), done);
                         waiting.push((node_id, tx.clone(), ack));
                     }
-                    None => results.push(NodeResult {
-                        node_id,
-                        result: NodeOutcome::NotConnected,
-                        count: None,
-                    }),
+                    None => results.push(NodeResult { node_id, result: NodeOutcome::NotConnected, count: None }),
                 }
             }
         }
@@ -283,33 +248,15 @@ impl Fleet {
             let message = message.clone();
             async move {
                 if tx.send(Ok(message)).await.is_err() {
-                    return NodeResult {
-                        node_id,
-                        result: NodeOutcome::NotConnected,
-                        count: None,
-                    };
+                    return NodeResult { node_id, result: NodeOutcome::NotConnected, count: None };
                 }
                 match tokio::time::timeout_at(deadline, ack).await {
-                    Ok(Ok(ack)) if ack.result == pb::CommandResult::Applied as i32 => NodeResult {
-                        node_id,
-                        result: NodeOutcome::Applied,
-                        count: Some(ack.count),
-                    },
-                    Ok(Ok(_)) => NodeResult {
-                        node_id,
-                        result: NodeOutcome::Rejected,
-                        count: None,
-                    },
-                    Ok(Err(_)) => NodeResult {
-                        node_id,
-                        result: NodeOutcome::NotConnected,
-                        count: None,
-                    },
-                    Err(_) => NodeResult {
-                        node_id,
-                        result: NodeOutcome::Timeout,
-                        count: None,
-                    },
+                    Ok(Ok(ack)) if ack.result == pb::CommandResult::Applied as i32 => {
+                        NodeResult { node_id, result: NodeOutcome::Applied, count: Some(ack.count) }
+                    }
+                    Ok(Ok(_)) => NodeResult { node_id, result: NodeOutcome::Rejected, count: None },
+                    Ok(Err(_)) => NodeResult { node_id, result: NodeOutcome::NotConnected, count: None },
+                    Err(_) => NodeResult { node_id, result: NodeOutcome::Timeout, count: None },
                 }
             }
         });

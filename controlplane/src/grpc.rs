@@ -45,10 +45,7 @@ pub fn server(
     shared: Arc<Shared>,
     node_token: String,
 ) -> InterceptedService<ControlServer<ControlService>, NodeTokenCheck> {
-    ControlServer::with_interceptor(
-        ControlService { shared },
-        NodeTokenCheck(Arc::new(node_token)),
-    )
+    ControlServer::with_interceptor(ControlService { shared }, NodeTokenCheck(Arc::new(node_token)))
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -57,18 +54,12 @@ type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + 
 impl Control for ControlService {
     type SessionStream = Outbound;
 
-    async fn session(
-        &self,
-        request: Request<Streaming<pb::NodeMessage>>,
-    ) -> Result<Response<Outbound>, Status> {
+    async fn session(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<Outbound>, Status> {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 10s"))??;
-        let Some(pb::NodeMessage {
-            kind: Some(pb::node_message::Kind::Hello(hello)),
-        }) = first
-        else {
+        let Some(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }) = first else {
             return Err(Status::invalid_argument("a session starts with a hello"));
         };
         if hello.node_id.is_empty() {
@@ -99,10 +90,7 @@ impl Control for ControlService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn resolve(
-        &self,
-        request: Request<pb::ResolveRequest>,
-    ) -> Result<Response<pb::ResolveResponse>, Status> {
+    async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
         let key = request.into_inner().key;
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(Status::invalid_argument("route key must be 1..=1024 bytes"));

@@ -66,63 +66,29 @@ impl Secrets {
         let load = |file: Option<&std::path::Path>, env: &str, what: &str| {
             config::load_token(file, env)
                 .map_err(|e| Error::Config(e.to_string()))?
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "{what} is required: set its file in the config or {env}"
-                    ))
-                })
+                .ok_or_else(|| Error::Config(format!("{what} is required: set its file in the config or {env}")))
         };
-        let node_token = load(
-            config.grpc.node_token_file.as_deref(),
-            &config.grpc.node_token_env,
-            "the node token",
-        )?;
-        let admin_token = load(
-            config.api.bearer_token_file.as_deref(),
-            &config.api.bearer_token_env,
-            "the admin token",
-        )?;
+        let node_token = load(config.grpc.node_token_file.as_deref(), &config.grpc.node_token_env, "the node token")?;
+        let admin_token =
+            load(config.api.bearer_token_file.as_deref(), &config.api.bearer_token_env, "the admin token")?;
         if admin_token.len() < api::MIN_TOKEN_LEN {
-            return Err(Error::Config(format!(
-                "the admin token must be at least {} characters",
-                api::MIN_TOKEN_LEN
-            )));
+            return Err(Error::Config(format!("the admin token must be at least {} characters", api::MIN_TOKEN_LEN)));
         }
-        Ok(Secrets {
-            node_token,
-            admin_token,
-        })
+        Ok(Secrets { node_token, admin_token })
     }
 }
 
 /// Runs until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    bound: Bound,
-    secrets: Secrets,
-    shutdown: CancellationToken,
-) -> Result<()> {
+pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: CancellationToken) -> Result<()> {
     let store = Store::open(&config.mapping).await?;
     let revision = store.revision().await?;
-    tracing::info!(
-        source = config.mapping.source.as_str(),
-        epoch = store.epoch(),
-        revision,
-        "mapping store open"
-    );
+    tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision, "mapping store open");
     let metrics_interval = config.server.metrics_interval;
     let shared = Shared::new(config, store);
     let tasks = TaskTracker::new();
-    tasks.spawn(metrics::run(
-        Arc::clone(&shared.fleet),
-        metrics_interval,
-        shutdown.clone(),
-    ));
-    let api = axum::serve(
-        bound.api,
-        api::router(Arc::clone(&shared), secrets.admin_token),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tasks.spawn(metrics::run(Arc::clone(&shared.fleet), metrics_interval, shutdown.clone()));
+    let api = axum::serve(bound.api, api::router(Arc::clone(&shared), secrets.admin_token))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tasks.spawn(async move {
         if let Err(e) = api.await {
             tracing::error!(error = %e, "management api failed");
@@ -132,10 +98,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(grpc::server(Arc::clone(&shared), secrets.node_token))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(bound.grpc),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(TcpListenerStream::new(bound.grpc), shutdown.clone().cancelled_owned());
     tasks.spawn(async move {
         if let Err(e) = grpc.await {
             tracing::error!(error = %e, "grpc server failed");

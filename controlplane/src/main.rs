@@ -14,9 +14,7 @@ async fn main() -> anyhow::Result<()> {
     }
     dataplane::telemetry::init(&config.server.log_level);
     let secrets = controlplane::Secrets::load(&config)?;
-    let bound = controlplane::bind(&config)
-        .await
-        .context("binding listeners")?;
+    let bound = controlplane::bind(&config).await.context("binding listeners")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(dataplane::telemetry::shutdown_on_signal(shutdown.clone()));
     controlplane::run(config, bound, secrets, shutdown).await?;

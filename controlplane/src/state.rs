@@ -45,14 +45,7 @@ impl Shared {
             lowercase: config.mapping.normalize == crate::config::Normalize::Lowercase,
         };
         let fleet = Fleet::new(config.server.heartbeat_interval);
-        Arc::new(Self {
-            config,
-            store,
-            fleet,
-            settings,
-            rule,
-            writes: Mutex::new(()),
-        })
+        Arc::new(Self { config, store, fleet, settings, rule, writes: Mutex::new(()) })
     }
 
     pub fn epoch(&self) -> &str {
@@ -74,20 +67,14 @@ impl Shared {
             }
             None => (default.clone(), false),
         };
-        Ok(Resolution {
-            key: key.to_string(),
-            destination,
-            mapped,
-        })
+        Ok(Resolution { key: key.to_string(), destination, mapped })
     }
 
     /// Writes (or with `None` removes) one mapping, pushes it to every node and waits for
     /// their acks, so their caches no longer hold the old answer when this returns.
     pub async fn write(&self, key: &str, destination: Option<&str>) -> Result<Option<Written>> {
         if let Some(d) = destination.filter(|d| !self.is_declared(d)) {
-            return Err(Error::BadRequest(format!(
-                "destination {d:?} is not declared"
-            )));
+            return Err(Error::BadRequest(format!("destination {d:?} is not declared")));
         }
         let guard = self.writes.lock().await;
         let revision = match destination {
@@ -104,34 +91,21 @@ impl Shared {
         let update = pb::RouteUpdate {
             epoch: self.epoch().to_string(),
             revision,
-            changes: vec![pb::RouteChange {
-                key: key.to_string(),
-                change: Some(change),
-            }],
+            changes: vec![pb::RouteChange { key: key.to_string(), change: Some(change) }],
         };
         self.fleet.push(update).await;
         drop(guard);
-        let nodes = self
-            .fleet
-            .wait_applied(self.epoch(), revision, self.config.api.ack_timeout)
-            .await;
+        let nodes = self.fleet.wait_applied(self.epoch(), revision, self.config.api.ack_timeout).await;
         Ok(Some(Written { revision, nodes }))
     }
 
     /// The Welcome for a node that last applied `(epoch, revision)`, and the changes to
     /// replay after it. A node that cannot catch up by replay is told to flush its cache.
-    pub async fn welcome(
-        &self,
-        epoch: &str,
-        last: u64,
-    ) -> Result<(pb::Welcome, Option<pb::RouteUpdate>)> {
+    pub async fn welcome(&self, epoch: &str, last: u64) -> Result<(pb::Welcome, Option<pb::RouteUpdate>)> {
         const MAX_REPLAY: usize = 10_000;
         let current = self.store.revision().await?;
         let replay = if epoch == self.epoch() && last <= current {
-            self.store
-                .changes_since(last, MAX_REPLAY)
-                .await?
-                .filter(|c| c.len() < MAX_REPLAY)
+            self.store.changes_since(last, MAX_REPLAY).await?.filter(|c| c.len() < MAX_REPLAY)
         } else {
             None
         };
@@ -141,22 +115,20 @@ impl Shared {
             settings: Some(self.settings.clone()),
             flush_cache: replay.is_none(),
         };
-        let update = replay
-            .filter(|c| !c.is_empty())
-            .map(|changes| pb::RouteUpdate {
-                epoch: self.epoch().to_string(),
-                revision: current,
-                changes: changes
-                    .into_iter()
-                    .map(|c| pb::RouteChange {
-                        key: c.key,
-                        change: Some(match c.destination {
-                            Some(d) => pb::route_change::Change::Upsert(d),
-                            None => pb::route_change::Change::Remove(true),
-                        }),
-                    })
-                    .collect(),
-            });
+        let update = replay.filter(|c| !c.is_empty()).map(|changes| pb::RouteUpdate {
+            epoch: self.epoch().to_string(),
+            revision: current,
+            changes: changes
+                .into_iter()
+                .map(|c| pb::RouteChange {
+                    key: c.key,
+                    change: Some(match c.destination {
+                        Some(d) => pb::route_change::Change::Upsert(d),
+                        None => pb::route_change::Change::Remove(true),
+                    }),
+                })
+                .collect(),
+        });
         Ok((welcome, update))
     }
 }

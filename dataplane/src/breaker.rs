@@ -112,11 +112,7 @@ impl Breaker {
             }
             State::HalfOpen { probing: true } => return Err(Rejected),
         };
-        Ok(Permit {
-            breaker: Arc::clone(self),
-            probe,
-            settled: false,
-        })
+        Ok(Permit { breaker: Arc::clone(self), probe, settled: false })
     }
 
     fn on_success(&self) {
@@ -143,9 +139,7 @@ impl Breaker {
                 State::Open { .. } => false,
             };
             if trips {
-                inner.state = State::Open {
-                    until: Instant::now() + inner.cooldown,
-                };
+                inner.state = State::Open { until: Instant::now() + inner.cooldown };
             }
             trips
         };
@@ -171,10 +165,7 @@ impl Breaker {
 
     pub fn health(&self) -> Health {
         let inner = self.lock();
-        Health {
-            consecutive_failures: inner.consecutive_failures,
-            down: inner.state != State::Closed,
-        }
+        Health { consecutive_failures: inner.consecutive_failures, down: inner.state != State::Closed }
     }
 
     fn configure(&self, settings: &BreakerSettings) {
@@ -194,11 +185,7 @@ pub struct Breakers {
 
 impl Breakers {
     pub fn new(settings: BreakerSettings) -> Self {
-        Self {
-            map: Mutex::default(),
-            settings: Mutex::new(settings),
-            transitions: Arc::new(Notify::new()),
-        }
+        Self { map: Mutex::default(), settings: Mutex::new(settings), transitions: Arc::new(Notify::new()) }
     }
 
     /// Notified on every breaker transition.
@@ -210,9 +197,8 @@ impl Breakers {
         let settings = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
-            map.entry(destination.to_string()).or_insert_with(|| {
-                Arc::new(Breaker::new(&settings, Arc::clone(&self.transitions)))
-            }),
+            map.entry(destination.to_string())
+                .or_insert_with(|| Arc::new(Breaker::new(&settings, Arc::clone(&self.transitions)))),
         )
     }
 
@@ -234,20 +220,14 @@ impl Breakers {
     }
 
     pub fn health(&self) -> Vec<(String, Health)> {
-        let mut all: Vec<_> = self
-            .snapshot()
-            .into_iter()
-            .map(|(id, b)| (id, b.health()))
-            .collect();
+        let mut all: Vec<_> = self.snapshot().into_iter().map(|(id, b)| (id, b.health())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
     fn snapshot(&self) -> Vec<(String, Arc<Breaker>)> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
-            .collect()
+        map.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()
     }
 }
 
@@ -278,19 +258,9 @@ mod tests {
         fail(&b, 2);
         assert!(!b.health().down);
         b.admit().unwrap().success();
-        assert_eq!(
-            b.health().consecutive_failures,
-            0,
-            "a success resets the count"
-        );
+        assert_eq!(b.health().consecutive_failures, 0, "a success resets the count");
         fail(&b, 3);
-        assert_eq!(
-            b.health(),
-            Health {
-                consecutive_failures: 3,
-                down: true
-            }
-        );
+        assert_eq!(b.health(), Health { consecutive_failures: 3, down: true });
         assert_eq!(b.admit().unwrap_err(), Rejected);
     }
 
@@ -344,14 +314,10 @@ mod tests {
         breakers.get("legacy").admit().unwrap().failure();
         breakers.get("new").admit().unwrap().success();
         // The open transition stored a wake-up permit.
-        tokio::time::timeout(Duration::from_millis(10), notify.notified())
-            .await
-            .unwrap();
+        tokio::time::timeout(Duration::from_millis(10), notify.notified()).await.unwrap();
         assert_eq!(breakers.reset("new"), 0);
         assert_eq!(breakers.reset(""), 1);
         assert!(breakers.health().iter().all(|(_, h)| !h.down));
-        tokio::time::timeout(Duration::from_millis(10), notify.notified())
-            .await
-            .unwrap();
+        tokio::time::timeout(Duration::from_millis(10), notify.notified()).await.unwrap();
     }
 }

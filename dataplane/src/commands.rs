@@ -16,18 +16,12 @@ pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionA
                     Some(pb::route_change::Change::Upsert(destination)) => {
                         routes.upsert(&change.key, destination).await
                     }
-                    Some(pb::route_change::Change::Remove(_)) | None => {
-                        routes.remove(&change.key).await
-                    }
+                    Some(pb::route_change::Change::Remove(_)) | None => routes.remove(&change.key).await,
                 }
             }
         }
         node.set_revision(&update.epoch, update.revision);
-        tracing::debug!(
-            revision = update.revision,
-            changes = update.changes.len(),
-            "route update applied"
-        );
+        tracing::debug!(revision = update.revision, changes = update.changes.len(), "route update applied");
     }
     let (epoch, revision) = node.revision();
     pb::RevisionAck { epoch, revision }
@@ -63,18 +57,9 @@ pub async fn apply_command(node: &Node, command: pb::Command) -> pb::CommandAck 
             (pb::CommandResult::Applied, 0, String::new())
         }
         Some(Kind::Probe(_)) => (pb::CommandResult::Applied, 0, String::new()),
-        None => (
-            pb::CommandResult::Rejected,
-            0,
-            "unknown command".to_string(),
-        ),
+        None => (pb::CommandResult::Rejected, 0, "unknown command".to_string()),
     };
-    pb::CommandAck {
-        command_id: command.id,
-        result: result.into(),
-        count,
-        detail,
-    }
+    pb::CommandAck { command_id: command.id, result: result.into(), count, detail }
 }
 
 /// The node's cumulative counters and destination health.
@@ -91,10 +76,7 @@ pub async fn report(node: &Node) -> pb::Report {
         cache_misses: cache.misses,
         cache_entries: cache.entries,
         active_connections: active.values().sum(),
-        active_by_protocol: active
-            .iter()
-            .map(|(p, n)| (p.as_str().to_string(), *n))
-            .collect(),
+        active_by_protocol: active.iter().map(|(p, n)| (p.as_str().to_string(), *n)).collect(),
         bytes_from_clients: sessions.bytes_from_clients.load(Relaxed),
         bytes_to_clients: sessions.bytes_to_clients.load(Relaxed),
         sessions_total: sessions.total.load(Relaxed),

@@ -72,16 +72,12 @@ impl Resolver for ControlResolver {
         let client = self.slot.get();
         let timeout = self.timeout;
         async move {
-            let mut client =
-                client.ok_or_else(|| RouteError::Unavailable("not connected".into()))?;
+            let mut client = client.ok_or_else(|| RouteError::Unavailable("not connected".into()))?;
             let call = client.resolve(pb::ResolveRequest { key });
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(answer)) => {
                     let answer = answer.into_inner();
-                    Ok(Resolved {
-                        destination: answer.destination,
-                        mapped: answer.mapped,
-                    })
+                    Ok(Resolved { destination: answer.destination, mapped: answer.mapped })
                 }
                 Ok(Err(status)) => Err(RouteError::Unavailable(status.message().to_string())),
                 Err(_) => Err(RouteError::Unavailable("resolve timed out".into())),
@@ -125,11 +121,7 @@ impl Link {
                 Err(e) => tracing::warn!(endpoint, error = %e, "control plane unreachable"),
             }
             // A session that lived a while was healthy: start the backoff over.
-            failures = if started.elapsed() > Duration::from_secs(30) {
-                1
-            } else {
-                failures + 1
-            };
+            failures = if started.elapsed() > Duration::from_secs(30) { 1 } else { failures + 1 };
             tokio::select! {
                 _ = tokio::time::sleep(backoff(failures)) => {}
                 _ = self.node.shutdown.cancelled() => return,
@@ -159,23 +151,13 @@ impl Link {
             last_revision,
         };
         send(&tx, pb::node_message::Kind::Hello(hello)).await?;
-        let mut inbound = client
-            .clone()
-            .session(ReceiverStream::new(rx))
-            .await
-            .map_err(status_error)?
-            .into_inner();
+        let mut inbound = client.clone().session(ReceiverStream::new(rx)).await.map_err(status_error)?.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
             .map_err(|_| Error::Control("no welcome within 10s".into()))?
             .map_err(status_error)?;
-        let Some(pb::ControlMessage {
-            kind: Some(pb::control_message::Kind::Welcome(welcome)),
-        }) = first
-        else {
-            return Err(Error::Control(
-                "the control plane did not start with a welcome".into(),
-            ));
+        let Some(pb::ControlMessage { kind: Some(pb::control_message::Kind::Welcome(welcome)) }) = first else {
+            return Err(Error::Control("the control plane did not start with a welcome".into()));
         };
         let settings = self.welcome(welcome)?;
         self.slot.set(Some(client));
@@ -186,11 +168,8 @@ impl Link {
     }
 
     fn welcome(&self, welcome: pb::Welcome) -> Result<Arc<FleetSettings>> {
-        let settings = welcome
-            .settings
-            .ok_or_else(|| Error::Control("welcome without settings".into()))?;
-        let settings =
-            FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;
+        let settings = welcome.settings.ok_or_else(|| Error::Control("welcome without settings".into()))?;
+        let settings = FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;
         self.node.apply_settings(settings);
         if welcome.flush_cache {
             if let Some(routes) = self.node.routes() {
@@ -198,9 +177,7 @@ impl Link {
             }
             self.node.set_revision(&welcome.epoch, welcome.revision);
         }
-        self.node
-            .settings()
-            .ok_or_else(|| Error::Control("settings not applied".into()))
+        self.node.settings().ok_or_else(|| Error::Control("settings not applied".into()))
     }
 
     async fn stream(
@@ -259,8 +236,7 @@ impl Link {
                 send(tx, pb::node_message::Kind::CommandAck(ack)).await
             }
             Kind::Settings(settings) => {
-                let settings =
-                    FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;
+                let settings = FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;
                 self.node.apply_settings(settings);
                 Ok(())
             }
@@ -296,9 +272,7 @@ fn heartbeat() -> pb::node_message::Kind {
 }
 
 async fn send(tx: &mpsc::Sender<pb::NodeMessage>, kind: pb::node_message::Kind) -> Result<()> {
-    tx.send(pb::NodeMessage { kind: Some(kind) })
-        .await
-        .map_err(|_| Error::Control("session stream closed".into()))
+    tx.send(pb::NodeMessage { kind: Some(kind) }).await.map_err(|_| Error::Control("session stream closed".into()))
 }
 
 fn status_error(status: tonic::Status) -> Error {
@@ -331,10 +305,7 @@ mod tests {
     fn a_replayed_command_id_is_remembered_and_old_ones_forgotten() {
         let mut seen = SeenCommands::default();
         for i in 0..=SeenCommands::CAPACITY {
-            seen.remember(pb::CommandAck {
-                command_id: format!("c{i}"),
-                ..Default::default()
-            });
+            seen.remember(pb::CommandAck { command_id: format!("c{i}"), ..Default::default() });
         }
         assert!(!seen.acks.contains_key("c0"));
         assert!(seen.acks.contains_key("c1"));

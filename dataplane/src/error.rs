@@ -27,17 +27,11 @@ pub enum Error {
 
 impl Error {
     pub fn backend(destination: &str, reason: impl std::fmt::Display) -> Self {
-        Self::Backend {
-            destination: destination.to_string(),
-            reason: reason.to_string(),
-        }
+        Self::Backend { destination: destination.to_string(), reason: reason.to_string() }
     }
 
     pub fn unavailable(destination: &str, reason: impl std::fmt::Display) -> Self {
-        Self::Unavailable {
-            destination: destination.to_string(),
-            reason: reason.to_string(),
-        }
+        Self::Unavailable { destination: destination.to_string(), reason: reason.to_string() }
     }
 }
 

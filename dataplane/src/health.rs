@@ -12,10 +12,7 @@ use serde::Serialize;
 use crate::node::Node;
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(node)
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).with_state(node)
 }
 
 #[derive(Serialize)]

@@ -20,10 +20,7 @@ pub struct Activity {
 
 impl Activity {
     pub fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
+        Self { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
     }
 
     fn touch(&self) {
@@ -66,11 +63,7 @@ impl<S> Watched<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -81,11 +74,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -119,10 +108,7 @@ mod tests {
         let mut one = [0u8; 1];
         watched.read_exact(&mut one).await.unwrap();
         tokio::time::advance(Duration::from_secs(8)).await;
-        assert!(
-            futures::poll!(idle.as_mut()).is_pending(),
-            "the read at 8s restarted the clock"
-        );
+        assert!(futures::poll!(idle.as_mut()).is_pending(), "the read at 8s restarted the clock");
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(futures::poll!(idle.as_mut()).is_ready());
     }

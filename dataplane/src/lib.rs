@@ -4,6 +4,8 @@
 //! `main.rs` parses arguments, loads the config, calls [`bind`] (fail fast) and [`run`].
 //! Tests call the same two functions with listeners on port 0.
 
+pub mod auth;
+pub mod backend;
 pub mod breaker;
 pub mod cli;
 pub mod codec;
@@ -50,15 +52,7 @@ impl Bound {
     pub fn addresses(&self) -> Vec<(String, Vec<SocketAddr>)> {
         self.listeners
             .iter()
-            .map(|l| {
-                (
-                    l.id.clone(),
-                    l.sockets
-                        .iter()
-                        .filter_map(|s| s.local_addr().ok())
-                        .collect(),
-                )
-            })
+            .map(|l| (l.id.clone(), l.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()))
             .collect()
     }
 }
@@ -75,11 +69,7 @@ pub async fn bind(config: &Config) -> Result<Bound> {
             tracing::info!(listener = %id, protocol = %listener.protocol, addr = %socket.local_addr()?, "listening");
             sockets.push(socket);
         }
-        listeners.push(BoundListener {
-            id: id.clone(),
-            config: listener.clone(),
-            sockets,
-        });
+        listeners.push(BoundListener { id: id.clone(), config: listener.clone(), sockets });
     }
     let health = TcpListener::bind(config.health.bind)
         .await
@@ -92,17 +82,9 @@ pub async fn bind(config: &Config) -> Result<Bound> {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the node until `shutdown` is cancelled, then drains live sessions.
-pub async fn run(
-    config: Config,
-    bound: Bound,
-    node_token: Option<String>,
-    shutdown: CancellationToken,
-) -> Result<()> {
+pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutdown: CancellationToken) -> Result<()> {
     let slot = ClientSlot::default();
-    let resolver = ControlResolver {
-        slot: slot.clone(),
-        timeout: config.control.resolve_timeout,
-    };
+    let resolver = ControlResolver { slot: slot.clone(), timeout: config.control.resolve_timeout };
     let node = Node::new(config.node.id.clone(), Arc::new(resolver), shutdown.clone());
     let listeners = bound
         .addresses()
@@ -126,10 +108,7 @@ pub async fn run(
     };
     let background = TaskTracker::new();
     background.spawn(link.run());
-    background.spawn(metrics::run(
-        Arc::clone(&node),
-        config.node.metrics_interval,
-    ));
+    background.spawn(metrics::run(Arc::clone(&node), config.node.metrics_interval));
     let health = axum::serve(bound.health, health::router(Arc::clone(&node)))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     background.spawn(async move {
@@ -142,17 +121,11 @@ pub async fn run(
         background.spawn(listener::serve(Arc::clone(&node), bound, sessions.clone()));
     }
     shutdown.cancelled().await;
-    tracing::info!(
-        live = node.sessions.active_total(),
-        "shutting down; draining sessions"
-    );
+    tracing::info!(live = node.sessions.active_total(), "shutting down; draining sessions");
     background.close();
     background.wait().await;
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
         node.kill_sessions.cancel();
         sessions.wait().await;
     }

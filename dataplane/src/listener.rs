@@ -28,12 +28,8 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, sessions: TaskTracker)
     let accepts = TaskTracker::new();
     for socket in bound.sockets {
         let node = Arc::clone(&node);
-        let (id, config, limit, sessions) = (
-            Arc::clone(&id),
-            Arc::clone(&config),
-            Arc::clone(&limit),
-            sessions.clone(),
-        );
+        let (id, config, limit, sessions) =
+            (Arc::clone(&id), Arc::clone(&config), Arc::clone(&limit), sessions.clone());
         accepts.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -48,7 +44,12 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, sessions: TaskTracker)
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let ctx = SessionCtx { node: Arc::clone(&node), listener_id: Arc::clone(&id), listener: Arc::clone(&config), client };
+                let ctx = SessionCtx {
+                    node: Arc::clone(&node),
+                    listener_id: Arc::clone(&id),
+                    listener: Arc::clone(&config),
+                    client,
+                };
                 let span = tracing::info_span!("conn", listener = %id, protocol = %config.protocol, client = %client);
                 match Arc::clone(&limit).try_acquire_owned() {
                     Ok(permit) => {

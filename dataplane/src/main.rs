@@ -13,13 +13,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     dataplane::telemetry::init(&config.node.log_level);
-    let token = dataplane::config::load_token(
-        config.control.node_token_file.as_deref(),
-        &config.control.node_token_env,
-    )?;
-    let bound = dataplane::bind(&config)
-        .await
-        .context("binding listeners")?;
+    let token =
+        dataplane::config::load_token(config.control.node_token_file.as_deref(), &config.control.node_token_env)?;
+    let bound = dataplane::bind(&config).await.context("binding listeners")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(dataplane::telemetry::shutdown_on_signal(shutdown.clone()));
     dataplane::run(config, bound, token, shutdown).await?;

@@ -72,10 +72,7 @@ impl Node {
     }
 
     pub fn routes(&self) -> Option<Arc<RouteCache>> {
-        self.routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Swaps in a new settings snapshot; rebuilds the route cache if its settings changed.
@@ -83,9 +80,7 @@ impl Node {
         self.breakers.configure(settings.breaker);
         {
             let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-            let unchanged = routes
-                .as_ref()
-                .is_some_and(|r| r.settings() == settings.cache);
+            let unchanged = routes.as_ref().is_some_and(|r| r.settings() == settings.cache);
             if !unchanged {
                 let fresh = RouteCache::new(settings.cache, Arc::clone(&self.resolver));
                 if let Some(old) = routes.as_ref() {
@@ -103,10 +98,7 @@ impl Node {
 
     /// The control-plane epoch and revision this node has applied.
     pub fn revision(&self) -> (String, u64) {
-        self.revision
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.revision.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set_revision(&self, epoch: &str, revision: u64) {
@@ -119,10 +111,7 @@ impl Node {
         if seconds == 0 {
             delays.remove(key);
         } else {
-            delays.insert(
-                key.to_string(),
-                Instant::now() + Duration::from_secs(seconds),
-            );
+            delays.insert(key.to_string(), Instant::now() + Duration::from_secs(seconds));
         }
         drop(delays);
         self.delay_changed.notify_waiters();

@@ -50,14 +50,8 @@ impl SessionCtx {
             return Err(Error::Client("empty account identifier".into()));
         }
         self.node.honour_delay(&key).await;
-        let routes = self
-            .node
-            .routes()
-            .ok_or_else(|| Error::Routing("no route cache yet".into()))?;
-        let resolved = routes
-            .lookup(&key)
-            .await
-            .map_err(|e| Error::Routing(e.to_string()))?;
+        let routes = self.node.routes().ok_or_else(|| Error::Routing("no route cache yet".into()))?;
+        let resolved = routes.lookup(&key).await.map_err(|e| Error::Routing(e.to_string()))?;
         let destination = match settings.destination(&resolved.destination) {
             Some(d) => Arc::clone(d),
             None => {
@@ -77,31 +71,24 @@ impl SessionCtx {
             "routing decision"
         );
         let endpoint = self.endpoint(&destination)?;
-        Ok(Route {
-            key,
-            destination,
-            endpoint,
-        })
+        Ok(Route { key, destination, endpoint })
     }
 
     fn endpoint(&self, destination: &Destination) -> Result<Endpoint> {
         let protocol = self.protocol();
-        let endpoint = *destination.endpoints.get(&protocol).ok_or_else(|| {
-            Error::unavailable(
-                &destination.id,
-                format!("no {} endpoint", protocol.as_str()),
-            )
-        })?;
+        let endpoint = *destination
+            .endpoints
+            .get(&protocol)
+            .ok_or_else(|| Error::unavailable(&destination.id, format!("no {} endpoint", protocol.as_str())))?;
         match endpoint.tls {
             TlsMode::Plain if !destination.allow_plaintext_auth => Err(Error::unavailable(
                 &destination.id,
                 "credentials may not cross a plain backend leg (allow_plaintext_auth = false)",
             )),
             TlsMode::Plain => Ok(endpoint),
-            TlsMode::Starttls | TlsMode::Implicit => Err(Error::unavailable(
-                &destination.id,
-                "backend TLS is not available in this build",
-            )),
+            TlsMode::Starttls | TlsMode::Implicit => {
+                Err(Error::unavailable(&destination.id, "backend TLS is not available in this build"))
+            }
         }
     }
 
@@ -111,14 +98,11 @@ impl SessionCtx {
         let dest = &route.destination;
         let breaker = self.node.breakers.get(&dest.id);
         let settings = self.node.settings().map(|s| s.breaker);
-        let (timeout, retries) = settings
-            .map(|b| (b.connect_timeout, b.connect_retries))
-            .unwrap_or((Duration::from_secs(10), 0));
+        let (timeout, retries) =
+            settings.map(|b| (b.connect_timeout, b.connect_retries)).unwrap_or((Duration::from_secs(10), 0));
         let mut last = String::new();
         for attempt in 0..=retries {
-            let permit = breaker
-                .admit()
-                .map_err(|_| Error::unavailable(&dest.id, "circuit breaker open"))?;
+            let permit = breaker.admit().map_err(|_| Error::unavailable(&dest.id, "circuit breaker open"))?;
             let addr = (dest.host.as_str(), route.endpoint.port);
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
@@ -136,22 +120,13 @@ impl SessionCtx {
 
     /// Step 7: relays bytes both ways until one side closes, the session is kicked or
     /// nothing moved for the listener's `idle_timeout`, then logs the completed session.
-    pub async fn bridge<C, B>(
-        &self,
-        route: &Route,
-        client: C,
-        to_backend: Vec<u8>,
-        backend: B,
-        to_client: Vec<u8>,
-    ) where
+    pub async fn bridge<C, B>(&self, route: &Route, client: C, to_backend: Vec<u8>, backend: B, to_client: Vec<u8>)
+    where
         C: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        let kick = self
-            .node
-            .sessions
-            .register(&route.key, &self.node.kill_sessions);
+        let kick = self.node.sessions.register(&route.key, &self.node.kill_sessions);
         let activity = Activity::new();
         let mut client = Watched::new(client, activity.clone());
         let mut backend = Watched::new(backend, activity.clone());

@@ -99,10 +99,7 @@ impl RouteCache {
         match self.flight(key).await {
             Ok(resolved) => Ok(resolved),
             Err(err) => match cached {
-                Some(entry)
-                    if entry.fetched.elapsed()
-                        < self.ttl(&entry.resolved) + self.settings.max_stale =>
-                {
+                Some(entry) if entry.fetched.elapsed() < self.ttl(&entry.resolved) + self.settings.max_stale => {
                     tracing::debug!(error = %err, "control plane unreachable; serving a stale route");
                     Ok(entry.resolved)
                 }
@@ -130,9 +127,7 @@ impl RouteCache {
         let owned = key.to_string();
         let task = tokio::spawn(async move { this.fetch(owned).await });
         let flight = async move {
-            task.await.unwrap_or_else(|e| {
-                Err(RouteError::Unavailable(format!("resolve task failed: {e}")))
-            })
+            task.await.unwrap_or_else(|e| Err(RouteError::Unavailable(format!("resolve task failed: {e}"))))
         }
         .boxed()
         .shared();
@@ -149,19 +144,13 @@ impl RouteCache {
             result = self.resolver.resolve(key.clone()).await;
             if self.generation.load(Ordering::Acquire) == fence {
                 if let Ok(resolved) = &result {
-                    let entry = Entry {
-                        resolved: resolved.clone(),
-                        fetched: Instant::now(),
-                    };
+                    let entry = Entry { resolved: resolved.clone(), fetched: Instant::now() };
                     self.entries.insert(key.clone(), entry).await;
                 }
                 break;
             }
         }
-        self.inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         result
     }
 
@@ -172,19 +161,8 @@ impl RouteCache {
     /// A pushed route change: the new answer is cached at once.
     pub async fn upsert(&self, key: &str, destination: &str) {
         self.fence();
-        let resolved = Resolved {
-            destination: destination.to_string(),
-            mapped: true,
-        };
-        self.entries
-            .insert(
-                key.to_string(),
-                Entry {
-                    resolved,
-                    fetched: Instant::now(),
-                },
-            )
-            .await;
+        let resolved = Resolved { destination: destination.to_string(), mapped: true };
+        self.entries.insert(key.to_string(), Entry { resolved, fetched: Instant::now() }).await;
     }
 
     /// A pushed removal or invalidation: the next lookup asks the control plane.
@@ -200,10 +178,8 @@ impl RouteCache {
 
     /// Keeps the instance's cumulative counters across a rebuild with new settings.
     pub fn carry_counters(&self, old: &RouteCache) {
-        self.hits
-            .store(old.hits.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.misses
-            .store(old.misses.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.hits.store(old.hits.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.misses.store(old.misses.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> CacheStats {

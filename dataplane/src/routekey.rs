@@ -14,10 +14,7 @@ pub struct RouteKeyRule {
 
 impl Default for RouteKeyRule {
     fn default() -> Self {
-        Self {
-            master_user_separators: vec!["%".to_string()],
-            lowercase: true,
-        }
+        Self { master_user_separators: vec!["%".to_string()], lowercase: true }
     }
 }
 
@@ -54,10 +51,7 @@ mod tests {
     use super::*;
 
     fn rule(seps: &[&str], lowercase: bool) -> RouteKeyRule {
-        RouteKeyRule {
-            master_user_separators: seps.iter().map(|s| s.to_string()).collect(),
-            lowercase,
-        }
+        RouteKeyRule { master_user_separators: seps.iter().map(|s| s.to_string()).collect(), lowercase }
     }
 
     #[test]

@@ -27,11 +27,7 @@ pub struct ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let mut active = self
-            .sessions
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut active = self.sessions.active.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = active.get_mut(&self.protocol) {
             *n = n.saturating_sub(1);
         }
@@ -48,11 +44,7 @@ pub struct KickHandle {
 
 impl Drop for KickHandle {
     fn drop(&mut self) {
-        let mut by_key = self
-            .sessions
-            .by_key
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut by_key = self.sessions.by_key.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(live) = by_key.get_mut(&self.key) {
             live.remove(&self.id);
             if live.is_empty() {
@@ -65,16 +57,8 @@ impl Drop for KickHandle {
 impl Sessions {
     pub fn connection(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
         self.total.fetch_add(1, Ordering::Relaxed);
-        *self
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(protocol)
-            .or_default() += 1;
-        ConnectionGuard {
-            sessions: Arc::clone(self),
-            protocol,
-        }
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()).entry(protocol).or_default() += 1;
+        ConnectionGuard { sessions: Arc::clone(self), protocol }
     }
 
     pub fn register(self: &Arc<Self>, key: &str, parent: &CancellationToken) -> KickHandle {
@@ -86,31 +70,19 @@ impl Sessions {
             .entry(key.to_string())
             .or_default()
             .insert(id, token.clone());
-        KickHandle {
-            sessions: Arc::clone(self),
-            key: key.to_string(),
-            id,
-            token,
-        }
+        KickHandle { sessions: Arc::clone(self), key: key.to_string(), id, token }
     }
 
     /// Closes every live session of `key`; returns how many.
     pub fn kick(&self, key: &str) -> u64 {
-        let live = self
-            .by_key
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let live = self.by_key.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         let live = live.unwrap_or_default();
         live.values().for_each(CancellationToken::cancel);
         live.len() as u64
     }
 
     pub fn active(&self) -> HashMap<Protocol, u64> {
-        self.active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn active_total(&self) -> u64 {
@@ -118,10 +90,8 @@ impl Sessions {
     }
 
     pub fn add_bytes(&self, from_client: u64, to_client: u64) {
-        self.bytes_from_clients
-            .fetch_add(from_client, Ordering::Relaxed);
-        self.bytes_to_clients
-            .fetch_add(to_client, Ordering::Relaxed);
+        self.bytes_from_clients.fetch_add(from_client, Ordering::Relaxed);
+        self.bytes_to_clients.fetch_add(to_client, Ordering::Relaxed);
     }
 }
 

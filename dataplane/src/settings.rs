@@ -4,6 +4,7 @@
 //! snapshot in at once (watch channel) when a Welcome or a settings push arrives.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,34 @@ pub struct Destination {
     pub forwarding: String,
     pub allow_plaintext_auth: bool,
     pub endpoints: HashMap<Protocol, Endpoint>,
+    /// Used by every endpoint whose `tls` is `starttls` or `implicit`.
+    pub tls: BackendTls,
+}
+
+/// How the node checks a backend's certificate and identifies itself to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendTls {
+    pub verify: TlsVerify,
+    /// Sent as SNI and checked in `System` mode; a DNS name or an IP address.
+    pub server_name: String,
+    pub client_cert: Option<ClientCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TlsVerify {
+    /// The node's system trust store and the certificate's names.
+    System,
+    /// The SHA-256 of the backend's leaf certificate must be one of these.
+    Pinned(Vec<[u8; 32]>),
+    /// Any certificate (handshake signatures are still checked).
+    Insecure,
+}
+
+/// PEM files on the node's own filesystem, read when the node first connects with them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,7 +119,9 @@ impl TryFrom<pb::Destination> for Destination {
                 .ok_or_else(|| InvalidSettings(format!("destination {}: port {}", d.id, e.port)))?;
             endpoints.insert(protocol, Endpoint { port, tls });
         }
+        let tls = backend_tls(&d)?;
         Ok(Destination {
+            tls,
             id: d.id,
             host: d.host,
             forwarding: d.forwarding,
@@ -100,26 +131,54 @@ impl TryFrom<pb::Destination> for Destination {
     }
 }
 
+/// The destination's TLS fields; empty strings are what an older control plane sends,
+/// so they mean the defaults (system verification, the host as server name).
+fn backend_tls(d: &pb::Destination) -> Result<BackendTls, InvalidSettings> {
+    let bad = |what: String| InvalidSettings(format!("destination {}: {what}", d.id));
+    let verify = match d.tls_verify.as_str() {
+        "" | "system" => TlsVerify::System,
+        "insecure" => TlsVerify::Insecure,
+        "pinned" => {
+            let pins = d
+                .tls_pin_sha256
+                .iter()
+                .map(|p| crate::tls::parse_pin(p).ok_or_else(|| bad(format!("tls_pin_sha256 {p:?}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            if pins.is_empty() {
+                return Err(bad("tls_verify = \"pinned\" without tls_pin_sha256".into()));
+            }
+            TlsVerify::Pinned(pins)
+        }
+        other => return Err(bad(format!("tls_verify {other:?}"))),
+    };
+    let server_name = match d.tls_server_name.trim() {
+        "" => d.host.trim().to_owned(),
+        name => name.to_owned(),
+    };
+    if crate::tls::server_name(&server_name).is_none() {
+        return Err(bad(format!("TLS server name {server_name:?}")));
+    }
+    let client_cert = match (d.tls_client_cert.as_str(), d.tls_client_key.as_str()) {
+        ("", "") => None,
+        ("", _) | (_, "") => return Err(bad("tls_client_cert and tls_client_key go together".into())),
+        (cert, key) => Some(ClientCert { cert: cert.into(), key: key.into() }),
+    };
+    Ok(BackendTls { verify, server_name, client_cert })
+}
+
 impl TryFrom<pb::FleetSettings> for FleetSettings {
     type Error = InvalidSettings;
 
     fn try_from(s: pb::FleetSettings) -> Result<Self, Self::Error> {
-        let cache = s
-            .cache
-            .ok_or_else(|| InvalidSettings("no cache settings".into()))?;
-        let breaker = s
-            .breaker
-            .ok_or_else(|| InvalidSettings("no breaker settings".into()))?;
+        let cache = s.cache.ok_or_else(|| InvalidSettings("no cache settings".into()))?;
+        let breaker = s.breaker.ok_or_else(|| InvalidSettings("no breaker settings".into()))?;
         let mut destinations = HashMap::new();
         for d in s.destinations {
             let d = Destination::try_from(d)?;
             destinations.insert(d.id.clone(), Arc::new(d));
         }
         if !destinations.contains_key(&s.default_destination) {
-            return Err(InvalidSettings(format!(
-                "default destination {:?} is not declared",
-                s.default_destination
-            )));
+            return Err(InvalidSettings(format!("default destination {:?} is not declared", s.default_destination)));
         }
         Ok(FleetSettings {
             destinations,
@@ -157,11 +216,8 @@ pub(crate) mod tests {
             host: "127.0.0.1".into(),
             forwarding: "none".into(),
             allow_plaintext_auth: true,
-            endpoints: vec![pb::Endpoint {
-                protocol: "imap".into(),
-                port,
-                tls: "plain".into(),
-            }],
+            endpoints: vec![pb::Endpoint { protocol: "imap".into(), port, tls: "plain".into() }],
+            ..Default::default()
         };
         pb::FleetSettings {
             destinations: vec![dest("legacy", 1143), dest("new", 2143)],
@@ -190,13 +246,7 @@ pub(crate) mod tests {
         let s = FleetSettings::try_from(sample()).unwrap();
         assert_eq!(s.destinations.len(), 2);
         let new = s.destination("new").unwrap();
-        assert_eq!(
-            new.endpoints[&Protocol::Imap],
-            Endpoint {
-                port: 2143,
-                tls: TlsMode::Plain
-            }
-        );
+        assert_eq!(new.endpoints[&Protocol::Imap], Endpoint { port: 2143, tls: TlsMode::Plain });
         assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
         assert!(s.route_key.lowercase);
     }
@@ -215,13 +265,59 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn backend_tls_defaults_to_system_roots_and_the_host() {
+        let s = FleetSettings::try_from(sample()).unwrap();
+        let tls = &s.destination("legacy").unwrap().tls;
+        assert_eq!(tls.verify, TlsVerify::System);
+        assert_eq!(tls.server_name, "127.0.0.1");
+        assert_eq!(tls.client_cert, None);
+    }
+
+    #[test]
+    fn backend_tls_fields_convert() {
+        let mut m = sample();
+        let d = &mut m.destinations[0];
+        d.tls_verify = "pinned".into();
+        d.tls_pin_sha256 = vec!["AB:".repeat(31) + "AB", "00".repeat(32)];
+        d.tls_server_name = "imap.example.test".into();
+        d.tls_client_cert = "/etc/sy/client.pem".into();
+        d.tls_client_key = "/etc/sy/client.key".into();
+        m.destinations[1].tls_verify = "insecure".into();
+        let s = FleetSettings::try_from(m).unwrap();
+        let tls = &s.destination("legacy").unwrap().tls;
+        assert_eq!(tls.verify, TlsVerify::Pinned(vec![[0xab; 32], [0; 32]]));
+        assert_eq!(tls.server_name, "imap.example.test");
+        assert_eq!(
+            tls.client_cert,
+            Some(ClientCert { cert: "/etc/sy/client.pem".into(), key: "/etc/sy/client.key".into() })
+        );
+        let new = &s.destination("new").unwrap().tls;
+        assert_eq!(new.verify, TlsVerify::Insecure);
+    }
+
+    #[test]
+    fn rejects_unusable_backend_tls() {
+        let cases: [fn(&mut pb::Destination); 5] = [
+            |d| d.tls_verify = "maybe".into(),
+            |d| d.tls_verify = "pinned".into(),
+            |d| {
+                d.tls_verify = "pinned".into();
+                d.tls_pin_sha256 = vec!["abc".into()];
+            },
+            |d| d.tls_client_cert = "/c.pem".into(),
+            |d| d.tls_server_name = "not a name".into(),
+        ];
+        for (i, case) in cases.into_iter().enumerate() {
+            let mut m = sample();
+            case(&mut m.destinations[0]);
+            assert!(FleetSettings::try_from(m).is_err(), "case {i}");
+        }
+    }
+
+    #[test]
     fn unknown_protocols_are_skipped() {
         let mut m = sample();
-        m.destinations[0].endpoints.push(pb::Endpoint {
-            protocol: "gopher".into(),
-            port: 70,
-            tls: "plain".into(),
-        });
+        m.destinations[0].endpoints.push(pb::Endpoint { protocol: "gopher".into(), port: 70, tls: "plain".into() });
         let s = FleetSettings::try_from(m).unwrap();
         assert_eq!(s.destination("legacy").unwrap().endpoints.len(), 1);
     }

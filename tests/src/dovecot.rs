@@ -51,37 +51,21 @@ impl Dovecot {
     /// Like [`Dovecot::start`], appending `extra_conf` to dovecot.conf (Dovecot merges repeated
     /// sections, so this can also switch on e.g. `haproxy = yes` for the imap listener).
     pub fn start_with(users: &[(&str, &str)], extra_conf: &str) -> Result<Self> {
-        let binary =
-            find_binary("dovecot").context("dovecot is not installed (scripts/install-deps.sh)")?;
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-dovecot-")
-            .tempdir()?;
+        let binary = find_binary("dovecot").context("dovecot is not installed (scripts/install-deps.sh)")?;
+        let dir = tempfile::Builder::new().prefix("switchyard-dovecot-").tempdir()?;
         // Auth runs as `dovecot` and mail processes as the mail uid: both must traverse this.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let id = Identity::current()?;
         write_users(dir.path(), users, &id)?;
-        let instance = format!(
-            "switchyard-{}-{}",
-            std::process::id(),
-            INSTANCES.fetch_add(1, Ordering::Relaxed)
-        );
+        let instance = format!("switchyard-{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
         let conf = dir.path().join("dovecot.conf");
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let ports = Ports::allocate()?;
-            fs::write(
-                &conf,
-                dovecot_conf::render(dir.path(), &instance, ports, &id, extra_conf),
-            )?;
+            fs::write(&conf, dovecot_conf::render(dir.path(), &instance, ports, &id, extra_conf))?;
             match launch(&binary, &conf, dir.path(), ports.imap) {
                 Ok(master) => {
-                    return Ok(Self {
-                        binary,
-                        conf,
-                        ports,
-                        master: Some(master),
-                        dir,
-                    });
+                    return Ok(Self { binary, conf, ports, master: Some(master), dir });
                 }
                 // Someone took a port between our probe and Dovecot's bind: new ports.
                 Err(err) if is_bind_race(&err) => last_err = Some(err),
@@ -150,10 +134,7 @@ impl Dovecot {
         // The master's children can outlive it by a moment and still hold the listener.
         let deadline = Instant::now() + STOP_TIMEOUT;
         while TcpStream::connect_timeout(&self.imap_addr(), Duration::from_secs(1)).is_ok() {
-            ensure!(
-                Instant::now() < deadline,
-                "IMAP port still open after stopping Dovecot"
-            );
+            ensure!(Instant::now() < deadline, "IMAP port still open after stopping Dovecot");
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
@@ -248,10 +229,8 @@ fn launch(binary: &Path, conf: &Path, dir: &Path, imap_port: u16) -> Result<Chil
             let log = fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            Err(err.context(format!(
-                "Dovecot did not become ready.\nstderr:\n{stderr}\nlog tail:\n{}",
-                tail.join("\n")
-            )))
+            Err(err
+                .context(format!("Dovecot did not become ready.\nstderr:\n{stderr}\nlog tail:\n{}", tail.join("\n"))))
         }
     }
 }
@@ -343,20 +322,13 @@ fn expect_reply(reader: &mut impl BufRead, code: &str) -> Result<String> {
     let mut reply = String::new();
     loop {
         let mut line = String::new();
-        ensure!(
-            reader.read_line(&mut line)? > 0,
-            "connection closed (got {reply:?})"
-        );
+        ensure!(reader.read_line(&mut line)? > 0, "connection closed (got {reply:?})");
         reply.push_str(&line);
         // The last line of a reply has a space (or nothing) after the code, not a dash.
         if line.as_bytes().get(3) != Some(&b'-') {
             break;
         }
     }
-    ensure!(
-        reply.starts_with(code),
-        "expected {code}, got {:?}",
-        reply.trim_end()
-    );
+    ensure!(reply.starts_with(code), "expected {code}, got {:?}", reply.trim_end());
     Ok(reply)
 }

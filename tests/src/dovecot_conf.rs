@@ -26,13 +26,7 @@ impl Ports {
             .collect::<std::io::Result<Vec<_>>>()
             .context("binding 127.0.0.1:0")?;
         let port = |i: usize| listeners[i].local_addr().map(|a| a.port());
-        Ok(Self {
-            imap: port(0)?,
-            pop3: port(1)?,
-            lmtp: port(2)?,
-            sieve: port(3)?,
-            auth: port(4)?,
-        })
+        Ok(Self { imap: port(0)?, pop3: port(1)?, lmtp: port(2)?, sieve: port(3)?, auth: port(4)? })
     }
 }
 
@@ -78,10 +72,7 @@ impl Identity {
 
 /// The user or group name of the current process, via coreutils' `id` (no libc, no unsafe).
 fn id_name(flag: &str) -> Result<String> {
-    let out = Command::new("id")
-        .arg(flag)
-        .output()
-        .context("running id")?;
+    let out = Command::new("id").arg(flag).output().context("running id")?;
     let name = String::from_utf8(out.stdout)?.trim().to_string();
     if !out.status.success() || name.is_empty() {
         bail!("id {flag} failed");
@@ -91,24 +82,13 @@ fn id_name(flag: &str) -> Result<String> {
 
 /// One passwd-file line per user: `{PLAIN}` password, numeric uid/gid, own home.
 pub(crate) fn passwd_line(user: &str, pass: &str, id: &Identity, home: &Path) -> String {
-    format!(
-        "{user}:{{PLAIN}}{pass}:{}:{}::{}::\n",
-        id.uid,
-        id.gid,
-        home.display()
-    )
+    format!("{user}:{{PLAIN}}{pass}:{}:{}::{}::\n", id.uid, id.gid, home.display())
 }
 
 /// A complete configuration; `extra` is appended verbatim, and since Dovecot merges repeated
 /// sections, it can amend listeners too (e.g. `service imap-login { inet_listener imap {
 /// haproxy = yes } }` plus `haproxy_trusted_networks`).
-pub(crate) fn render(
-    dir: &Path,
-    instance: &str,
-    ports: Ports,
-    id: &Identity,
-    extra: &str,
-) -> String {
+pub(crate) fn render(dir: &Path, instance: &str, ports: Ports, id: &Identity, extra: &str) -> String {
     let dir = dir.display();
     // Non-root Dovecot cannot chroot; as root the default login chroot is kept.
     let chroot = if id.root { "" } else { "  chroot =\n" };
@@ -223,13 +203,7 @@ mod tests {
 
     #[test]
     fn config_names_every_listener_and_keeps_extra_settings() {
-        let ports = Ports {
-            imap: 1,
-            pop3: 2,
-            lmtp: 3,
-            sieve: 4,
-            auth: 5,
-        };
+        let ports = Ports { imap: 1, pop3: 2, lmtp: 3, sieve: 4, auth: 5 };
         let id = Identity {
             uid: 5000,
             gid: 5000,
@@ -238,27 +212,13 @@ mod tests {
             login_user: "dovenull".into(),
             root: true,
         };
-        let conf = render(
-            Path::new("/t"),
-            "x",
-            ports,
-            &id,
-            "login_trusted_networks = 127.0.0.0/8",
-        );
-        for needle in [
-            "port = 1\n",
-            "port = 2\n",
-            "port = 3\n",
-            "port = 4\n",
-            "port = 5\n",
-        ] {
+        let conf = render(Path::new("/t"), "x", ports, &id, "login_trusted_networks = 127.0.0.0/8");
+        for needle in ["port = 1\n", "port = 2\n", "port = 3\n", "port = 4\n", "port = 5\n"] {
             assert!(conf.contains(needle), "missing {needle:?}");
         }
         assert!(conf.contains("args = /t/users"));
         assert!(!conf.contains("chroot ="), "root keeps the login chroot");
-        assert!(conf
-            .trim_end()
-            .ends_with("login_trusted_networks = 127.0.0.0/8"));
+        assert!(conf.trim_end().ends_with("login_trusted_networks = 127.0.0.0/8"));
         let line = passwd_line("a@b", "pw", &id, Path::new("/t/home/a"));
         assert_eq!(line, "a@b:{PLAIN}pw:5000:5000::/t/home/a::\n");
     }

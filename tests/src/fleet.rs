@@ -22,12 +22,24 @@ pub struct ControlPlane {
     config: String,
 }
 
+/// A destination on 127.0.0.1 with plain endpoints `(protocol, port)` (cleartext allowed:
+/// tests run on loopback). Extra keys (TLS, forwarding) go in `extra`, one per line.
+pub fn destination_toml(id: &str, endpoints: &[(&str, u16)], extra: &str) -> String {
+    let mut toml = format!("[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = true\n{extra}\n");
+    for (protocol, port) in endpoints {
+        toml.push_str(&format!("[destination.{id}.protocol.{protocol}]\nport = {port}\ntls = \"plain\"\n"));
+    }
+    toml
+}
+
 /// Destinations for a test fleet: `(id, imap port)`, all on 127.0.0.1 over plain IMAP.
-pub fn controlplane_toml(
-    db: &std::path::Path,
-    destinations: &[(&str, u16)],
-    default: &str,
-) -> String {
+pub fn controlplane_toml(db: &std::path::Path, destinations: &[(&str, u16)], default: &str) -> String {
+    let tables: String = destinations.iter().map(|(id, port)| destination_toml(id, &[("imap", *port)], "")).collect();
+    controlplane_toml_with(db, &tables, default)
+}
+
+/// A control-plane config with destination tables written by the caller.
+pub fn controlplane_toml_with(db: &std::path::Path, destination_tables: &str, default: &str) -> String {
     let mut toml = format!(
         r#"[server]
 metrics_interval = "1s"
@@ -50,11 +62,7 @@ connect_retries = 0
 "#,
         db.display()
     );
-    for (id, port) in destinations {
-        toml.push_str(&format!(
-            "[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = true\n[destination.{id}.protocol.imap]\nport = {port}\ntls = \"plain\"\n"
-        ));
-    }
+    toml.push_str(destination_tables);
     toml
 }
 
@@ -65,14 +73,18 @@ impl ControlPlane {
         Self::start_with(dir, config).await
     }
 
+    /// With destination tables from [`destination_toml`] (any protocols, TLS, forwarding).
+    pub async fn start_destinations(destination_tables: &str, default: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = controlplane_toml_with(&dir.path().join("mappings.db"), destination_tables, default);
+        Self::start_with(dir, config).await
+    }
+
     async fn start_with(dir: tempfile::TempDir, config: String) -> Result<Self> {
         let parsed = controlplane::config::Config::from_toml_str(&config)?;
         let bound = controlplane::bind(&parsed).await?;
         let (api, grpc) = (bound.api_addr()?, bound.grpc_addr()?);
-        let secrets = controlplane::Secrets {
-            node_token: NODE_TOKEN.into(),
-            admin_token: ADMIN_TOKEN.into(),
-        };
+        let secrets = controlplane::Secrets { node_token: NODE_TOKEN.into(), admin_token: ADMIN_TOKEN.into() };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -80,14 +92,7 @@ impl ControlPlane {
                 eprintln!("control plane stopped: {e}");
             }
         });
-        Ok(Self {
-            api,
-            grpc,
-            shutdown,
-            task: Some(task),
-            dir,
-            config,
-        })
+        Ok(Self { api, grpc, shutdown, task: Some(task), dir, config })
     }
 
     pub fn endpoint(&self) -> String {
@@ -95,11 +100,7 @@ impl ControlPlane {
     }
 
     pub fn api(&self) -> Api {
-        Api {
-            base: format!("http://{}", self.api),
-            token: Some(ADMIN_TOKEN.into()),
-            http: reqwest::Client::new(),
-        }
+        Api { base: format!("http://{}", self.api), token: Some(ADMIN_TOKEN.into()), http: reqwest::Client::new() }
     }
 
     pub async fn stop(&mut self) {
@@ -112,10 +113,7 @@ impl ControlPlane {
     /// Starts a new control plane on the same store (new ports).
     pub async fn restart(mut self) -> Result<Self> {
         self.stop().await;
-        let (dir, config) = (
-            std::mem::replace(&mut self.dir, tempfile::tempdir()?),
-            self.config.clone(),
-        );
+        let (dir, config) = (std::mem::replace(&mut self.dir, tempfile::tempdir()?), self.config.clone());
         Self::start_with(dir, config).await
     }
 }
@@ -126,10 +124,21 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A running data-plane node with one IMAP listener (cleartext allowed: tests run on loopback).
+/// A listener table for [`Node::start_listeners`]: plain TCP on 127.0.0.1:0, cleartext
+/// credentials allowed (tests run on loopback). Extra keys go in `extra`, one per line.
+pub fn listener_toml(id: &str, protocol: &str, extra: &str) -> String {
+    format!(
+        "[listener.{id}]\nprotocol = \"{protocol}\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n{extra}\n"
+    )
+}
+
+/// A running data-plane node (by default one IMAP listener).
 pub struct Node {
     pub id: String,
+    /// The first address of the first listener.
     pub imap: SocketAddr,
+    /// Every listener's bound addresses, by listener id.
+    pub listeners: Vec<(String, Vec<SocketAddr>)>,
     pub health: SocketAddr,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -137,11 +146,17 @@ pub struct Node {
 
 impl Node {
     pub async fn start(id: &str, endpoints: &[String], token: Option<&str>) -> Result<Self> {
-        let endpoints = endpoints
-            .iter()
-            .map(|e| format!("{e:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        Self::start_listeners(id, endpoints, token, &listener_toml("imap", "imap", "")).await
+    }
+
+    /// With listener tables from [`listener_toml`] (or hand-written ones).
+    pub async fn start_listeners(
+        id: &str,
+        endpoints: &[String],
+        token: Option<&str>,
+        listener_tables: &str,
+    ) -> Result<Self> {
+        let endpoints = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
         let toml = format!(
             r#"[node]
 id = "{id}"
@@ -151,16 +166,12 @@ endpoints = [{endpoints}]
 resolve_timeout = "2s"
 [health]
 bind = "127.0.0.1:0"
-[listener.imap]
-protocol = "imap"
-bind = ["127.0.0.1:0"]
-tls = "plain"
-allow_plaintext_auth = true
-"#
+{listener_tables}"#
         );
         let config = dataplane::config::Config::from_toml_str(&toml)?;
         let bound = dataplane::bind(&config).await?;
-        let imap = bound.addresses()[0].1[0];
+        let listeners = bound.addresses();
+        let imap = listeners[0].1[0];
         let health = bound.health.local_addr()?;
         let shutdown = CancellationToken::new();
         let (stop, token) = (shutdown.clone(), token.map(str::to_string));
@@ -169,13 +180,7 @@ allow_plaintext_auth = true
                 eprintln!("node stopped: {e}");
             }
         });
-        Ok(Self {
-            id: id.to_string(),
-            imap,
-            health,
-            shutdown,
-            task: Some(task),
-        })
+        Ok(Self { id: id.to_string(), imap, listeners, health, shutdown, task: Some(task) })
     }
 
     pub async fn stop(&mut self) {
@@ -183,6 +188,11 @@ allow_plaintext_auth = true
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// The first bound address of listener `id`.
+    pub fn addr(&self, id: &str) -> SocketAddr {
+        self.listeners.iter().find(|(l, _)| l == id).map(|(_, a)| a[0]).unwrap_or_else(|| panic!("no listener {id}"))
     }
 
     /// `GET /readyz` on the node's health listener: (status code, body).
@@ -208,11 +218,7 @@ pub struct Api {
 impl Api {
     /// A client for the API at `addr` with the test admin token.
     pub fn new(addr: SocketAddr) -> Self {
-        Api {
-            base: format!("http://{addr}"),
-            token: Some(ADMIN_TOKEN.into()),
-            http: reqwest::Client::new(),
-        }
+        Api { base: format!("http://{addr}"), token: Some(ADMIN_TOKEN.into()), http: reqwest::Client::new() }
     }
 
     pub fn without_token(mut self) -> Self {
@@ -220,16 +226,8 @@ impl Api {
         self
     }
 
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(15));
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).timeout(Duration::from_secs(15));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

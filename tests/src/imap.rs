@@ -33,16 +33,8 @@ impl ImapClient {
             .and_then(|r| r.map_err(anyhow::Error::from))
             .context(what)?;
         let (read, writer) = stream.into_split();
-        let mut client = Self {
-            reader: BufReader::new(read),
-            writer,
-            greeting: String::new(),
-            next_tag: 1,
-        };
-        client.greeting = client
-            .read_line()
-            .await
-            .context("reading the IMAP greeting")?;
+        let mut client = Self { reader: BufReader::new(read), writer, greeting: String::new(), next_tag: 1 };
+        client.greeting = client.read_line().await.context("reading the IMAP greeting")?;
         Ok(client)
     }
 
@@ -53,36 +45,24 @@ impl ImapClient {
 
     /// `LOGIN`; returns the tagged line whatever its status (`NO` is an answer, not an error).
     pub async fn login(&mut self, user: &str, pass: &str) -> Result<String> {
-        let (_, tagged) = self
-            .command(&format!("LOGIN {} {}", quote(user), quote(pass)))
-            .await?;
+        let (_, tagged) = self.command(&format!("LOGIN {} {}", quote(user), quote(pass))).await?;
         Ok(tagged)
     }
 
     /// `AUTHENTICATE PLAIN`, either with the SASL-IR initial response on the command line or
     /// by answering the `+` continuation; returns the tagged line.
-    pub async fn authenticate_plain(
-        &mut self,
-        user: &str,
-        pass: &str,
-        sasl_ir: bool,
-    ) -> Result<String> {
+    pub async fn authenticate_plain(&mut self, user: &str, pass: &str, sasl_ir: bool) -> Result<String> {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
         let tag = self.tag();
         if sasl_ir {
-            self.write_line(&format!("{tag} AUTHENTICATE PLAIN {token}"))
-                .await?;
+            self.write_line(&format!("{tag} AUTHENTICATE PLAIN {token}")).await?;
         } else {
-            self.write_line(&format!("{tag} AUTHENTICATE PLAIN"))
-                .await?;
+            self.write_line(&format!("{tag} AUTHENTICATE PLAIN")).await?;
             let reply = self.read_line().await?;
             if reply.starts_with(&format!("{tag} ")) {
                 return Ok(reply);
             }
-            ensure!(
-                reply.starts_with('+'),
-                "expected a continuation, got {reply:?}"
-            );
+            ensure!(reply.starts_with('+'), "expected a continuation, got {reply:?}");
             self.write_line(&token).await?;
         }
         let (_, tagged) = self.read_until_tagged(&tag).await?;
@@ -93,9 +73,7 @@ impl ImapClient {
     pub async fn command(&mut self, command: &str) -> Result<(Vec<String>, String)> {
         let tag = self.tag();
         self.write_line(&format!("{tag} {command}")).await?;
-        self.read_until_tagged(&tag)
-            .await
-            .with_context(|| format!("waiting for the answer to {command:?}"))
+        self.read_until_tagged(&tag).await.with_context(|| format!("waiting for the answer to {command:?}"))
     }
 
     /// Subjects of every message in INBOX, in sequence order (SELECT + FETCH of the header).
@@ -104,24 +82,14 @@ impl ImapClient {
         ensure!(status(&tagged) == "OK", "SELECT INBOX failed: {tagged}");
         let exists = untagged
             .iter()
-            .find_map(|line| {
-                line.strip_prefix("* ")?
-                    .strip_suffix(" EXISTS")?
-                    .parse()
-                    .ok()
-            })
+            .find_map(|line| line.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
             .unwrap_or(0u32);
         if exists == 0 {
             return Ok(Vec::new());
         }
-        let (untagged, tagged) = self
-            .command("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            .await?;
+        let (untagged, tagged) = self.command("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT)])").await?;
         ensure!(status(&tagged) == "OK", "FETCH failed: {tagged}");
-        Ok(untagged
-            .iter()
-            .filter_map(|line| subject_in(line))
-            .collect())
+        Ok(untagged.iter().filter_map(|line| subject_in(line)).collect())
     }
 
     /// `LOGOUT`, expecting the tagged `OK`.
@@ -133,9 +101,7 @@ impl ImapClient {
 
     /// Writes raw protocol text plus CRLF, for tests that script an exchange by hand.
     pub async fn write_line(&mut self, line: &str) -> Result<()> {
-        self.writer
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await?;
+        self.writer.write_all(format!("{line}\r\n").as_bytes()).await?;
         self.writer.flush().await?;
         Ok(())
     }
@@ -176,10 +142,7 @@ impl ImapClient {
             }
             // Without this, a continuation request would make us wait for a line that
             // only comes after we send data we don't have.
-            ensure!(
-                !line.starts_with('+'),
-                "unexpected continuation request: {line}"
-            );
+            ensure!(!line.starts_with('+'), "unexpected continuation request: {line}");
             untagged.push(line);
         }
     }
@@ -222,10 +185,7 @@ mod tests {
 
     #[test]
     fn literal_announcements() {
-        assert_eq!(
-            literal_len("* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {22}"),
-            Some(22)
-        );
+        assert_eq!(literal_len("* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {22}"), Some(22));
         assert_eq!(literal_len("a1 LOGIN {5+}"), Some(5));
         assert_eq!(literal_len("* OK no literal"), None);
         assert_eq!(literal_len("* OK {abc}"), None);
@@ -236,10 +196,7 @@ mod tests {
         let line = "* 1 FETCH (BODY[HEADER.FIELDS (SUBJECT)] {22}\r\nSubject: hello one\r\n\r\n)";
         assert_eq!(subject_in(line).as_deref(), Some("hello one"));
         assert_eq!(subject_in("* 1 FETCH (FLAGS ())"), None);
-        assert_eq!(
-            status("a3 NO [AUTHENTICATIONFAILED] Authentication failed."),
-            "NO"
-        );
+        assert_eq!(status("a3 NO [AUTHENTICATIONFAILED] Authentication failed."), "NO");
         assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
     }
 

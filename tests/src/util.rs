@@ -100,8 +100,7 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
 }
 
 fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]
@@ -137,10 +136,7 @@ mod tests {
         })
         .await
         .unwrap_err();
-        assert!(
-            format!("{err:#}").contains(&format!("failure {calls}")),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains(&format!("failure {calls}")), "{err:#}");
         assert!(calls > 1, "should have retried, got {calls} call(s)");
     }
 

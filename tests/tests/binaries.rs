@@ -19,16 +19,9 @@ const WAIT: Duration = Duration::from_secs(15);
 /// `target/debug` (or release): the directory above this test's `deps/`.
 fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("no target dir")?;
+    let dir = exe.parent().and_then(Path::parent).context("no target dir")?;
     let path = dir.join(name);
-    ensure!(
-        path.exists(),
-        "{} not built (cargo test --workspace --all-targets builds it)",
-        path.display()
-    );
+    ensure!(path.exists(), "{} not built (cargo test --workspace --all-targets builds it)", path.display());
     Ok(path)
 }
 
@@ -69,13 +62,8 @@ impl Proc {
     /// Waits for a log line containing every one of `needles`; returns it.
     async fn wait_for(&self, needles: &[&str]) -> Result<String> {
         eventually(WAIT, || async {
-            let found = self
-                .lines()
-                .into_iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)));
-            found.with_context(|| {
-                format!("no line with {needles:?} in:\n{}", self.lines().join("\n"))
-            })
+            let found = self.lines().into_iter().find(|l| needles.iter().all(|n| l.contains(n)));
+            found.with_context(|| format!("no line with {needles:?} in:\n{}", self.lines().join("\n")))
         })
         .await
     }
@@ -83,11 +71,7 @@ impl Proc {
     /// The address in the `addr=` field of the first line containing `needle`.
     async fn bound(&self, needle: &str) -> Result<SocketAddr> {
         let line = self.wait_for(&[needle, "addr="]).await?;
-        let addr = line
-            .split("addr=")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .context("addr")?;
+        let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).context("addr")?;
         Ok(addr.parse()?)
     }
 }
@@ -108,20 +92,13 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
 #[test]
 fn check_accepts_the_examples_and_reports_every_problem_at_once() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for (bin, file) in [
-        ("controlplane", "controlplane.toml"),
-        ("dataplane", "dataplane.toml"),
-    ] {
+    for (bin, file) in [("controlplane", "controlplane.toml"), ("dataplane", "dataplane.toml")] {
         let out = Command::new(binary(bin)?)
             .arg("--config")
             .arg(root.join("deploy/examples").join(file))
             .arg("--check")
             .output()?;
-        ensure!(
-            out.status.success(),
-            "{bin}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ensure!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let dir = tempfile::tempdir()?;
     let bad = write(
@@ -129,11 +106,7 @@ fn check_accepts_the_examples_and_reports_every_problem_at_once() -> Result<()> 
         "bad.toml",
         "[server]\nloglevel = \"info\"\n[routing]\ndefault_destination = \"missing\"\n[destination.a]\nhost = \"h\"\nbogus = 1\n[destination.a.protocol.imap]\nport = 0\n",
     )?;
-    let out = Command::new(binary("controlplane")?)
-        .arg("--config")
-        .arg(&bad)
-        .arg("--check")
-        .output()?;
+    let out = Command::new(binary("controlplane")?).arg("--config").arg(&bad).arg("--check").output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "a bad config must fail --check");
     for problem in [
@@ -142,10 +115,7 @@ fn check_accepts_the_examples_and_reports_every_problem_at_once() -> Result<()> 
         "routing.default_destination",
         "destination.a.protocol.imap.port",
     ] {
-        ensure!(
-            stderr.contains(problem),
-            "{problem:?} missing from:\n{stderr}"
-        );
+        ensure!(stderr.contains(problem), "{problem:?} missing from:\n{stderr}");
     }
     Ok(())
 }
@@ -164,15 +134,8 @@ async fn binaries_log_what_the_observability_seed_promises() -> Result<()> {
         dir.path().join("m.db").display(),
         dovecot.imap_port()
     );
-    let tokens = [
-        ("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN),
-        ("SWITCHYARD_NODE_TOKEN", NODE_TOKEN),
-    ];
-    let cp = Proc::spawn(
-        "controlplane",
-        &write(dir.path(), "cp.toml", &cp_toml)?,
-        &tokens,
-    )?;
+    let tokens = [("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN), ("SWITCHYARD_NODE_TOKEN", NODE_TOKEN)];
+    let cp = Proc::spawn("controlplane", &write(dir.path(), "cp.toml", &cp_toml)?, &tokens)?;
     let grpc = cp.bound("grpc listening").await?;
     let api = Api::new(cp.bound("management api listening").await?);
 
@@ -181,32 +144,18 @@ async fn binaries_log_what_the_observability_seed_promises() -> Result<()> {
         "[node]\nid = \"dp-log\"\nlog_level = \"warn\"\nmetrics_interval = \"300ms\"\n[control]\nendpoints = [\"http://{grpc}\"]\n[health]\nbind = \"127.0.0.1:0\"\n\
          [listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n"
     );
-    let dp_env = [
-        ("SWITCHYARD_NODE_TOKEN", NODE_TOKEN),
-        ("RUST_LOG", "info,dataplane=debug"),
-    ];
-    let dp = Proc::spawn(
-        "dataplane",
-        &write(dir.path(), "dp.toml", &dp_toml)?,
-        &dp_env,
-    )?;
+    let dp_env = [("SWITCHYARD_NODE_TOKEN", NODE_TOKEN), ("RUST_LOG", "info,dataplane=debug")];
+    let dp = Proc::spawn("dataplane", &write(dir.path(), "dp.toml", &dp_toml)?, &dp_env)?;
     let imap = dp.bound("listening").await?;
     dp.wait_for(&["connected to the control plane"]).await?;
 
-    let (code, body) = api
-        .put(
-            "/mappings/alice@example.test",
-            json!({"destination": "legacy"}),
-        )
-        .await?;
+    let (code, body) = api.put("/mappings/alice@example.test", json!({"destination": "legacy"})).await?;
     ensure!(code == 200, "{body}");
     let mut client = ImapClient::connect(imap).await?;
     ensure!(status(&client.login("alice@example.test", "pw").await?) == "OK");
     client.logout().await?;
 
-    let closed = dp
-        .wait_for(&["session closed", "destination=legacy"])
-        .await?;
+    let closed = dp.wait_for(&["session closed", "destination=legacy"]).await?;
     for field in [
         "listener=imap",
         "protocol=imap",
@@ -217,23 +166,9 @@ async fn binaries_log_what_the_observability_seed_promises() -> Result<()> {
     ] {
         ensure!(closed.contains(field), "{field} missing: {closed}");
     }
-    dp.wait_for(&["DEBUG", "routing decision", "account=al…#"])
-        .await?;
-    dp.wait_for(&[
-        "metrics",
-        "cache_hits=1",
-        "cache_misses=0",
-        "hit_rate_pct=100",
-        "active_connections=",
-    ])
-    .await?;
-    cp.wait_for(&[
-        "fleet metrics",
-        "cache_hits=1",
-        "hit_rate_pct=100",
-        "nodes=1",
-    ])
-    .await?;
+    dp.wait_for(&["DEBUG", "routing decision", "account=al…#"]).await?;
+    dp.wait_for(&["metrics", "cache_hits=1", "cache_misses=0", "hit_rate_pct=100", "active_connections="]).await?;
+    cp.wait_for(&["fleet metrics", "cache_hits=1", "hit_rate_pct=100", "nodes=1"]).await?;
     let admin = cp.wait_for(&["admin: mapping set"]).await?;
     ensure!(admin.contains("account=al…#"), "{admin}");
     for line in cp.lines().iter().chain(dp.lines().iter()) {
@@ -246,7 +181,6 @@ async fn binaries_log_what_the_observability_seed_promises() -> Result<()> {
     let mut client = ImapClient::connect(imap).await?;
     let refused = client.login("alice@example.test", "pw").await?;
     ensure!(refused.contains("NO [UNAVAILABLE]"), "{refused}");
-    dp.wait_for(&["WARN", "backend unavailable", "legacy"])
-        .await?;
+    dp.wait_for(&["WARN", "backend unavailable", "legacy"]).await?;
     Ok(())
 }

@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use switchyard_tests::{
-    eventually, python_imap_login, require_or_skip, status, wait_for_port, Dovecot, ImapClient,
-};
+use switchyard_tests::{eventually, python_imap_login, require_or_skip, status, wait_for_port, Dovecot, ImapClient};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -44,40 +42,25 @@ async fn dovecot_serves_delivered_mail_and_survives_restart() -> Result<()> {
         let started = Instant::now();
         let tagged = eve.login(ALICE.0, "wrong").await?;
         assert_eq!(status(&tagged), "NO", "{tagged}");
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     }
     let mut after_failures = ImapClient::connect(dovecot.imap_addr()).await?;
     let started = Instant::now();
     assert_eq!(status(&after_failures.login(ALICE.0, ALICE.1).await?), "OK");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "penalized: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(1), "penalized: {:?}", started.elapsed());
     after_failures.logout().await?;
 
     let port = dovecot.imap_port();
     dovecot.stop()?;
     assert!(!dovecot.is_running());
-    assert!(
-        TcpStream::connect(dovecot.imap_addr()).await.is_err(),
-        "port {port} still open"
-    );
+    assert!(TcpStream::connect(dovecot.imap_addr()).await.is_err(), "port {port} still open");
     assert!(ImapClient::connect(dovecot.imap_addr()).await.is_err());
 
     dovecot.restart()?;
     assert_eq!(dovecot.imap_port(), port, "restart must keep the ports");
     let mut alice = ImapClient::connect(dovecot.imap_addr()).await?;
     assert_eq!(status(&alice.login(ALICE.0, ALICE.1).await?), "OK");
-    assert_eq!(
-        alice.subjects_in_inbox().await?,
-        ["hello from the harness"],
-        "mail survives"
-    );
+    assert_eq!(alice.subjects_in_inbox().await?, ["hello from the harness"], "mail survives");
     alice.logout().await?;
     assert!(dovecot.log().contains("Login: user=<alice@example.test>"));
     Ok(())

@@ -13,9 +13,7 @@ use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
 
 pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/destinations", get(list))
-        .route("/destinations/reset", post(reset))
+    Router::new().route("/destinations", get(list)).route("/destinations/reset", post(reset))
 }
 
 #[derive(Serialize, Default)]
@@ -40,23 +38,9 @@ async fn list(State(state): State<ApiState>) -> Json<Vec<DestinationView>> {
         .config
         .destination
         .keys()
-        .map(|id| {
-            (
-                id.clone(),
-                DestinationView {
-                    destination: id.clone(),
-                    ..Default::default()
-                },
-            )
-        })
+        .map(|id| (id.clone(), DestinationView { destination: id.clone(), ..Default::default() }))
         .collect();
-    for node in state
-        .shared
-        .fleet
-        .views()
-        .into_iter()
-        .filter(|n| n.connected)
-    {
+    for node in state.shared.fleet.views().into_iter().filter(|n| n.connected) {
         for h in node.report.map(|r| r.destinations).unwrap_or_default() {
             let Some(view) = all.get_mut(&h.destination) else {
                 continue;
@@ -86,10 +70,7 @@ struct ResetResult {
     nodes: Vec<NodeResult>,
 }
 
-async fn reset(
-    State(state): State<ApiState>,
-    Query(q): Query<ResetQuery>,
-) -> Result<Json<ResetResult>> {
+async fn reset(State(state): State<ApiState>, Query(q): Query<ResetQuery>) -> Result<Json<ResetResult>> {
     let shared = &state.shared;
     if let Some(d) = q.destination.as_deref().filter(|d| !shared.is_declared(d)) {
         return Err(Error::NotFound(format!("unknown destination {d:?}")));
@@ -97,16 +78,9 @@ async fn reset(
     if let Some(n) = q.node.as_deref().filter(|n| !shared.fleet.knows(n)) {
         return Err(Error::NotFound(format!("unknown node {n:?}")));
     }
-    let kind = pb::command::Kind::BreakerReset(pb::BreakerReset {
-        destination: q.destination.clone().unwrap_or_default(),
-    });
-    let nodes = shared
-        .fleet
-        .command(kind, q.node.as_deref(), shared.config.api.ack_timeout)
-        .await;
+    let kind =
+        pb::command::Kind::BreakerReset(pb::BreakerReset { destination: q.destination.clone().unwrap_or_default() });
+    let nodes = shared.fleet.command(kind, q.node.as_deref(), shared.config.api.ack_timeout).await;
     tracing::info!(destination = ?q.destination, node = ?q.node, "admin: breaker reset");
-    Ok(Json(ResetResult {
-        destination: q.destination,
-        nodes,
-    }))
+    Ok(Json(ResetResult { destination: q.destination, nodes }))
 }

@@ -8,9 +8,7 @@ use axum::Router;
 use super::ApiState;
 
 pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
 }
 
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {

@@ -12,9 +12,7 @@ use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
 
 pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/mappings", get(list))
-        .route("/mappings/{identifier}", get(show).put(put).delete(remove))
+    Router::new().route("/mappings", get(list)).route("/mappings/{identifier}", get(show).put(put).delete(remove))
 }
 
 #[derive(Serialize)]
@@ -30,17 +28,12 @@ struct Resolution {
 fn key_of(state: &ApiState, identifier: &str) -> Result<String> {
     let key = state.shared.rule.key(identifier);
     if key.is_empty() || key.len() > 1024 {
-        return Err(Error::BadRequest(
-            "identifier must give a route key of 1..=1024 bytes".into(),
-        ));
+        return Err(Error::BadRequest("identifier must give a route key of 1..=1024 bytes".into()));
     }
     Ok(key)
 }
 
-async fn show(
-    State(state): State<ApiState>,
-    Path(identifier): Path<String>,
-) -> Result<Json<Resolution>> {
+async fn show(State(state): State<ApiState>, Path(identifier): Path<String>) -> Result<Json<Resolution>> {
     let key = key_of(&state, &identifier)?;
     let r = state.shared.resolve(&key).await?;
     Ok(Json(Resolution {
@@ -92,12 +85,7 @@ async fn remove(
         return Err(Error::NotFound(format!("no mapping for {identifier:?}")));
     };
     tracing::info!(account = %redact(&key), revision = written.revision, "admin: mapping removed");
-    let result = WriteResult {
-        normalized: key,
-        destination: None,
-        revision: written.revision,
-        nodes: written.nodes,
-    };
+    let result = WriteResult { normalized: key, destination: None, revision: written.revision, nodes: written.nodes };
     Ok((StatusCode::OK, Json(result)))
 }
 
@@ -122,20 +110,8 @@ struct Entry {
 
 async fn list(State(state): State<ApiState>, Query(page): Query<Page>) -> Result<Json<Listing>> {
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = state
-        .shared
-        .store
-        .list(page.after.as_deref(), limit)
-        .await?;
-    let next = (rows.len() == limit)
-        .then(|| rows.last().map(|m| m.key.clone()))
-        .flatten();
-    let mappings = rows
-        .into_iter()
-        .map(|m| Entry {
-            identifier: m.key,
-            destination: m.destination,
-        })
-        .collect();
+    let rows = state.shared.store.list(page.after.as_deref(), limit).await?;
+    let next = (rows.len() == limit).then(|| rows.last().map(|m| m.key.clone())).flatten();
+    let mappings = rows.into_iter().map(|m| Entry { identifier: m.key, destination: m.destination }).collect();
     Ok(Json(Listing { mappings, next }))
 }

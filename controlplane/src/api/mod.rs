@@ -29,20 +29,14 @@ pub struct ApiState {
 }
 
 pub fn router(shared: Arc<Shared>, token: String) -> Router {
-    let state = ApiState {
-        shared,
-        token: Arc::new(token),
-    };
+    let state = ApiState { shared, token: Arc::new(token) };
     let protected = Router::new()
         .merge(stats::routes())
         .merge(destinations::routes())
         .merge(nodes::routes())
         .merge(mappings::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .merge(health::routes())
-        .merge(protected)
-        .with_state(state)
+    Router::new().merge(health::routes()).merge(protected).with_state(state)
 }
 
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
@@ -56,12 +50,7 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         next.run(request).await
     } else {
         let body = axum::Json(serde_json::json!({ "error": "missing or invalid bearer token" }));
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            body,
-        )
-            .into_response()
+        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
     }
 }
 

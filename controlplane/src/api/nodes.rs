@@ -56,12 +56,7 @@ async fn list(State(state): State<ApiState>) -> Json<Vec<NodeInfo>> {
             listeners: v
                 .listeners
                 .into_iter()
-                .map(|l| ListenerView {
-                    id: l.id,
-                    protocol: l.protocol,
-                    bind: l.bind,
-                    tls: l.tls,
-                })
+                .map(|l| ListenerView { id: l.id, protocol: l.protocol, bind: l.bind, tls: l.tls })
                 .collect(),
         })
         .collect();

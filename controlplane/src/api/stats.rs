@@ -76,12 +76,7 @@ pub fn fleet_stats(views: &[NodeView]) -> Stats {
         })
         .collect::<Vec<_>>();
     totals.hit_rate_pct = hit_rate_pct(totals.cache_hits, totals.cache_misses);
-    Stats {
-        totals,
-        nodes_reporting: nodes.len() - excluded,
-        nodes_excluded_stale: excluded,
-        nodes,
-    }
+    Stats { totals, nodes_reporting: nodes.len() - excluded, nodes_excluded_stale: excluded, nodes }
 }
 
 async fn stats(State(state): State<ApiState>) -> Json<Stats> {

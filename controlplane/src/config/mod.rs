@@ -115,10 +115,7 @@ pub struct RoutingConfig {
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig {
-            default_destination: String::new(),
-            master_user_separators: vec!["%".into()],
-        }
+        RoutingConfig { default_destination: String::new(), master_user_separators: vec!["%".into()] }
     }
 }
 
@@ -155,9 +152,9 @@ impl<'de> Deserialize<'de> for MappingSource {
         match name.as_str() {
             "sqlite" => Ok(MappingSource::Sqlite),
             "file" => Ok(MappingSource::File),
-            "postgres" | "redis" => Err(D::Error::custom(format!(
-                "source {name:?} is not supported yet; use \"sqlite\" or \"file\""
-            ))),
+            "postgres" | "redis" => {
+                Err(D::Error::custom(format!("source {name:?} is not supported yet; use \"sqlite\" or \"file\"")))
+            }
             _ => Err(D::Error::unknown_variant(&name, &["sqlite", "file"])),
         }
     }
@@ -196,9 +193,7 @@ pub struct SqliteConfig {
 
 impl Default for SqliteConfig {
     fn default() -> Self {
-        SqliteConfig {
-            path: "switchyard-mappings.db".into(),
-        }
+        SqliteConfig { path: "switchyard-mappings.db".into() }
     }
 }
 

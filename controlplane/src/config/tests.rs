@@ -77,31 +77,16 @@ fn problems(text: &str) -> Vec<String> {
 fn spec_example_parses() {
     let c = Config::from_toml_str(SPEC_EXAMPLE).unwrap();
     assert_eq!(c.grpc.bind, "127.0.0.1:7400".parse().unwrap());
-    assert_eq!(
-        c.grpc.node_token_file.as_deref(),
-        Some(Path::new("/etc/switchyard/node.token"))
-    );
-    assert_eq!(
-        c.api.bearer_token_file.as_deref(),
-        Some(Path::new("/etc/switchyard/admin.token"))
-    );
+    assert_eq!(c.grpc.node_token_file.as_deref(), Some(Path::new("/etc/switchyard/node.token")));
+    assert_eq!(c.api.bearer_token_file.as_deref(), Some(Path::new("/etc/switchyard/admin.token")));
     assert_eq!(c.routing.default_destination, "legacy");
-    assert_eq!(
-        c.mapping.sqlite.path,
-        Path::new("/var/lib/switchyard/mappings.db")
-    );
+    assert_eq!(c.mapping.sqlite.path, Path::new("/var/lib/switchyard/mappings.db"));
     assert_eq!(c.cache.positive_ttl, Duration::from_secs(600));
     assert_eq!(c.cache.max_stale, Duration::from_secs(3600));
     let legacy = &c.destination["legacy"];
     assert_eq!(legacy.host, "10.0.1.10");
     assert_eq!(legacy.forwarding, Forwarding::None);
-    assert_eq!(
-        legacy.protocol["imap"],
-        EndpointConfig {
-            port: 143,
-            tls: TlsMode::Starttls
-        }
-    );
+    assert_eq!(legacy.protocol["imap"], EndpointConfig { port: 143, tls: TlsMode::Starttls });
 }
 
 #[test]
@@ -128,10 +113,7 @@ fn defaults_are_applied() {
     assert_eq!(c.breaker.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.breaker.connect_retries, 1);
     let legacy = &c.destination["legacy"];
-    assert_eq!(
-        (legacy.forwarding, legacy.allow_plaintext_auth),
-        (Forwarding::None, false)
-    );
+    assert_eq!((legacy.forwarding, legacy.allow_plaintext_auth), (Forwarding::None, false));
     assert_eq!(legacy.protocol["imap"].tls, TlsMode::Starttls);
 }
 
@@ -146,20 +128,11 @@ fn durations_and_enums_parse() {
     let c = Config::from_toml_str(&text).unwrap();
     assert_eq!(c.cache.positive_ttl, Duration::from_secs(7500));
     assert_eq!(c.cache.negative_ttl, Duration::from_millis(1500));
-    assert_eq!(
-        (c.mapping.source, c.mapping.normalize),
-        (MappingSource::File, Normalize::None)
-    );
+    assert_eq!((c.mapping.source, c.mapping.normalize), (MappingSource::File, Normalize::None));
     assert_eq!(c.mapping.file.unwrap().path, Path::new("m.tsv"));
     assert_eq!(c.destination["legacy"].forwarding.as_str(), "xclient");
-    assert_eq!(
-        c.destination["legacy"].protocol["pop3"].tls,
-        TlsMode::Implicit
-    );
-    assert_eq!(
-        Normalize::Lowercase.apply("Alice@EXAMPLE.test"),
-        "alice@example.test"
-    );
+    assert_eq!(c.destination["legacy"].protocol["pop3"].tls, TlsMode::Implicit);
+    assert_eq!(Normalize::Lowercase.apply("Alice@EXAMPLE.test"), "alice@example.test");
     assert_eq!(Normalize::None.apply("Alice"), "Alice");
 }
 
@@ -175,144 +148,56 @@ fn each_rule_reports_its_own_problem() {
     let d = "[destination.legacy]\n";
     let imap = "[destination.legacy.protocol.imap]\n";
     let cases: &[(String, &str)] = &[
-        (
-            "[server]\nlog_level = \"loud\"".into(),
-            "server.log_level: \"loud\" is not one of",
-        ),
-        (
-            "[server]\nmetrics_interval = \"0s\"".into(),
-            "server.metrics_interval: must be greater than zero",
-        ),
-        (
-            "[server]\nreport_interval = \"0s\"".into(),
-            "server.report_interval: must be greater than zero",
-        ),
-        (
-            "[server]\nheartbeat_interval = \"0s\"".into(),
-            "server.heartbeat_interval: must be greater than zero",
-        ),
-        (
-            "[grpc]\nnode_token_env = \"\"".into(),
-            "grpc.node_token_env: must not be empty",
-        ),
-        (
-            "[api]\nbearer_token_env = \"\"".into(),
-            "api.bearer_token_env: must not be empty",
-        ),
-        (
-            "[api]\nack_timeout = \"0s\"".into(),
-            "api.ack_timeout: must be greater than zero",
-        ),
-        (
-            "[api]\nbind = \"127.0.0.1:7400\"".into(),
-            "api.bind: 127.0.0.1:7400 is already bound by grpc.bind",
-        ),
-        (
-            "[routing]\ndefault_destination = \"\"".into(),
-            "routing.default_destination: is required",
-        ),
-        (
-            "[routing]\ndefault_destination = \"new\"".into(),
-            "routing.default_destination: \"new\" is not a declared",
-        ),
+        ("[server]\nlog_level = \"loud\"".into(), "server.log_level: \"loud\" is not one of"),
+        ("[server]\nmetrics_interval = \"0s\"".into(), "server.metrics_interval: must be greater than zero"),
+        ("[server]\nreport_interval = \"0s\"".into(), "server.report_interval: must be greater than zero"),
+        ("[server]\nheartbeat_interval = \"0s\"".into(), "server.heartbeat_interval: must be greater than zero"),
+        ("[grpc]\nnode_token_env = \"\"".into(), "grpc.node_token_env: must not be empty"),
+        ("[api]\nbearer_token_env = \"\"".into(), "api.bearer_token_env: must not be empty"),
+        ("[api]\nack_timeout = \"0s\"".into(), "api.ack_timeout: must be greater than zero"),
+        ("[api]\nbind = \"127.0.0.1:7400\"".into(), "api.bind: 127.0.0.1:7400 is already bound by grpc.bind"),
+        ("[routing]\ndefault_destination = \"\"".into(), "routing.default_destination: is required"),
+        ("[routing]\ndefault_destination = \"new\"".into(), "routing.default_destination: \"new\" is not a declared"),
         (
             "[routing]\nmaster_user_separators = [\"%\", \"\"]".into(),
             "routing.master_user_separators[1]: must not be empty",
         ),
-        (
-            "[mapping]\nsource = \"file\"".into(),
-            "mapping.file: [mapping.file] path is required when source = \"file\"",
-        ),
-        (
-            "[mapping]\nsource = \"postgres\"".into(),
-            "mapping.source: source \"postgres\" is not supported yet",
-        ),
-        (
-            "[mapping]\nsource = \"redis\"".into(),
-            "mapping.source: source \"redis\" is not supported yet",
-        ),
+        ("[mapping]\nsource = \"file\"".into(), "mapping.file: [mapping.file] path is required when source = \"file\""),
+        ("[mapping]\nsource = \"postgres\"".into(), "mapping.source: source \"postgres\" is not supported yet"),
+        ("[mapping]\nsource = \"redis\"".into(), "mapping.source: source \"redis\" is not supported yet"),
         (
             "[mapping]\nsource = \"mysql\"".into(),
             "mapping.source: unknown variant `mysql`, expected `sqlite` or `file`",
         ),
-        (
-            "[mapping]\nnormalize = \"upper\"".into(),
-            "mapping.normalize: unknown variant `upper`",
-        ),
-        (
-            "[mapping.sqlite]\npath = \"\"".into(),
-            "mapping.sqlite.path: must not be empty",
-        ),
-        (
-            "[mapping.file]".into(),
-            "mapping.file: missing field `path`",
-        ),
-        (
-            "[cache]\npositive_ttl = \"0s\"".into(),
-            "cache.positive_ttl: must be greater than zero",
-        ),
-        (
-            "[cache]\nnegative_ttl = \"0s\"".into(),
-            "cache.negative_ttl: must be greater than zero",
-        ),
-        (
-            "[cache]\nmax_entries = 0".into(),
-            "cache.max_entries: must be at least 1",
-        ),
-        (
-            "[breaker]\nfailure_threshold = 0".into(),
-            "breaker.failure_threshold: must be at least 1",
-        ),
-        (
-            "[breaker]\ncooldown = \"0s\"".into(),
-            "breaker.cooldown: must be greater than zero",
-        ),
-        (
-            "[breaker]\nconnect_timeout = \"0s\"".into(),
-            "breaker.connect_timeout: must be greater than zero",
-        ),
-        (
-            format!("{d}host = \"\""),
-            "destination.legacy.host: is required",
-        ),
-        (
-            format!("{d}forwarding = \"haproxy\""),
-            "destination.legacy.forwarding: unknown variant `haproxy`",
-        ),
-        (
-            format!("{imap}port = 0"),
-            "destination.legacy.protocol.imap.port: must be 1..=65535",
-        ),
-        (
-            format!("{imap}port = 70000"),
-            "destination.legacy.protocol.imap.port: invalid value: integer `70000`",
-        ),
-        (
-            format!("{imap}tls = \"ssl\""),
-            "destination.legacy.protocol.imap.tls: unknown variant `ssl`",
-        ),
+        ("[mapping]\nnormalize = \"upper\"".into(), "mapping.normalize: unknown variant `upper`"),
+        ("[mapping.sqlite]\npath = \"\"".into(), "mapping.sqlite.path: must not be empty"),
+        ("[mapping.file]".into(), "mapping.file: missing field `path`"),
+        ("[cache]\npositive_ttl = \"0s\"".into(), "cache.positive_ttl: must be greater than zero"),
+        ("[cache]\nnegative_ttl = \"0s\"".into(), "cache.negative_ttl: must be greater than zero"),
+        ("[cache]\nmax_entries = 0".into(), "cache.max_entries: must be at least 1"),
+        ("[breaker]\nfailure_threshold = 0".into(), "breaker.failure_threshold: must be at least 1"),
+        ("[breaker]\ncooldown = \"0s\"".into(), "breaker.cooldown: must be greater than zero"),
+        ("[breaker]\nconnect_timeout = \"0s\"".into(), "breaker.connect_timeout: must be greater than zero"),
+        (format!("{d}host = \"\""), "destination.legacy.host: is required"),
+        (format!("{d}forwarding = \"haproxy\""), "destination.legacy.forwarding: unknown variant `haproxy`"),
+        (format!("{imap}port = 0"), "destination.legacy.protocol.imap.port: must be 1..=65535"),
+        (format!("{imap}port = 70000"), "destination.legacy.protocol.imap.port: invalid value: integer `70000`"),
+        (format!("{imap}tls = \"ssl\""), "destination.legacy.protocol.imap.tls: unknown variant `ssl`"),
         (
             "[destination.legacy.protocol.imap4]\nport = 143".into(),
             "destination.legacy.protocol.imap4: unknown protocol; expected one of imap, pop3",
         ),
         (
-            "[destination.\"a b\"]\nhost = \"h\"\n[destination.\"a b\".protocol.imap]\nport = 1"
-                .into(),
+            "[destination.\"a b\"]\nhost = \"h\"\n[destination.\"a b\".protocol.imap]\nport = 1".into(),
             "destination.\"a b\": destination ids may use only",
         ),
-        (
-            "[destination.other]\nhost = \"h\"".into(),
-            "destination.other.protocol: at least one",
-        ),
+        ("[destination.other]\nhost = \"h\"".into(), "destination.other.protocol: at least one"),
         ("[api]\nlockout = 5".into(), "api.lockout: unknown key"),
     ];
     for (overrides, expected) in cases {
         let found = problems(&with(overrides));
         assert_eq!(found.len(), 1, "{overrides}: {found:?}");
-        assert!(
-            found[0].starts_with(expected),
-            "{overrides}: {found:?} lacks {expected:?}"
-        );
+        assert!(found[0].starts_with(expected), "{overrides}: {found:?} lacks {expected:?}");
     }
 }
 
@@ -354,10 +239,7 @@ fn type_errors_and_validation_problems_come_together() {
         "[destination.legacy.protocol.smtp]\nport = 0\n",
     ));
     let found = problems(&text);
-    let paths: Vec<&str> = found
-        .iter()
-        .map(|p| p.split(": ").next().unwrap())
-        .collect();
+    let paths: Vec<&str> = found.iter().map(|p| p.split(": ").next().unwrap()).collect();
     assert_eq!(
         paths,
         [
@@ -385,8 +267,5 @@ fn load_reads_the_file() {
     let path = dir.path().join("controlplane.toml");
     std::fs::write(&path, MINIMAL).unwrap();
     assert_eq!(Config::load(&path).unwrap().destination.len(), 1);
-    assert!(matches!(
-        Config::load(&dir.path().join("absent.toml")),
-        Err(ConfigError::Io { .. })
-    ));
+    assert!(matches!(Config::load(&dir.path().join("absent.toml")), Err(ConfigError::Io { .. })));
 }

@@ -20,10 +20,7 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     check_positive("api.ack_timeout", config.api.ack_timeout, p);
     // Port 0 (ephemeral, used by tests) never conflicts.
     if config.api.bind == config.grpc.bind && config.api.bind.port() != 0 {
-        p.push(
-            "api.bind",
-            format!("{} is already bound by grpc.bind", config.api.bind),
-        );
+        p.push("api.bind", format!("{} is already bound by grpc.bind", config.api.bind));
     }
 
     check_routing(config, p);
@@ -44,17 +41,11 @@ fn check_routing(config: &Config, p: &mut Problems) {
     if default.is_empty() {
         p.push("routing.default_destination", "is required");
     } else if !config.destination.contains_key(default) {
-        p.push(
-            "routing.default_destination",
-            format!("{default:?} is not a declared [destination.<id>]"),
-        );
+        p.push("routing.default_destination", format!("{default:?} is not a declared [destination.<id>]"));
     }
     for (i, sep) in routing.master_user_separators.iter().enumerate() {
         if sep.is_empty() {
-            p.push(
-                format!("routing.master_user_separators[{i}]"),
-                "must not be empty",
-            );
+            p.push(format!("routing.master_user_separators[{i}]"), "must not be empty");
         }
     }
 }
@@ -66,13 +57,8 @@ fn check_mapping(config: &Config, p: &mut Problems) {
             p.push("mapping.sqlite.path", "must not be empty");
         }
         MappingSource::File => match &mapping.file {
-            None => p.push(
-                "mapping.file",
-                "[mapping.file] path is required when source = \"file\"",
-            ),
-            Some(file) if file.path.as_os_str().is_empty() => {
-                p.push("mapping.file.path", "must not be empty")
-            }
+            None => p.push("mapping.file", "[mapping.file] path is required when source = \"file\""),
+            Some(file) if file.path.as_os_str().is_empty() => p.push("mapping.file.path", "must not be empty"),
             Some(_) => {}
         },
         MappingSource::Sqlite => {}
@@ -97,37 +83,25 @@ fn check_cache_and_breaker(config: &Config, p: &mut Problems) {
 /// Destination ids travel in API paths and query strings, metrics and logs, so they are
 /// kept to characters that need no escaping anywhere.
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn check_destination(at: &str, id: &str, d: &DestinationConfig, p: &mut Problems) {
     if !valid_id(id) {
-        p.push(
-            at,
-            "destination ids may use only letters, digits, '-', '_' and '.'",
-        );
+        p.push(at, "destination ids may use only letters, digits, '-', '_' and '.'");
     }
     if d.host.trim().is_empty() {
         p.push(key_path(at, "host"), "is required");
     }
     let protocols = key_path(at, "protocol");
     if d.protocol.is_empty() {
-        p.push(
-            &protocols,
-            "at least one [destination.<id>.protocol.<protocol>] is required",
-        );
+        p.push(&protocols, "at least one [destination.<id>.protocol.<protocol>] is required");
     }
     for (name, endpoint) in &d.protocol {
         let at = key_path(&protocols, name);
         if Protocol::from_name(name).is_none() {
             let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.as_str()).collect();
-            p.push(
-                &at,
-                format!("unknown protocol; expected one of {}", known.join(", ")),
-            );
+            p.push(&at, format!("unknown protocol; expected one of {}", known.join(", ")));
         }
         if endpoint.port == 0 {
             p.push(key_path(&at, "port"), "must be 1..=65535");

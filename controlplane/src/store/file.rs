@@ -29,22 +29,14 @@ impl FileStore {
         let text = tokio::fs::read_to_string(path)
             .await
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
-        let mappings = parse(&text, normalize).map_err(|problems| StoreError::Malformed {
-            path: path.to_owned(),
-            problems,
-        })?;
+        let mappings =
+            parse(&text, normalize).map_err(|problems| StoreError::Malformed { path: path.to_owned(), problems })?;
         let mut hash = Sha256::new();
         hash.update(path.as_os_str().as_encoded_bytes());
         hash.update([0]);
         hash.update(text.as_bytes());
-        let digest: String = hash.finalize()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(FileStore {
-            mappings: Arc::new(mappings),
-            epoch: format!("file-{digest}").into(),
-        })
+        let digest: String = hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(FileStore { mappings: Arc::new(mappings), epoch: format!("file-{digest}").into() })
     }
 
     pub fn get(&self, key: &str) -> Option<String> {
@@ -57,10 +49,7 @@ impl FileStore {
         self.mappings
             .range::<str, _>((start, Unbounded))
             .take(limit)
-            .map(|(key, destination)| Mapping {
-                key: key.clone(),
-                destination: destination.clone(),
-            })
+            .map(|(key, destination)| Mapping { key: key.clone(), destination: destination.clone() })
             .collect()
     }
 
@@ -159,29 +148,17 @@ mod tests {
     #[tokio::test]
     async fn parses_comments_blank_lines_and_normalizes() {
         let store = store_with(GOOD, Normalize::Lowercase).await.unwrap();
-        assert_eq!(
-            store.get("alice@example.test").await.unwrap().as_deref(),
-            Some("new")
-        );
-        assert_eq!(
-            store.get("bob@example.test").await.unwrap().as_deref(),
-            Some("legacy")
-        );
+        assert_eq!(store.get("alice@example.test").await.unwrap().as_deref(), Some("new"));
+        assert_eq!(store.get("bob@example.test").await.unwrap().as_deref(), Some("legacy"));
         assert_eq!(store.get("carol@example.test").await.unwrap(), None);
         let all = store.list(None, 10).await.unwrap();
         assert_eq!(all.len(), 2);
         let page = store.list(Some("alice@example.test"), 10).await.unwrap();
         assert_eq!(page[0].key, "bob@example.test");
-        assert_eq!(
-            store.list(None, 1).await.unwrap()[0].key,
-            "alice@example.test"
-        );
+        assert_eq!(store.list(None, 1).await.unwrap()[0].key, "alice@example.test");
 
         let store = store_with(GOOD, Normalize::None).await.unwrap();
-        assert_eq!(
-            store.get("Alice@Example.test").await.unwrap().as_deref(),
-            Some("new")
-        );
+        assert_eq!(store.get("Alice@Example.test").await.unwrap().as_deref(), Some("new"));
         assert_eq!(store.list(None, 10).await.unwrap().len(), 3);
     }
 
@@ -189,14 +166,8 @@ mod tests {
     async fn is_read_only_with_an_empty_history() {
         let store = store_with(GOOD, Normalize::Lowercase).await.unwrap();
         assert!(!store.is_writable());
-        assert!(matches!(
-            store.put("a", "b").await,
-            Err(StoreError::ReadOnly)
-        ));
-        assert!(matches!(
-            store.delete("alice@example.test").await,
-            Err(StoreError::ReadOnly)
-        ));
+        assert!(matches!(store.put("a", "b").await, Err(StoreError::ReadOnly)));
+        assert!(matches!(store.delete("alice@example.test").await, Err(StoreError::ReadOnly)));
         assert_eq!(store.revision().await.unwrap(), 0);
         assert_eq!(store.changes_since(0, 10).await.unwrap(), Some(vec![]));
         assert_eq!(store.changes_since(7, 10).await.unwrap(), None);
@@ -238,9 +209,7 @@ mod tests {
                 "line 6: identifier already mapped to another destination on line 1",
             ]
         );
-        assert!(err
-            .to_string()
-            .contains("mappings.tsv: malformed mapping file:\n  line 2:"));
+        assert!(err.to_string().contains("mappings.tsv: malformed mapping file:\n  line 2:"));
     }
 
     #[test]
@@ -254,9 +223,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_file_is_unavailable() {
         let dir = tempfile::tempdir().unwrap();
-        let err = FileStore::open(&dir.path().join("absent.tsv"), Normalize::None)
-            .await
-            .unwrap_err();
+        let err = FileStore::open(&dir.path().join("absent.tsv"), Normalize::None).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     }
 }

@@ -40,10 +40,7 @@ pub enum StoreError {
     ReadOnly,
     /// The mapping file has malformed lines, one entry per line at fault.
     #[error("{}: malformed mapping file:\n  {}", path.display(), problems.join("\n  "))]
-    Malformed {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
+    Malformed { path: PathBuf, problems: Vec<String> },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -64,16 +61,13 @@ impl Store {
     /// and schema on first start; the file source reads and checks the whole file.
     pub async fn open(config: &MappingConfig) -> Result<Store, StoreError> {
         match config.source {
-            MappingSource::Sqlite => {
-                Ok(Store::Sqlite(SqliteStore::open(&config.sqlite.path).await?))
-            }
+            MappingSource::Sqlite => Ok(Store::Sqlite(SqliteStore::open(&config.sqlite.path).await?)),
             MappingSource::File => {
-                let file = config.file.as_ref().ok_or_else(|| {
-                    StoreError::Unavailable("mapping.file.path is not set".into())
-                })?;
-                Ok(Store::File(
-                    FileStore::open(&file.path, config.normalize).await?,
-                ))
+                let file = config
+                    .file
+                    .as_ref()
+                    .ok_or_else(|| StoreError::Unavailable("mapping.file.path is not set".into()))?;
+                Ok(Store::File(FileStore::open(&file.path, config.normalize).await?))
             }
         }
     }
@@ -103,11 +97,7 @@ impl Store {
 
     /// Up to `limit` mappings ordered by key, starting after `after` (keyset paging:
     /// pass the last key of the previous page).
-    pub async fn list(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Mapping>, StoreError> {
+    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Mapping>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list(after, limit).await,
             Store::File(f) => Ok(f.list(after, limit)),
@@ -125,11 +115,7 @@ impl Store {
     /// Up to `limit` changes after `revision`, oldest first. `None` when the history no
     /// longer reaches back that far (or `revision` is ahead of this store): the caller
     /// must then flush instead of replaying.
-    pub async fn changes_since(
-        &self,
-        revision: u64,
-        limit: usize,
-    ) -> Result<Option<Vec<Change>>, StoreError> {
+    pub async fn changes_since(&self, revision: u64, limit: usize) -> Result<Option<Vec<Change>>, StoreError> {
         match self {
             Store::Sqlite(s) => s.changes_since(revision, limit).await,
             Store::File(f) => Ok(f.changes_since(revision)),

@@ -68,10 +68,7 @@ impl SqliteStore {
         // Generated once with the database, so a restarted control plane keeps it and
         // nodes keep their caches.
         let epoch = meta(&pool, "epoch", &uuid::Uuid::new_v4().to_string()).await?;
-        Ok(SqliteStore {
-            pool,
-            epoch: epoch.into(),
-        })
+        Ok(SqliteStore { pool, epoch: epoch.into() })
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -86,13 +83,12 @@ impl SqliteStore {
     /// disagrees with the table.
     pub async fn put(&self, key: &str, destination: &str) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO changes (key, destination) VALUES (?, ?) RETURNING revision",
-        )
-        .bind(key)
-        .bind(destination)
-        .fetch_one(&mut *tx)
-        .await?;
+        let revision: i64 =
+            sqlx::query_scalar("INSERT INTO changes (key, destination) VALUES (?, ?) RETURNING revision")
+                .bind(key)
+                .bind(destination)
+                .fetch_one(&mut *tx)
+                .await?;
         sqlx::query(
             "INSERT INTO mappings (key, destination, updated_revision) VALUES (?, ?, ?)
              ON CONFLICT (key) DO UPDATE SET
@@ -110,30 +106,22 @@ impl SqliteStore {
 
     pub async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query("DELETE FROM mappings WHERE key = ?")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let removed =
+            sqlx::query("DELETE FROM mappings WHERE key = ?").bind(key).execute(&mut *tx).await?.rows_affected();
         if removed == 0 {
             tx.rollback().await?;
             return Ok(None);
         }
-        let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO changes (key, destination) VALUES (?, NULL) RETURNING revision",
-        )
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
+        let revision: i64 =
+            sqlx::query_scalar("INSERT INTO changes (key, destination) VALUES (?, NULL) RETURNING revision")
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(Some(revision as u64))
     }
 
-    pub async fn list(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Mapping>, StoreError> {
+    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Mapping>, StoreError> {
         let rows = sqlx::query(
             "SELECT key, destination FROM mappings
              WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2",
@@ -144,12 +132,7 @@ impl SqliteStore {
         .await?;
         let mappings = rows
             .iter()
-            .map(|r| {
-                Ok(Mapping {
-                    key: r.try_get(0)?,
-                    destination: r.try_get(1)?,
-                })
-            })
+            .map(|r| Ok(Mapping { key: r.try_get(0)?, destination: r.try_get(1)? }))
             .collect::<Result<_, sqlx::Error>>()?;
         Ok(mappings)
     }
@@ -157,19 +140,14 @@ impl SqliteStore {
     /// Read from `sqlite_sequence`, not `MAX(revision)`, so that it stays right even if
     /// the change log is ever trimmed.
     pub async fn revision(&self) -> Result<u64, StoreError> {
-        let revision: i64 = sqlx::query_scalar(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let revision: i64 =
+            sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(revision as u64)
     }
 
-    pub async fn changes_since(
-        &self,
-        revision: u64,
-        limit: usize,
-    ) -> Result<Option<Vec<Change>>, StoreError> {
+    pub async fn changes_since(&self, revision: u64, limit: usize) -> Result<Option<Vec<Change>>, StoreError> {
         let current = self.revision().await?;
         if revision > current {
             return Ok(None);
@@ -177,9 +155,7 @@ impl SqliteStore {
         if revision == current {
             return Ok(Some(Vec::new()));
         }
-        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(revision) FROM changes")
-            .fetch_one(&self.pool)
-            .await?;
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(revision) FROM changes").fetch_one(&self.pool).await?;
         if oldest.is_none_or(|o| o as u64 > revision + 1) {
             return Ok(None);
         }
@@ -194,11 +170,7 @@ impl SqliteStore {
         let changes = rows
             .iter()
             .map(|r| {
-                Ok(Change {
-                    revision: r.try_get::<i64, _>(0)? as u64,
-                    key: r.try_get(1)?,
-                    destination: r.try_get(2)?,
-                })
+                Ok(Change { revision: r.try_get::<i64, _>(0)? as u64, key: r.try_get(1)?, destination: r.try_get(2)? })
             })
             .collect::<Result<_, sqlx::Error>>()?;
         Ok(Some(changes))
@@ -221,10 +193,7 @@ async fn meta(pool: &SqlitePool, name: &str, initial: &str) -> Result<String, St
         .bind(initial)
         .execute(pool)
         .await?;
-    let value = sqlx::query_scalar("SELECT value FROM meta WHERE name = ?")
-        .bind(name)
-        .fetch_one(pool)
-        .await?;
+    let value = sqlx::query_scalar("SELECT value FROM meta WHERE name = ?").bind(name).fetch_one(pool).await?;
     Ok(value)
 }
 
@@ -233,9 +202,7 @@ mod tests {
     use super::*;
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-        SqliteStore::open(&dir.path().join("nested/dir/mappings.db"))
-            .await
-            .unwrap()
+        SqliteStore::open(&dir.path().join("nested/dir/mappings.db")).await.unwrap()
     }
 
     #[tokio::test]
@@ -271,15 +238,9 @@ mod tests {
         assert_eq!(keys, ["a", "b"]);
         assert_eq!(page[1].destination, "dest-b");
         let page = store.list(Some("b"), 2).await.unwrap();
-        assert_eq!(
-            page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
-            ["c", "d"]
-        );
+        assert_eq!(page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["c", "d"]);
         let page = store.list(Some("d"), 2).await.unwrap();
-        assert_eq!(
-            page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
-            ["e"]
-        );
+        assert_eq!(page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["e"]);
         assert!(store.list(Some("e"), 2).await.unwrap().is_empty());
         assert!(store.list(None, 0).await.unwrap().is_empty());
         assert_eq!(store.list(None, usize::MAX).await.unwrap().len(), 5);
@@ -300,24 +261,14 @@ mod tests {
         };
         assert_eq!(
             store.changes_since(0, 10).await.unwrap().unwrap(),
-            [
-                change(1, "a", Some("x")),
-                change(2, "b", Some("y")),
-                change(3, "a", None)
-            ]
+            [change(1, "a", Some("x")), change(2, "b", Some("y")), change(3, "a", None)]
         );
-        assert_eq!(
-            store.changes_since(1, 1).await.unwrap().unwrap(),
-            [change(2, "b", Some("y"))]
-        );
+        assert_eq!(store.changes_since(1, 1).await.unwrap().unwrap(), [change(2, "b", Some("y"))]);
         assert_eq!(store.changes_since(3, 10).await.unwrap(), Some(vec![]));
         // A node ahead of the store follows another history: it must flush.
         assert_eq!(store.changes_since(4, 10).await.unwrap(), None);
         // Once the log is trimmed past a node's revision, it must flush too.
-        sqlx::query("DELETE FROM changes WHERE revision <= 2")
-            .execute(&store.pool)
-            .await
-            .unwrap();
+        sqlx::query("DELETE FROM changes WHERE revision <= 2").execute(&store.pool).await.unwrap();
         assert_eq!(store.changes_since(1, 10).await.unwrap(), None);
         assert_eq!(store.changes_since(2, 10).await.unwrap().unwrap().len(), 1);
         assert_eq!(store.revision().await.unwrap(), 3);
@@ -366,9 +317,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blocker = dir.path().join("file");
         std::fs::write(&blocker, "").unwrap();
-        let err = SqliteStore::open(&blocker.join("mappings.db"))
-            .await
-            .unwrap_err();
+        let err = SqliteStore::open(&blocker.join("mappings.db")).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     }
 }

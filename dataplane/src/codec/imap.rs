@@ -94,10 +94,7 @@ struct Partial {
 
 impl Partial {
     fn fail(&self, kind: CodecError) -> ImapError {
-        ImapError {
-            tag: Some(self.tag.clone()),
-            kind,
-        }
+        ImapError { tag: Some(self.tag.clone()), kind }
     }
 
     fn push(&mut self, arg: Arg) {
@@ -128,11 +125,7 @@ impl Partial {
             return Err(self.fail(Malformed("unterminated list")));
         }
         let args = self.stack.pop().unwrap_or_default();
-        Ok(Command {
-            tag: self.tag,
-            name: self.name,
-            args,
-        })
+        Ok(Command { tag: self.tag, name: self.name, args })
     }
 }
 
@@ -164,11 +157,7 @@ pub struct ImapParser {
 
 impl ImapParser {
     pub fn new(max_line: usize, max_literal: usize) -> Self {
-        Self {
-            lines: LineBuffer::new(max_line),
-            max_literal,
-            state: State::Idle,
-        }
+        Self { lines: LineBuffer::new(max_line), max_literal, state: State::Idle }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -229,10 +218,7 @@ impl ImapParser {
         };
         let mut cur = Cursor::new(&line);
         let tag = parse_tag(&mut cur).map_err(|kind| ImapError { tag: None, kind })?;
-        let name = parse_name(&mut cur).map_err(|kind| ImapError {
-            tag: Some(tag.clone()),
-            kind,
-        })?;
+        let name = parse_name(&mut cur).map_err(|kind| ImapError { tag: Some(tag.clone()), kind })?;
         let cmd = Partial {
             tag,
             name,
@@ -261,9 +247,7 @@ impl ImapParser {
     }
 
     fn accept_literal(&mut self, mut cmd: Partial, size: u64, sync: bool) -> Result<(), ImapError> {
-        let fits = usize::try_from(size)
-            .ok()
-            .and_then(|n| cmd.literal_left.checked_sub(n).map(|left| (n, left)));
+        let fits = usize::try_from(size).ok().and_then(|n| cmd.literal_left.checked_sub(n).map(|left| (n, left)));
         let Some((n, left)) = fits else {
             if !sync {
                 // The client sends a non-synchronizing literal without waiting, so its
@@ -282,10 +266,7 @@ impl ImapParser {
 /// Quotes `s` for a response: a quoted string when it is plain 7-bit text, otherwise a
 /// literal, since quoted strings cannot carry CR, LF, NUL or (without UTF8=ACCEPT) 8-bit data.
 pub fn quote(s: &str) -> String {
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii() && !matches!(b, b'\0' | b'\r' | b'\n'))
-    {
+    if !s.bytes().all(|b| b.is_ascii() && !matches!(b, b'\0' | b'\r' | b'\n')) {
         return format!("{{{}}}\r\n{s}", s.len());
     }
     let mut out = String::with_capacity(s.len() + 2);
@@ -383,11 +364,7 @@ fn parse_name(cur: &mut Cursor<'_>) -> Result<String, CodecError> {
 
 /// Parses arguments up to the end of the line piece or to a literal announcement.
 /// `need_sep` is true when the previous token must be followed by a space or `)`.
-fn parse_args(
-    mut cmd: Partial,
-    mut cur: Cursor<'_>,
-    mut need_sep: bool,
-) -> Result<Step, ImapError> {
+fn parse_args(mut cmd: Partial, mut cur: Cursor<'_>, mut need_sep: bool) -> Result<Step, ImapError> {
     loop {
         let Some(b) = cur.peek() else {
             return cmd.finish().map(Step::Done);
@@ -445,9 +422,7 @@ fn parse_quoted(cur: &mut Cursor<'_>) -> Result<String, CodecError> {
                 Some(c @ (b'"' | b'\\')) => out.push(c),
                 _ => return Err(Malformed("invalid escape in quoted string")),
             },
-            Some(b'\0' | b'\r' | b'\n') => {
-                return Err(Malformed("invalid character in quoted string"))
-            }
+            Some(b'\0' | b'\r' | b'\n') => return Err(Malformed("invalid character in quoted string")),
             Some(c) => out.push(c),
         }
     }
@@ -469,9 +444,7 @@ fn parse_literal_header(cur: &mut Cursor<'_>) -> Result<(u64, bool), CodecError>
         return Err(Malformed("literal must end the line"));
     }
     // Saturating: an absurd size is still just "too large", reported with the tag.
-    let size = digits.iter().fold(0u64, |n, d| {
-        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-    });
+    let size = digits.iter().fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')));
     Ok((size, sync))
 }
 

@@ -27,14 +27,7 @@ pub struct LineBuffer {
 
 impl LineBuffer {
     pub fn new(max_line: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            max_line,
-            scanned: 0,
-            skip: 0,
-            discard_line: false,
-            overflow_head: Vec::new(),
-        }
+        Self { buf: Vec::new(), max_line, scanned: 0, skip: 0, discard_line: false, overflow_head: Vec::new() }
     }
 
     pub fn max_line(&self) -> usize {
@@ -69,9 +62,7 @@ impl LineBuffer {
         }
         if line.len() > self.max_line {
             self.keep_head(&line);
-            return Err(CodecError::LineTooLong {
-                limit: self.max_line,
-            });
+            return Err(CodecError::LineTooLong { limit: self.max_line });
         }
         Ok(Some(line))
     }
@@ -150,10 +141,7 @@ impl LineBuffer {
 
     fn find_lf(&mut self) -> Option<usize> {
         let from = self.scanned.min(self.buf.len());
-        let found = self
-            .buf
-            .get(from..)
-            .and_then(|rest| rest.iter().position(|&b| b == b'\n'));
+        let found = self.buf.get(from..).and_then(|rest| rest.iter().position(|&b| b == b'\n'));
         match found {
             Some(i) => Some(from + i),
             None => {
@@ -174,16 +162,13 @@ impl LineBuffer {
         self.keep_head(&buf);
         self.scanned = 0;
         self.discard_line = true;
-        Err(CodecError::LineTooLong {
-            limit: self.max_line,
-        })
+        Err(CodecError::LineTooLong { limit: self.max_line })
     }
 
     fn keep_head(&mut self, line: &[u8]) {
         self.overflow_head.clear();
         let end = line.len().min(OVERFLOW_HEAD);
-        self.overflow_head
-            .extend_from_slice(line.get(..end).unwrap_or_default());
+        self.overflow_head.extend_from_slice(line.get(..end).unwrap_or_default());
     }
 }
 

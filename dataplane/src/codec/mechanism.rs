@@ -21,12 +21,7 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 4] = [
-        Mechanism::Plain,
-        Mechanism::Login,
-        Mechanism::OAuthBearer,
-        Mechanism::XOAuth2,
-    ];
+    pub const ALL: [Mechanism; 4] = [Mechanism::Plain, Mechanism::Login, Mechanism::OAuthBearer, Mechanism::XOAuth2];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,9 +34,7 @@ impl Mechanism {
 
     /// Case-insensitive, as SASL mechanism names are.
     pub fn from_name(name: &str) -> Option<Mechanism> {
-        Mechanism::ALL
-            .into_iter()
-            .find(|m| m.as_str().eq_ignore_ascii_case(name))
+        Mechanism::ALL.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(name))
     }
 
     /// The names for a capability list, space separated.
@@ -62,19 +55,12 @@ pub enum Credential {
     /// PLAIN or LOGIN: replayed as PLAIN.
     Password(Credentials),
     /// OAUTHBEARER or XOAUTH2: replayed byte for byte with the same mechanism.
-    Bearer {
-        mechanism: Mechanism,
-        creds: OAuthCredentials,
-    },
+    Bearer { mechanism: Mechanism, creds: OAuthCredentials },
 }
 
 impl Credential {
     pub fn password(user: &str, password: &str) -> Credential {
-        Credential::Password(Credentials {
-            authzid: String::new(),
-            authcid: user.into(),
-            password: password.into(),
-        })
+        Credential::Password(Credentials { authzid: String::new(), authcid: user.into(), password: password.into() })
     }
 
     /// The account the login is for: the PLAIN/LOGIN user, the OAuth `a=`/`user=` field,
@@ -83,9 +69,7 @@ impl Credential {
     pub fn identifier(&self) -> Option<String> {
         match self {
             Credential::Password(c) => Some(c.authcid.clone()),
-            Credential::Bearer { creds, .. } => {
-                creds.user.clone().or_else(|| jwt_subject(&creds.token))
-            }
+            Credential::Bearer { creds, .. } => creds.user.clone().or_else(|| jwt_subject(&creds.token)),
         }
     }
 
@@ -103,13 +87,9 @@ fn jwt_subject(token: &str) -> Option<String> {
     let payload = token.split('.').nth(1)?;
     let json = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    ["email", "preferred_username", "sub"].iter().find_map(|k| {
-        claims
-            .get(*k)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    })
+    ["email", "preferred_username", "sub"]
+        .iter()
+        .find_map(|k| claims.get(*k).and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned))
 }
 
 /// The next move in an exchange.
@@ -135,14 +115,8 @@ pub struct SaslServer {
 
 impl SaslServer {
     /// Starts an exchange; `initial` is the decoded initial response, if the client sent one.
-    pub fn start(
-        mechanism: Mechanism,
-        initial: Option<&[u8]>,
-    ) -> Result<(SaslServer, Step), CodecError> {
-        let mut server = SaslServer {
-            mechanism,
-            state: State::Initial,
-        };
+    pub fn start(mechanism: Mechanism, initial: Option<&[u8]>) -> Result<(SaslServer, Step), CodecError> {
+        let mut server = SaslServer { mechanism, state: State::Initial };
         let step = match initial {
             Some(data) => server.step(data)?,
             None if mechanism == Mechanism::Login => Step::Challenge(b"Username:".to_vec()),
@@ -168,18 +142,16 @@ impl SaslServer {
                 Step::Challenge(b"Password:".to_vec())
             }
             (Mechanism::Login, State::LoginPassword { user }) => {
-                let password =
-                    String::from_utf8(data.to_vec()).map_err(|_| CodecError::InvalidUtf8)?;
+                let password = String::from_utf8(data.to_vec()).map_err(|_| CodecError::InvalidUtf8)?;
                 Step::Done(Credential::password(user, &password))
             }
             (Mechanism::OAuthBearer, _) => Step::Done(Credential::Bearer {
                 mechanism: self.mechanism,
                 creds: sasl::parse_oauthbearer(data.to_vec())?,
             }),
-            (Mechanism::XOAuth2, _) => Step::Done(Credential::Bearer {
-                mechanism: self.mechanism,
-                creds: sasl::parse_xoauth2(data.to_vec())?,
-            }),
+            (Mechanism::XOAuth2, _) => {
+                Step::Done(Credential::Bearer { mechanism: self.mechanism, creds: sasl::parse_xoauth2(data.to_vec())? })
+            }
         };
         Ok(step)
     }

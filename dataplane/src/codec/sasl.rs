@@ -72,10 +72,7 @@ impl fmt::Debug for OAuthCredentials {
 
 /// Decodes a base64 payload; `=` is the RFC 4959 empty initial response.
 pub fn decode_base64(b64: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let too_large = |size| CodecError::PayloadTooLarge {
-        size,
-        limit: MAX_DECODED,
-    };
+    let too_large = |size| CodecError::PayloadTooLarge { size, limit: MAX_DECODED };
     if b64.len() > MAX_DECODED.div_ceil(3) * 4 {
         return Err(too_large(base64::decoded_len_estimate(b64.len())));
     }
@@ -105,34 +102,24 @@ pub fn decode_plain(b64: &[u8]) -> Result<Credentials, CodecError> {
 /// Splits a decoded PLAIN message: `[authzid] NUL authcid NUL passwd`.
 pub fn parse_plain(msg: &[u8]) -> Result<Credentials, CodecError> {
     let mut parts = msg.splitn(3, |&b| b == 0);
-    let (Some(authzid), Some(authcid), Some(password)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(CodecError::Malformed(
-            "PLAIN message needs two NUL separators",
-        ));
+    let (Some(authzid), Some(authcid), Some(password)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(CodecError::Malformed("PLAIN message needs two NUL separators"));
     };
     if password.contains(&0) {
         return Err(CodecError::Malformed("PLAIN message has too many NULs"));
     }
     if authcid.is_empty() {
-        return Err(CodecError::Malformed(
-            "PLAIN authentication identity is empty",
-        ));
+        return Err(CodecError::Malformed("PLAIN authentication identity is empty"));
     }
     if password.is_empty() {
         return Err(CodecError::Malformed("PLAIN password is empty"));
     }
-    Ok(Credentials {
-        authzid: utf8(authzid)?,
-        authcid: utf8(authcid)?,
-        password: utf8(password)?,
-    })
+    Ok(Credentials { authzid: utf8(authzid)?, authcid: utf8(authcid)?, password: utf8(password)? })
 }
 
 /// Base64 PLAIN message for replaying the credentials to a backend.
 pub fn encode_plain(creds: &Credentials) -> String {
-    let mut msg =
-        Vec::with_capacity(creds.authzid.len() + creds.authcid.len() + creds.password.len() + 2);
+    let mut msg = Vec::with_capacity(creds.authzid.len() + creds.authcid.len() + creds.password.len() + 2);
     msg.extend_from_slice(creds.authzid.as_bytes());
     msg.push(0);
     msg.extend_from_slice(creds.authcid.as_bytes());
@@ -151,10 +138,7 @@ pub fn parse_oauthbearer(raw: Vec<u8>) -> Result<OAuthCredentials, CodecError> {
     let text = std::str::from_utf8(&raw).map_err(|_| CodecError::InvalidUtf8)?;
     let malformed = CodecError::Malformed("malformed OAUTHBEARER message");
     let (gs2, pairs) = text.split_once('\x01').ok_or(malformed.clone())?;
-    let (flag, authzid) = gs2
-        .strip_suffix(',')
-        .and_then(|h| h.split_once(','))
-        .ok_or(malformed.clone())?;
+    let (flag, authzid) = gs2.strip_suffix(',').and_then(|h| h.split_once(',')).ok_or(malformed.clone())?;
     if !(flag == "n" || flag == "y" || flag.starts_with("p=")) {
         return Err(malformed);
     }
@@ -179,11 +163,7 @@ pub fn parse_xoauth2(raw: Vec<u8>) -> Result<OAuthCredentials, CodecError> {
         .ok_or(CodecError::Malformed("XOAUTH2 message has no user"))?
         .to_owned();
     let token = bearer_token(text)?;
-    Ok(OAuthCredentials {
-        user: Some(user),
-        token,
-        raw,
-    })
+    Ok(OAuthCredentials { user: Some(user), token, raw })
 }
 
 /// The token of the `auth=Bearer T` pair in `key=value ^A … ^A` (final empty pair required).
@@ -202,10 +182,7 @@ fn bearer_token(pairs: &str) -> Result<String, CodecError> {
 }
 
 fn find_pair<'a>(pairs: &'a str, key: &str) -> Option<&'a str> {
-    pairs
-        .split('\x01')
-        .filter_map(|pair| pair.split_once('='))
-        .find_map(|(k, v)| (k == key).then_some(v))
+    pairs.split('\x01').filter_map(|pair| pair.split_once('=')).find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// RFC 5801 saslname: `,` and `=` travel as `=2C` and `=3D`; any other `=` is invalid.

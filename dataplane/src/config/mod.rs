@@ -50,11 +50,7 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig {
-            id: default_node_id(),
-            log_level: "info".into(),
-            metrics_interval: Duration::from_secs(60),
-        }
+        NodeConfig { id: default_node_id(), log_level: "info".into(), metrics_interval: Duration::from_secs(60) }
     }
 }
 
@@ -99,9 +95,7 @@ pub struct HealthConfig {
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig {
-            bind: SocketAddr::from(([127, 0, 0, 1], 7481)),
-        }
+        HealthConfig { bind: SocketAddr::from(([127, 0, 0, 1], 7481)) }
     }
 }
 

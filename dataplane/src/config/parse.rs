@@ -63,15 +63,8 @@ impl Problems {
 
 /// `parent.key`, quoting the key when it is not a bare TOML key (`destination."a.b"`).
 pub fn key_path(parent: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare {
-        key.to_owned()
-    } else {
-        format!("{key:?}")
-    };
+    let bare = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare { key.to_owned() } else { format!("{key:?}") };
     if parent.is_empty() {
         key
     } else {
@@ -147,8 +140,7 @@ fn remove(tree: &mut toml::Value, path: &[Seg]) -> bool {
 /// One path lies inside (or is) the other: `a.b` and `a.b.c[0]`, not `a.b` and `a.bc`.
 fn related(a: &str, b: &str) -> bool {
     let inside = |long: &str, short: &str| {
-        long.strip_prefix(short)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        long.strip_prefix(short).is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
     };
     inside(a, b) || inside(b, a)
 }
@@ -157,24 +149,15 @@ fn related(a: &str, b: &str) -> bool {
 const MAX_ATTEMPTS: usize = 64;
 
 /// Parses `text` into `T`, then runs `validate`; all problems come back in one error.
-pub fn parse_toml<T: DeserializeOwned>(
-    text: &str,
-    validate: impl FnOnce(&T, &mut Problems),
-) -> Result<T, ConfigError> {
+pub fn parse_toml<T: DeserializeOwned>(text: &str, validate: impl FnOnce(&T, &mut Problems)) -> Result<T, ConfigError> {
     let tree = toml::Value::Table(toml::from_str::<toml::Table>(text)?);
-    let Deserialized {
-        value,
-        mut problems,
-        removed,
-    } = deserialize(tree);
+    let Deserialized { value, mut problems, removed } = deserialize(tree);
     if let Some(value) = &value {
         let mut checks = Problems::default();
         validate(value, &mut checks);
         let removed: Vec<String> = removed.iter().map(|r| render(r)).collect();
         // A removed key fell back to its default; what validation says about it is noise.
-        checks
-            .found
-            .retain(|(path, _)| !removed.iter().any(|r| related(path, r)));
+        checks.found.retain(|(path, _)| !removed.iter().any(|r| related(path, r)));
         problems.found.extend(checks.found);
     }
     match value {
@@ -239,11 +222,7 @@ fn deserialize<T: DeserializeOwned>(mut tree: toml::Value) -> Deserialized<T> {
     for key in unknown {
         problems.push(key, "unknown key");
     }
-    Deserialized {
-        value,
-        problems,
-        removed,
-    }
+    Deserialized { value, problems, removed }
 }
 
 fn error_message(err: &toml::de::Error) -> String {
@@ -261,10 +240,7 @@ fn error_message(err: &toml::de::Error) -> String {
 
 /// `missing field` errors for a key this loop removed itself are not the operator's.
 fn is_removal_artifact(at: &[Seg], message: &str, removed: &[Vec<Seg>]) -> bool {
-    let Some(field) = message
-        .strip_prefix("missing field `")
-        .and_then(|m| m.strip_suffix('`'))
-    else {
+    let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) else {
         return false;
     };
     let mut path = at.to_vec();
@@ -282,10 +258,7 @@ fn format_problem((path, message): (String, String)) -> String {
 
 /// Reads a file into a string, naming the file in the error.
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })
 }
 
 /// A shared secret: the environment variable `env` wins when set and non-empty (the
@@ -296,9 +269,7 @@ pub fn load_token(file: Option<&Path>, env: &str) -> Result<Option<String>, Conf
         match std::env::var(env) {
             Ok(v) if !v.trim().is_empty() => return Ok(Some(v.trim().to_owned())),
             Ok(_) | Err(std::env::VarError::NotPresent) => {}
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(invalid(format!("${env}: not valid UTF-8")))
-            }
+            Err(std::env::VarError::NotUnicode(_)) => return Err(invalid(format!("${env}: not valid UTF-8"))),
         }
     }
     let Some(file) = file else {
@@ -306,10 +277,7 @@ pub fn load_token(file: Option<&Path>, env: &str) -> Result<Option<String>, Conf
     };
     let token = read_file(file)?.trim().to_owned();
     if token.is_empty() {
-        return Err(invalid(format!(
-            "{}: the token file is empty",
-            file.display()
-        )));
+        return Err(invalid(format!("{}: the token file is empty", file.display())));
     }
     Ok(Some(token))
 }
@@ -323,12 +291,7 @@ mod tests {
         assert_eq!(key_path("", "listener"), "listener");
         assert_eq!(key_path("listener", "imap-1"), "listener.imap-1");
         assert_eq!(key_path("destination", "a.b"), "destination.\"a.b\"");
-        let segs = [
-            Seg::Key("listener".into()),
-            Seg::Key("x".into()),
-            Seg::Key("bind".into()),
-            Seg::Index(2),
-        ];
+        let segs = [Seg::Key("listener".into()), Seg::Key("x".into()), Seg::Key("bind".into()), Seg::Index(2)];
         assert_eq!(render(&segs), "listener.x.bind[2]");
     }
 
@@ -344,11 +307,7 @@ mod tests {
     #[test]
     fn remove_takes_out_nested_keys_only_when_present() {
         let mut tree = toml::Value::Table(toml::from_str("[a.b]\nc = 1\nd = [1]").unwrap());
-        let path = |keys: &[&str]| {
-            keys.iter()
-                .map(|k| Seg::Key((*k).into()))
-                .collect::<Vec<_>>()
-        };
+        let path = |keys: &[&str]| keys.iter().map(|k| Seg::Key((*k).into())).collect::<Vec<_>>();
         assert!(remove(&mut tree, &path(&["a", "b", "c"])));
         assert!(!remove(&mut tree, &path(&["a", "b", "c"])));
         assert!(!remove(&mut tree, &path(&["a", "x", "d"])));

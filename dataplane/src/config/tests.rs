@@ -63,17 +63,11 @@ max_auth_attempts = 3
     );
     let config = Config::from_toml_str(&spec.replace("\"starttls\"", "\"plain\"")).unwrap();
     assert_eq!(config.node.id, "dp-1");
-    assert_eq!(
-        config.control.node_token_file.as_deref(),
-        Some(Path::new("/etc/switchyard/node.token"))
-    );
+    assert_eq!(config.control.node_token_file.as_deref(), Some(Path::new("/etc/switchyard/node.token")));
     let imap = &config.listener["imap"];
     assert_eq!(imap.protocol, Protocol::Imap);
     assert_eq!(imap.bind, ["0.0.0.0:143".parse().unwrap()]);
-    assert_eq!(
-        (imap.tls, imap.max_connections, imap.max_auth_attempts),
-        (TlsMode::Plain, 8192, 3)
-    );
+    assert_eq!((imap.tls, imap.max_connections, imap.max_auth_attempts), (TlsMode::Plain, 8192, 3));
 }
 
 #[test]
@@ -96,16 +90,12 @@ fn defaults_are_applied() {
 
 #[test]
 fn durations_are_human_readable() {
-    let text = with("[listener.imap]\npreauth_timeout = \"90s\"\nidle_timeout = \"1h 30m\"\n[control]\nresolve_timeout = \"250ms\"");
+    let text = with(
+        "[listener.imap]\npreauth_timeout = \"90s\"\nidle_timeout = \"1h 30m\"\n[control]\nresolve_timeout = \"250ms\"",
+    );
     let config = Config::from_toml_str(&text).unwrap();
-    assert_eq!(
-        config.listener["imap"].preauth_timeout,
-        Duration::from_secs(90)
-    );
-    assert_eq!(
-        config.listener["imap"].idle_timeout,
-        Duration::from_secs(5400)
-    );
+    assert_eq!(config.listener["imap"].preauth_timeout, Duration::from_secs(90));
+    assert_eq!(config.listener["imap"].idle_timeout, Duration::from_secs(5400));
     assert_eq!(config.control.resolve_timeout, Duration::from_millis(250));
 }
 
@@ -144,17 +134,13 @@ fn each_rule_reports_its_own_problem() {
     for (overrides, expected) in cases {
         let found = problems(&with(overrides));
         assert_eq!(found.len(), 1, "{overrides}: {found:?}");
-        assert!(
-            found[0].starts_with(expected),
-            "{overrides}: {found:?} lacks {expected:?}"
-        );
+        assert!(found[0].starts_with(expected), "{overrides}: {found:?} lacks {expected:?}");
     }
 }
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let text =
-        with("[node]\nidd = \"x\"\n[listener.imap]\nmax_conections = 5\nmax_auth_attempts = 0");
+    let text = with("[node]\nidd = \"x\"\n[listener.imap]\nmax_conections = 5\nmax_auth_attempts = 0");
     assert_eq!(
         problems(&text),
         [
@@ -187,18 +173,14 @@ fn type_errors_do_not_hide_other_problems_or_invent_new_ones() {
     );
     // max_connections = 0 is only checked once the listener parses; a missing required
     // key is reported as such.
-    let text =
-        "[control]\nendpoints = [\"http://cp\"]\n[listener.imap]\nprotocol = \"imap\"\nbind = []\n";
+    let text = "[control]\nendpoints = [\"http://cp\"]\n[listener.imap]\nprotocol = \"imap\"\nbind = []\n";
     assert_eq!(problems(text), ["listener.imap: missing field `tls`"]);
 }
 
 #[test]
 fn errors_display_one_problem_per_line() {
     let err = Config::from_toml_str(&with("[node]\na = 1\nb = 2")).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "2 configuration problem(s):\n  node.a: unknown key\n  node.b: unknown key"
-    );
+    assert_eq!(err.to_string(), "2 configuration problem(s):\n  node.a: unknown key\n  node.b: unknown key");
     let err = Config::from_toml_str("[node\nid = 1").unwrap_err();
     assert!(matches!(err, ConfigError::Syntax(_)), "{err}");
     assert!(err.to_string().contains("line 1"), "{err}");
@@ -230,33 +212,16 @@ fn tokens_come_from_env_first_then_the_trimmed_file() {
     std::fs::write(&file, "  s3cret\n").unwrap();
     // Each case uses its own variable: tests run in parallel threads.
     let env = "SWITCHYARD_TEST_TOKEN_DP_A";
-    assert_eq!(
-        load_token(Some(&file), env).unwrap().as_deref(),
-        Some("s3cret")
-    );
+    assert_eq!(load_token(Some(&file), env).unwrap().as_deref(), Some("s3cret"));
     std::env::set_var(env, "from-env\n");
-    assert_eq!(
-        load_token(Some(&file), env).unwrap().as_deref(),
-        Some("from-env")
-    );
+    assert_eq!(load_token(Some(&file), env).unwrap().as_deref(), Some("from-env"));
     std::env::set_var("SWITCHYARD_TEST_TOKEN_DP_B", "");
-    assert_eq!(
-        load_token(Some(&file), "SWITCHYARD_TEST_TOKEN_DP_B")
-            .unwrap()
-            .as_deref(),
-        Some("s3cret")
-    );
-    assert_eq!(
-        load_token(None, "SWITCHYARD_TEST_TOKEN_DP_C").unwrap(),
-        None
-    );
+    assert_eq!(load_token(Some(&file), "SWITCHYARD_TEST_TOKEN_DP_B").unwrap().as_deref(), Some("s3cret"));
+    assert_eq!(load_token(None, "SWITCHYARD_TEST_TOKEN_DP_C").unwrap(), None);
     std::fs::write(&file, "\n").unwrap();
     assert!(load_token(Some(&file), "SWITCHYARD_TEST_TOKEN_DP_C").is_err());
     let absent = dir.path().join("absent");
-    assert!(matches!(
-        load_token(Some(&absent), ""),
-        Err(ConfigError::Io { .. })
-    ));
+    assert!(matches!(load_token(Some(&absent), ""), Err(ConfigError::Io { .. })));
 }
 
 #[test]

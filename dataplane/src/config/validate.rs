@@ -18,17 +18,11 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
 
     let control = &config.control;
     if control.endpoints.is_empty() {
-        p.push(
-            "control.endpoints",
-            "at least one control-plane URL is required",
-        );
+        p.push("control.endpoints", "at least one control-plane URL is required");
     }
     for (i, url) in control.endpoints.iter().enumerate() {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            p.push(
-                format!("control.endpoints[{i}]"),
-                format!("{url:?} must start with http:// or https://"),
-            );
+            p.push(format!("control.endpoints[{i}]"), format!("{url:?} must start with http:// or https://"));
         }
     }
     if control.node_token_env.is_empty() {
@@ -50,16 +44,10 @@ fn check_listener(at: &str, l: &ListenerConfig, p: &mut Problems) {
     // Later issues add the other protocols and client-side TLS; until then a config
     // asking for them must fail loudly rather than start a listener that cannot serve.
     if l.protocol != Protocol::Imap {
-        p.push(
-            key("protocol"),
-            format!("protocol {} is not available in this build", l.protocol),
-        );
+        p.push(key("protocol"), format!("protocol {} is not available in this build", l.protocol));
     }
     if l.tls != TlsMode::Plain {
-        p.push(
-            key("tls"),
-            "TLS on the client leg is not available in this build; use tls = \"plain\"",
-        );
+        p.push(key("tls"), "TLS on the client leg is not available in this build; use tls = \"plain\"");
     }
     if l.bind.is_empty() {
         p.push(key("bind"), "at least one address is required");
@@ -71,10 +59,7 @@ fn check_listener(at: &str, l: &ListenerConfig, p: &mut Problems) {
         p.push(key("max_auth_attempts"), "must be at least 1");
     }
     if l.max_line_length < MIN_LINE_LENGTH {
-        p.push(
-            key("max_line_length"),
-            format!("must be at least {MIN_LINE_LENGTH}"),
-        );
+        p.push(key("max_line_length"), format!("must be at least {MIN_LINE_LENGTH}"));
     }
     if l.max_literal_size == 0 {
         p.push(key("max_literal_size"), "must be at least 1");

@@ -6,48 +6,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
+use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::backend::{excerpt, BackendConn, Dialect, Login, Verdict};
 use crate::codec::imap::{Arg, Command, Event, ImapParser};
-use crate::codec::line::LineBuffer;
-use crate::codec::sasl::{self, Credentials, SaslLine};
-use crate::config::TlsMode;
+use crate::codec::mechanism::{Credential, Mechanism};
 use crate::error::{Error, Result};
 use crate::pipeline::{Route, SessionCtx};
 
 /// Parse errors tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
-/// The backend's longest acceptable response line (capability lists can be long).
-const BACKEND_MAX_LINE: usize = 64 * 1024;
-/// How long the backend may take to give its verdict on the credentials.
-const BACKEND_AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
     let parser = ImapParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session {
-        ctx,
-        client: stream,
-        parser,
-        deadline,
-        failures: 0,
-        bad: 0,
-    };
+    let mut session = Session { ctx, client: stream, parser, deadline, failures: 0, bad: 0 };
     match session.run().await {
         Ok(Some((route, backend))) => {
-            let Session {
-                ctx,
-                client,
-                mut parser,
-                ..
-            } = session;
-            let BackendConn { stream, mut lines } = backend;
-            ctx.bridge(
-                &route,
-                client,
-                parser.take_remaining(),
-                stream,
-                lines.take_remaining(),
-            )
-            .await;
+            let Session { ctx, client, mut parser, .. } = session;
+            let (stream, pending) = backend.into_parts();
+            ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
         }
         Ok(None) => {}
         Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
@@ -63,25 +40,16 @@ struct Session<S> {
     bad: u32,
 }
 
-/// The backend connection while the proxy still speaks to it line by line.
-struct BackendConn {
-    stream: TcpStream,
-    lines: LineBuffer,
-}
-
 /// What a login attempt ended in.
 enum Outcome {
     Authenticated(Route, BackendConn),
     Rejected,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
     async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
-        let greeting = format!(
-            "* OK [CAPABILITY {}] Switchyard ready\r\n",
-            self.capabilities()
-        );
+        let greeting = format!("* OK [CAPABILITY {}] Switchyard ready\r\n", self.capabilities());
         self.send(greeting.as_bytes()).await?;
         loop {
             let command = match self.next_command().await? {
@@ -91,16 +59,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let tag = command.tag.clone();
             let outcome = match command.name.as_str() {
                 "CAPABILITY" => {
-                    let caps = format!(
-                        "* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n",
-                        self.capabilities()
-                    );
+                    let caps = format!("* CAPABILITY {}\r\n{tag} OK CAPABILITY completed\r\n", self.capabilities());
                     self.send(caps.as_bytes()).await?;
                     continue;
                 }
                 "NOOP" => {
-                    self.send(format!("{tag} OK NOOP completed\r\n").as_bytes())
-                        .await?;
+                    self.send(format!("{tag} OK NOOP completed\r\n").as_bytes()).await?;
                     continue;
                 }
                 "ID" => {
@@ -116,10 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "LOGIN" => self.login(command).await?,
                 "AUTHENTICATE" => self.authenticate(command).await?,
                 _ => {
-                    self.send(
-                        format!("{tag} BAD Command not valid before authentication\r\n").as_bytes(),
-                    )
-                    .await?;
+                    self.send(format!("{tag} BAD Command not valid before authentication\r\n").as_bytes()).await?;
                     continue;
                 }
             };
@@ -128,8 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(Outcome::Rejected) => {
                     self.failures += 1;
                     if self.failures >= self.ctx.listener.max_auth_attempts {
-                        self.send(b"* BYE Too many authentication failures\r\n")
-                            .await?;
+                        self.send(b"* BYE Too many authentication failures\r\n").await?;
                         return Ok(None);
                     }
                 }
@@ -139,13 +99,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn plaintext_allowed(&self) -> bool {
-        self.ctx.listener.allow_plaintext_auth || self.ctx.listener.tls != TlsMode::Plain
+        auth::credentials_allowed(&self.ctx.listener, false)
     }
 
     fn capabilities(&self) -> String {
         let mut caps = String::from("IMAP4rev1 SASL-IR LITERAL+ ID");
         if self.plaintext_allowed() {
-            caps.push_str(" AUTH=PLAIN");
+            for mechanism in Mechanism::ALL {
+                caps.push_str(" AUTH=");
+                caps.push_str(mechanism.as_str());
+            }
         } else {
             caps.push_str(" LOGINDISABLED");
         }
@@ -162,9 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         loop {
             match self.parser.next_event() {
                 Ok(Some(Event::Command(c))) => return Ok(Some(c)),
-                Ok(Some(Event::NeedContinuation { .. })) => {
-                    self.send(b"+ Ready for literal data\r\n").await?
-                }
+                Ok(Some(Event::NeedContinuation { .. })) => self.send(b"+ Ready for literal data\r\n").await?,
                 Ok(None) => {
                     if !self.fill().await? {
                         return Ok(None);
@@ -202,81 +163,92 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn login(&mut self, command: Command) -> Result<Option<Outcome>> {
         let tag = command.tag;
         if !self.plaintext_allowed() {
-            let refusal = format!(
-                "{tag} NO [PRIVACYREQUIRED] Cleartext login is disabled on this connection\r\n"
-            );
+            let refusal = format!("{tag} NO [PRIVACYREQUIRED] Cleartext login is disabled on this connection\r\n");
             self.send(refusal.as_bytes()).await?;
             return Ok(None);
         }
         let [user, pass] = command.args.as_slice() else {
-            self.send(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes())
-                .await?;
+            self.send(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes()).await?;
             return Ok(None);
         };
         let (Some(user), Some(pass)) = (user.as_str(), pass.as_str()) else {
-            self.send(format!("{tag} BAD LOGIN arguments must be UTF-8 strings\r\n").as_bytes())
-                .await?;
+            self.send(format!("{tag} BAD LOGIN arguments must be UTF-8 strings\r\n").as_bytes()).await?;
             return Ok(None);
         };
-        let creds = Credentials {
-            authzid: String::new(),
-            authcid: user.to_string(),
-            password: pass.to_string(),
-        };
-        self.replay(&tag, creds).await.map(Some)
+        self.replay(&tag, Credential::password(user, pass)).await.map(Some)
     }
 
     async fn authenticate(&mut self, command: Command) -> Result<Option<Outcome>> {
         let tag = command.tag;
-        let mechanism = command
-            .args
-            .first()
-            .and_then(Arg::as_str)
-            .map(str::to_ascii_uppercase);
-        if mechanism.as_deref() != Some("PLAIN") {
-            self.send(format!("{tag} NO Unsupported authentication mechanism\r\n").as_bytes())
-                .await?;
+        let Some(mechanism) = command.args.first().and_then(Arg::as_str).and_then(Mechanism::from_name) else {
+            self.send(format!("{tag} NO Unsupported authentication mechanism\r\n").as_bytes()).await?;
             return Ok(None);
-        }
+        };
         if !self.plaintext_allowed() {
-            let refusal = format!("{tag} NO [PRIVACYREQUIRED] Cleartext authentication is disabled on this connection\r\n");
+            let refusal =
+                format!("{tag} NO [PRIVACYREQUIRED] Authentication is disabled on this connection before TLS\r\n");
             self.send(refusal.as_bytes()).await?;
             return Ok(None);
         }
-        let response = match command.args.get(1) {
-            Some(ir) => ir
-                .as_bytes()
-                .map(|b| SaslLine::Data(b.to_vec()))
-                .unwrap_or(SaslLine::Cancelled),
-            None => match self.continuation().await? {
-                Some(line) => match sasl::decode_base64_line(&line) {
-                    Ok(SaslLine::Data(_)) => SaslLine::Data(line),
-                    Ok(SaslLine::Cancelled) => SaslLine::Cancelled,
-                    Err(e) => return self.bad_sasl(&tag, &e.to_string()).await,
-                },
-                None => return Ok(None),
-            },
-        };
-        let SaslLine::Data(b64) = response else {
-            self.send(format!("{tag} BAD Authentication cancelled\r\n").as_bytes())
-                .await?;
-            return Ok(None);
-        };
-        match sasl::decode_plain(&b64) {
-            Ok(creds) => self.replay(&tag, creds).await.map(Some),
-            Err(e) => self.bad_sasl(&tag, &e.to_string()).await,
+        let initial = command.args.get(1).and_then(Arg::as_bytes).map(<[u8]>::to_vec);
+        match auth::exchange(self, mechanism, initial.as_deref()).await? {
+            SaslOutcome::Done(credential) => self.replay(&tag, credential).await.map(Some),
+            SaslOutcome::Cancelled => {
+                self.send(format!("{tag} BAD Authentication cancelled\r\n").as_bytes()).await?;
+                Ok(None)
+            }
+            SaslOutcome::Invalid(e) => {
+                self.send(format!("{tag} BAD Invalid SASL response: {e}\r\n").as_bytes()).await?;
+                Ok(Some(Outcome::Rejected))
+            }
+            SaslOutcome::Closed => Ok(None),
         }
     }
 
-    async fn bad_sasl(&mut self, tag: &str, why: &str) -> Result<Option<Outcome>> {
-        self.send(format!("{tag} BAD Invalid SASL response: {why}\r\n").as_bytes())
-            .await?;
-        Ok(Some(Outcome::Rejected))
+    /// Steps 4–6 through the shared pipeline; the verdict is relayed under the client's tag.
+    async fn replay(&mut self, tag: &str, credential: Credential) -> Result<Outcome> {
+        match self.ctx.login(&Imap, &credential).await {
+            Ok(Login::Accepted { route, backend, verdict }) => {
+                self.relay(tag, &verdict).await?;
+                Ok(Outcome::Authenticated(route, backend))
+            }
+            Ok(Login::Rejected(verdict)) => {
+                self.relay(tag, &verdict).await?;
+                Ok(Outcome::Rejected)
+            }
+            Err(Error::Client(why)) => {
+                tracing::debug!(reason = %why, "login refused");
+                self.send(format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed\r\n").as_bytes()).await?;
+                Ok(Outcome::Rejected)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "backend unavailable");
+                let reply = format!("{tag} NO [UNAVAILABLE] Backend temporarily unavailable, try again later\r\n");
+                self.send(reply.as_bytes()).await?;
+                Ok(Outcome::Rejected)
+            }
+        }
     }
 
-    /// Asks for the SASL response and reads one line of it.
-    async fn continuation(&mut self) -> Result<Option<Vec<u8>>> {
-        self.send(b"+ \r\n").await?;
+    /// Untagged lines as they are, the status line under the client's tag.
+    async fn relay(&mut self, tag: &str, verdict: &Verdict) -> Result<()> {
+        let mut out = Vec::new();
+        if let Some((last, untagged)) = verdict.lines.split_last() {
+            for line in untagged {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(format!("{tag} ").as_bytes());
+            out.extend_from_slice(last);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.send(&out).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.send(&auth::plus_challenge(challenge)).await?;
         loop {
             match self.parser.next_line() {
                 Ok(Some(line)) => return Ok(Some(line)),
@@ -289,145 +261,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
     }
+}
 
-    /// Steps 4–6: route, connect, replay as AUTHENTICATE PLAIN, relay the verdict.
-    async fn replay(&mut self, tag: &str, creds: Credentials) -> Result<Outcome> {
-        let route = match self.ctx.route(&creds.authcid).await {
-            Ok(route) => route,
-            Err(Error::Client(why)) => {
-                tracing::debug!(reason = %why, "login refused");
-                self.send(
-                    format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed\r\n").as_bytes(),
-                )
-                .await?;
-                return Ok(Outcome::Rejected);
-            }
-            Err(e) => return self.unavailable(tag, e).await,
-        };
-        let mut backend = match self.establish(&route).await {
-            Ok(backend) => backend,
-            Err(e) => return self.unavailable(tag, e).await,
-        };
-        match self.verdict(tag, &mut backend, &creds).await {
-            Ok(true) => Ok(Outcome::Authenticated(route, backend)),
-            Ok(false) => Ok(Outcome::Rejected),
-            Err(e) => self.unavailable(tag, e).await,
+/// The IMAP backend: `* OK` greeting, then `AUTHENTICATE <mech>` with the payload sent as
+/// the continuation response (works whether or not the backend offers SASL-IR).
+struct Imap;
+
+impl Dialect for Imap {
+    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
+        let greeting = conn.read_line().await?;
+        if greeting.starts_with(b"* OK") {
+            Ok(())
+        } else {
+            Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
         }
     }
 
-    async fn unavailable(&mut self, tag: &str, error: Error) -> Result<Outcome> {
-        tracing::warn!(error = %error, "backend unavailable");
-        let reply =
-            format!("{tag} NO [UNAVAILABLE] Backend temporarily unavailable, try again later\r\n");
-        self.send(reply.as_bytes()).await?;
-        Ok(Outcome::Rejected)
-    }
-
-    /// Connects and reads the greeting; only this part counts for the breaker.
-    async fn establish(&self, route: &Route) -> Result<BackendConn> {
-        let (stream, permit) = self.ctx.connect(route).await?;
-        let mut backend = BackendConn {
-            stream,
-            lines: LineBuffer::new(BACKEND_MAX_LINE),
-        };
-        let wait = self
-            .ctx
-            .node
-            .settings()
-            .map(|s| s.breaker.connect_timeout)
-            .unwrap_or(BACKEND_AUTH_TIMEOUT);
-        match backend.read_line(Instant::now() + wait).await {
-            Ok(greeting) if greeting.starts_with(b"* OK") => {
-                permit.success();
-                Ok(backend)
-            }
-            Ok(other) => {
-                permit.failure();
-                let shown = String::from_utf8_lossy(&other[..other.len().min(80)]).into_owned();
-                Err(Error::backend(
-                    &route.destination.id,
-                    format!("unexpected greeting {shown:?}"),
-                ))
-            }
-            Err(e) => {
-                permit.failure();
-                Err(Error::backend(&route.destination.id, e))
-            }
-        }
-    }
-
-    /// Sends the credential and relays the backend's answer; true when it accepted.
-    async fn verdict(
-        &mut self,
-        tag: &str,
-        backend: &mut BackendConn,
-        creds: &Credentials,
-    ) -> Result<bool> {
-        let deadline = Instant::now() + BACKEND_AUTH_TIMEOUT;
-        let payload = sasl::encode_plain(creds);
-        backend
-            .stream
-            .write_all(b"S1 AUTHENTICATE PLAIN\r\n")
-            .await?;
+    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+        let (mechanism, payload) = credential.replay();
+        conn.send(format!("S1 AUTHENTICATE {mechanism}\r\n").as_bytes()).await?;
         let mut sent = false;
+        let mut lines = Vec::new();
         loop {
-            let line = backend.read_line(deadline).await?;
+            let line = conn.read_line().await?;
             if line.starts_with(b"+") {
-                // One continuation for the payload; a second one means the backend wants
-                // more than PLAIN carries, so the exchange is cancelled.
-                let reply = if sent {
-                    "*\r\n".to_string()
-                } else {
-                    format!("{payload}\r\n")
-                };
-                backend.stream.write_all(reply.as_bytes()).await?;
+                // The first continuation takes the payload; a later one is an error
+                // challenge (OAuth) or more than PLAIN carries: answer it so the backend
+                // concludes with its verdict.
+                let reply = if sent { "AQ==\r\n".to_string() } else { format!("{payload}\r\n") };
+                conn.send(reply.as_bytes()).await?;
                 sent = true;
             } else if let Some(rest) = line.strip_prefix(b"S1 ") {
-                let mut answer = format!("{tag} ").into_bytes();
-                answer.extend_from_slice(rest);
-                answer.extend_from_slice(b"\r\n");
-                self.send(&answer).await?;
                 let accepted = rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(b"OK");
-                if !accepted {
-                    tracing::debug!(destination = %backend_peer(backend), "backend rejected the credentials");
-                }
-                return Ok(accepted);
+                lines.push(rest.to_vec());
+                return Ok(Verdict { accepted, lines });
             } else {
                 // Untagged data (e.g. CAPABILITY) belongs to the client's view of the login.
-                let mut relay = line;
-                relay.extend_from_slice(b"\r\n");
-                self.send(&relay).await?;
+                lines.push(line);
             }
-        }
-    }
-}
-
-fn backend_peer(backend: &BackendConn) -> String {
-    backend
-        .stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default()
-}
-
-impl BackendConn {
-    async fn read_line(&mut self, deadline: Instant) -> Result<Vec<u8>> {
-        loop {
-            if let Some(line) = self
-                .lines
-                .next_line()
-                .map_err(|e| Error::Client(format!("backend: {e}")))?
-            {
-                return Ok(line);
-            }
-            let mut buf = [0u8; 4096];
-            let n = timeout_at(deadline, self.stream.read(&mut buf))
-                .await
-                .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-            if n == 0 {
-                return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            self.lines.push(&buf[..n]);
         }
     }
 }

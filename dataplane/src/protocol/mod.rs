@@ -12,10 +12,7 @@ pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
     match ctx.protocol() {
         Protocol::Imap => imap::serve(ctx, stream).await,
         // Config validation refuses listeners for protocols this build does not serve.
-        other => tracing::error!(
-            protocol = other.as_str(),
-            "protocol not available in this build"
-        ),
+        other => tracing::error!(protocol = other.as_str(), "protocol not available in this build"),
     }
 }
 
@@ -28,8 +25,6 @@ pub fn busy(protocol: Protocol) -> &'static [u8] {
         Protocol::Submission | Protocol::Smtp | Protocol::Lmtp => {
             b"421 4.3.2 Too many connections, try again later\r\n"
         }
-        Protocol::Http => {
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        }
+        Protocol::Http => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     }
 }

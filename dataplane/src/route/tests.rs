@@ -26,14 +26,8 @@ impl Resolver for Arc<FakeResolver> {
             this.calls.fetch_add(1, Ordering::SeqCst);
             let hold = this.hold.lock().unwrap().clone();
             let answer = match this.table.lock().unwrap().get(&key) {
-                Some(d) => Resolved {
-                    destination: d.clone(),
-                    mapped: true,
-                },
-                None => Resolved {
-                    destination: "legacy".into(),
-                    mapped: false,
-                },
+                Some(d) => Resolved { destination: d.clone(), mapped: true },
+                None => Resolved { destination: "legacy".into(), mapped: false },
             };
             if let Some(gate) = hold {
                 gate.notified().await;
@@ -58,10 +52,7 @@ fn settings() -> CacheSettings {
 
 fn cache() -> (Arc<RouteCache>, Arc<FakeResolver>) {
     let fake = Arc::new(FakeResolver::default());
-    (
-        RouteCache::new(settings(), Arc::new(Arc::clone(&fake))),
-        fake,
-    )
+    (RouteCache::new(settings(), Arc::new(Arc::clone(&fake))), fake)
 }
 
 #[tokio::test]
@@ -70,22 +61,9 @@ async fn miss_then_hit_and_counters() {
     fake.set("alice", "new");
     assert_eq!(cache.lookup("alice").await.unwrap().destination, "new");
     assert_eq!(cache.lookup("alice").await.unwrap().destination, "new");
-    assert_eq!(
-        cache.lookup("bob").await.unwrap(),
-        Resolved {
-            destination: "legacy".into(),
-            mapped: false
-        }
-    );
+    assert_eq!(cache.lookup("bob").await.unwrap(), Resolved { destination: "legacy".into(), mapped: false });
     cache.sync().await;
-    assert_eq!(
-        cache.stats(),
-        CacheStats {
-            hits: 1,
-            misses: 2,
-            entries: 2
-        }
-    );
+    assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 2, entries: 2 });
     assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
 }
 
@@ -118,34 +96,20 @@ async fn expired_entries_are_refetched_and_stale_ones_serve_an_outage() {
     cache.lookup("alice").await.unwrap();
     tokio::time::advance(Duration::from_secs(601)).await;
     fake.set("alice", "newer");
-    assert_eq!(
-        cache.lookup("alice").await.unwrap().destination,
-        "newer",
-        "past TTL asks again"
-    );
+    assert_eq!(cache.lookup("alice").await.unwrap().destination, "newer", "past TTL asks again");
 
     tokio::time::advance(Duration::from_secs(601)).await;
     fake.down.store(true, Ordering::SeqCst);
-    assert_eq!(
-        cache.lookup("alice").await.unwrap().destination,
-        "newer",
-        "stale within max_stale"
-    );
+    assert_eq!(cache.lookup("alice").await.unwrap().destination, "newer", "stale within max_stale");
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert!(
-        cache.lookup("alice").await.is_err(),
-        "past TTL + max_stale it is not used"
-    );
+    assert!(cache.lookup("alice").await.is_err(), "past TTL + max_stale it is not used");
 }
 
 #[tokio::test]
 async fn an_unknown_account_during_an_outage_is_unavailable_not_default() {
     let (cache, fake) = cache();
     fake.down.store(true, Ordering::SeqCst);
-    assert!(matches!(
-        cache.lookup("dave").await,
-        Err(RouteError::Unavailable(_))
-    ));
+    assert!(matches!(cache.lookup("dave").await, Err(RouteError::Unavailable(_))));
 }
 
 #[tokio::test]
@@ -167,15 +131,8 @@ async fn a_change_wins_over_a_lookup_in_flight() {
     *fake.hold.lock().unwrap() = None;
     gate.notify_waiters();
     let answered = pending.await.unwrap().unwrap();
-    assert_eq!(
-        answered.destination, "new",
-        "the in-flight lookup re-asked after the fence"
-    );
-    assert_eq!(
-        cache.lookup("erin").await.unwrap().destination,
-        "new",
-        "no stale write-back"
-    );
+    assert_eq!(answered.destination, "new", "the in-flight lookup re-asked after the fence");
+    assert_eq!(cache.lookup("erin").await.unwrap().destination, "new", "no stale write-back");
 }
 
 #[tokio::test]

@@ -8,15 +8,10 @@ use std::io::{Read, Write};
 use anyhow::{Context, Result};
 use switchyard_tests::Dovecot;
 
-const USERS: &[(&str, &str)] = &[
-    ("alice@example.test", "secret"),
-    ("bob@example.test", "secret"),
-];
+const USERS: &[(&str, &str)] = &[("alice@example.test", "secret"), ("bob@example.test", "secret")];
 
 fn main() -> Result<()> {
-    let ports_file = std::env::args()
-        .nth(1)
-        .context("usage: demo-backends PORTS_FILE")?;
+    let ports_file = std::env::args().nth(1).context("usage: demo-backends PORTS_FILE")?;
     let mut servers = Vec::new();
     let mut ports = String::new();
     for name in ["legacy", "new"] {
@@ -25,10 +20,7 @@ fn main() -> Result<()> {
             server.deliver(user, &format!("Welcome to the {name} server"))?;
         }
         ports.push_str(&format!("{name}={}\n", server.imap_port()));
-        eprintln!(
-            "demo-backends: {name} Dovecot IMAP on 127.0.0.1:{}",
-            server.imap_port()
-        );
+        eprintln!("demo-backends: {name} Dovecot IMAP on 127.0.0.1:{}", server.imap_port());
         servers.push(server);
     }
     let tmp = format!("{ports_file}.tmp");

@@ -25,23 +25,15 @@ fn cmd(tag: &str, name: &str, args: Vec<Arg>) -> Outcome {
 }
 
 fn cont(tag: &str) -> Outcome {
-    Ok(Event::NeedContinuation {
-        tag: tag.to_owned(),
-    })
+    Ok(Event::NeedContinuation { tag: tag.to_owned() })
 }
 
 fn err(tag: &str, kind: CodecError) -> Outcome {
-    Err(ImapError {
-        tag: Some(tag.to_owned()),
-        kind,
-    })
+    Err(ImapError { tag: Some(tag.to_owned()), kind })
 }
 
 fn too_big(size: u64) -> CodecError {
-    CodecError::LiteralTooLarge {
-        size,
-        limit: MAX_LITERAL,
-    }
+    CodecError::LiteralTooLarge { size, limit: MAX_LITERAL }
 }
 
 fn q(s: &str) -> Arg {
@@ -72,10 +64,7 @@ fn script_parses_identically_in_every_chunk_size() {
     .concat();
     let id = vec![q("name"), q("x"), q("version"), q("1")];
     let nested = vec![q("k"), lit(b"a\r\nb"), Arg::List(vec![])];
-    let plain = vec![
-        Arg::Atom("PLAIN".into()),
-        Arg::Atom("AGFsaWNlAHNlY3JldA==".into()),
-    ];
+    let plain = vec![Arg::Atom("PLAIN".into()), Arg::Atom("AGFsaWNlAHNlY3JldA==".into())];
     let expected = vec![
         cmd("a1", "CAPABILITY", vec![]),
         cmd("a2", "ID", vec![Arg::List(id)]),
@@ -171,10 +160,7 @@ fn raw_lines_and_remaining_bytes_are_available_between_commands() {
     let plain = cmd("a", "AUTHENTICATE", vec![Arg::Atom("PLAIN".into())]);
     assert_eq!(p.next_event().transpose(), Some(plain));
     assert_eq!(p.next_line(), Ok(Some(b"AGEAYg==".to_vec())));
-    assert_eq!(
-        p.next_event().transpose(),
-        Some(cmd("b", "STARTTLS", vec![]))
-    );
+    assert_eq!(p.next_event().transpose(), Some(cmd("b", "STARTTLS", vec![])));
     assert_eq!(p.take_remaining(), b"leftover".to_vec());
     assert_eq!(p.next_event(), Ok(None));
 }
@@ -200,24 +186,9 @@ fn quote_uses_quoted_strings_or_literals() {
 
 #[test]
 fn bad_responses_carry_the_tag_or_a_star() {
-    let bad = |tag: Option<&str>, kind| {
-        ImapError {
-            tag: tag.map(str::to_owned),
-            kind,
-        }
-        .bad_response()
-    };
-    assert_eq!(
-        bad(Some("a1"), Malformed("missing tag")),
-        "a1 BAD missing tag\r\n"
-    );
-    assert_eq!(
-        bad(None, CodecError::LineTooLong { limit: 8 }),
-        "* BAD line exceeds 8 bytes\r\n"
-    );
+    let bad = |tag: Option<&str>, kind| ImapError { tag: tag.map(str::to_owned), kind }.bad_response();
+    assert_eq!(bad(Some("a1"), Malformed("missing tag")), "a1 BAD missing tag\r\n");
+    assert_eq!(bad(None, CodecError::LineTooLong { limit: 8 }), "* BAD line exceeds 8 bytes\r\n");
     let big = CodecError::LiteralTooLarge { size: 9, limit: 8 };
-    assert_eq!(
-        bad(Some("x"), big),
-        "x BAD [TOOBIG] literal of 9 bytes exceeds 8 bytes\r\n"
-    );
+    assert_eq!(bad(Some("x"), big), "x BAD [TOOBIG] literal of 9 bytes exceeds 8 bytes\r\n");
 }

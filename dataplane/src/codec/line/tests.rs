@@ -24,8 +24,7 @@ fn feed_in_chunks(script: &[u8], chunk: usize, max: usize) -> Vec<Result<Vec<u8>
 
 #[test]
 fn every_chunk_size_yields_the_same_lines() {
-    let script: &[u8] =
-        b"a1 NOOP\r\nbare lf\n\r\nthis line is far too long to fit\r\nok again\r\nx\r";
+    let script: &[u8] = b"a1 NOOP\r\nbare lf\n\r\nthis line is far too long to fit\r\nok again\r\nx\r";
     let whole = feed_in_chunks(script, script.len(), 16);
     let expected: Vec<Result<Vec<u8>, CodecError>> = vec![
         Ok(b"a1 NOOP".to_vec()),
@@ -36,11 +35,7 @@ fn every_chunk_size_yields_the_same_lines() {
     ];
     assert_eq!(whole, expected);
     for chunk in 1..=script.len() {
-        assert_eq!(
-            feed_in_chunks(script, chunk, 16),
-            expected,
-            "chunk size {chunk}"
-        );
+        assert_eq!(feed_in_chunks(script, chunk, 16), expected, "chunk size {chunk}");
     }
 }
 

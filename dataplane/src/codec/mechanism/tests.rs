@@ -26,23 +26,14 @@ fn plain_with_and_without_initial_response() {
 fn login_asks_user_then_password_and_replays_as_plain() {
     let (mut s, step) = SaslServer::start(Mechanism::Login, None).unwrap();
     assert_eq!(step, Step::Challenge(b"Username:".to_vec()));
-    assert_eq!(
-        s.step(b"bob%admin").unwrap(),
-        Step::Challenge(b"Password:".to_vec())
-    );
+    assert_eq!(s.step(b"bob%admin").unwrap(), Step::Challenge(b"Password:".to_vec()));
     let cred = done(s.step(b"secret").unwrap());
     assert_eq!(cred.identifier().as_deref(), Some("bob%admin"));
-    assert_eq!(
-        cred.replay(),
-        (Mechanism::Plain, STANDARD.encode(b"\0bob%admin\0secret"))
-    );
+    assert_eq!(cred.replay(), (Mechanism::Plain, STANDARD.encode(b"\0bob%admin\0secret")));
     // Some clients send the user name as an initial response.
     let (mut s, step) = SaslServer::start(Mechanism::Login, Some(b"carol")).unwrap();
     assert_eq!(step, Step::Challenge(b"Password:".to_vec()));
-    assert_eq!(
-        done(s.step(b"pw").unwrap()).identifier().as_deref(),
-        Some("carol")
-    );
+    assert_eq!(done(s.step(b"pw").unwrap()).identifier().as_deref(), Some("carol"));
     assert!(SaslServer::start(Mechanism::Login, Some(b"")).is_err());
 }
 
@@ -56,19 +47,12 @@ fn oauthbearer_identifier_from_authzid_or_token_claims() {
     let (_, step) = SaslServer::start(Mechanism::OAuthBearer, Some(&raw)).unwrap();
     let cred = done(step);
     assert_eq!(cred.identifier().as_deref(), Some("dave@example.test"));
-    assert_eq!(
-        cred.replay(),
-        (Mechanism::OAuthBearer, STANDARD.encode(&raw)),
-        "replayed byte for byte"
-    );
+    assert_eq!(cred.replay(), (Mechanism::OAuthBearer, STANDARD.encode(&raw)), "replayed byte for byte");
 
     let token = jwt(r#"{"sub":"123","email":"erin@example.test"}"#);
     let raw = format!("n,,\x01auth=Bearer {token}\x01\x01");
     let (_, step) = SaslServer::start(Mechanism::OAuthBearer, Some(raw.as_bytes())).unwrap();
-    assert_eq!(
-        done(step).identifier().as_deref(),
-        Some("erin@example.test")
-    );
+    assert_eq!(done(step).identifier().as_deref(), Some("erin@example.test"));
 
     let raw = format!("n,,\x01auth=Bearer {}\x01\x01", jwt(r#"{"sub":"frank"}"#));
     let (_, step) = SaslServer::start(Mechanism::OAuthBearer, Some(raw.as_bytes())).unwrap();
@@ -76,21 +60,14 @@ fn oauthbearer_identifier_from_authzid_or_token_claims() {
 
     let raw = "n,,\x01auth=Bearer opaque\x01\x01";
     let (_, step) = SaslServer::start(Mechanism::OAuthBearer, Some(raw.as_bytes())).unwrap();
-    assert_eq!(
-        done(step).identifier(),
-        None,
-        "an opaque token without a=: no identifier"
-    );
+    assert_eq!(done(step).identifier(), None, "an opaque token without a=: no identifier");
 }
 
 #[test]
 fn xoauth2_after_an_empty_challenge() {
     let (mut s, step) = SaslServer::start(Mechanism::XOAuth2, None).unwrap();
     assert_eq!(step, Step::Challenge(vec![]));
-    let cred = done(
-        s.step(b"user=gina@example.test\x01auth=Bearer t\x01\x01")
-            .unwrap(),
-    );
+    let cred = done(s.step(b"user=gina@example.test\x01auth=Bearer t\x01\x01").unwrap());
     assert_eq!(cred.identifier().as_deref(), Some("gina@example.test"));
     assert_eq!(cred.replay().0, Mechanism::XOAuth2);
     assert!(s.step(b"garbage").is_err());

@@ -7,19 +7,12 @@ fn b64(raw: &[u8]) -> Vec<u8> {
 
 fn creds(authzid: &str, authcid: &str, password: &str) -> Credentials {
     let (authzid, authcid, password) = (authzid.into(), authcid.into(), password.into());
-    Credentials {
-        authzid,
-        authcid,
-        password,
-    }
+    Credentials { authzid, authcid, password }
 }
 
 #[test]
 fn plain_accepts_valid_messages() {
-    assert_eq!(
-        decode_plain(&b64(b"\0alice\0s3cret")),
-        Ok(creds("", "alice", "s3cret"))
-    );
+    assert_eq!(decode_plain(&b64(b"\0alice\0s3cret")), Ok(creds("", "alice", "s3cret")));
     let with_authzid = decode_plain(&b64(b"bob\0alice\0pw"));
     assert_eq!(with_authzid, Ok(creds("bob", "alice", "pw")));
     let master = decode_plain(&b64(b"\0alice%master\0masterpw"));
@@ -27,10 +20,7 @@ fn plain_accepts_valid_messages() {
     let utf8 = decode_plain(&b64("\0jürgen\0pässword".as_bytes()));
     assert_eq!(utf8, Ok(creds("", "jürgen", "pässword")));
     // Unpadded base64 is tolerated.
-    let unpadded = STANDARD
-        .encode(b"\0al\0pw")
-        .trim_end_matches('=')
-        .to_owned();
+    let unpadded = STANDARD.encode(b"\0al\0pw").trim_end_matches('=').to_owned();
     assert_eq!(decode_plain(unpadded.as_bytes()), Ok(creds("", "al", "pw")));
 }
 
@@ -52,11 +42,7 @@ fn plain_rejects_malformed_messages() {
     ];
     for (input, expected) in cases {
         let shown = String::from_utf8_lossy(input);
-        assert_eq!(
-            decode_plain(input).as_ref(),
-            Err(expected),
-            "input {shown:?}"
-        );
+        assert_eq!(decode_plain(input).as_ref(), Err(expected), "input {shown:?}");
     }
 }
 
@@ -66,30 +52,15 @@ fn payload_size_is_bounded_before_decoding() {
     assert_eq!(decode_base64(&at_limit).map(|d| d.len()), Ok(MAX_DECODED));
     let over = b64(&vec![b'a'; MAX_DECODED + 1]);
     let err = decode_base64(&over).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            CodecError::PayloadTooLarge {
-                limit: MAX_DECODED,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, CodecError::PayloadTooLarge { limit: MAX_DECODED, .. }), "{err:?}");
     // Rejected by length alone, even though it is not valid base64 at all.
     let junk = vec![b'!'; MAX_DECODED * 2];
-    assert!(matches!(
-        decode_plain(&junk),
-        Err(CodecError::PayloadTooLarge { .. })
-    ));
+    assert!(matches!(decode_plain(&junk), Err(CodecError::PayloadTooLarge { .. })));
 }
 
 #[test]
 fn plain_round_trips() {
-    for c in [
-        creds("", "alice", "pw"),
-        creds("admin", "alice%master", "p ä:\"ss"),
-    ] {
+    for c in [creds("", "alice", "pw"), creds("admin", "alice%master", "p ä:\"ss")] {
         assert_eq!(decode_plain(encode_plain(&c).as_bytes()), Ok(c));
     }
     assert_eq!(encode_plain(&creds("", "a", "b")), "AGEAYg==");
@@ -100,20 +71,14 @@ fn response_lines_recognise_cancel_and_empty() {
     assert_eq!(decode_base64_line(b"*"), Ok(SaslLine::Cancelled));
     assert_eq!(decode_base64_line(b""), Ok(SaslLine::Data(Vec::new())));
     assert_eq!(decode_base64_line(b"="), Ok(SaslLine::Data(Vec::new())));
-    assert_eq!(
-        decode_base64_line(b"YWxpY2U="),
-        Ok(SaslLine::Data(b"alice".to_vec()))
-    );
+    assert_eq!(decode_base64_line(b"YWxpY2U="), Ok(SaslLine::Data(b"alice".to_vec())));
     assert_eq!(decode_base64_line(b"**"), Err(CodecError::Base64));
 }
 
 #[test]
 fn debug_output_hides_secrets() {
     let shown = format!("{:?}", creds("", "alice", "hunter2"));
-    assert!(
-        shown.contains("alice") && !shown.contains("hunter2"),
-        "{shown}"
-    );
+    assert!(shown.contains("alice") && !shown.contains("hunter2"), "{shown}");
     let oauth = decode_xoauth2(&b64(b"user=al\x01auth=Bearer tok123\x01\x01"));
     let shown = format!("{oauth:?}");
     assert!(shown.contains("al") && !shown.contains("tok123"), "{shown}");
@@ -129,10 +94,7 @@ fn oauthbearer_extracts_user_and_token() {
     let escaped = parse_oauthbearer(b"y,a=a=3Db=2Cc,\x01auth=bearer t\x01\x01".to_vec());
     assert_eq!(escaped.map(|c| c.user), Ok(Some("a=b,c".to_owned())));
     let anonymous = parse_oauthbearer(b"n,,\x01auth=Bearer t\x01\x01".to_vec());
-    assert_eq!(
-        anonymous.map(|c| (c.user, c.token)),
-        Ok((None, "t".to_owned()))
-    );
+    assert_eq!(anonymous.map(|c| (c.user, c.token)), Ok((None, "t".to_owned())));
 }
 
 #[test]
@@ -151,10 +113,7 @@ fn oauthbearer_rejects_malformed_messages() {
     ];
     for raw in cases {
         let got = parse_oauthbearer(raw.to_vec());
-        assert!(
-            matches!(got, Err(CodecError::Malformed(_))),
-            "{raw:?}: {got:?}"
-        );
+        assert!(matches!(got, Err(CodecError::Malformed(_))), "{raw:?}: {got:?}");
     }
     let not_utf8 = parse_oauthbearer(b"n,a=\xff,\x01auth=Bearer t\x01\x01".to_vec());
     assert_eq!(not_utf8, Err(CodecError::InvalidUtf8));
@@ -165,19 +124,13 @@ fn xoauth2_extracts_user_and_token() {
     let raw = b"user=alice@example.com\x01auth=Bearer ya29.tok\x01\x01";
     let got = decode_xoauth2(&b64(raw)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(got.user.as_deref(), Some("alice@example.com"));
-    assert_eq!(
-        (got.token.as_str(), got.raw.as_slice()),
-        ("ya29.tok", &raw[..])
-    );
+    assert_eq!((got.token.as_str(), got.raw.as_slice()), ("ya29.tok", &raw[..]));
     for bad in [
         &b"auth=Bearer t\x01\x01"[..],
         b"user=\x01auth=Bearer t\x01\x01",
         b"user=alice\x01auth=Bearer t\x01",
         b"user=alice\x01\x01",
     ] {
-        assert!(
-            matches!(parse_xoauth2(bad.to_vec()), Err(CodecError::Malformed(_))),
-            "{bad:?}"
-        );
+        assert!(matches!(parse_xoauth2(bad.to_vec()), Err(CodecError::Malformed(_))), "{bad:?}");
     }
 }

@@ -24,14 +24,8 @@ impl Resolver for Table {
         let answer = match &self.0 {
             None => Err(RouteError::Unavailable("control plane down".into())),
             Some(t) => Ok(match t.get(&key) {
-                Some(d) => Resolved {
-                    destination: d.clone(),
-                    mapped: true,
-                },
-                None => Resolved {
-                    destination: "legacy".into(),
-                    mapped: false,
-                },
+                Some(d) => Resolved { destination: d.clone(), mapped: true },
+                None => Resolved { destination: "legacy".into(), mapped: false },
             }),
         };
         async move { answer }.boxed()
@@ -52,9 +46,7 @@ async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut r = BufReader::new(r);
-                w.write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] scripted\r\n")
-                    .await
-                    .unwrap();
+                w.write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] scripted\r\n").await.unwrap();
                 let mut line = String::new();
                 r.read_line(&mut line).await.unwrap();
                 assert_eq!(line, "S1 AUTHENTICATE PLAIN\r\n");
@@ -64,13 +56,9 @@ async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
                 let creds = crate::codec::sasl::decode_plain(line.trim_end().as_bytes()).unwrap();
                 if creds.authcid.to_lowercase().starts_with("alice") && creds.password == "secret" {
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    w.write_all(b"* CAPABILITY IMAP4rev1 IDLE\r\nS1 OK Logged in\r\n")
-                        .await
-                        .unwrap();
+                    w.write_all(b"* CAPABILITY IMAP4rev1 IDLE\r\nS1 OK Logged in\r\n").await.unwrap();
                 } else {
-                    w.write_all(b"S1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
-                        .await
-                        .unwrap();
+                    w.write_all(b"S1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").await.unwrap();
                     return;
                 }
                 loop {
@@ -78,9 +66,7 @@ async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
                     if r.read_line(&mut line).await.unwrap_or(0) == 0 {
                         return;
                     }
-                    w.write_all(format!("* ECHO {line}").as_bytes())
-                        .await
-                        .unwrap();
+                    w.write_all(format!("* ECHO {line}").as_bytes()).await.unwrap();
                 }
             });
         }
@@ -92,10 +78,7 @@ fn listener_config(allow_plaintext_auth: bool) -> ListenerConfig {
     let toml = format!(
         "[listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = {allow_plaintext_auth}\nmax_auth_attempts = 2\n[control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
     );
-    crate::config::Config::from_toml_str(&toml)
-        .unwrap()
-        .listener["imap"]
-        .clone()
+    crate::config::Config::from_toml_str(&toml).unwrap().listener["imap"].clone()
 }
 
 /// A node with destinations `legacy` (default) and `new`, both at `port`, and a client
@@ -109,11 +92,7 @@ async fn session(
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
     for d in &mut settings.destinations {
-        d.endpoints = vec![pb::Endpoint {
-            protocol: "imap".into(),
-            port: u32::from(port),
-            tls: "plain".into(),
-        }];
+        d.endpoints = vec![pb::Endpoint { protocol: "imap".into(), port: u32::from(port), tls: "plain".into() }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,19 +112,13 @@ async fn session(
     });
     let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
     let greeting = read(&mut client).await;
-    assert!(
-        greeting.starts_with("* OK [CAPABILITY IMAP4rev1"),
-        "{greeting}"
-    );
+    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1"), "{greeting}");
     (node, client)
 }
 
 async fn read(c: &mut BufReader<TcpStream>) -> String {
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
     line
 }
 
@@ -182,11 +155,7 @@ async fn login_is_replayed_relayed_under_the_clients_tag_and_bridged() {
 async fn authenticate_plain_with_initial_response_and_with_continuation() {
     let (port, _) = backend().await;
     let (_n, mut c) = session(port, Some(HashMap::new()), true).await;
-    say(
-        &mut c,
-        &format!("x AUTHENTICATE PLAIN {}\r\n", b64("alice", "secret")),
-    )
-    .await;
+    say(&mut c, &format!("x AUTHENTICATE PLAIN {}\r\n", b64("alice", "secret"))).await;
     read(&mut c).await;
     assert_eq!(read(&mut c).await, "x OK Logged in\r\n");
 
@@ -203,9 +172,7 @@ async fn authenticate_plain_with_initial_response_and_with_continuation() {
     say(&mut c, "*\r\n").await;
     assert_eq!(read(&mut c).await, "z BAD Authentication cancelled\r\n");
     say(&mut c, "z2 AUTHENTICATE PLAIN !!!notbase64\r\n").await;
-    assert!(read(&mut c)
-        .await
-        .starts_with("z2 BAD Invalid SASL response"));
+    assert!(read(&mut c).await.starts_with("z2 BAD Invalid SASL response"));
 }
 
 #[tokio::test]
@@ -213,23 +180,11 @@ async fn a_wrong_password_is_the_backends_verdict_and_does_not_trip_the_breaker(
     let (port, _) = backend().await;
     let (node, mut c) = session(port, Some(HashMap::new()), true).await;
     say(&mut c, "a LOGIN alice wrong\r\n").await;
-    assert_eq!(
-        read(&mut c).await,
-        "a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
-    );
+    assert_eq!(read(&mut c).await, "a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n");
     say(&mut c, "b LOGIN alice wrong\r\n").await;
-    assert!(read(&mut c)
-        .await
-        .starts_with("b NO [AUTHENTICATIONFAILED]"));
-    assert_eq!(
-        read(&mut c).await,
-        "* BYE Too many authentication failures\r\n"
-    );
-    assert!(node
-        .breakers
-        .health()
-        .iter()
-        .all(|(_, h)| h.consecutive_failures == 0 && !h.down));
+    assert!(read(&mut c).await.starts_with("b NO [AUTHENTICATIONFAILED]"));
+    assert_eq!(read(&mut c).await, "* BYE Too many authentication failures\r\n");
+    assert!(node.breakers.health().iter().all(|(_, h)| h.consecutive_failures == 0 && !h.down));
 }
 
 #[tokio::test]
@@ -242,10 +197,7 @@ async fn an_unreachable_backend_is_unavailable_and_opens_the_breaker() {
     assert!(read(&mut c).await.starts_with("a NO [UNAVAILABLE]"));
     let health = node.breakers.health();
     assert_eq!(health[0].0, "legacy");
-    assert!(
-        health[0].1.down,
-        "threshold 2 with one retry: one login opens it"
-    );
+    assert!(health[0].1.down, "threshold 2 with one retry: one login opens it");
 }
 
 #[tokio::test]
@@ -254,11 +206,7 @@ async fn an_uncached_account_gets_unavailable_when_the_control_plane_is_down() {
     let (_n, mut c) = session(port, None, true).await;
     say(&mut c, "a LOGIN alice secret\r\n").await;
     assert!(read(&mut c).await.starts_with("a NO [UNAVAILABLE]"));
-    assert_eq!(
-        logins.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "never the default backend"
-    );
+    assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 0, "never the default backend");
 }
 
 #[tokio::test]
@@ -267,10 +215,7 @@ async fn cleartext_login_is_refused_unless_the_listener_allows_it() {
     let (_n, mut c) = session(port, Some(HashMap::new()), false).await;
     say(&mut c, "a CAPABILITY\r\n").await;
     let caps = read(&mut c).await;
-    assert!(
-        caps.contains("LOGINDISABLED") && !caps.contains("AUTH=PLAIN"),
-        "{caps}"
-    );
+    assert!(caps.contains("LOGINDISABLED") && !caps.contains("AUTH=PLAIN"), "{caps}");
     read(&mut c).await;
     say(&mut c, "b LOGIN alice secret\r\n").await;
     assert!(read(&mut c).await.starts_with("b NO [PRIVACYREQUIRED]"));
@@ -280,11 +225,7 @@ async fn cleartext_login_is_refused_unless_the_listener_allows_it() {
 async fn pre_auth_commands_and_malformed_input() {
     let (port, _) = backend().await;
     let (_n, mut c) = session(port, Some(HashMap::new()), true).await;
-    say(
-        &mut c,
-        "a NOOP\r\nb ID (\"name\" \"test\")\r\nc SELECT INBOX\r\n\"bad\r\nd LOGIN onlyuser\r\n",
-    )
-    .await;
+    say(&mut c, "a NOOP\r\nb ID (\"name\" \"test\")\r\nc SELECT INBOX\r\n\"bad\r\nd LOGIN onlyuser\r\n").await;
     assert_eq!(read(&mut c).await, "a OK NOOP completed\r\n");
     assert!(read(&mut c).await.starts_with("* ID ("));
     assert_eq!(read(&mut c).await, "b OK ID completed\r\n");

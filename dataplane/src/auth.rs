@@ -1,0 +1,77 @@
+//! Client-leg authentication shared by every protocol: the SASL exchange loop (framing is
+//! the protocol's) and the cleartext policy.
+
+use std::future::Future;
+
+use crate::codec::mechanism::{Credential, Mechanism, SaslServer, Step};
+use crate::codec::sasl::{self, SaslLine};
+use crate::codec::CodecError;
+use crate::config::{ListenerConfig, TlsMode};
+use crate::error::Result;
+
+/// How a protocol frames one SASL challenge and reads the client's response.
+pub trait SaslChannel: Send {
+    /// Sends `challenge` (raw bytes; the channel base64-encodes them) and returns the
+    /// client's response line as sent (base64 text or `*`), or `None` if the client left.
+    fn challenge(&mut self, challenge: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+}
+
+#[derive(Debug)]
+pub enum SaslOutcome {
+    Done(Credential),
+    /// The client answered `*`.
+    Cancelled,
+    /// Bad base64 or a malformed mechanism message.
+    Invalid(CodecError),
+    /// The client closed the connection mid-exchange.
+    Closed,
+}
+
+/// Runs one exchange; `initial` is the initial response as the client sent it (base64).
+pub async fn exchange(
+    channel: &mut impl SaslChannel,
+    mechanism: Mechanism,
+    initial: Option<&[u8]>,
+) -> Result<SaslOutcome> {
+    let initial = match initial.map(sasl::decode_base64) {
+        Some(Ok(data)) => Some(data),
+        Some(Err(e)) => return Ok(SaslOutcome::Invalid(e)),
+        None => None,
+    };
+    let (mut server, mut step) = match SaslServer::start(mechanism, initial.as_deref()) {
+        Ok(started) => started,
+        Err(e) => return Ok(SaslOutcome::Invalid(e)),
+    };
+    loop {
+        let challenge = match step {
+            Step::Done(credential) => return Ok(SaslOutcome::Done(credential)),
+            Step::Challenge(challenge) => challenge,
+        };
+        let Some(response) = channel.challenge(&challenge).await? else {
+            return Ok(SaslOutcome::Closed);
+        };
+        step = match sasl::decode_base64_line(&response) {
+            Ok(SaslLine::Cancelled) => return Ok(SaslOutcome::Cancelled),
+            Ok(SaslLine::Data(data)) => match server.step(&data) {
+                Ok(step) => step,
+                Err(e) => return Ok(SaslOutcome::Invalid(e)),
+            },
+            Err(e) => return Ok(SaslOutcome::Invalid(e)),
+        };
+    }
+}
+
+/// May this connection carry credentials: TLS is up, or the listener explicitly allows
+/// cleartext authentication.
+pub fn credentials_allowed(listener: &ListenerConfig, tls_active: bool) -> bool {
+    tls_active || listener.allow_plaintext_auth || listener.tls == TlsMode::Implicit
+}
+
+/// `+ <base64>` as IMAP and POP3 frame a challenge (`+ ` alone for an empty one).
+pub fn plus_challenge(challenge: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let mut line = b"+ ".to_vec();
+    line.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(challenge).as_bytes());
+    line.extend_from_slice(b"\r\n");
+    line
+}

@@ -1,0 +1,134 @@
+//! The backend leg of a login, shared by every protocol: connect through the breaker,
+//! read the greeting, replay the credential, and hand the connection to the bridge.
+//!
+//! A protocol supplies only its [`Dialect`]: how its backend greets, and how one SASL
+//! command is sent and answered.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::codec::line::LineBuffer;
+use crate::codec::mechanism::Credential;
+use crate::error::{Error, Result};
+use crate::pipeline::{Route, SessionCtx};
+
+/// The backend's longest acceptable response line (capability lists can be long).
+const MAX_LINE: usize = 64 * 1024;
+/// How long the backend may take to give its verdict on the credentials.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A backend connection while the proxy still speaks to it line by line.
+pub struct BackendConn {
+    stream: TcpStream,
+    lines: LineBuffer,
+    deadline: Instant,
+}
+
+impl BackendConn {
+    fn new(stream: TcpStream, deadline: Instant) -> Self {
+        Self { stream, lines: LineBuffer::new(MAX_LINE), deadline }
+    }
+
+    /// The next line without CRLF, before the current step's deadline.
+    pub async fn read_line(&mut self) -> Result<Vec<u8>> {
+        loop {
+            if let Some(line) = self.lines.next_line().map_err(|e| Error::Client(format!("backend: {e}")))? {
+                return Ok(line);
+            }
+            let mut buf = [0u8; 4096];
+            let n = timeout_at(self.deadline, self.stream.read(&mut buf))
+                .await
+                .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+            if n == 0 {
+                return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.lines.push(&buf[..n]);
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// The stream and whatever the backend already sent past the verdict.
+    pub fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+        let rest = self.lines.take_remaining();
+        (self.stream, rest)
+    }
+}
+
+/// The backend's answer to the replayed credential, as lines for the client (without
+/// CRLF). The last line is the status line; a dialect strips its own tag from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub accepted: bool,
+    pub lines: Vec<Vec<u8>>,
+}
+
+/// A protocol's side of the backend conversation.
+pub trait Dialect: Sync {
+    /// Reads the greeting (and does whatever must precede authentication). An error means
+    /// the backend is not healthy and counts against its breaker.
+    fn greet(&self, conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send;
+    /// Sends the credential as one SASL command and reads the verdict.
+    fn authenticate(
+        &self,
+        conn: &mut BackendConn,
+        credential: &Credential,
+    ) -> impl Future<Output = Result<Verdict>> + Send;
+}
+
+/// How a login ended at the backend.
+pub enum Login {
+    Accepted { route: Route, backend: BackendConn, verdict: Verdict },
+    Rejected(Verdict),
+}
+
+impl SessionCtx {
+    /// Steps 4–6: route the credential's account, establish the backend session and
+    /// replay the credential. `Err` is a temporary failure for the client.
+    pub async fn login<D: Dialect>(&self, dialect: &D, credential: &Credential) -> Result<Login> {
+        let identifier =
+            credential.identifier().ok_or_else(|| Error::Client("the credential names no account".into()))?;
+        let route = self.route(&identifier).await?;
+        let mut backend = self.establish(&route, dialect).await?;
+        backend.deadline = Instant::now() + AUTH_TIMEOUT;
+        let verdict = dialect
+            .authenticate(&mut backend, credential)
+            .await
+            .map_err(|e| Error::unavailable(&route.destination.id, format!("no verdict: {e}")))?;
+        if verdict.accepted {
+            Ok(Login::Accepted { route, backend, verdict })
+        } else {
+            tracing::debug!(destination = %route.destination.id, "backend rejected the credentials");
+            Ok(Login::Rejected(verdict))
+        }
+    }
+
+    /// Connects and greets; only this part counts for the breaker.
+    async fn establish<D: Dialect>(&self, route: &Route, dialect: &D) -> Result<BackendConn> {
+        let (stream, permit) = self.connect(route).await?;
+        let wait = self.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(AUTH_TIMEOUT);
+        let mut conn = BackendConn::new(stream, Instant::now() + wait);
+        match dialect.greet(&mut conn).await {
+            Ok(()) => {
+                permit.success();
+                Ok(conn)
+            }
+            Err(e) => {
+                permit.failure();
+                Err(Error::backend(&route.destination.id, e))
+            }
+        }
+    }
+}
+
+/// A short, printable excerpt of a backend line for error messages.
+pub fn excerpt(line: &[u8]) -> String {
+    String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned()
+}
