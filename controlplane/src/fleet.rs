@@ -10,6 +10,8 @@ use switchyard_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
+use crate::commands::CommandLog;
+
 /// What goes down one node's Session stream.
 pub type Outbound = mpsc::Sender<Result<pb::ControlMessage, tonic::Status>>;
 
@@ -61,6 +63,8 @@ pub struct NodeView {
 
 pub struct Fleet {
     nodes: Mutex<HashMap<String, NodeEntry>>,
+    /// Recent commands, replayed to nodes that come back before they expire.
+    pub log: CommandLog,
     /// Woken on every ack and disconnect so waiters re-check.
     changed: Notify,
     next_stream: std::sync::atomic::AtomicU64,
@@ -71,6 +75,7 @@ impl Fleet {
     pub fn new(heartbeat_interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             nodes: Mutex::default(),
+            log: CommandLog::default(),
             changed: Notify::new(),
             next_stream: Default::default(),
             heartbeat_interval,
@@ -136,6 +141,7 @@ impl Fleet {
             }
             Kind::RevisionAck(ack) => entry.applied = (ack.epoch, ack.revision),
             Kind::CommandAck(ack) => {
+                self.log.acked(&ack.command_id, node_id);
                 if let Some(waiter) = entry.pending.remove(&ack.command_id) {
                     let _ = waiter.send(ack);
                 }
@@ -224,6 +230,7 @@ impl Fleet {
     /// Known nodes that are not connected are listed as `not_connected`.
     pub async fn command(&self, kind: pb::command::Kind, only: Option<&str>, timeout: Duration) -> Vec<NodeResult> {
         let id = uuid::Uuid::new_v4().to_string();
+        self.log.record(&id, &kind, only);
         let message = pb::ControlMessage {
             kind: Some(pb::control_message::Kind::Command(pb::Command { id: id.clone(), kind: Some(kind) })),
         };

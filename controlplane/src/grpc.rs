@@ -84,7 +84,16 @@ impl Control for ControlService {
                     .map_err(|_| Status::internal("session buffer full"))?;
             }
             tracing::info!(node = %hello.node_id, instance = %hello.instance_id, version = %hello.version, "node connected");
-            shared.fleet.connect(hello.clone(), applied, tx.clone())
+            let stream_id = shared.fleet.connect(hello.clone(), applied, tx.clone());
+            // Commands this node missed while away; one that does not fit is replayed on
+            // its next connect.
+            for command in shared.fleet.log.pending_for(&hello.node_id) {
+                let replay = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
+                if tx.try_send(Ok(replay)).is_err() {
+                    break;
+                }
+            }
+            stream_id
         };
         tokio::spawn(pump(shared, hello.node_id, stream_id, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -5,6 +5,7 @@
 //! with port 0.
 
 pub mod api;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod fleet;

@@ -25,6 +25,7 @@ pub mod routekey;
 pub mod sessions;
 pub mod settings;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

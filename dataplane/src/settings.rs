@@ -104,6 +104,7 @@ impl TryFrom<pb::Destination> for Destination {
     type Error = InvalidSettings;
 
     fn try_from(d: pb::Destination) -> Result<Self, Self::Error> {
+        let tls = backend_tls(&d)?;
         let mut endpoints = HashMap::new();
         for e in d.endpoints {
             // An endpoint for a protocol this node does not know is skipped, not fatal:
@@ -119,7 +120,6 @@ impl TryFrom<pb::Destination> for Destination {
                 .ok_or_else(|| InvalidSettings(format!("destination {}: port {}", d.id, e.port)))?;
             endpoints.insert(protocol, Endpoint { port, tls });
         }
-        let tls = backend_tls(&d)?;
         Ok(Destination {
             tls,
             id: d.id,

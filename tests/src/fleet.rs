@@ -111,10 +111,22 @@ impl ControlPlane {
     }
 
     /// Starts a new control plane on the same store (new ports).
+    /// Stops and starts again on the same store and the same ports, as a restarted
+    /// process would (nodes keep their endpoint).
     pub async fn restart(mut self) -> Result<Self> {
         self.stop().await;
-        let (dir, config) = (std::mem::replace(&mut self.dir, tempfile::tempdir()?), self.config.clone());
+        let config = self
+            .config
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{}\"", self.grpc), 1)
+            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{}\"", self.api), 1);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
         Self::start_with(dir, config).await
+    }
+
+    /// The mapping store, opened directly (for changes made while the control plane is down).
+    pub async fn open_store(&self) -> Result<controlplane::store::Store> {
+        let config = controlplane::config::Config::from_toml_str(&self.config)?;
+        Ok(controlplane::store::Store::open(&config.mapping).await?)
     }
 }
 
@@ -243,6 +255,10 @@ impl Api {
 
     pub async fn get(&self, path: &str) -> Result<(u16, Value)> {
         self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> Result<(u16, Value)> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn post(&self, path: &str) -> Result<(u16, Value)> {

@@ -21,3 +21,4 @@ pub use dovecot::Dovecot;
 pub use imap::{quote, status, ImapClient};
 pub use python::python_imap_login;
 pub use util::{eventually, find_binary, free_port, real_servers_required, require_or_skip, wait_for_port};
+pub mod simnodes;

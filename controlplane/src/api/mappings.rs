@@ -25,7 +25,7 @@ struct Resolution {
     log_tag: String,
 }
 
-fn key_of(state: &ApiState, identifier: &str) -> Result<String> {
+pub(super) fn key_of(state: &ApiState, identifier: &str) -> Result<String> {
     let key = state.shared.rule.key(identifier);
     if key.is_empty() || key.len() > 1024 {
         return Err(Error::BadRequest("identifier must give a route key of 1..=1024 bytes".into()));

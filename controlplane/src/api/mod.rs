@@ -1,8 +1,10 @@
 //! The management HTTP API: one module per resource, bearer-token auth as middleware.
 
+mod commands;
 mod destinations;
 mod health;
 mod mappings;
+mod moves;
 mod nodes;
 mod stats;
 
@@ -32,9 +34,11 @@ pub fn router(shared: Arc<Shared>, token: String) -> Router {
     let state = ApiState { shared, token: Arc::new(token) };
     let protected = Router::new()
         .merge(stats::routes())
+        .merge(commands::routes())
         .merge(destinations::routes())
         .merge(nodes::routes())
         .merge(mappings::routes())
+        .merge(moves::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new().merge(health::routes()).merge(protected).with_state(state)
 }

@@ -1,14 +1,45 @@
 //! `GET /nodes`: every node the control plane has seen, connected or not.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
 use super::{seconds, ApiState};
+use crate::error::{Error, Result};
+use crate::fleet::NodeOutcome;
+use switchyard_proto::v1 as pb;
 
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/nodes", get(list))
+    Router::new().route("/nodes", get(list)).route("/nodes/{id}/healthz", get(probe))
+}
+
+/// How long a probe waits for the node's answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Serialize)]
+struct ProbeResult {
+    node_id: String,
+    result: NodeOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtt_ms: Option<f64>,
+}
+
+/// A live round trip through the node's stream: 200 with the time, 503 without an answer.
+async fn probe(State(state): State<ApiState>, Path(id): Path<String>) -> Result<(StatusCode, Json<ProbeResult>)> {
+    if !state.shared.fleet.knows(&id) {
+        return Err(Error::NotFound(format!("unknown node {id:?}")));
+    }
+    let started = tokio::time::Instant::now();
+    let results = state.shared.fleet.command(pb::command::Kind::Probe(pb::Probe {}), Some(&id), PROBE_TIMEOUT).await;
+    let rtt = started.elapsed();
+    let result = results.first().map(|r| r.result).unwrap_or(NodeOutcome::NotConnected);
+    let (code, rtt_ms) = match result {
+        NodeOutcome::Applied => (StatusCode::OK, Some(rtt.as_micros() as f64 / 1000.0)),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, None),
+    };
+    Ok((code, Json(ProbeResult { node_id: id, result, rtt_ms })))
 }
 
 #[derive(Serialize)]

@@ -24,6 +24,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub control: ControlConfig,
     pub health: HealthConfig,
+    pub tls: TlsConfig,
     pub listener: BTreeMap<String, ListenerConfig>,
 }
 
@@ -97,6 +98,30 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig { bind: SocketAddr::from(([127, 0, 0, 1], 7481)) }
     }
+}
+
+/// `[tls]`: the certificates the node presents on client legs.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// Keyed by an operator-chosen id that problems and logs name.
+    pub certificate: BTreeMap<String, CertificateConfig>,
+}
+
+/// One `[tls.certificate.<id>]`; picked per connection by the client's SNI.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CertificateConfig {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Serves clients that send no SNI or a name no certificate lists.
+    #[serde(default)]
+    pub default: bool,
+    /// Names this certificate answers for (`*.example.com` allowed); when absent, the DNS
+    /// names in the certificate's subjectAltName.
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
 }
 
 /// One `[listener.<id>]`. `protocol` and `tls` have no default: they decide whether
@@ -226,3 +251,5 @@ impl fmt::Display for TlsMode {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -37,7 +37,7 @@ fn problems(text: &str) -> Vec<String> {
 }
 
 #[test]
-fn spec_example_is_refused_only_for_client_tls() {
+fn spec_example_needs_a_certificate_for_client_tls() {
     let spec = r#"
 [node]
 id = "dp-1"                       # default: the host name
@@ -57,10 +57,17 @@ max_connections = 8192
 preauth_timeout = "30s"
 max_auth_attempts = 3
 "#;
-    assert_eq!(
-        problems(spec),
-        ["listener.imap.tls: TLS on the client leg is not available in this build; use tls = \"plain\""]
+    assert_eq!(problems(spec), ["listener.imap.tls: tls = \"starttls\" needs at least one [tls.certificate.<id>]"]);
+    let pki = crate::tls::testing::Pki::new();
+    let leaf = pki.issue("imap", &["imap.example.test"]);
+    let with_certificate = format!(
+        "{spec}[tls.certificate.main]\ncert = {:?}\nkey = {:?}\n",
+        leaf.cert_path.display().to_string(),
+        leaf.key_path.display().to_string()
     );
+    let config = Config::from_toml_str(&with_certificate).unwrap();
+    assert_eq!(config.listener["imap"].tls, TlsMode::Starttls);
+    assert_eq!(config.tls.certificate["main"].names, None);
     let config = Config::from_toml_str(&spec.replace("\"starttls\"", "\"plain\"")).unwrap();
     assert_eq!(config.node.id, "dp-1");
     assert_eq!(config.control.node_token_file.as_deref(), Some(Path::new("/etc/switchyard/node.token")));
@@ -111,7 +118,7 @@ fn each_rule_reports_its_own_problem() {
         ("[control]\nnode_token_env = \"\"".into(), "control.node_token_env: must not be empty"),
         ("[control]\nresolve_timeout = \"0s\"".into(), "control.resolve_timeout: must be greater than zero"),
         (format!("{l}protocol = \"pop3\""), "listener.imap.protocol: protocol pop3 is not available in this build"),
-        (format!("{l}tls = \"implicit\""), "listener.imap.tls: TLS on the client leg is not available"),
+        (format!("{l}tls = \"implicit\""), "listener.imap.tls: tls = \"implicit\" needs at least one [tls.certificate.<id>]"),
         (format!("{l}bind = []"), "listener.imap.bind: at least one address is required"),
         (format!("{l}max_connections = 0"), "listener.imap.max_connections: must be at least 1"),
         (format!("{l}max_auth_attempts = 0"), "listener.imap.max_auth_attempts: must be at least 1"),
@@ -127,7 +134,8 @@ fn each_rule_reports_its_own_problem() {
         (format!("{l}preauth_timeout = \"30x\""), "listener.imap.preauth_timeout: invalid value: string \"30x\", expected a duration such as \"30s\""),
         (format!("{l}max_connections = -1"), "listener.imap.max_connections: invalid value: integer `-1`"),
         (format!("{l}proxy_protocol = true"), "listener.imap.proxy_protocol: unknown key"),
-        ("[tls.certificate.a]\ncert = \"x\"".into(), "tls: unknown key"),
+        ("[tls.certificate.a]\ncert = \"x\"".into(), "tls.certificate.a: missing field `key`"),
+        ("[tls]\ncertificates = {}".into(), "tls.certificates: unknown key"),
         ("[\"listener\".\"a.b\"]\nprotocol = \"imap\"\ntls = \"plain\"\nbind = [\"127.0.0.1:0\"]\nmax_connections = 0".into(),
             "listener.\"a.b\".max_connections: must be at least 1"),
     ];

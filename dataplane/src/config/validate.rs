@@ -30,24 +30,26 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     }
     check_positive("control.resolve_timeout", control.resolve_timeout, p);
 
+    crate::tls::check_certificates(&config.tls, p);
+    let has_certificates = !config.tls.certificate.is_empty();
     if config.listener.is_empty() {
         p.push("listener", "at least one [listener.<id>] is required");
     }
     for (id, listener) in &config.listener {
-        check_listener(&key_path("listener", id), listener, p);
+        check_listener(&key_path("listener", id), listener, has_certificates, p);
     }
     check_bind_conflicts(config, p);
 }
 
-fn check_listener(at: &str, l: &ListenerConfig, p: &mut Problems) {
+fn check_listener(at: &str, l: &ListenerConfig, has_certificates: bool, p: &mut Problems) {
     let key = |k: &str| key_path(at, k);
-    // Later issues add the other protocols and client-side TLS; until then a config
-    // asking for them must fail loudly rather than start a listener that cannot serve.
+    // Later issues add the other protocols; until then a config asking for them must
+    // fail loudly rather than start a listener that cannot serve.
     if l.protocol != Protocol::Imap {
         p.push(key("protocol"), format!("protocol {} is not available in this build", l.protocol));
     }
-    if l.tls != TlsMode::Plain {
-        p.push(key("tls"), "TLS on the client leg is not available in this build; use tls = \"plain\"");
+    if l.tls != TlsMode::Plain && !has_certificates {
+        p.push(key("tls"), format!("tls = \"{}\" needs at least one [tls.certificate.<id>]", l.tls));
     }
     if l.bind.is_empty() {
         p.push(key("bind"), "at least one address is required");

@@ -1,0 +1,91 @@
+//! `POST /mappings/{identifier}/move`: the safe way to move a live account.
+//!
+//! Delay its new logins fleet-wide → write the new mapping → wait until every connected
+//! node acked the revision → kick its old sessions → release the delay. A login that
+//! arrives during the move waits on its node and then lands on the new destination; no
+//! login reaches the old destination once the move reports complete.
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::{Json, Router};
+use dataplane::routekey::redact;
+use serde::{Deserialize, Serialize};
+use switchyard_proto::v1 as pb;
+
+use super::ApiState;
+use crate::error::{Error, Result};
+use crate::fleet::{NodeOutcome, NodeResult};
+
+/// How long logins are held at most if a move stalls; it is released as soon as it is done.
+const MOVE_DELAY_SECONDS: u64 = 30;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/mappings/{identifier}/move", post(move_account))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    destination: String,
+}
+
+#[derive(Serialize)]
+struct Step {
+    step: &'static str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+    nodes: Vec<NodeResult>,
+}
+
+#[derive(Serialize)]
+struct MoveReport {
+    normalized: String,
+    destination: String,
+    /// Every connected node applied the new route and the old sessions were kicked.
+    complete: bool,
+    steps: Vec<Step>,
+}
+
+fn step(step: &'static str, revision: Option<u64>, nodes: Vec<NodeResult>) -> Step {
+    let ok = nodes.iter().all(|n| n.result == NodeOutcome::Applied);
+    Step { step, ok, revision, nodes }
+}
+
+async fn move_account(
+    State(state): State<ApiState>,
+    Path(identifier): Path<String>,
+    Json(body): Json<MoveBody>,
+) -> Result<Json<MoveReport>> {
+    let key = super::mappings::key_of(&state, &identifier)?;
+    if !state.shared.is_declared(&body.destination) {
+        return Err(Error::BadRequest(format!("destination {:?} is not declared", body.destination)));
+    }
+    let account = redact(&key);
+    tracing::info!(account = %account, destination = %body.destination, "admin: move started");
+    let delay = |seconds| pb::command::Kind::Delay(pb::Delay { key: key.clone(), seconds });
+    let mut steps = vec![step("delay", None, state.send(delay(MOVE_DELAY_SECONDS)).await)];
+
+    let written = match state.shared.write(&key, Some(&body.destination)).await {
+        Ok(written) => written.ok_or_else(|| Error::Config("store did not return a revision".into()))?,
+        Err(e) => {
+            // Nothing changed: let the held logins go to where they were going.
+            state.send(delay(0)).await;
+            return Err(e);
+        }
+    };
+    let write = step("write", Some(written.revision), written.nodes);
+    let all_applied = write.ok;
+    steps.push(write);
+    steps.push(step("kick", None, state.send(pb::command::Kind::Kick(pb::Kick { key: key.clone() })).await));
+    if all_applied {
+        steps.push(step("release", None, state.send(delay(0)).await));
+    } else {
+        // A node that did not ack may still route to the old destination: its delay is
+        // left to expire on its own rather than released early.
+        tracing::warn!(account = %account, "move incomplete: not every node acked the new route");
+    }
+    let complete = all_applied && steps.iter().all(|s| s.ok);
+    tracing::info!(account = %account, destination = %body.destination, complete, "admin: move finished");
+    Ok(Json(MoveReport { normalized: key, destination: body.destination, complete, steps }))
+}

@@ -1,0 +1,255 @@
+//! Fleet semantics end to end: account moves, static stability while the control plane is
+//! down, resync, node restarts, commands replayed to returning nodes, probes, and a
+//! hundred simulated nodes acking one change.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use serde_json::{json, Value};
+use switchyard_tests::fleet::{Api, ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::simnodes::SimFleet;
+use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient};
+
+const USERS: &[(&str, &str)] = &[("alice@example.test", "pw"), ("bob@example.test", "pw"), ("carol@example.test", "pw")];
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn two_dovecots() -> Result<(Dovecot, Dovecot)> {
+    let legacy = Dovecot::start(USERS)?;
+    let new = Dovecot::start(USERS)?;
+    for (user, _) in USERS {
+        legacy.deliver(user, "on legacy")?;
+        new.deliver(user, "on new")?;
+    }
+    Ok((legacy, new))
+}
+
+async fn subjects(node: &Node, user: &str) -> Result<Result<Vec<String>, String>> {
+    let mut imap = ImapClient::connect(node.imap).await?;
+    let tagged = imap.login(user, "pw").await?;
+    if status(&tagged) != "OK" {
+        return Ok(Err(tagged));
+    }
+    let subjects = imap.subjects_in_inbox().await?;
+    imap.logout().await?;
+    Ok(Ok(subjects))
+}
+
+fn on(server: &str) -> Result<Vec<String>, String> {
+    Ok(vec![format!("on {server}")])
+}
+
+async fn connected(api: &Api, count: usize) -> Result<Value> {
+    eventually(WAIT, || async {
+        let (_, nodes) = api.get("/nodes").await?;
+        let n = nodes.as_array().map(|a| a.iter().filter(|n| n["connected"] == true).count());
+        ensure!(n == Some(count), "{nodes}");
+        Ok(nodes)
+    })
+    .await
+}
+
+/// Logins to `user` recorded in a Dovecot's log (`imap-login: Login: user=<...>`).
+fn logins(dovecot: &Dovecot, user: &str) -> usize {
+    dovecot.log().lines().filter(|l| l.contains("Login: user=<") && l.contains(user)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_it() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    let (legacy, new) = two_dovecots().await?;
+    let cp = ControlPlane::start(&[("legacy", legacy.imap_port()), ("new", new.imap_port())], "legacy").await?;
+    let nodes = [
+        Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?,
+        Node::start("dp-2", &[cp.endpoint()], Some(NODE_TOKEN)).await?,
+    ];
+    let api = cp.api();
+    connected(&api, 2).await?;
+
+    // An open session on legacy, on each node.
+    let mut open = Vec::new();
+    for node in &nodes {
+        let mut imap = ImapClient::connect(node.imap).await?;
+        ensure!(status(&imap.login("alice@example.test", "pw").await?) == "OK");
+        imap.command("SELECT INBOX").await?;
+        open.push(imap);
+    }
+    let (code, report) = api.post_json("/mappings/alice@example.test/move", json!({"destination": "new"})).await?;
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["delay", "write", "kick", "release"]);
+    let kicked: u64 = report["steps"][2]["nodes"].as_array().unwrap().iter().map(|n| n["count"].as_u64().unwrap()).sum();
+    assert_eq!(kicked, 2, "one old session per node: {report}");
+    let legacy_logins = logins(&legacy, "alice@example.test");
+
+    for mut imap in open {
+        let closed = imap.command("NOOP").await;
+        assert!(closed.is_err(), "the kicked session must be closed, got {closed:?}");
+    }
+    for node in &nodes {
+        for _ in 0..3 {
+            assert_eq!(subjects(node, "alice@example.test").await?, on("new"));
+        }
+    }
+    assert_eq!(logins(&legacy, "alice@example.test"), legacy_logins, "no login reached legacy after the move");
+    assert_eq!(api.post_json("/mappings/alice@example.test/move", json!({"destination": "nowhere"})).await?.0, 400);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_serving_without_the_control_plane_and_resync_when_it_returns() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    let (legacy, new) = two_dovecots().await?;
+    let cp = ControlPlane::start(&[("legacy", legacy.imap_port()), ("new", new.imap_port())], "legacy").await?;
+    let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
+    let api = cp.api();
+    connected(&api, 1).await?;
+    api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
+    assert_eq!(subjects(&node, "alice@example.test").await?, on("new"));
+
+    let mut cp = cp;
+    cp.stop().await;
+    eventually(WAIT, || async {
+        let (code, body) = node.readyz().await?;
+        ensure!(code == 200 && body["status"] == "degraded", "{body}");
+        Ok(())
+    })
+    .await?;
+    assert_eq!(reqwest::get(format!("http://{}/healthz", node.health)).await?.status(), 200, "liveness stays up");
+    assert_eq!(subjects(&node, "alice@example.test").await?, on("new"), "cached route still served");
+    let refused = subjects(&node, "bob@example.test").await?.unwrap_err();
+    assert!(refused.contains("NO [UNAVAILABLE]"), "uncached account: temporary failure, never legacy: {refused}");
+
+    // A change made while the node is away (straight into the store) reaches it on resync.
+    let store = cp.open_store().await?;
+    store.put("alice@example.test", "legacy").await?;
+    drop(store);
+    let cp = cp.restart().await?;
+    let api = cp.api();
+    eventually(WAIT, || async {
+        let (_, nodes) = api.get("/nodes").await?;
+        ensure!(nodes[0]["sync"] == "in_sync", "{nodes}");
+        Ok(())
+    })
+    .await?;
+    assert_eq!(subjects(&node, "alice@example.test").await?, on("legacy"));
+    assert_eq!(subjects(&node, "bob@example.test").await?, on("legacy"));
+    let (code, body) = node.readyz().await?;
+    assert_eq!((code, body["status"].as_str()), (200, Some("ready")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_is_a_new_instance_with_fresh_counters() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    let legacy = Dovecot::start(USERS)?;
+    let cp = ControlPlane::start(&[("legacy", legacy.imap_port())], "legacy").await?;
+    let api = cp.api();
+    let mut node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
+    let first = connected(&api, 1).await?[0]["instance_id"].clone();
+    for _ in 0..3 {
+        subjects(&node, "carol@example.test").await?.unwrap_or_default();
+    }
+    let node_stats = |want: u64| {
+        let api = &api;
+        async move {
+            eventually(WAIT, || async {
+                let (_, stats) = api.get("/stats").await?;
+                let lookups = stats["nodes"][0]["cache_hits"].as_u64().unwrap_or(0) + stats["nodes"][0]["cache_misses"].as_u64().unwrap_or(0);
+                ensure!(lookups == want && stats["nodes"][0]["stale"] == false, "{stats}");
+                Ok(())
+            })
+            .await
+        }
+    };
+    node_stats(3).await?;
+    node.stop().await;
+    let _node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
+    let nodes = connected(&api, 1).await?;
+    assert_ne!(nodes[0]["instance_id"], first, "a new process is a new instance");
+    node_stats(0).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_returning_nodes_and_probes_measure_each_node() -> Result<()> {
+    let cp = ControlPlane::start(&[("legacy", 1), ("new", 2)], "legacy").await?;
+    let api = cp.api();
+    let stays = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "stays", 1).await?;
+    let away = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "away", 1).await?;
+    connected(&api, 2).await?;
+    let (code, probe) = api.get("/nodes/stays-0/healthz").await?;
+    assert_eq!(code, 200, "{probe}");
+    assert!(probe["rtt_ms"].as_f64().is_some_and(|ms| ms > 0.0 && ms < 2000.0), "{probe}");
+    assert_eq!(api.get("/nodes/nobody/healthz").await?.0, 404);
+
+    away.stop().await;
+    connected(&api, 1).await?;
+    assert_eq!(api.get("/nodes/away-0/healthz").await?.0, 503);
+    let (code, reset) = api.post("/destinations/reset?destination=new").await?;
+    assert_eq!(code, 200);
+    let results: Vec<(String, String)> = reset["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node_id"].as_str().unwrap().into(), n["result"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(results, [("away-0".into(), "not_connected".into()), ("stays-0".into(), "applied".into())]);
+    let (_, stats) = api.get("/stats").await?;
+    assert_eq!(stats["nodes_excluded_stale"], 1, "{stats}");
+
+    // The reset is replayed when the node returns (it has not expired).
+    let back = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "away", 1).await?;
+    eventually(WAIT, || async {
+        ensure!(back.nodes[0].1.commands.load(std::sync::atomic::Ordering::Acquire) == 1);
+        Ok(())
+    })
+    .await?;
+    for (path, code) in [
+        ("/cache/invalidate", 200),
+        ("/cache/invalidate?identifier=alice", 200),
+        ("/connections/kick?identifier=alice", 200),
+        ("/connections/kick", 400),
+        ("/connections/delay?identifier=alice&seconds=5", 200),
+        ("/connections/delay?identifier=alice", 400),
+        ("/connections/delay?identifier=alice&seconds=100000", 400),
+    ] {
+        let (got, body) = api.post(path).await?;
+        assert_eq!(got, code, "{path}: {body}");
+        if code == 200 {
+            assert_eq!(body["nodes"].as_array().map(Vec::len), Some(2), "{path}: {body}");
+            assert!(body["nodes"].as_array().unwrap().iter().all(|n| n["result"] == "applied"), "{path}: {body}");
+        }
+    }
+    stays.stop().await;
+    back.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_nodes_all_ack_one_change() -> Result<()> {
+    let cp = ControlPlane::start(&[("legacy", 1), ("new", 2)], "legacy").await?;
+    let api = cp.api();
+    let sims = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "sim", 100).await?;
+    eventually(WAIT, || async {
+        ensure!(sims.welcomed() == 100, "{} welcomed", sims.welcomed());
+        Ok(())
+    })
+    .await?;
+    let (code, put) = api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
+    assert_eq!(code, 200);
+    let acks = put["nodes"].as_array().unwrap();
+    assert_eq!(acks.len(), 100);
+    assert!(acks.iter().all(|n| n["result"] == "applied"), "{put}");
+    assert_eq!(sims.min_applied(), put["revision"].as_u64().unwrap());
+    let (_, nodes) = api.get("/nodes").await?;
+    assert!(nodes.as_array().unwrap().iter().all(|n| n["sync"] == "in_sync"));
+    sims.stop().await;
+    Ok(())
+}
