@@ -6,8 +6,9 @@ set -euo pipefail
 
 # One entry per apt package: "package:probe". The probe is an executable (absolute path, or
 # a command name looked up on PATH) that only exists once the package is installed; files are
-# checked instead of dpkg so that e.g. a pyenv python3 counts as present.
-# Later issues append postfix, swaks, postgresql, redis-server, ... here.
+# checked instead of dpkg so that e.g. a pyenv python3 counts as present. A probe with "::"
+# is a Perl module (swaks needs Net::SSLeay for --tls, and its path varies with perl's version).
+# Later issues append postgresql, redis-server, ... here.
 DEPS=(
   "dovecot-imapd:/usr/lib/dovecot/imap"
   "dovecot-pop3d:/usr/lib/dovecot/pop3"
@@ -17,11 +18,14 @@ DEPS=(
   "postfix:/usr/sbin/postfix"
   "swaks:swaks"
   "curl:curl"
+  "libnet-ssleay-perl:Net::SSLeay"
 )
 
 present() {
   local probe=$1
-  if [[ $probe == /* ]]; then
+  if [[ $probe == *::* ]]; then
+    perl -M"$probe" -e 1 >/dev/null 2>&1
+  elif [[ $probe == /* ]]; then
     [[ -x $probe ]]
   else
     command -v "$probe" >/dev/null 2>&1

@@ -143,6 +143,7 @@ async fn pump(
                 }
             }
             _ = tokio::time::sleep_until(last_heard + silence) => break format!("silent for {silence:?}"),
+            _ = shared.shutdown.cancelled() => break "control plane shutting down".to_string(),
         }
     };
     shared.fleet.disconnect(&node_id, stream_id);

@@ -86,6 +86,12 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision, "mapping store open");
     let metrics_interval = config.server.metrics_interval;
     let shared = Shared::new(config, store);
+    let sessions = shared.shutdown.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        sessions.cancel();
+    });
     let tasks = TaskTracker::new();
     tasks.spawn(metrics::run(Arc::clone(&shared.fleet), metrics_interval, shutdown.clone()));
     let api = axum::serve(bound.api, api::router(Arc::clone(&shared), secrets.admin_token))

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use dataplane::routekey::{redact, RouteKeyRule};
 use switchyard_proto::v1 as pb;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -20,6 +21,9 @@ pub struct Shared {
     pub rule: RouteKeyRule,
     /// Serializes write → push and Welcome → register, so every node sees revisions in order.
     pub writes: Mutex<()>,
+    /// Cancelled when the control plane stops: ends every node Session so the gRPC
+    /// server's graceful shutdown does not wait on streams that never end by themselves.
+    pub shutdown: CancellationToken,
 }
 
 /// How one identifier resolves.
@@ -45,7 +49,15 @@ impl Shared {
             lowercase: config.mapping.normalize == crate::config::Normalize::Lowercase,
         };
         let fleet = Fleet::new(config.server.heartbeat_interval);
-        Arc::new(Self { config, store, fleet, settings, rule, writes: Mutex::new(()) })
+        Arc::new(Self {
+            config,
+            store,
+            fleet,
+            settings,
+            rule,
+            writes: Mutex::new(()),
+            shutdown: CancellationToken::new(),
+        })
     }
 
     pub fn epoch(&self) -> &str {
@@ -133,6 +145,11 @@ impl Shared {
     }
 }
 
+/// A node-side path as the wire carries it; "" means none.
+fn path_string(path: Option<&std::path::Path>) -> String {
+    path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 /// The settings every node gets in its Welcome, from the control plane's own config.
 fn fleet_settings(config: &Config) -> pb::FleetSettings {
     let ms = |d: std::time::Duration| d.as_millis() as u64;
@@ -154,6 +171,11 @@ fn fleet_settings(config: &Config) -> pb::FleetSettings {
                         tls: e.tls.as_str().to_string(),
                     })
                     .collect(),
+                tls_verify: d.tls_verify.as_str().to_string(),
+                tls_server_name: d.tls_server_name.clone().unwrap_or_default(),
+                tls_pin_sha256: d.tls_pin_sha256.clone(),
+                tls_client_cert: path_string(d.tls_client_cert.as_deref()),
+                tls_client_key: path_string(d.tls_client_key.as_deref()),
             })
             .collect(),
         default_destination: config.routing.default_destination.clone(),

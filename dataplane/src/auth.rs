@@ -75,3 +75,13 @@ pub fn plus_challenge(challenge: &[u8]) -> Vec<u8> {
     line.extend_from_slice(b"\r\n");
     line
 }
+
+/// The backend leg's answer to a challenge the replayed credential does not cover: RFC 7628
+/// §3.2.3 has the client acknowledge an OAuth error challenge with a lone %x01 (`AQ==`) so
+/// the server can finish with its failure; any other mechanism's exchange is cancelled.
+pub fn extra_challenge_response(mechanism: Mechanism) -> &'static str {
+    match mechanism {
+        Mechanism::OAuthBearer | Mechanism::XOAuth2 => "AQ==",
+        Mechanism::Plain | Mechanism::Login => "*",
+    }
+}

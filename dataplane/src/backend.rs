@@ -39,15 +39,33 @@ impl BackendConn {
             if let Some(line) = self.lines.next_line().map_err(|e| Error::Client(format!("backend: {e}")))? {
                 return Ok(line);
             }
-            let mut buf = [0u8; 4096];
-            let n = timeout_at(self.deadline, self.stream.read(&mut buf))
-                .await
-                .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-            if n == 0 {
-                return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            self.lines.push(&buf[..n]);
+            self.fill().await?;
         }
+    }
+
+    /// Exactly `n` bytes (a literal inside a response), bounded like a line.
+    pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>> {
+        if n > MAX_LINE {
+            return Err(Error::Client(format!("backend: literal of {n} bytes exceeds {MAX_LINE}")));
+        }
+        loop {
+            if let Some(body) = self.lines.take_exact(n) {
+                return Ok(body);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let mut buf = [0u8; 4096];
+        let n = timeout_at(self.deadline, self.stream.read(&mut buf))
+            .await
+            .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+        if n == 0 {
+            return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.lines.push(&buf[..n]);
+        Ok(())
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
@@ -131,4 +149,10 @@ impl SessionCtx {
 /// A short, printable excerpt of a backend line for error messages.
 pub fn excerpt(line: &[u8]) -> String {
     String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned()
+}
+
+/// Whether `line` opens with the status word `word` (any case) followed by a space or its end.
+pub fn status_is(line: &[u8], word: &[u8]) -> bool {
+    line.get(..word.len()).is_some_and(|head| head.eq_ignore_ascii_case(word))
+        && matches!(line.get(word.len()), None | Some(b' '))
 }

@@ -41,6 +41,31 @@ impl SessionCtx {
 
     /// Steps 4–5: route key, login delay, cache/control plane, declared destination.
     pub async fn route(&self, identifier: &str) -> Result<Route> {
+        self.resolve(identifier, true).await
+    }
+
+    /// [`Self::route`] for a session that replays no credentials (delivery by recipient):
+    /// the destination's `allow_plaintext_auth` guards credentials, so it does not apply.
+    pub async fn route_delivery(&self, identifier: &str) -> Result<Route> {
+        self.resolve(identifier, false).await
+    }
+
+    /// A route to one named destination without a lookup (a listener's fixed
+    /// pass-through), for a session that replays no credentials.
+    pub fn route_fixed(&self, destination: &str, key: String) -> Result<Route> {
+        let settings = self
+            .node
+            .settings()
+            .ok_or_else(|| Error::Routing("no fleet settings from the control plane yet".into()))?;
+        let destination = settings
+            .destination(destination)
+            .cloned()
+            .ok_or_else(|| Error::Routing(format!("pass-through destination {destination} is not declared")))?;
+        let endpoint = self.endpoint(&destination, false)?;
+        Ok(Route { key, destination, endpoint })
+    }
+
+    async fn resolve(&self, identifier: &str, credentials: bool) -> Result<Route> {
         let settings = self
             .node
             .settings()
@@ -70,18 +95,18 @@ impl SessionCtx {
             mapped = resolved.mapped,
             "routing decision"
         );
-        let endpoint = self.endpoint(&destination)?;
+        let endpoint = self.endpoint(&destination, credentials)?;
         Ok(Route { key, destination, endpoint })
     }
 
-    fn endpoint(&self, destination: &Destination) -> Result<Endpoint> {
+    fn endpoint(&self, destination: &Destination, credentials: bool) -> Result<Endpoint> {
         let protocol = self.protocol();
         let endpoint = *destination
             .endpoints
             .get(&protocol)
             .ok_or_else(|| Error::unavailable(&destination.id, format!("no {} endpoint", protocol.as_str())))?;
         match endpoint.tls {
-            TlsMode::Plain if !destination.allow_plaintext_auth => Err(Error::unavailable(
+            TlsMode::Plain if credentials && !destination.allow_plaintext_auth => Err(Error::unavailable(
                 &destination.id,
                 "credentials may not cross a plain backend leg (allow_plaintext_auth = false)",
             )),

@@ -155,7 +155,11 @@ fn backend_tls(d: &pb::Destination) -> Result<BackendTls, InvalidSettings> {
         "" => d.host.trim().to_owned(),
         name => name.to_owned(),
     };
-    if crate::tls::server_name(&server_name).is_none() {
+    // A host that is no valid TLS name only matters once some endpoint uses TLS (the
+    // control plane checks the same); an explicit tls_server_name must always parse.
+    let uses_tls = d.endpoints.iter().any(|e| e.tls != TlsMode::Plain.as_str());
+    let explicit = !d.tls_server_name.trim().is_empty();
+    if (uses_tls || explicit) && crate::tls::server_name(&server_name).is_none() {
         return Err(bad(format!("TLS server name {server_name:?}")));
     }
     let client_cert = match (d.tls_client_cert.as_str(), d.tls_client_key.as_str()) {
@@ -271,6 +275,10 @@ pub(crate) mod tests {
         assert_eq!(tls.verify, TlsVerify::System);
         assert_eq!(tls.server_name, "127.0.0.1");
         assert_eq!(tls.client_cert, None);
+        // Plain endpoints only: the host never becomes a TLS name, so it is not judged.
+        let mut m = sample();
+        m.destinations[0].host = "back end".into();
+        assert!(FleetSettings::try_from(m).is_ok());
     }
 
     #[test]
@@ -297,7 +305,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_unusable_backend_tls() {
-        let cases: [fn(&mut pb::Destination); 5] = [
+        let cases: [fn(&mut pb::Destination); 6] = [
             |d| d.tls_verify = "maybe".into(),
             |d| d.tls_verify = "pinned".into(),
             |d| {
@@ -306,6 +314,10 @@ pub(crate) mod tests {
             },
             |d| d.tls_client_cert = "/c.pem".into(),
             |d| d.tls_server_name = "not a name".into(),
+            |d| {
+                d.host = "back end".into();
+                d.endpoints[0].tls = "implicit".into();
+            },
         ];
         for (i, case) in cases.into_iter().enumerate() {
             let mut m = sample();

@@ -5,7 +5,6 @@
 //! inside `#[tokio::test]` is harmless (an in-process proxy just pauses meanwhile).
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read as _, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,26 +15,42 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
-use crate::dovecot_conf::{self, Identity, Ports};
+use crate::certs::TestPki;
+use crate::dovecot_conf::{self, Features, Identity, Ports, MASTER_USER_SEPARATOR};
 use crate::util::find_binary;
+use crate::wire::{lmtp_deliver, read_greeting};
 
 const HOST: &str = "127.0.0.1";
 /// How long a fresh master may take to answer on IMAP (it usually needs ~0.1 s).
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace period after SIGTERM before the master is killed outright.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at binding freshly chosen ports (start) or the same ports again (restart).
 const START_ATTEMPTS: usize = 3;
 const RESTART_ATTEMPTS: usize = 5;
 
 static INSTANCES: AtomicU32 = AtomicU32::new(0);
 
+/// What [`Dovecot::start_with_options`] adds to the plain instance `start` runs.
+#[derive(Clone, Copy, Default)]
+pub struct DovecotOptions<'a> {
+    /// `ssl = yes` with a leaf for `127.0.0.1`/`localhost` from this CA: IMAPS and POP3S
+    /// listeners on their own ports, STARTTLS/STLS on the plain ones (cleartext logins still
+    /// work there). ManageSieve offers STARTTLS too.
+    pub tls: Option<&'a TestPki>,
+    /// Master users as `(name, password)`: `alice@example.test%admin` with admin's password
+    /// logs in as alice (`auth_master_user_separator = %`).
+    pub master_users: &'a [(&'a str, &'a str)],
+    /// Appended to dovecot.conf verbatim (see [`Dovecot::start_with`]).
+    pub extra_conf: &'a str,
+}
+
 /// A running (or stopped) Dovecot. Dropping it stops the master and deletes all its files.
 pub struct Dovecot {
     binary: PathBuf,
     conf: PathBuf,
     ports: Ports,
+    features: Features,
     master: Option<Child>,
     // Last field so it is deleted only after `Drop` has stopped the master.
     dir: TempDir,
@@ -51,21 +66,44 @@ impl Dovecot {
     /// Like [`Dovecot::start`], appending `extra_conf` to dovecot.conf (Dovecot merges repeated
     /// sections, so this can also switch on e.g. `haproxy = yes` for the imap listener).
     pub fn start_with(users: &[(&str, &str)], extra_conf: &str) -> Result<Self> {
+        Self::start_with_options(users, &DovecotOptions { extra_conf, ..DovecotOptions::default() })
+    }
+
+    /// Like [`Dovecot::start`] with TLS from `pki` (see [`DovecotOptions::tls`]).
+    pub fn start_tls(users: &[(&str, &str)], pki: &TestPki) -> Result<Self> {
+        Self::start_with_options(users, &DovecotOptions { tls: Some(pki), ..DovecotOptions::default() })
+    }
+
+    /// The general form of every `start*`.
+    pub fn start_with_options(users: &[(&str, &str)], options: &DovecotOptions<'_>) -> Result<Self> {
         let binary = find_binary("dovecot").context("dovecot is not installed (scripts/install-deps.sh)")?;
         let dir = tempfile::Builder::new().prefix("switchyard-dovecot-").tempdir()?;
         // Auth runs as `dovecot` and mail processes as the mail uid: both must traverse this.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let id = Identity::current()?;
         write_users(dir.path(), users, &id)?;
+        let features = Features { tls: options.tls.is_some(), master_users: !options.master_users.is_empty() };
+        if let Some(pki) = options.tls {
+            // Copies, not paths into the PKI's temp dir: a restart re-reads them, and the
+            // `TestPki` may be gone by then.
+            let (cert, key) = pki.issue(&["127.0.0.1", "localhost"])?;
+            fs::create_dir_all(dir.path().join("tls"))?;
+            fs::copy(cert, dir.path().join("tls/cert.pem"))?;
+            fs::copy(key, dir.path().join("tls/key.pem"))?;
+        }
+        let masters: String =
+            options.master_users.iter().map(|(name, pass)| format!("{name}:{{PLAIN}}{pass}\n")).collect();
+        fs::write(dir.path().join("masters"), masters)?;
         let instance = format!("switchyard-{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
         let conf = dir.path().join("dovecot.conf");
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let ports = Ports::allocate()?;
-            fs::write(&conf, dovecot_conf::render(dir.path(), &instance, ports, &id, extra_conf))?;
+            let text = dovecot_conf::render(dir.path(), &instance, ports, &id, features, options.extra_conf);
+            fs::write(&conf, text)?;
             match launch(&binary, &conf, dir.path(), ports.imap) {
                 Ok(master) => {
-                    return Ok(Self { binary, conf, ports, master: Some(master), dir });
+                    return Ok(Self { binary, conf, ports, features, master: Some(master), dir });
                 }
                 // Someone took a port between our probe and Dovecot's bind: new ports.
                 Err(err) if is_bind_race(&err) => last_err = Some(err),
@@ -94,6 +132,24 @@ impl Dovecot {
     pub fn auth_port(&self) -> u16 {
         self.ports.auth
     }
+    /// Implicit-TLS IMAP. Panics unless started with TLS.
+    pub fn imaps_port(&self) -> u16 {
+        assert!(self.features.tls, "this Dovecot was started without TLS (use Dovecot::start_tls)");
+        self.ports.imaps
+    }
+    /// Implicit-TLS POP3. Panics unless started with TLS.
+    pub fn pop3s_port(&self) -> u16 {
+        assert!(self.features.tls, "this Dovecot was started without TLS (use Dovecot::start_tls)");
+        self.ports.pop3s
+    }
+    /// The server certificate (PEM) when started with TLS, e.g. to pin its SHA-256.
+    pub fn tls_cert_path(&self) -> Option<PathBuf> {
+        self.features.tls.then(|| self.dir.path().join("tls/cert.pem"))
+    }
+    /// `user%master`: the login name that makes `master` (a master user) log in as `user`.
+    pub fn master_login(user: &str, master: &str) -> String {
+        format!("{user}{MASTER_USER_SEPARATOR}{master}")
+    }
     pub fn imap_addr(&self) -> SocketAddr {
         addr(self.ports.imap)
     }
@@ -108,6 +164,12 @@ impl Dovecot {
     }
     pub fn auth_addr(&self) -> SocketAddr {
         addr(self.ports.auth)
+    }
+    pub fn imaps_addr(&self) -> SocketAddr {
+        addr(self.imaps_port())
+    }
+    pub fn pop3s_addr(&self) -> SocketAddr {
+        addr(self.pop3s_port())
     }
     /// The instance's temp dir (config, users file, homes, logs).
     pub fn dir(&self) -> &Path {
@@ -255,14 +317,6 @@ fn wait_ready(master: &mut Child, imap: SocketAddr) -> Result<()> {
     bail!("no IMAP greeting on {imap} within {READY_TIMEOUT:?} ({last})")
 }
 
-fn read_greeting(imap: SocketAddr) -> Result<String> {
-    let stream = TcpStream::connect_timeout(&imap, Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    Ok(line.trim_end().to_string())
-}
-
 /// SIGTERM lets the master take its children down with it (SIGKILL would orphan them with
 /// the listeners still open); SIGKILL only if it does not exit in time.
 fn terminate(mut master: Child) -> Result<()> {
@@ -275,6 +329,13 @@ fn terminate(mut master: Child) -> Result<()> {
         if master.try_wait()?.is_some() {
             return Ok(());
         }
+        // Dovecot's master ends its shutdown by sending SIGQUIT to the log process and then
+        // sleeping a fixed second (measured with strace). Once the log process is its only
+        // child, every listener is closed and the sleep is all that is left: cut it short,
+        // which saves a second per instance in every test.
+        if only_log_process_left(master.id()) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     master.kill()?;
@@ -282,53 +343,20 @@ fn terminate(mut master: Child) -> Result<()> {
     Ok(())
 }
 
+/// Whether the master's sole remaining child is its log process (whose title ends in
+/// `/log`), read from /proc; false whenever that cannot be told.
+fn only_log_process_left(master: u32) -> bool {
+    let Ok(children) = fs::read_to_string(format!("/proc/{master}/task/{master}/children")) else {
+        return false;
+    };
+    let children: Vec<&str> = children.split_whitespace().collect();
+    let [child] = children.as_slice() else {
+        return false;
+    };
+    fs::read(format!("/proc/{child}/cmdline"))
+        .is_ok_and(|title| title.split(|&b| b == 0).next().is_some_and(|t| t.ends_with(b"/log")))
+}
+
 fn is_bind_race(err: &anyhow::Error) -> bool {
     format!("{err:#}").contains("Address already in use")
-}
-
-/// A minimal LMTP client transaction (RFC 2033) for one recipient.
-fn lmtp_deliver(lmtp: SocketAddr, rcpt: &str, message: &str) -> Result<()> {
-    let stream = TcpStream::connect_timeout(&lmtp, IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    expect_reply(&mut reader, "220")?;
-    let steps = [
-        ("LHLO harness.switchyard.test".to_string(), "250"),
-        ("MAIL FROM:<harness@example.test>".to_string(), "250"),
-        (format!("RCPT TO:<{rcpt}>"), "250"),
-        ("DATA".to_string(), "354"),
-    ];
-    for (command, code) in steps {
-        write!(writer, "{command}\r\n")?;
-        expect_reply(&mut reader, code).with_context(|| format!("after {command}"))?;
-    }
-    for line in message.lines() {
-        // Dot-stuffing, so a body line "." cannot end the message early.
-        let stuffed = if line.starts_with('.') { "." } else { "" };
-        write!(writer, "{stuffed}{line}\r\n")?;
-    }
-    write!(writer, ".\r\n")?;
-    expect_reply(&mut reader, "250").context("after the message data")?;
-    write!(writer, "QUIT\r\n")?;
-    let mut rest = Vec::new();
-    let _ = reader.read_to_end(&mut rest);
-    Ok(())
-}
-
-/// Reads a (possibly multi-line `250-...`) reply and checks its code.
-fn expect_reply(reader: &mut impl BufRead, code: &str) -> Result<String> {
-    let mut reply = String::new();
-    loop {
-        let mut line = String::new();
-        ensure!(reader.read_line(&mut line)? > 0, "connection closed (got {reply:?})");
-        reply.push_str(&line);
-        // The last line of a reply has a space (or nothing) after the code, not a dash.
-        if line.as_bytes().get(3) != Some(&b'-') {
-            break;
-        }
-    }
-    ensure!(reply.starts_with(code), "expected {code}, got {:?}", reply.trim_end());
-    Ok(reply)
 }

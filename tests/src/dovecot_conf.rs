@@ -14,21 +14,44 @@ pub(crate) struct Ports {
     pub lmtp: u16,
     pub sieve: u16,
     pub auth: u16,
+    /// Implicit-TLS listeners; only configured when TLS is on (else `port = 0`).
+    pub imaps: u16,
+    pub pop3s: u16,
 }
 
 impl Ports {
-    /// Holds all five listeners at once so the OS cannot hand out the same port twice, then
+    /// Holds all seven listeners at once so the OS cannot hand out the same port twice, then
     /// releases them for Dovecot. Another process may still grab one in between: the caller
     /// retries on "Address already in use".
     pub fn allocate() -> Result<Self> {
-        let listeners = (0..5)
+        let listeners = (0..7)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
             .collect::<std::io::Result<Vec<_>>>()
             .context("binding 127.0.0.1:0")?;
         let port = |i: usize| listeners[i].local_addr().map(|a| a.port());
-        Ok(Self { imap: port(0)?, pop3: port(1)?, lmtp: port(2)?, sieve: port(3)?, auth: port(4)? })
+        Ok(Self {
+            imap: port(0)?,
+            pop3: port(1)?,
+            lmtp: port(2)?,
+            sieve: port(3)?,
+            auth: port(4)?,
+            imaps: port(5)?,
+            pop3s: port(6)?,
+        })
     }
 }
+
+/// Optional parts of the configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Features {
+    /// `ssl = yes` with `<dir>/tls/cert.pem` and `key.pem`, plus the IMAPS/POP3S listeners.
+    pub tls: bool,
+    /// A master passdb in `<dir>/masters`, reached by logging in as `user%master`.
+    pub master_users: bool,
+}
+
+/// The separator between the user to log in as and the master user's name.
+pub(crate) const MASTER_USER_SEPARATOR: &str = "%";
 
 /// Which system accounts Dovecot's own processes and the mail users run as.
 #[derive(Clone, Debug)]
@@ -88,8 +111,23 @@ pub(crate) fn passwd_line(user: &str, pass: &str, id: &Identity, home: &Path) ->
 /// A complete configuration; `extra` is appended verbatim, and since Dovecot merges repeated
 /// sections, it can amend listeners too (e.g. `service imap-login { inet_listener imap {
 /// haproxy = yes } }` plus `haproxy_trusted_networks`).
-pub(crate) fn render(dir: &Path, instance: &str, ports: Ports, id: &Identity, extra: &str) -> String {
+pub(crate) fn render(
+    dir: &Path,
+    instance: &str,
+    ports: Ports,
+    id: &Identity,
+    features: Features,
+    extra: &str,
+) -> String {
     let dir = dir.display();
+    // Plain listeners keep working with TLS on: they then offer STARTTLS/STLS, and
+    // `disable_plaintext_auth = no` still lets cleartext logins through.
+    let (ssl, imaps, pop3s) = if features.tls {
+        let ssl = format!("ssl = yes\nssl_cert = <{dir}/tls/cert.pem\nssl_key = <{dir}/tls/key.pem");
+        (ssl, ports.imaps, ports.pop3s)
+    } else {
+        ("ssl = no".to_string(), 0, 0)
+    };
     // Non-root Dovecot cannot chroot; as root the default login chroot is kept.
     let chroot = if id.root { "" } else { "  chroot =\n" };
     let mut conf = format!(
@@ -99,7 +137,7 @@ state_dir = {dir}/state
 instance_name = {instance}
 log_path = {dir}/dovecot.log
 auth_verbose = yes
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 # Without this every failed login waits 2 s.
 auth_failure_delay = 0
@@ -142,7 +180,8 @@ service imap-login {{
     port = {imap}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps}
   }}
 }}
 service pop3-login {{
@@ -151,7 +190,8 @@ service pop3-login {{
     port = {pop3}
   }}
   inet_listener pop3s {{
-    port = 0
+    address = 127.0.0.1
+    port = {pop3s}
   }}
 }}
 service lmtp {{
@@ -182,6 +222,21 @@ service submission-login {{
         lmtp = ports.lmtp,
         sieve = ports.sieve,
     );
+    if features.master_users {
+        // Master passdbs are consulted only for `user%master` logins, whatever their order;
+        // `result_success = continue` then also requires the target user to exist.
+        let _ = write!(
+            conf,
+            r#"auth_master_user_separator = {MASTER_USER_SEPARATOR}
+passdb {{
+  driver = passwd-file
+  args = {dir}/masters
+  master = yes
+  result_success = continue
+}}
+"#
+        );
+    }
     if !extra.is_empty() {
         let _ = writeln!(conf, "# Test-specific settings\n{extra}");
     }
@@ -195,15 +250,15 @@ mod tests {
     #[test]
     fn ports_are_distinct() {
         let p = Ports::allocate().unwrap();
-        let mut all = vec![p.imap, p.pop3, p.lmtp, p.sieve, p.auth];
+        let mut all = vec![p.imap, p.pop3, p.lmtp, p.sieve, p.auth, p.imaps, p.pop3s];
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), 5, "{p:?}");
+        assert_eq!(all.len(), 7, "{p:?}");
     }
 
     #[test]
     fn config_names_every_listener_and_keeps_extra_settings() {
-        let ports = Ports { imap: 1, pop3: 2, lmtp: 3, sieve: 4, auth: 5 };
+        let ports = Ports { imap: 1, pop3: 2, lmtp: 3, sieve: 4, auth: 5, imaps: 6, pop3s: 7 };
         let id = Identity {
             uid: 5000,
             gid: 5000,
@@ -212,13 +267,29 @@ mod tests {
             login_user: "dovenull".into(),
             root: true,
         };
-        let conf = render(Path::new("/t"), "x", ports, &id, "login_trusted_networks = 127.0.0.0/8");
+        let conf =
+            render(Path::new("/t"), "x", ports, &id, Features::default(), "login_trusted_networks = 127.0.0.0/8");
         for needle in ["port = 1\n", "port = 2\n", "port = 3\n", "port = 4\n", "port = 5\n"] {
             assert!(conf.contains(needle), "missing {needle:?}");
         }
         assert!(conf.contains("args = /t/users"));
         assert!(!conf.contains("chroot ="), "root keeps the login chroot");
+        assert!(conf.contains("ssl = no\n"));
+        assert!(!conf.contains("port = 6\n"), "no IMAPS without TLS");
+        assert!(!conf.contains("master = yes"));
         assert!(conf.trim_end().ends_with("login_trusted_networks = 127.0.0.0/8"));
+        let tls = render(Path::new("/t"), "x", ports, &id, Features { tls: true, master_users: true }, "");
+        for needle in [
+            "ssl = yes\n",
+            "ssl_cert = </t/tls/cert.pem\n",
+            "ssl_key = </t/tls/key.pem\n",
+            "port = 6\n",
+            "port = 7\n",
+            "args = /t/masters\n",
+            "auth_master_user_separator = %\n",
+        ] {
+            assert!(tls.contains(needle), "missing {needle:?}");
+        }
         let line = passwd_line("a@b", "pw", &id, Path::new("/t/home/a"));
         assert_eq!(line, "a@b:{PLAIN}pw:5000:5000::/t/home/a::\n");
     }

@@ -115,10 +115,11 @@ impl ControlPlane {
     /// process would (nodes keep their endpoint).
     pub async fn restart(mut self) -> Result<Self> {
         self.stop().await;
-        let config = self
-            .config
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{}\"", self.grpc), 1)
-            .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{}\"", self.api), 1);
+        let config = self.config.replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{}\"", self.grpc), 1).replacen(
+            "bind = \"127.0.0.1:0\"",
+            &format!("bind = \"{}\"", self.api),
+            1,
+        );
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
         Self::start_with(dir, config).await
     }

@@ -10,7 +10,8 @@ use switchyard_tests::fleet::{Api, ControlPlane, Node, NODE_TOKEN};
 use switchyard_tests::simnodes::SimFleet;
 use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient};
 
-const USERS: &[(&str, &str)] = &[("alice@example.test", "pw"), ("bob@example.test", "pw"), ("carol@example.test", "pw")];
+const USERS: &[(&str, &str)] =
+    &[("alice@example.test", "pw"), ("bob@example.test", "pw"), ("carol@example.test", "pw")];
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn two_dovecots() -> Result<(Dovecot, Dovecot)> {
@@ -80,7 +81,8 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
     assert_eq!(report["complete"], true, "{report}");
     let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(steps, ["delay", "write", "kick", "release"]);
-    let kicked: u64 = report["steps"][2]["nodes"].as_array().unwrap().iter().map(|n| n["count"].as_u64().unwrap()).sum();
+    let kicked: u64 =
+        report["steps"][2]["nodes"].as_array().unwrap().iter().map(|n| n["count"].as_u64().unwrap()).sum();
     assert_eq!(kicked, 2, "one old session per node: {report}");
     let legacy_logins = logins(&legacy, "alice@example.test");
 
@@ -161,7 +163,8 @@ async fn a_restarted_node_is_a_new_instance_with_fresh_counters() -> Result<()> 
         async move {
             eventually(WAIT, || async {
                 let (_, stats) = api.get("/stats").await?;
-                let lookups = stats["nodes"][0]["cache_hits"].as_u64().unwrap_or(0) + stats["nodes"][0]["cache_misses"].as_u64().unwrap_or(0);
+                let lookups = stats["nodes"][0]["cache_hits"].as_u64().unwrap_or(0)
+                    + stats["nodes"][0]["cache_misses"].as_u64().unwrap_or(0);
                 ensure!(lookups == want && stats["nodes"][0]["stale"] == false, "{stats}");
                 Ok(())
             })

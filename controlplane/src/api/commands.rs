@@ -52,7 +52,8 @@ async fn invalidate(State(state): State<ApiState>, Query(q): Query<Target>) -> R
         Some(identifier) => Some(super::mappings::key_of(&state, identifier)?),
         None => None,
     };
-    let nodes = state.send(pb::command::Kind::Invalidate(pb::Invalidate { key: key.clone().unwrap_or_default() })).await;
+    let nodes =
+        state.send(pb::command::Kind::Invalidate(pb::Invalidate { key: key.clone().unwrap_or_default() })).await;
     tracing::info!(account = %key.as_deref().map(redact).unwrap_or_else(|| "*".into()), "admin: cache invalidated");
     Ok(Json(CommandResult { normalized: key, nodes }))
 }

@@ -144,6 +144,27 @@ fn plaintext_backends_are_allowed_without_plaintext_auth() {
 }
 
 #[test]
+fn backend_tls_keys_parse_with_their_defaults() {
+    let legacy = &Config::from_toml_str(MINIMAL).unwrap().destination["legacy"];
+    assert_eq!(legacy.tls_verify, TlsVerify::System);
+    assert_eq!((&legacy.tls_server_name, &legacy.tls_client_cert, &legacy.tls_client_key), (&None, &None, &None));
+    assert!(legacy.tls_pin_sha256.is_empty());
+    let pin = ["AB"; 32].join(":");
+    let text = with(&format!(
+        "[destination.legacy]\ntls_verify = \"pinned\"\ntls_pin_sha256 = [\"{pin}\"]\n\
+         tls_server_name = \"imap.example.test\"\ntls_client_cert = \"/etc/sy/node.pem\"\n\
+         tls_client_key = \"/etc/sy/node.key\"\n"
+    ));
+    let legacy = &Config::from_toml_str(&text).unwrap().destination["legacy"];
+    assert_eq!(legacy.tls_verify.as_str(), "pinned");
+    assert_eq!(legacy.tls_pin_sha256, [pin]);
+    assert_eq!(legacy.tls_server_name.as_deref(), Some("imap.example.test"));
+    assert_eq!(legacy.tls_client_key.as_deref(), Some(Path::new("/etc/sy/node.key")));
+    let insecure = with("[destination.legacy]\ntls_verify = \"insecure\"\ntls_server_name = \"10.0.1.10\"");
+    assert_eq!(Config::from_toml_str(&insecure).unwrap().destination["legacy"].tls_verify, TlsVerify::Insecure);
+}
+
+#[test]
 fn each_rule_reports_its_own_problem() {
     let d = "[destination.legacy]\n";
     let imap = "[destination.legacy.protocol.imap]\n";
@@ -192,6 +213,39 @@ fn each_rule_reports_its_own_problem() {
             "destination.\"a b\": destination ids may use only",
         ),
         ("[destination.other]\nhost = \"h\"".into(), "destination.other.protocol: at least one"),
+        (
+            format!("{d}tls_verify = \"pinned\""),
+            "destination.legacy.tls_pin_sha256: required when tls_verify = \"pinned\"",
+        ),
+        (
+            format!("{d}tls_pin_sha256 = [\"{}\"]", "ab".repeat(32)),
+            "destination.legacy.tls_pin_sha256: only used with tls_verify = \"pinned\"",
+        ),
+        (
+            format!("{d}tls_verify = \"pinned\"\ntls_pin_sha256 = [\"{}\", \"xyz\"]", "ab".repeat(32)),
+            "destination.legacy.tls_pin_sha256[1]: \"xyz\" is not a SHA-256 in hex",
+        ),
+        (format!("{d}tls_verify = \"trusting\""), "destination.legacy.tls_verify: unknown variant `trusting`"),
+        (
+            format!("{d}tls_server_name = \"not a name\""),
+            "destination.legacy.tls_server_name: \"not a name\" is not a DNS name",
+        ),
+        (
+            format!("{d}host = \"back end\""),
+            "destination.legacy.host: \"back end\" cannot be checked against a certificate",
+        ),
+        (
+            format!("{d}tls_client_cert = \"/etc/sy/node.pem\""),
+            "destination.legacy.tls_client_key: required with tls_client_cert",
+        ),
+        (
+            format!("{d}tls_client_key = \"/etc/sy/node.key\""),
+            "destination.legacy.tls_client_cert: required with tls_client_key",
+        ),
+        (
+            format!("{d}tls_client_cert = \"\"\ntls_client_key = \"k\""),
+            "destination.legacy.tls_client_cert: must not be empty",
+        ),
         ("[api]\nlockout = 5".into(), "api.lockout: unknown key"),
     ];
     for (overrides, expected) in cases {

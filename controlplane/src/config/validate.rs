@@ -2,7 +2,7 @@
 
 use dataplane::config::{check_log_level, check_positive, key_path, Problems, Protocol};
 
-use super::{Config, DestinationConfig, MappingSource};
+use super::{Config, DestinationConfig, MappingSource, TlsMode, TlsVerify};
 
 pub(super) fn validate(config: &Config, p: &mut Problems) {
     let server = &config.server;
@@ -106,5 +106,49 @@ fn check_destination(at: &str, id: &str, d: &DestinationConfig, p: &mut Problems
         if endpoint.port == 0 {
             p.push(key_path(&at, "port"), "must be 1..=65535");
         }
+    }
+    check_destination_tls(at, d, p);
+}
+
+/// The node parses these same values with the same functions, so a config that passes
+/// here never makes a node reject its fleet settings.
+fn check_destination_tls(at: &str, d: &DestinationConfig, p: &mut Problems) {
+    let pins_at = key_path(at, "tls_pin_sha256");
+    match d.tls_verify {
+        TlsVerify::Pinned if d.tls_pin_sha256.is_empty() => p.push(&pins_at, "required when tls_verify = \"pinned\""),
+        TlsVerify::System | TlsVerify::Insecure if !d.tls_pin_sha256.is_empty() => {
+            p.push(&pins_at, "only used with tls_verify = \"pinned\"")
+        }
+        _ => {}
+    }
+    for (i, pin) in d.tls_pin_sha256.iter().enumerate() {
+        if dataplane::tls::parse_pin(pin).is_none() {
+            p.push(
+                format!("{pins_at}[{i}]"),
+                format!("{pin:?} is not a SHA-256 in hex (64 hex digits, ':' between bytes allowed)"),
+            );
+        }
+    }
+    let uses_tls = d.protocol.values().any(|e| e.tls != TlsMode::Plain);
+    match &d.tls_server_name {
+        Some(name) if dataplane::tls::server_name(name).is_none() => {
+            p.push(key_path(at, "tls_server_name"), format!("{name:?} is not a DNS name or IP address"))
+        }
+        None if uses_tls && !d.host.trim().is_empty() && dataplane::tls::server_name(&d.host).is_none() => p.push(
+            key_path(at, "host"),
+            format!("{:?} cannot be checked against a certificate; set tls_server_name", d.host),
+        ),
+        _ => {}
+    }
+    let empty = |path: &Option<std::path::PathBuf>| path.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+    for (key, path) in [("tls_client_cert", &d.tls_client_cert), ("tls_client_key", &d.tls_client_key)] {
+        if empty(path) {
+            p.push(key_path(at, key), "must not be empty");
+        }
+    }
+    match (&d.tls_client_cert, &d.tls_client_key) {
+        (Some(_), None) => p.push(key_path(at, "tls_client_key"), "required with tls_client_cert"),
+        (None, Some(_)) => p.push(key_path(at, "tls_client_cert"), "required with tls_client_key"),
+        _ => {}
     }
 }

@@ -1,4 +1,5 @@
-//! Socket-free protocol codecs: bounded line reading, IMAP command tokens and SASL decoding.
+//! Socket-free protocol codecs: bounded line reading, IMAP and ManageSieve command tokens,
+//! SMTP commands and replies, and SASL decoding.
 //!
 //! Everything here is synchronous and pure. Parsers are fed bytes with `push` and answer
 //! `Ok(None)` when they need more data, so protocol sessions own all I/O and timeouts and
@@ -8,6 +9,8 @@ pub mod imap;
 pub mod line;
 pub mod mechanism;
 pub mod sasl;
+pub mod sieve;
+pub mod smtp;
 
 /// What was wrong with client input. The messages are safe to echo back to the client
 /// (they never contain the input itself, which may hold credentials).

@@ -146,6 +146,10 @@ pub struct ListenerConfig {
     pub max_literal_size: usize,
     #[serde(default = "defaults::idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// smtp and lmtp only: every recipient goes to this destination id, without a lookup
+    /// (fixed pass-through). Unset: each recipient is routed by its mailbox.
+    #[serde(default)]
+    pub pass_through: Option<String>,
 }
 
 mod defaults {

@@ -117,7 +117,7 @@ fn each_rule_reports_its_own_problem() {
         ("[control]\nendpoints = [\"cp:7400\"]".into(), "control.endpoints[0]: \"cp:7400\" must start with http:// or https://"),
         ("[control]\nnode_token_env = \"\"".into(), "control.node_token_env: must not be empty"),
         ("[control]\nresolve_timeout = \"0s\"".into(), "control.resolve_timeout: must be greater than zero"),
-        (format!("{l}protocol = \"pop3\""), "listener.imap.protocol: protocol pop3 is not available in this build"),
+        (format!("{l}protocol = \"http\""), "listener.imap.protocol: protocol http is not available in this build"),
         (format!("{l}tls = \"implicit\""), "listener.imap.tls: tls = \"implicit\" needs at least one [tls.certificate.<id>]"),
         (format!("{l}bind = []"), "listener.imap.bind: at least one address is required"),
         (format!("{l}max_connections = 0"), "listener.imap.max_connections: must be at least 1"),
@@ -239,4 +239,22 @@ fn protocol_and_tls_names_round_trip() {
     }
     assert_eq!(Protocol::from_name("gopher"), None);
     assert_eq!(TlsMode::Starttls.to_string(), "starttls");
+}
+
+#[test]
+fn mail_delivery_listeners_are_served_and_only_they_take_a_pass_through() {
+    for protocol in ["submission", "smtp", "lmtp"] {
+        let config = Config::from_toml_str(&with(&format!("[listener.imap]\nprotocol = \"{protocol}\""))).unwrap();
+        assert_eq!(config.listener["imap"].pass_through, None, "{protocol}");
+    }
+    let lmtp = Config::from_toml_str(&with("[listener.imap]\nprotocol = \"lmtp\"\npass_through = \"legacy\"")).unwrap();
+    assert_eq!(lmtp.listener["imap"].pass_through.as_deref(), Some("legacy"));
+    assert_eq!(
+        problems(&with("[listener.imap]\nprotocol = \"submission\"\npass_through = \"legacy\"")),
+        ["listener.imap.pass_through: only smtp and lmtp listeners route by recipient, not submission"]
+    );
+    assert_eq!(
+        problems(&with("[listener.imap]\nprotocol = \"smtp\"\npass_through = \" \"")),
+        ["listener.imap.pass_through: must name a destination id"]
+    );
 }

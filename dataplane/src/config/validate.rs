@@ -45,9 +45,12 @@ fn check_listener(at: &str, l: &ListenerConfig, has_certificates: bool, p: &mut 
     let key = |k: &str| key_path(at, k);
     // Later issues add the other protocols; until then a config asking for them must
     // fail loudly rather than start a listener that cannot serve.
-    if l.protocol != Protocol::Imap {
+    let served =
+        [Protocol::Imap, Protocol::Pop3, Protocol::Managesieve, Protocol::Submission, Protocol::Smtp, Protocol::Lmtp];
+    if !served.contains(&l.protocol) {
         p.push(key("protocol"), format!("protocol {} is not available in this build", l.protocol));
     }
+    check_pass_through(&key("pass_through"), l, p);
     if l.tls != TlsMode::Plain && !has_certificates {
         p.push(key("tls"), format!("tls = \"{}\" needs at least one [tls.certificate.<id>]", l.tls));
     }
@@ -68,6 +71,21 @@ fn check_listener(at: &str, l: &ListenerConfig, has_certificates: bool, p: &mut 
     }
     check_positive(&key("preauth_timeout"), l.preauth_timeout, p);
     check_positive(&key("idle_timeout"), l.idle_timeout, p);
+}
+
+/// Only a listener that routes by recipient can pin them all to one destination; whether
+/// the id is declared is up to the control plane's settings (an unknown one is a temporary
+/// failure per recipient, never a fallback to another destination).
+fn check_pass_through(at: &str, l: &ListenerConfig, p: &mut Problems) {
+    let Some(destination) = &l.pass_through else {
+        return;
+    };
+    if !matches!(l.protocol, Protocol::Smtp | Protocol::Lmtp) {
+        p.push(at, format!("only smtp and lmtp listeners route by recipient, not {}", l.protocol));
+    }
+    if destination.trim().is_empty() {
+        p.push(at, "must name a destination id");
+    }
 }
 
 /// Two sockets on one address would make the second bind fail at start-up; port 0 (an

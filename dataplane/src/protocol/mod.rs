@@ -1,6 +1,10 @@
 //! Protocol dispatch: the only `match` on the listener's protocol.
 
 pub mod imap;
+pub mod lmtp;
+pub mod managesieve;
+pub mod pop3;
+pub mod submission;
 
 use tokio::net::TcpStream;
 
@@ -11,6 +15,11 @@ use crate::pipeline::SessionCtx;
 pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
     match ctx.protocol() {
         Protocol::Imap => imap::serve(ctx, stream).await,
+        Protocol::Pop3 => pop3::serve(ctx, stream).await,
+        Protocol::Managesieve => managesieve::serve(ctx, stream).await,
+        Protocol::Submission => submission::serve(ctx, stream).await,
+        Protocol::Smtp => lmtp::serve(ctx, stream, lmtp::Flavor::Smtp).await,
+        Protocol::Lmtp => lmtp::serve(ctx, stream, lmtp::Flavor::Lmtp).await,
         // Config validation refuses listeners for protocols this build does not serve.
         other => tracing::error!(protocol = other.as_str(), "protocol not available in this build"),
     }

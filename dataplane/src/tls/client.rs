@@ -41,10 +41,7 @@ pub struct Connector {
 impl Connector {
     /// Trusts the operating system's store for `tls_verify = "system"`, read on first use.
     pub fn new() -> Self {
-        Connector {
-            roots: OnceLock::new(),
-            configs: Mutex::new(HashMap::new()),
-        }
+        Connector { roots: OnceLock::new(), configs: Mutex::new(HashMap::new()) }
     }
 
     /// Trusts exactly `roots` for `tls_verify = "system"` (tests, private trust).
@@ -64,21 +61,14 @@ impl Connector {
     /// connection after the backend accepted STARTTLS). Local problems (unreadable client
     /// certificate, bad server name) come back as `InvalidInput`: they are not the
     /// backend's fault. A refused certificate is `InvalidData` from the handshake.
-    pub async fn connect<S>(
-        &self,
-        dest: &Destination,
-        stream: S,
-    ) -> io::Result<tokio_rustls::client::TlsStream<S>>
+    pub async fn connect<S>(&self, dest: &Destination, stream: S) -> io::Result<tokio_rustls::client::TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let config = self.client_config(dest)?;
-        let name = server_name(&dest.tls.server_name).ok_or_else(|| {
-            local(dest, format!("invalid TLS server name {:?}", dest.tls.server_name))
-        })?;
-        tokio_rustls::TlsConnector::from(config)
-            .connect(name, stream)
-            .await
+        let name = server_name(&dest.tls.server_name)
+            .ok_or_else(|| local(dest, format!("invalid TLS server name {:?}", dest.tls.server_name)))?;
+        tokio_rustls::TlsConnector::from(config).connect(name, stream).await
     }
 
     /// The cached config for `dest`, built on first use or after a change.
@@ -93,14 +83,7 @@ impl Connector {
             }
         }
         let config = Arc::new(self.build(dest)?);
-        configs.insert(
-            dest.id.clone(),
-            Cached {
-                tls: dest.tls.clone(),
-                files,
-                config: Arc::clone(&config),
-            },
-        );
+        configs.insert(dest.id.clone(), Cached { tls: dest.tls.clone(), files, config: Arc::clone(&config) });
         Ok(config)
     }
 
@@ -110,17 +93,15 @@ impl Connector {
             .map_err(|e| local(dest, e))?;
         let builder = match &dest.tls.verify {
             TlsVerify::System => builder.with_root_certificates(self.system_roots()),
-            TlsVerify::Pinned(pins) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(LeafVerifier::new(Trust::Pinned(pins.clone()))),
+            TlsVerify::Pinned(pins) => {
+                builder.dangerous().with_custom_certificate_verifier(LeafVerifier::new(Trust::Pinned(pins.clone())))
+            }
             TlsVerify::Insecure => {
                 tracing::warn!(
                     destination = %dest.id,
                     "backend certificate is not verified (tls_verify = \"insecure\")"
                 );
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(LeafVerifier::new(Trust::Any))
+                builder.dangerous().with_custom_certificate_verifier(LeafVerifier::new(Trust::Any))
             }
         };
         match &dest.tls.client_cert {
@@ -128,9 +109,7 @@ impl Connector {
             Some(ClientCert { cert, key }) => {
                 let chain = read_chain(cert).map_err(|m| local(dest, format!("tls_client_cert: {m}")))?;
                 let key = read_key(key).map_err(|m| local(dest, format!("tls_client_key: {m}")))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| local(dest, format!("tls_client_key: {e}")))
+                builder.with_client_auth_cert(chain, key).map_err(|e| local(dest, format!("tls_client_key: {e}")))
             }
         }
     }
@@ -180,8 +159,5 @@ fn stamp(c: &ClientCert) -> FileStamp {
 }
 
 fn local(dest: &Destination, message: impl fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("destination {}: {message}", dest.id),
-    )
+    io::Error::new(io::ErrorKind::InvalidInput, format!("destination {}: {message}", dest.id))
 }

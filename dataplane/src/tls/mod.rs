@@ -22,13 +22,12 @@ use rustls::pki_types::ServerName;
 use rustls::SupportedProtocolVersion;
 
 pub use client::{connect_tls, Connector};
-pub use server::TlsAcceptor;
 pub(crate) use server::check_certificates;
+pub use server::TlsAcceptor;
 pub use stream::MaybeTls;
 
 /// TLS 1.2 and 1.3 only: rustls speaks nothing older, and this makes the floor explicit.
-pub(crate) static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
-    &[&rustls::version::TLS13, &rustls::version::TLS12];
+pub(crate) static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// The one crypto provider every config is built with.
 pub(crate) fn provider() -> Arc<CryptoProvider> {

@@ -44,19 +44,11 @@ pub(crate) fn check_certificates(tls: &TlsConfig, p: &mut Problems) {
 
 fn load_all(tls: &TlsConfig, found: &mut Found) -> Vec<Loaded> {
     let at = |id: &str| key_path("tls.certificate", id);
-    let defaults: Vec<&String> = tls
-        .certificate
-        .iter()
-        .filter(|(_, c)| c.default)
-        .map(|(id, _)| id)
-        .collect();
+    let defaults: Vec<&String> = tls.certificate.iter().filter(|(_, c)| c.default).map(|(id, _)| id).collect();
     for extra in defaults.iter().skip(1) {
         found.push((
             key_path(&at(extra), "default"),
-            format!(
-                "only one certificate may be the default; {} already is",
-                at(defaults[0])
-            ),
+            format!("only one certificate may be the default; {} already is", at(defaults[0])),
         ));
     }
     if defaults.is_empty() && tls.certificate.len() > 1 {
@@ -67,11 +59,8 @@ fn load_all(tls: &TlsConfig, found: &mut Found) -> Vec<Loaded> {
                 .into(),
         ));
     }
-    let loaded: Vec<Loaded> = tls
-        .certificate
-        .iter()
-        .filter_map(|(id, c)| load_one(&at(id), c, tls.certificate.len() == 1, found))
-        .collect();
+    let loaded: Vec<Loaded> =
+        tls.certificate.iter().filter_map(|(id, c)| load_one(&at(id), c, tls.certificate.len() == 1, found)).collect();
     check_duplicates(&loaded, found);
     loaded
 }
@@ -96,11 +85,7 @@ fn load_one(at: &str, c: &CertificateConfig, only: bool, found: &mut Found) -> O
     let key = match CertifiedKey::from_der(chain, key, &provider()) {
         Ok(key) => Arc::new(key),
         Err(rustls::Error::InconsistentKeys(_)) => {
-            let message = format!(
-                "{} does not match the certificate in {}",
-                c.key.display(),
-                c.cert.display()
-            );
+            let message = format!("{} does not match the certificate in {}", c.key.display(), c.cert.display());
             found.push((key_at, message));
             return None;
         }
@@ -121,13 +106,7 @@ fn load_one(at: &str, c: &CertificateConfig, only: bool, found: &mut Found) -> O
         };
         found.push((key_path(at, where_), what.into()));
     }
-    Some(Loaded {
-        at: at.to_owned(),
-        names,
-        names_explicit,
-        default: c.default || only,
-        key,
-    })
+    Some(Loaded { at: at.to_owned(), names, names_explicit, default: c.default || only, key })
 }
 
 pub(super) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -144,10 +123,9 @@ pub(super) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 pub(super) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "no private key (PKCS#8, PKCS#1 or SEC1 PEM) in {}",
-            path.display()
-        ),
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            format!("no private key (PKCS#8, PKCS#1 or SEC1 PEM) in {}", path.display())
+        }
         e => format!("{}: {e}", path.display()),
     })
 }
@@ -182,8 +160,7 @@ fn check_duplicates(loaded: &[Loaded], found: &mut Found) {
             match owners.get(name.as_str()) {
                 Some(owner) if *owner != cert.at => {
                     let at = key_path(&cert.at, if cert.names_explicit { "names" } else { "cert" });
-                    let message =
-                        format!("{name} is also served by {owner}; list names to choose one");
+                    let message = format!("{name} is also served by {owner}; list names to choose one");
                     found.push((at, message));
                 }
                 _ => {
@@ -206,9 +183,7 @@ impl SniResolver {
         let mut by_name = HashMap::new();
         for cert in loaded {
             for name in &cert.names {
-                by_name
-                    .entry(name.clone())
-                    .or_insert_with(|| Arc::clone(&cert.key));
+                by_name.entry(name.clone()).or_insert_with(|| Arc::clone(&cert.key));
             }
         }
         let fallback = loaded.iter().find(|c| c.default).map(|c| Arc::clone(&c.key));
@@ -259,14 +234,10 @@ impl TlsAcceptor {
         }
         let config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(PROTOCOL_VERSIONS)
-            .map_err(|e| ConfigError::Invalid {
-                problems: vec![format!("tls: {e}")],
-            })?
+            .map_err(|e| ConfigError::Invalid { problems: vec![format!("tls: {e}")] })?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(SniResolver::new(&loaded)));
-        Ok(Some(TlsAcceptor {
-            config: Arc::new(config),
-        }))
+        Ok(Some(TlsAcceptor { config: Arc::new(config) }))
     }
 
     /// The shared rustls config, for callers that drive `tokio_rustls` themselves.
@@ -281,9 +252,7 @@ impl TlsAcceptor {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
-            .accept(stream)
-            .await
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config)).accept(stream).await
     }
 }
 

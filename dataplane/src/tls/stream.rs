@@ -67,10 +67,7 @@ impl MaybeTls {
     fn into_plain(self) -> io::Result<TcpStream> {
         match self {
             MaybeTls::Plain(s) => Ok(s),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the stream already carries TLS",
-            )),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "the stream already carries TLS")),
         }
     }
 }
@@ -82,11 +79,7 @@ impl From<TcpStream> for MaybeTls {
 }
 
 impl AsyncRead for MaybeTls {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Server(s) => Pin::new(s).poll_read(cx, buf),

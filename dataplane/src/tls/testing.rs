@@ -41,11 +41,7 @@ impl Pki {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().unwrap();
         let ca = params.self_signed(&ca_key).unwrap();
-        Pki {
-            ca,
-            ca_key,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Pki { ca, ca_key, dir: tempfile::tempdir().unwrap() }
     }
 
     /// Trusts only this CA.

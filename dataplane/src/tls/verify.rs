@@ -28,10 +28,7 @@ pub(crate) struct LeafVerifier {
 
 impl LeafVerifier {
     pub(crate) fn new(trust: Trust) -> Arc<Self> {
-        Arc::new(LeafVerifier {
-            trust,
-            algorithms: super::provider().signature_verification_algorithms,
-        })
+        Arc::new(LeafVerifier { trust, algorithms: super::provider().signature_verification_algorithms })
     }
 }
 
@@ -59,9 +56,7 @@ impl ServerCertVerifier for LeafVerifier {
                     Ok(ServerCertVerified::assertion())
                 } else {
                     let why = OtherError(Arc::new(PinMismatch(seen)));
-                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                        why,
-                    )))
+                    Err(rustls::Error::InvalidCertificate(CertificateError::Other(why)))
                 }
             }
         }

@@ -1,0 +1,340 @@
+//! SMTP on port 25 and LMTP (RFC 5321, 2033), routed by recipient: the proxy answers the
+//! greeting, EHLO/LHLO and MAIL itself; each RCPT is routed and the first recipient's
+//! destination becomes the transaction's (a recipient of another one gets a 4xx so the
+//! sender retries it alone); the message is streamed there and the replies relayed.
+
+mod delivery;
+mod message;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+use crate::codec::smtp::{self, Command, CommandParser, Hello};
+use crate::config::TlsMode;
+use crate::error::{Error, Result};
+use crate::pipeline::{Route, SessionCtx};
+use delivery::{Delivery, Opened};
+
+/// SMTP and LMTP differ in the greeting command and in LMTP's reply per recipient after
+/// the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Smtp,
+    Lmtp,
+}
+
+impl Flavor {
+    fn hello(self) -> &'static str {
+        match self {
+            Flavor::Smtp => "EHLO",
+            Flavor::Lmtp => "LHLO",
+        }
+    }
+}
+
+/// Erroneous commands tolerated before the client is disconnected.
+const MAX_BAD_COMMANDS: u32 = 10;
+const ANOTHER_SERVER: &[u8] = b"451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
+const UNROUTABLE: &[u8] = b"451 4.4.1 Recipient's server temporarily unavailable, try again later\r\n";
+/// 421 tells the client the proxy closes the connection, which it then does.
+const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try again later\r\n";
+/// One client read; the message passes through in pieces of at most this size.
+const READ_CHUNK: usize = 8 * 1024;
+
+pub async fn serve(ctx: SessionCtx, stream: TcpStream, flavor: Flavor) {
+    let started = Instant::now();
+    let parser = CommandParser::new(ctx.listener.max_line_length);
+    let mut session = Session {
+        ctx,
+        client: stream,
+        parser,
+        flavor,
+        greeted: false,
+        tx: Transaction::Idle,
+        bad: 0,
+        messages: 0,
+        bytes: 0,
+    };
+    if let Err(e) = session.run().await {
+        tracing::debug!(error = %e, "session ended");
+    }
+    session.end_transaction().await;
+    session.ctx.node.sessions.add_bytes(session.bytes, 0);
+    tracing::info!(
+        protocol = %session.ctx.protocol(),
+        messages = session.messages,
+        bytes_from_client = session.bytes,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "session closed"
+    );
+}
+
+/// One client. `client` is the only stream field and every read goes through
+/// [`Session::fill`], so the TLS integration swaps the stream in one place.
+struct Session<S> {
+    ctx: SessionCtx,
+    client: S,
+    parser: CommandParser,
+    flavor: Flavor,
+    greeted: bool,
+    tx: Transaction,
+    bad: u32,
+    messages: u64,
+    /// Message bytes received from the client.
+    bytes: u64,
+}
+
+enum Transaction {
+    Idle,
+    /// MAIL accepted by the proxy (the line to replay); no backend yet.
+    Mail {
+        mail: String,
+    },
+    /// Recipients go to this backend; `accepted` counts the ones it took.
+    Open {
+        mail: String,
+        delivery: Delivery,
+        accepted: usize,
+    },
+}
+
+/// Whether the session goes on after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    async fn run(&mut self) -> Result<()> {
+        let kind = if self.flavor == Flavor::Lmtp { "LMTP" } else { "ESMTP" };
+        self.send(format!("220 {} {kind} Switchyard\r\n", self.ctx.node.id).as_bytes()).await?;
+        loop {
+            let Some(command) = self.next_command().await? else {
+                return Ok(());
+            };
+            let next = match &command {
+                Command::Hello { verb, .. } => self.hello(*verb).await?,
+                Command::Mail { .. } => self.mail(&command).await?,
+                Command::Rcpt { to, .. } => self.rcpt(&to.mailbox, &command).await?,
+                Command::Data => self.data().await?,
+                Command::Rset => {
+                    self.end_transaction().await;
+                    self.answer(b"250 2.0.0 Ok\r\n").await?
+                }
+                Command::Noop => self.answer(b"250 2.0.0 Ok\r\n").await?,
+                Command::Quit => {
+                    self.send(b"221 2.0.0 Bye\r\n").await?;
+                    Next::Close
+                }
+                Command::StartTls => self.starttls().await?,
+                Command::Vrfy => self.answer(b"252 2.5.2 Cannot VRFY user; try RCPT\r\n").await?,
+                Command::Help => self.answer(b"214 2.0.0 See RFC 5321 and RFC 2033\r\n").await?,
+                Command::Auth { .. } | Command::Unknown(_) => {
+                    self.answer(b"502 5.5.2 Command not recognized\r\n").await?
+                }
+            };
+            if let Next::Close = next {
+                return Ok(());
+            }
+        }
+    }
+
+    fn offers_starttls(&self) -> bool {
+        self.ctx.listener.tls == TlsMode::Starttls
+    }
+
+    async fn hello(&mut self, verb: Hello) -> Result<Next> {
+        let fits = (verb == Hello::Lhlo) == (self.flavor == Flavor::Lmtp);
+        if !fits {
+            return self.answer(format!("500 5.5.1 Use {}\r\n", self.flavor.hello()).as_bytes()).await;
+        }
+        // RFC 5321 §4.1.4: a new greeting ends any transaction in progress.
+        self.end_transaction().await;
+        self.greeted = true;
+        let name = self.ctx.node.id.clone();
+        if verb == Hello::Helo {
+            return self.answer(format!("250 {name}\r\n").as_bytes()).await;
+        }
+        // PIPELINING holds (and LMTP requires it): commands are answered strictly in order.
+        let mut lines = vec![name.as_str(), "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"];
+        if self.offers_starttls() {
+            lines.push("STARTTLS");
+        }
+        self.answer(&smtp::format_reply(250, &lines)).await
+    }
+
+    async fn starttls(&mut self) -> Result<Next> {
+        if !self.offers_starttls() {
+            return self.answer(b"502 5.5.1 STARTTLS not offered\r\n").await;
+        }
+        // STARTTLS: upgraded by the TLS integration (answer 220, swap `client` for the TLS
+        // stream, drop buffered bytes and forget the greeting per RFC 3207 §4.2).
+        self.answer(b"454 4.7.0 TLS not available yet\r\n").await
+    }
+
+    async fn mail(&mut self, command: &Command) -> Result<Next> {
+        if !self.greeted {
+            return self.answer(format!("503 5.5.1 Send {} first\r\n", self.flavor.hello()).as_bytes()).await;
+        }
+        if !matches!(self.tx, Transaction::Idle) {
+            return self.answer(b"503 5.5.1 Nested MAIL command\r\n").await;
+        }
+        let mail = command.replay().unwrap_or_default();
+        self.tx = Transaction::Mail { mail };
+        self.answer(b"250 2.1.0 Ok\r\n").await
+    }
+
+    /// Routes one recipient and, if it shares the transaction's destination (or opens
+    /// the transaction), hands it to that backend and relays the backend's answer.
+    async fn rcpt(&mut self, mailbox: &str, command: &Command) -> Result<Next> {
+        let mail = match &self.tx {
+            Transaction::Idle => return self.answer(b"503 5.5.1 Need MAIL command\r\n").await,
+            Transaction::Mail { mail } | Transaction::Open { mail, .. } => mail.clone(),
+        };
+        let route = match self.route(mailbox).await {
+            Ok(route) => route,
+            Err(Error::Client(why)) => {
+                tracing::debug!(reason = %why, "recipient refused");
+                return self.answer(b"550 5.1.3 Bad recipient address syntax\r\n").await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recipient cannot be routed now");
+                return self.answer(UNROUTABLE).await;
+            }
+        };
+        let (mut delivery, accepted) = match std::mem::replace(&mut self.tx, Transaction::Idle) {
+            Transaction::Open { delivery, accepted, .. } if delivery.destination() == route.destination.id => {
+                (delivery, accepted)
+            }
+            Transaction::Open { mail, delivery, accepted } if accepted > 0 => {
+                self.tx = Transaction::Open { mail, delivery, accepted };
+                return self.answer(ANOTHER_SERVER).await;
+            }
+            other => {
+                // Nothing accepted yet, so the transaction may still move to this
+                // recipient's destination.
+                if let Transaction::Open { delivery, .. } = other {
+                    delivery.quit().await;
+                }
+                match self.open(&route, &mail).await? {
+                    Some(delivery) => (delivery, 0),
+                    None => return Ok(Next::Continue),
+                }
+            }
+        };
+        let reply = match delivery.command(&command.replay().unwrap_or_default()).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(destination = delivery.destination(), error = %e, "backend failed during RCPT");
+                delivery.quit().await;
+                self.tx = Transaction::Mail { mail };
+                // Recipients it had accepted are lost with it: only a retry of the whole
+                // transaction delivers them.
+                return self.close_or(accepted > 0, UNROUTABLE).await;
+            }
+        };
+        let accepted = accepted + usize::from(reply.is_positive());
+        self.send(&reply.to_bytes()).await?;
+        self.tx = Transaction::Open { mail, delivery, accepted };
+        Ok(if reply.code == 421 { Next::Close } else { Next::Continue })
+    }
+
+    /// Starts the transaction at `route`; `None` once the client has its answer.
+    async fn open(&mut self, route: &Route, mail: &str) -> Result<Option<Delivery>> {
+        self.tx = Transaction::Mail { mail: mail.to_owned() };
+        let hello = format!("{} {}", self.flavor.hello(), self.ctx.node.id);
+        match Delivery::open(&self.ctx, route, &hello, mail).await {
+            Ok(Opened::Ready(delivery)) => Ok(Some(delivery)),
+            Ok(Opened::Refused(reply)) => {
+                self.send(&reply.to_bytes()).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(destination = %route.destination.id, error = %e, "backend unavailable");
+                self.send(UNROUTABLE).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A recipient goes only where `ctx` positively routes it (or to the listener's fixed
+    /// pass-through): never to the default destination because a lookup failed.
+    async fn route(&self, mailbox: &str) -> Result<Route> {
+        match &self.ctx.listener.pass_through {
+            Some(destination) => self.ctx.route_fixed(destination, mailbox.to_owned()),
+            None => self.ctx.route_delivery(mailbox).await,
+        }
+    }
+
+    /// Ends the open transaction, if any, at its backend.
+    async fn end_transaction(&mut self) {
+        if let Transaction::Open { delivery, .. } = std::mem::replace(&mut self.tx, Transaction::Idle) {
+            delivery.quit().await;
+        }
+    }
+
+    /// `reply` when the session can go on, else 421 and close.
+    async fn close_or(&mut self, close: bool, reply: &[u8]) -> Result<Next> {
+        if close {
+            self.send(UNAVAILABLE).await?;
+            return Ok(Next::Close);
+        }
+        self.answer(reply).await
+    }
+
+    async fn answer(&mut self, reply: &[u8]) -> Result<Next> {
+        self.send(reply).await?;
+        Ok(Next::Continue)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.client.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Reads until one complete command; answers syntax errors itself.
+    async fn next_command(&mut self) -> Result<Option<Command>> {
+        loop {
+            match self.parser.next_command() {
+                Ok(Some(command)) => return Ok(Some(command)),
+                Ok(None) => {
+                    if !self.fill(self.ctx.listener.preauth_timeout).await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    self.bad += 1;
+                    self.send(&smtp::syntax_reply(&e)).await?;
+                    if self.bad >= MAX_BAD_COMMANDS {
+                        self.send(b"421 4.7.0 Too many errors, closing connection\r\n").await?;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads more client bytes within `wait` (idle clients are dropped: there is no
+    /// authentication to wait for); false when the client left.
+    async fn fill(&mut self, wait: Duration) -> Result<bool> {
+        let mut buf = [0u8; READ_CHUNK];
+        match timeout(wait, self.client.read(&mut buf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(n)) => {
+                self.parser.push(&buf[..n]);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                self.send(b"421 4.4.2 Timeout, closing connection\r\n").await?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,349 @@
+//! ManageSieve on the client leg (RFC 5804): the proxy's own capability greeting and
+//! non-authenticated commands, AUTHENTICATE with quoted-string or literal responses, then
+//! the credential replayed to the backend as one AUTHENTICATE and its verdict relayed as is.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::backend::{excerpt, status_is, BackendConn, Dialect, Login, Verdict};
+use crate::codec::mechanism::{Credential, Mechanism};
+use crate::codec::sieve::{self, Arg, Command, SieveParser};
+use crate::config::TlsMode;
+use crate::error::{Error, Result};
+use crate::pipeline::{Route, SessionCtx};
+
+/// Erroneous commands tolerated before the client is disconnected.
+const MAX_BAD_COMMANDS: u32 = 10;
+/// Bound on one backend response line including its literals.
+const MAX_BACKEND_RESPONSE: usize = 64 * 1024;
+const UNAVAILABLE: &[u8] = b"NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n";
+
+/// Serves one ManageSieve client: pre-auth conversation, then the bridge to its backend.
+pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+    let parser = SieveParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size);
+    let deadline = Instant::now() + ctx.listener.preauth_timeout;
+    let mut session = Session { ctx, client: stream, parser, deadline, failures: 0, bad: 0 };
+    match session.run().await {
+        Ok(Some((route, backend))) => {
+            let Session { ctx, client, mut parser, .. } = session;
+            let (stream, pending) = backend.into_parts();
+            ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
+    }
+}
+
+/// One client in the non-authenticated state. `client` is the only stream field and every
+/// read goes through [`Session::fill`], so the TLS integration swaps the stream in one place.
+struct Session<S> {
+    ctx: SessionCtx,
+    client: S,
+    parser: SieveParser,
+    deadline: Instant,
+    failures: u32,
+    bad: u32,
+}
+
+/// What a command ended in.
+enum Outcome {
+    Authenticated(Route, BackendConn),
+    Rejected,
+    /// Answered without an authentication attempt.
+    Answered,
+    Closed,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
+    async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
+        let greeting = format!("{}OK \"Switchyard ready\"\r\n", self.capabilities());
+        self.send(greeting.as_bytes()).await?;
+        loop {
+            let Some(command) = self.next_command().await? else {
+                return Ok(None);
+            };
+            let outcome = match command.name.as_str() {
+                "CAPABILITY" if command.args.is_empty() => {
+                    let caps = format!("{}OK \"Capability completed\"\r\n", self.capabilities());
+                    self.send(caps.as_bytes()).await?;
+                    Outcome::Answered
+                }
+                "NOOP" => self.noop(&command.args).await?,
+                "LOGOUT" if command.args.is_empty() => {
+                    self.send(b"OK \"Logout complete\"\r\n").await?;
+                    return Ok(None);
+                }
+                "STARTTLS" if command.args.is_empty() => {
+                    self.starttls().await?;
+                    Outcome::Answered
+                }
+                "AUTHENTICATE" => self.authenticate(command).await?,
+                "CAPABILITY" | "LOGOUT" | "STARTTLS" => self.bad("Too many arguments").await?,
+                _ => self.bad("Unknown command or not valid before authentication").await?,
+            };
+            match outcome {
+                Outcome::Authenticated(route, backend) => return Ok(Some((route, backend))),
+                Outcome::Rejected => {
+                    self.failures += 1;
+                    if self.failures >= self.ctx.listener.max_auth_attempts {
+                        self.send(b"BYE \"Too many failed authentication attempts\"\r\n").await?;
+                        return Ok(None);
+                    }
+                }
+                Outcome::Answered => {}
+                Outcome::Closed => return Ok(None),
+            }
+        }
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        auth::credentials_allowed(&self.ctx.listener, false)
+    }
+
+    /// RFC 5804 §1.7 capability lines (the status line is the caller's).
+    fn capabilities(&self) -> String {
+        let sasl = if self.plaintext_allowed() { Mechanism::advertised() } else { String::new() };
+        let mut caps = format!("\"IMPLEMENTATION\" \"Switchyard\"\r\n\"SASL\" \"{sasl}\"\r\n");
+        if self.ctx.listener.tls == TlsMode::Starttls {
+            caps.push_str("\"STARTTLS\"\r\n");
+        }
+        caps.push_str("\"VERSION\" \"1.0\"\r\n");
+        caps
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.client.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// `NO "<why>"`; past the limit a `BYE` instead, and the session ends.
+    async fn bad(&mut self, why: &str) -> Result<Outcome> {
+        self.bad += 1;
+        if self.bad >= MAX_BAD_COMMANDS {
+            self.send(b"BYE \"Too many invalid commands\"\r\n").await?;
+            return Ok(Outcome::Closed);
+        }
+        self.send(&no(None, why)).await?;
+        Ok(Outcome::Answered)
+    }
+
+    /// Reads until one complete command; answers parse errors.
+    async fn next_command(&mut self) -> Result<Option<Command>> {
+        loop {
+            match self.parser.next_command() {
+                Ok(Some(command)) => return Ok(Some(command)),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    if let Outcome::Closed = self.bad(&e.to_string()).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads more client bytes before the pre-auth deadline; false when the client left.
+    async fn fill(&mut self) -> Result<bool> {
+        let mut buf = [0u8; 4096];
+        match timeout_at(self.deadline, self.client.read(&mut buf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(n)) => {
+                self.parser.push(&buf[..n]);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                self.send(b"BYE \"Pre-authentication timeout\"\r\n").await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// RFC 5804 §2.6: a string argument is echoed back in a `TAG` response code.
+    async fn noop(&mut self, args: &[Arg]) -> Result<Outcome> {
+        let reply = match args {
+            [] => b"OK \"NOOP completed\"\r\n".to_vec(),
+            [arg] => match arg.as_string() {
+                Some(tag) => [b"OK (TAG ", &sieve::quote(tag)[..], b") \"NOOP completed\"\r\n"].concat(),
+                None => return self.bad("NOOP takes a string").await,
+            },
+            _ => return self.bad("Too many arguments").await,
+        };
+        self.send(&reply).await?;
+        Ok(Outcome::Answered)
+    }
+
+    async fn starttls(&mut self) -> Result<()> {
+        let reply: &[u8] = match self.ctx.listener.tls {
+            // STARTTLS: upgraded by the TLS integration.
+            TlsMode::Starttls => b"NO \"STARTTLS not available yet\"\r\n",
+            TlsMode::Implicit => b"NO \"Already using TLS\"\r\n",
+            TlsMode::Plain => b"NO \"STARTTLS not offered on this connection\"\r\n",
+        };
+        self.send(reply).await
+    }
+
+    async fn authenticate(&mut self, command: Command) -> Result<Outcome> {
+        // The mechanism is a string in RFC 5804; an atom is accepted as the same name.
+        let (name, initial) = match command.args.as_slice() {
+            [name] => (name, None),
+            [name, initial] => match initial.as_string() {
+                Some(initial) => (name, Some(initial.to_vec())),
+                None => return self.bad("The initial response must be a string").await,
+            },
+            _ => return self.bad("AUTHENTICATE expects a mechanism and an optional initial response").await,
+        };
+        let Some(mechanism) = std::str::from_utf8(name.as_bytes()).ok().and_then(Mechanism::from_name) else {
+            return self.bad("Unsupported authentication mechanism").await;
+        };
+        if !self.plaintext_allowed() {
+            self.send(&no(Some("ENCRYPT-NEEDED"), "Authentication is disabled on this connection before TLS")).await?;
+            return Ok(Outcome::Answered);
+        }
+        let why = match auth::exchange(self, mechanism, initial.as_deref()).await {
+            Ok(SaslOutcome::Done(credential)) => return self.replay(credential).await,
+            Ok(SaslOutcome::Closed) => return Ok(Outcome::Closed),
+            Ok(SaslOutcome::Cancelled) => {
+                self.send(b"NO \"Authentication cancelled\"\r\n").await?;
+                return Ok(Outcome::Answered);
+            }
+            Ok(SaslOutcome::Invalid(e)) => e.to_string(),
+            Err(Error::Client(why)) => why,
+            Err(e) => return Err(e),
+        };
+        self.send(&no(None, &format!("Invalid SASL response: {why}"))).await?;
+        Ok(Outcome::Rejected)
+    }
+
+    /// Steps 4–6 through the shared pipeline; the verdict is relayed as the backend sent it.
+    async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
+        match self.ctx.login(&ManageSieve, &credential).await {
+            Ok(Login::Accepted { route, backend, verdict }) => {
+                self.relay(&verdict).await?;
+                Ok(Outcome::Authenticated(route, backend))
+            }
+            Ok(Login::Rejected(verdict)) => {
+                self.relay(&verdict).await?;
+                Ok(Outcome::Rejected)
+            }
+            Err(Error::Client(why)) => {
+                tracing::debug!(reason = %why, "login refused");
+                self.send(b"NO \"Authentication failed\"\r\n").await?;
+                Ok(Outcome::Rejected)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "backend unavailable");
+                self.send(UNAVAILABLE).await?;
+                Ok(Outcome::Rejected)
+            }
+        }
+    }
+
+    async fn relay(&mut self, verdict: &Verdict) -> Result<()> {
+        let mut out = Vec::new();
+        for line in &verdict.lines {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.send(&out).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+    /// RFC 5804 §2.1: the challenge is a base64 string; the client answers with a string.
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(challenge);
+        self.send(&[&sieve::quote(encoded.as_bytes())[..], b"\r\n"].concat()).await?;
+        loop {
+            match self.parser.next_response() {
+                Ok(Some(response)) => return Ok(Some(response)),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(Error::Client(e.to_string())),
+            }
+        }
+    }
+}
+
+/// `NO [(CODE)] "<why>"` with CRLF.
+fn no(code: Option<&str>, why: &str) -> Vec<u8> {
+    let code = code.map(|c| format!("({c}) ")).unwrap_or_default();
+    [format!("NO {code}").as_bytes(), &sieve::quote(why.as_bytes()), b"\r\n"].concat()
+}
+
+/// One backend response line with any literals it announces (`{n}` at a line end) read
+/// into it, so the bytes can be relayed exactly as they came.
+async fn read_response(conn: &mut BackendConn) -> Result<Vec<u8>> {
+    let mut out = conn.read_line().await?;
+    while let Some(size) = literal_size(&out) {
+        if out.len().saturating_add(size) > MAX_BACKEND_RESPONSE {
+            return Err(Error::Client(format!("backend: response exceeds {MAX_BACKEND_RESPONSE} bytes")));
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend(conn.read_exact(size).await?);
+        out.extend(conn.read_line().await?);
+    }
+    Ok(out)
+}
+
+/// The size of a literal announced at the end of `line` (`{n}` or `{n+}`).
+fn literal_size(line: &[u8]) -> Option<usize> {
+    let open = line.strip_suffix(b"}")?;
+    let start = open.iter().rposition(|&b| b == b'{')?;
+    let digits = open[start + 1..].strip_suffix(b"+").unwrap_or(&open[start + 1..]);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The ManageSieve backend: capability lines ending in `OK`, then `AUTHENTICATE "<mech>"
+/// "<initial-response>"` (RFC 5804 requires servers to take the initial response).
+struct ManageSieve;
+
+impl Dialect for ManageSieve {
+    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
+        loop {
+            let line = read_response(conn).await?;
+            if status_is(&line, b"OK") {
+                return Ok(());
+            }
+            if !line.starts_with(b"\"") {
+                return Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&line))));
+            }
+        }
+    }
+
+    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+        let (mechanism, payload) = credential.replay();
+        conn.send(format!("AUTHENTICATE \"{mechanism}\" \"{payload}\"\r\n").as_bytes()).await?;
+        loop {
+            let line = read_response(conn).await?;
+            if status_is(&line, b"OK") || status_is(&line, b"NO") || status_is(&line, b"BYE") {
+                return Ok(Verdict { accepted: status_is(&line, b"OK"), lines: vec![line] });
+            }
+            if line.starts_with(b"\"") || line.starts_with(b"{") {
+                // The payload went with the command: a challenge now is OAuth's error
+                // challenge or one the credential cannot answer.
+                let reply = auth::extra_challenge_response(mechanism);
+                conn.send(format!("\"{reply}\"\r\n").as_bytes()).await?;
+            } else {
+                return Err(Error::Client(format!("unexpected AUTHENTICATE reply {:?}", excerpt(&line))));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,339 @@
+//! ManageSieve session tests against a scripted backend on port 0 (the real-Dovecot
+//! interop lives in the workspace `tests/`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::literal_size;
+use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
+use crate::config::{ListenerConfig, TlsMode};
+use crate::node::Node;
+use crate::pipeline::SessionCtx;
+use crate::route::{Resolved, Resolver, RouteError};
+use crate::settings::FleetSettings;
+use switchyard_proto::v1 as pb;
+
+/// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.
+struct Table(Option<HashMap<String, String>>);
+
+impl Resolver for Table {
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
+        let answer = match &self.0 {
+            None => Err(RouteError::Unavailable("control plane down".into())),
+            Some(t) => Ok(match t.get(&key) {
+                Some(d) => Resolved { destination: d.clone(), mapped: true },
+                None => Resolved { destination: "legacy".into(), mapped: false },
+            }),
+        };
+        async move { answer }.boxed()
+    }
+}
+
+/// A scripted ManageSieve backend: accepts `alice`/`secret` over `AUTHENTICATE "PLAIN"`
+/// with an initial response, refuses password `literal` with a literal string, answers
+/// XOAUTH2 with an error challenge, then echoes each line as `OK "ECHO <line>"`.
+async fn backend() -> (u16, Arc<AtomicU32>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let logins = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&logins);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(scripted(s, Arc::clone(&seen)));
+        }
+    });
+    (port, logins)
+}
+
+async fn scripted(s: TcpStream, logins: Arc<AtomicU32>) {
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let greeting = "\"IMPLEMENTATION\" \"scripted\"\r\n\"SASL\" \"PLAIN XOAUTH2\"\r\n\"SIEVE\" {8}\r\nfileinto\r\n\
+                    \"VERSION\" \"1.0\"\r\nOK \"scripted ready\"\r\n";
+    w.write_all(greeting.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    if line.starts_with("AUTHENTICATE \"XOAUTH2\" ") {
+        w.write_all(b"{8}\r\nZXJyb3I=\r\n").await.unwrap();
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        assert_eq!(line, "\"AQ==\"\r\n");
+        w.write_all(b"NO \"Token expired\"\r\n").await.unwrap();
+        return;
+    }
+    let payload = line.strip_prefix("AUTHENTICATE \"PLAIN\" \"").and_then(|l| l.strip_suffix("\"\r\n")).unwrap();
+    let creds = decode_plain(payload.as_bytes()).unwrap();
+    if creds.password == "literal" {
+        w.write_all(b"NO {9}\r\nnope\r\nno!\r\n").await.unwrap();
+        return;
+    }
+    if creds.authcid.to_lowercase() != "alice" || creds.password != "secret" {
+        w.write_all(b"NO \"Authentication failed.\"\r\n").await.unwrap();
+        return;
+    }
+    logins.fetch_add(1, Ordering::SeqCst);
+    w.write_all(b"OK \"Logged in.\"\r\n").await.unwrap();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        w.write_all(format!("OK \"ECHO {}\"\r\n", line.trim_end()).as_bytes()).await.unwrap();
+    }
+}
+
+fn listener(allow_plaintext_auth: bool, extra: &str) -> ListenerConfig {
+    let toml = format!(
+        "[listener.sieve]\nprotocol = \"managesieve\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = {allow_plaintext_auth}\nmax_auth_attempts = 2\n{extra}\n[control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
+    );
+    crate::config::Config::from_toml_str(&toml).unwrap().listener["sieve"].clone()
+}
+
+/// A node with destinations `legacy` (default) and `new`, both at `port`, and a client
+/// connected to a ManageSieve session served by it; returns the greeting too.
+async fn session(
+    port: u16,
+    table: Option<HashMap<String, String>>,
+    config: ListenerConfig,
+) -> (Arc<Node>, BufReader<TcpStream>, String) {
+    let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
+    let mut settings = crate::settings::tests::sample();
+    settings.breaker.as_mut().unwrap().failure_threshold = 2;
+    for d in &mut settings.destinations {
+        let endpoint = pb::Endpoint { protocol: "managesieve".into(), port: u32::from(port), tls: "plain".into() };
+        d.endpoints = vec![endpoint];
+    }
+    node.apply_settings(FleetSettings::try_from(settings).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::clone(&node);
+    let config = Arc::new(config);
+    tokio::spawn(async move {
+        while let Ok((stream, client)) = listener.accept().await {
+            let listener = Arc::clone(&config);
+            let ctx = SessionCtx { node: Arc::clone(&served), listener_id: "sieve".into(), listener, client };
+            tokio::spawn(super::serve(ctx, stream));
+        }
+    });
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let greeting = until_status(&mut client).await;
+    (node, client, greeting)
+}
+
+async fn read(c: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
+    line
+}
+
+/// Lines through the next `OK`/`NO`/`BYE` status line.
+async fn until_status(c: &mut BufReader<TcpStream>) -> String {
+    let mut text = String::new();
+    loop {
+        let line = read(c).await;
+        text.push_str(&line);
+        if ["OK", "NO", "BYE"].iter().any(|s| line.starts_with(s)) || line.is_empty() {
+            return text;
+        }
+    }
+}
+
+async fn say(c: &mut BufReader<TcpStream>, s: &str) {
+    c.get_mut().write_all(s.as_bytes()).await.unwrap();
+}
+
+async fn rest(c: &mut BufReader<TcpStream>) -> String {
+    let mut rest = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut rest)).await.unwrap().unwrap();
+    rest
+}
+
+fn b64(user: &str, pass: &str) -> String {
+    encode_plain(&Credentials { authzid: String::new(), authcid: user.into(), password: pass.into() })
+}
+
+fn b64_text(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+const CAPABILITIES: &str = "\"IMPLEMENTATION\" \"Switchyard\"\r\n\"SASL\" \"PLAIN LOGIN OAUTHBEARER XOAUTH2\"\r\n\
+                            \"VERSION\" \"1.0\"\r\n";
+
+#[tokio::test]
+async fn authenticate_is_replayed_the_verdict_relayed_and_pipelined_bytes_bridged() {
+    let (port, logins) = backend().await;
+    let (_node, mut c, greeting) = session(port, Some(HashMap::new()), listener(true, "")).await;
+    assert_eq!(greeting, format!("{CAPABILITIES}OK \"Switchyard ready\"\r\n"));
+    say(&mut c, "capability\r\n").await;
+    assert_eq!(until_status(&mut c).await, format!("{CAPABILITIES}OK \"Capability completed\"\r\n"));
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\nLISTSCRIPTS\r\n", b64("Alice", "secret"))).await;
+    assert_eq!(read(&mut c).await, "OK \"Logged in.\"\r\n");
+    assert_eq!(read(&mut c).await, "OK \"ECHO LISTSCRIPTS\"\r\n");
+    say(&mut c, "HAVESPACE s 10\r\n").await;
+    assert_eq!(read(&mut c).await, "OK \"ECHO HAVESPACE s 10\"\r\n");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn every_string_form_of_authenticate_works() {
+    let (port, logins) = backend().await;
+    let plain = b64("alice", "secret");
+    let n = plain.len();
+    let (user, pass) = (b64_text("alice"), b64_text("secret"));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (format!("AUTHENTICATE \"PLAIN\" {{{n}+}}\r\n{plain}\r\n"), vec![]),
+        (format!("AUTHENTICATE {{5}}\r\nPLAIN {{{n}}}\r\n{plain}\r\n"), vec![]),
+        (format!("AUTHENTICATE PLAIN\r\n\"{plain}\"\r\n"), vec!["\"\"\r\n"]),
+        (format!("AUTHENTICATE \"PLAIN\"\r\n{{{n}+}}\r\n{plain}\r\n"), vec!["\"\"\r\n"]),
+        (format!("AUTHENTICATE \"LOGIN\" \"{user}\"\r\n\"{pass}\"\r\n"), vec!["\"UGFzc3dvcmQ6\"\r\n"]),
+        (
+            format!("AUTHENTICATE \"login\"\r\n\"{user}\"\r\n\"{pass}\"\r\n"),
+            vec!["\"VXNlcm5hbWU6\"\r\n", "\"UGFzc3dvcmQ6\"\r\n"],
+        ),
+    ];
+    for (script, challenges) in &cases {
+        let (_n, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
+        say(&mut c, script).await;
+        for challenge in challenges {
+            assert_eq!(&read(&mut c).await, challenge, "{script}");
+        }
+        assert_eq!(read(&mut c).await, "OK \"Logged in.\"\r\n", "{script}");
+    }
+    assert_eq!(logins.load(Ordering::SeqCst), cases.len() as u32);
+}
+
+#[tokio::test]
+async fn cancel_and_malformed_responses_are_refused() {
+    let (port, _) = backend().await;
+    let (_n, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
+    say(&mut c, "AUTHENTICATE \"PLAIN\"\r\n\"*\"\r\n").await;
+    assert_eq!(read(&mut c).await, "\"\"\r\n");
+    assert_eq!(read(&mut c).await, "NO \"Authentication cancelled\"\r\n");
+    say(&mut c, "AUTHENTICATE \"PLAIN\" \"!!!\"\r\nAUTHENTICATE \"CRAM-MD5\"\r\nAUTHENTICATE \"PLAIN\" x\r\n").await;
+    assert_eq!(read(&mut c).await, "NO \"Invalid SASL response: invalid base64\"\r\n");
+    assert_eq!(read(&mut c).await, "NO \"Unsupported authentication mechanism\"\r\n");
+    assert_eq!(read(&mut c).await, "NO \"The initial response must be a string\"\r\n");
+    say(&mut c, "AUTHENTICATE \"PLAIN\"\r\nnotastring\r\n").await;
+    read(&mut c).await;
+    let expected = "NO \"Invalid SASL response: expected one quoted string or literal\"\r\n";
+    assert_eq!(read(&mut c).await, expected);
+    assert_eq!(read(&mut c).await, "BYE \"Too many failed authentication attempts\"\r\n");
+}
+
+#[tokio::test]
+async fn refusals_are_relayed_as_sent_and_count_without_tripping_the_breaker() {
+    let (port, _) = backend().await;
+    let (node, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\n", b64("alice", "literal"))).await;
+    // The backend's literal string travels intact.
+    assert_eq!(read(&mut c).await, "NO {9}\r\n");
+    assert_eq!(read(&mut c).await, "nope\r\n");
+    assert_eq!(read(&mut c).await, "no!\r\n");
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\n", b64("alice", "wrong"))).await;
+    assert_eq!(read(&mut c).await, "NO \"Authentication failed.\"\r\n");
+    assert_eq!(rest(&mut c).await, "BYE \"Too many failed authentication attempts\"\r\n");
+    assert!(node.breakers.health().iter().all(|(_, h)| h.consecutive_failures == 0 && !h.down));
+}
+
+#[tokio::test]
+async fn an_oauth_error_challenge_is_acknowledged_and_the_refusal_relayed() {
+    let (port, _) = backend().await;
+    let (_n, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
+    let token = b64_text("user=alice\u{1}auth=Bearer tok\u{1}\u{1}");
+    say(&mut c, &format!("AUTHENTICATE \"XOAUTH2\" \"{token}\"\r\n")).await;
+    assert_eq!(read(&mut c).await, "NO \"Token expired\"\r\n");
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_is_trylater_and_opens_the_breaker() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (node, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\n", b64("alice", "secret"))).await;
+    assert_eq!(read(&mut c).await, "NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n");
+    let health = node.breakers.health();
+    assert_eq!(health[0].0, "legacy");
+    assert!(health[0].1.down, "threshold 2 with one retry: one login opens it");
+}
+
+#[tokio::test]
+async fn an_uncached_account_gets_trylater_when_the_control_plane_is_down() {
+    let (port, logins) = backend().await;
+    let (_n, mut c, _) = session(port, None, listener(true, "")).await;
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\n", b64("alice", "secret"))).await;
+    assert!(read(&mut c).await.starts_with("NO (TRYLATER)"));
+    assert_eq!(logins.load(Ordering::SeqCst), 0, "never the default backend");
+}
+
+#[tokio::test]
+async fn cleartext_authentication_is_refused_unless_the_listener_allows_it() {
+    let (port, logins) = backend().await;
+    let (_n, mut c, greeting) = session(port, Some(HashMap::new()), listener(false, "")).await;
+    assert!(greeting.contains("\"SASL\" \"\"\r\n"), "{greeting}");
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\n", b64("alice", "secret"))).await;
+    let refused = "NO (ENCRYPT-NEEDED) \"Authentication is disabled on this connection before TLS\"\r\n";
+    assert_eq!(read(&mut c).await, refused);
+    assert_eq!(logins.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn starttls_is_advertised_on_a_starttls_listener_and_answered_until_tls_is_integrated() {
+    let (port, _) = backend().await;
+    let mut config = listener(false, "");
+    config.tls = TlsMode::Starttls;
+    let (_n, mut c, greeting) = session(port, Some(HashMap::new()), config).await;
+    assert!(greeting.contains("\"STARTTLS\"\r\n"), "{greeting}");
+    say(&mut c, "STARTTLS\r\n").await;
+    assert_eq!(read(&mut c).await, "NO \"STARTTLS not available yet\"\r\n");
+}
+
+#[tokio::test]
+async fn pre_auth_commands_and_garbage() {
+    let (port, _) = backend().await;
+    let (_n, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
+    let script = "NOOP\r\nnoop \"tag 1\"\r\nNOOP {3+}\r\na\nb\r\nLISTSCRIPTS\r\n\"bad\"\r\nNOOP a b\r\nLOGOUT\r\n";
+    say(&mut c, script).await;
+    assert_eq!(read(&mut c).await, "OK \"NOOP completed\"\r\n");
+    assert_eq!(read(&mut c).await, "OK (TAG \"tag 1\") \"NOOP completed\"\r\n");
+    assert_eq!(read(&mut c).await, "OK (TAG {3}\r\n");
+    assert_eq!(read(&mut c).await, "a\n");
+    assert_eq!(read(&mut c).await, "b) \"NOOP completed\"\r\n");
+    assert_eq!(read(&mut c).await, "NO \"Unknown command or not valid before authentication\"\r\n");
+    assert_eq!(read(&mut c).await, "NO \"command name must be an atom\"\r\n");
+    assert_eq!(read(&mut c).await, "NO \"Too many arguments\"\r\n");
+    assert_eq!(read(&mut c).await, "OK \"Logout complete\"\r\n");
+    assert_eq!(rest(&mut c).await, "");
+
+    let (_n, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
+    say(&mut c, &"GARBAGE\r\n".repeat(20)).await;
+    let all = rest(&mut c).await;
+    assert_eq!(all.lines().count(), 10, "{all}");
+    assert!(all.ends_with("BYE \"Too many invalid commands\"\r\n"), "{all}");
+}
+
+#[tokio::test]
+async fn an_idle_client_is_dropped_at_the_pre_auth_deadline() {
+    let (port, _) = backend().await;
+    let (_n, mut c, _) = session(port, Some(HashMap::new()), listener(true, "preauth_timeout = \"200ms\"")).await;
+    say(&mut c, "AUTHENTICATE \"PLAIN\"\r\n").await;
+    assert_eq!(read(&mut c).await, "\"\"\r\n");
+    assert_eq!(rest(&mut c).await, "BYE \"Pre-authentication timeout\"\r\n");
+}
+
+#[test]
+fn literal_sizes_at_line_ends() {
+    assert_eq!(literal_size(b"NO {12}"), Some(12));
+    assert_eq!(literal_size(b"\"SIEVE\" {8+}"), Some(8));
+    assert_eq!(literal_size(b"NO \"{12}\""), None);
+    assert_eq!(literal_size(b"NO {}"), None);
+    assert_eq!(literal_size(b"NO {1x}"), None);
+}

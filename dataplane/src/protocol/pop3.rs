@@ -1,0 +1,355 @@
+//! POP3 on the client leg (RFC 1939, 2449 CAPA, 5034 AUTH, 3206 response codes): the
+//! proxy's own greeting and AUTHORIZATION-state commands, USER/PASS and AUTH, then the
+//! credential replayed to the backend as one AUTH and the backend's verdict relayed as is.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::backend::{excerpt, status_is, BackendConn, Dialect, Login, Verdict};
+use crate::codec::line::LineBuffer;
+use crate::codec::mechanism::{Credential, Mechanism};
+use crate::config::TlsMode;
+use crate::error::{Error, Result};
+use crate::pipeline::{Route, SessionCtx};
+
+/// Erroneous commands tolerated before the client is disconnected.
+const MAX_BAD_COMMANDS: u32 = 10;
+/// RFC 2449 §4: a command line is at most 255 octets including CRLF; RFC 5034 §4 moves a
+/// longer initial response to the first continuation.
+const MAX_COMMAND_LINE: usize = 255;
+const UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] Backend temporarily unavailable, try again later\r\n";
+/// No RFC 3206 code fits a policy refusal: `[AUTH]` would make clients ask for a new
+/// password, and `[SYS/PERM]` is untrue when STLS would cure it.
+const CLEARTEXT_REFUSED: &[u8] = b"-ERR Plaintext authentication disallowed on non-secure connection\r\n";
+
+/// Serves one POP3 client: pre-auth conversation, then the bridge to its backend.
+pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+    let lines = LineBuffer::new(ctx.listener.max_line_length);
+    let deadline = Instant::now() + ctx.listener.preauth_timeout;
+    let mut session = Session { ctx, client: stream, lines, deadline, user: None, failures: 0, bad: 0 };
+    match session.run().await {
+        Ok(Some((route, backend))) => {
+            let Session { ctx, client, mut lines, .. } = session;
+            let (stream, pending) = backend.into_parts();
+            ctx.bridge(&route, client, lines.take_remaining(), stream, pending).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
+    }
+}
+
+/// One client in the AUTHORIZATION state. `client` is the only stream field and every
+/// read goes through [`Session::fill`], so the TLS integration swaps the stream in one place.
+struct Session<S> {
+    ctx: SessionCtx,
+    client: S,
+    lines: LineBuffer,
+    deadline: Instant,
+    /// The name from `USER`, waiting for `PASS`.
+    user: Option<String>,
+    failures: u32,
+    bad: u32,
+}
+
+/// What an authentication command ended in.
+enum Outcome {
+    Authenticated(Route, BackendConn),
+    Rejected,
+    /// Answered without an authentication attempt (refusal, cancel, syntax).
+    Answered,
+    Closed,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
+    async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
+        self.send(b"+OK Switchyard ready\r\n").await?;
+        loop {
+            let Some(line) = self.next_line().await? else {
+                return Ok(None);
+            };
+            let (keyword, arg) = split_command(&line);
+            let outcome = match keyword.as_str() {
+                "CAPA" => {
+                    let capa = self.capabilities();
+                    self.send(capa.as_bytes()).await?;
+                    continue;
+                }
+                "QUIT" => {
+                    self.send(b"+OK Switchyard signing off\r\n").await?;
+                    return Ok(None);
+                }
+                "STLS" => {
+                    self.stls().await?;
+                    continue;
+                }
+                "USER" => self.user(arg).await?,
+                "PASS" => self.pass(arg).await?,
+                "AUTH" => self.auth(arg).await?,
+                _ => self.bad(b"-ERR Unknown command or not valid before authentication\r\n").await?,
+            };
+            match outcome {
+                Outcome::Authenticated(route, backend) => return Ok(Some((route, backend))),
+                Outcome::Rejected => {
+                    self.failures += 1;
+                    // POP3 has no unsolicited responses: the relayed -ERR was the last word.
+                    if self.failures >= self.ctx.listener.max_auth_attempts {
+                        return Ok(None);
+                    }
+                }
+                Outcome::Answered => {}
+                Outcome::Closed => return Ok(None),
+            }
+        }
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        auth::credentials_allowed(&self.ctx.listener, false)
+    }
+
+    fn capabilities(&self) -> String {
+        let mut capa = String::from("+OK Capability list follows\r\nCAPA\r\n");
+        if self.plaintext_allowed() {
+            capa.push_str(&format!("USER\r\nSASL {}\r\n", Mechanism::advertised()));
+        }
+        if self.ctx.listener.tls == TlsMode::Starttls {
+            capa.push_str("STLS\r\n");
+        }
+        capa.push_str("RESP-CODES\r\nAUTH-RESP-CODE\r\nIMPLEMENTATION Switchyard\r\n.\r\n");
+        capa
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.client.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Answers an erroneous command; past the limit the answer also closes the session.
+    async fn bad(&mut self, reply: &[u8]) -> Result<Outcome> {
+        self.bad += 1;
+        if self.bad >= MAX_BAD_COMMANDS {
+            self.send(b"-ERR Too many invalid commands\r\n").await?;
+            return Ok(Outcome::Closed);
+        }
+        self.send(reply).await?;
+        Ok(Outcome::Answered)
+    }
+
+    /// The next command line; over-long lines are answered here.
+    async fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) => return Ok(Some(line)),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    if let Outcome::Closed = self.bad(format!("-ERR {e}\r\n").as_bytes()).await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads more client bytes before the pre-auth deadline; false when the client left.
+    async fn fill(&mut self) -> Result<bool> {
+        let mut buf = [0u8; 4096];
+        match timeout_at(self.deadline, self.client.read(&mut buf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(n)) => {
+                self.lines.push(&buf[..n]);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                self.send(b"-ERR Pre-authentication timeout\r\n").await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn stls(&mut self) -> Result<()> {
+        let reply: &[u8] = match self.ctx.listener.tls {
+            // STARTTLS: upgraded by the TLS integration.
+            TlsMode::Starttls => b"-ERR STLS not available yet\r\n",
+            TlsMode::Implicit => b"-ERR Already using TLS\r\n",
+            TlsMode::Plain => b"-ERR STLS not offered on this connection\r\n",
+        };
+        self.send(reply).await
+    }
+
+    async fn user(&mut self, arg: Option<&[u8]>) -> Result<Outcome> {
+        if !self.plaintext_allowed() {
+            // Refused at USER so the password is never asked for.
+            self.send(CLEARTEXT_REFUSED).await?;
+            return Ok(Outcome::Answered);
+        }
+        match arg.filter(|a| !a.is_empty()).map(std::str::from_utf8) {
+            Some(Ok(name)) => {
+                self.user = Some(name.to_owned());
+                self.send(b"+OK Send the password\r\n").await?;
+                Ok(Outcome::Answered)
+            }
+            Some(Err(_)) => self.bad(b"-ERR The user name must be UTF-8\r\n").await,
+            None => self.bad(b"-ERR USER expects a user name\r\n").await,
+        }
+    }
+
+    async fn pass(&mut self, arg: Option<&[u8]>) -> Result<Outcome> {
+        // RFC 1939: a failed PASS needs a new USER, so the name is consumed either way.
+        let Some(user) = self.user.take() else {
+            return self.bad(b"-ERR Send USER first\r\n").await;
+        };
+        match arg.filter(|a| !a.is_empty()).map(std::str::from_utf8) {
+            Some(Ok(pass)) => self.replay(Credential::password(&user, pass)).await,
+            Some(Err(_)) => self.bad(b"-ERR The password must be UTF-8\r\n").await,
+            None => self.bad(b"-ERR PASS expects a password\r\n").await,
+        }
+    }
+
+    async fn auth(&mut self, arg: Option<&[u8]>) -> Result<Outcome> {
+        let Some(arg) = arg.filter(|a| !a.is_empty()) else {
+            // Not in RFC 5034, but clients probe with a bare AUTH for the mechanism list.
+            let mut list = String::from("+OK\r\n");
+            if self.plaintext_allowed() {
+                Mechanism::ALL.iter().for_each(|m| list.push_str(&format!("{m}\r\n")));
+            }
+            list.push_str(".\r\n");
+            self.send(list.as_bytes()).await?;
+            return Ok(Outcome::Answered);
+        };
+        let mut words = arg.splitn(2, |&b| b == b' ');
+        let name = words.next().and_then(|n| std::str::from_utf8(n).ok());
+        let initial = words.next().map(<[u8]>::to_vec);
+        let Some(mechanism) = name.and_then(Mechanism::from_name) else {
+            return self.bad(b"-ERR Unsupported authentication mechanism\r\n").await;
+        };
+        if !self.plaintext_allowed() {
+            self.send(CLEARTEXT_REFUSED).await?;
+            return Ok(Outcome::Answered);
+        }
+        let reply = match auth::exchange(self, mechanism, initial.as_deref()).await {
+            Ok(SaslOutcome::Done(credential)) => return self.replay(credential).await,
+            Ok(SaslOutcome::Closed) => return Ok(Outcome::Closed),
+            Ok(SaslOutcome::Cancelled) => {
+                self.send(b"-ERR Authentication cancelled\r\n").await?;
+                return Ok(Outcome::Answered);
+            }
+            Ok(SaslOutcome::Invalid(e)) => format!("-ERR Invalid SASL response: {e}\r\n"),
+            Err(Error::Client(why)) => format!("-ERR Invalid SASL response: {why}\r\n"),
+            Err(e) => return Err(e),
+        };
+        self.send(reply.as_bytes()).await?;
+        Ok(Outcome::Rejected)
+    }
+
+    /// Steps 4–6 through the shared pipeline; the verdict line is relayed as the backend sent it.
+    async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
+        match self.ctx.login(&Pop3, &credential).await {
+            Ok(Login::Accepted { route, backend, verdict }) => {
+                self.relay(&verdict).await?;
+                Ok(Outcome::Authenticated(route, backend))
+            }
+            Ok(Login::Rejected(verdict)) => {
+                self.relay(&verdict).await?;
+                Ok(Outcome::Rejected)
+            }
+            Err(Error::Client(why)) => {
+                tracing::debug!(reason = %why, "login refused");
+                self.send(b"-ERR [AUTH] Authentication failed\r\n").await?;
+                Ok(Outcome::Rejected)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "backend unavailable");
+                self.send(UNAVAILABLE).await?;
+                Ok(Outcome::Rejected)
+            }
+        }
+    }
+
+    async fn relay(&mut self, verdict: &Verdict) -> Result<()> {
+        let mut out = Vec::new();
+        for line in &verdict.lines {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.send(&out).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.send(&auth::plus_challenge(challenge)).await?;
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) => return Ok(Some(line)),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(Error::Client(e.to_string())),
+            }
+        }
+    }
+}
+
+/// A command line as its upper-cased keyword and the text after the first space (kept
+/// exactly: RFC 1939 lets a password contain spaces).
+fn split_command(line: &[u8]) -> (String, Option<&[u8]>) {
+    let (keyword, arg) = match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], line.get(i + 1..)),
+        None => (line, None),
+    };
+    (String::from_utf8_lossy(keyword).to_ascii_uppercase(), arg)
+}
+
+/// `+` or `+ <base64>`: a SASL continuation, as opposed to `+OK`.
+fn is_continuation(line: &[u8]) -> bool {
+    line == b"+" || line.starts_with(b"+ ")
+}
+
+/// The POP3 backend: `+OK` greeting, then `AUTH <mech> <initial-response>` (RFC 5034).
+struct Pop3;
+
+impl Dialect for Pop3 {
+    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
+        let greeting = conn.read_line().await?;
+        if status_is(&greeting, b"+OK") {
+            Ok(())
+        } else {
+            Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
+        }
+    }
+
+    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+        let (mechanism, payload) = credential.replay();
+        let inline = format!("AUTH {mechanism} {payload}\r\n");
+        let mut pending = if inline.len() <= MAX_COMMAND_LINE {
+            conn.send(inline.as_bytes()).await?;
+            None
+        } else {
+            conn.send(format!("AUTH {mechanism}\r\n").as_bytes()).await?;
+            Some(payload)
+        };
+        loop {
+            let line = conn.read_line().await?;
+            if is_continuation(&line) {
+                let reply = pending.take().unwrap_or_else(|| auth::extra_challenge_response(mechanism).to_owned());
+                conn.send(format!("{reply}\r\n").as_bytes()).await?;
+            } else if status_is(&line, b"+OK") || status_is(&line, b"-ERR") {
+                return Ok(Verdict { accepted: line.starts_with(b"+"), lines: vec![line] });
+            } else {
+                return Err(Error::Client(format!("unexpected AUTH reply {:?}", excerpt(&line))));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

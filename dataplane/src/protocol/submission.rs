@@ -1,0 +1,343 @@
+//! SMTP submission on the client leg (RFC 6409, 4954 AUTH, 3207 STARTTLS): the proxy's own
+//! greeting and pre-auth commands, AUTH with `334` challenges, then the credential replayed
+//! to the backend as one AUTH after the proxy's own EHLO, the verdict relayed as is and the
+//! session bridged (the backend already saw EHLO, so the client's MAIL FROM is valid there).
+
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::backend::{BackendConn, Dialect, Login, Verdict};
+use crate::codec::mechanism::{Credential, Mechanism};
+use crate::codec::smtp::{self, Command, CommandParser, Extensions, Hello, Reply, ReplyBuilder};
+use crate::config::TlsMode;
+use crate::error::{Error, Result};
+use crate::pipeline::{Route, SessionCtx};
+
+/// Erroneous commands tolerated before the client is disconnected.
+const MAX_BAD_COMMANDS: u32 = 10;
+/// RFC 5321 §4.5.3.1.4: the classic command line limit. RFC 4954 §4 has a client move an
+/// initial response that would not fit to the first `334` instead.
+const MAX_COMMAND_LINE: usize = 512;
+/// 421 tells the client the proxy closes the connection, which it then does.
+const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try again later\r\n";
+
+pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+    let parser = CommandParser::new(ctx.listener.max_line_length);
+    let deadline = Instant::now() + ctx.listener.preauth_timeout;
+    let mut session =
+        Session { ctx, client: stream, parser, deadline, tls_active: false, greeted: false, failures: 0, bad: 0 };
+    match session.run().await {
+        Ok(Some((route, backend))) => {
+            let Session { ctx, client, mut parser, .. } = session;
+            let (stream, pending) = backend.into_parts();
+            ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
+    }
+}
+
+/// One client before authentication. `client` is the only stream field and every read
+/// goes through [`Session::fill`], so the TLS integration swaps the stream in one place.
+struct Session<S> {
+    ctx: SessionCtx,
+    client: S,
+    parser: CommandParser,
+    deadline: Instant,
+    tls_active: bool,
+    /// EHLO or HELO seen: RFC 4954 §4 allows AUTH only after it.
+    greeted: bool,
+    failures: u32,
+    bad: u32,
+}
+
+/// What an AUTH command ended in.
+enum Outcome {
+    Authenticated(Route, BackendConn),
+    Rejected,
+    /// Answered without an authentication attempt (refusal, cancel, syntax).
+    Answered,
+    /// The client left, or was told (421) that the proxy closes the connection.
+    Closed,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+    /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
+    async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
+        let greeting = format!("220 {} ESMTP Switchyard\r\n", self.ctx.node.id);
+        self.send(greeting.as_bytes()).await?;
+        loop {
+            let Some(command) = self.next_command().await? else {
+                return Ok(None);
+            };
+            let outcome = match command {
+                Command::Hello { verb: Hello::Ehlo, .. } => {
+                    self.greeted = true;
+                    let reply = self.ehlo_reply();
+                    self.send(&reply).await?;
+                    Outcome::Answered
+                }
+                Command::Hello { verb: Hello::Helo, .. } => {
+                    self.greeted = true;
+                    self.send(format!("250 {}\r\n", self.ctx.node.id).as_bytes()).await?;
+                    Outcome::Answered
+                }
+                Command::Noop | Command::Rset => self.answer(b"250 2.0.0 Ok\r\n").await?,
+                Command::Quit => {
+                    self.send(b"221 2.0.0 Bye\r\n").await?;
+                    return Ok(None);
+                }
+                Command::StartTls => self.starttls().await?,
+                Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await?,
+                Command::Mail { .. } | Command::Rcpt { .. } | Command::Data => {
+                    self.answer(b"530 5.7.0 Authentication required\r\n").await?
+                }
+                Command::Vrfy => self.answer(b"252 2.5.2 Cannot VRFY user\r\n").await?,
+                Command::Help => self.answer(b"214 2.0.0 See RFC 6409\r\n").await?,
+                Command::Hello { verb: Hello::Lhlo, .. } | Command::Unknown(_) => {
+                    self.answer(b"502 5.5.2 Command not recognized\r\n").await?
+                }
+            };
+            match outcome {
+                Outcome::Authenticated(route, backend) => return Ok(Some((route, backend))),
+                Outcome::Rejected => {
+                    self.failures += 1;
+                    if self.failures >= self.ctx.listener.max_auth_attempts {
+                        self.send(b"421 4.7.0 Too many authentication failures\r\n").await?;
+                        return Ok(None);
+                    }
+                }
+                Outcome::Answered => {}
+                Outcome::Closed => return Ok(None),
+            }
+        }
+    }
+
+    fn credentials_allowed(&self) -> bool {
+        auth::credentials_allowed(&self.ctx.listener, self.tls_active)
+    }
+
+    fn offers_starttls(&self) -> bool {
+        self.ctx.listener.tls == TlsMode::Starttls && !self.tls_active
+    }
+
+    /// PIPELINING holds: commands are answered strictly in order from the buffer.
+    fn ehlo_reply(&self) -> Vec<u8> {
+        let auth = format!("AUTH {}", Mechanism::advertised());
+        let mut lines = vec![self.ctx.node.id.as_str(), "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"];
+        if self.offers_starttls() {
+            lines.push("STARTTLS");
+        }
+        if self.credentials_allowed() {
+            lines.push(&auth);
+        }
+        smtp::format_reply(250, &lines)
+    }
+
+    async fn starttls(&mut self) -> Result<Outcome> {
+        if !self.offers_starttls() {
+            return self.answer(b"502 5.5.1 STARTTLS not offered\r\n").await;
+        }
+        // STARTTLS: upgraded by the TLS integration (answer 220, swap `client` for the TLS
+        // stream, drop buffered bytes, set `tls_active` and forget EHLO per RFC 3207 §4.2).
+        self.answer(b"454 4.7.0 TLS not available yet\r\n").await
+    }
+
+    async fn auth(&mut self, mechanism: &str, initial: Option<Vec<u8>>) -> Result<Outcome> {
+        if !self.greeted {
+            return self.answer(b"503 5.5.1 Send EHLO first\r\n").await;
+        }
+        if !self.credentials_allowed() {
+            return self.answer(b"538 5.7.11 Encryption required for requested authentication mechanism\r\n").await;
+        }
+        let Some(mechanism) = Mechanism::from_name(mechanism) else {
+            return self.answer(b"504 5.5.4 Unrecognized authentication type\r\n").await;
+        };
+        match auth::exchange(self, mechanism, initial.as_deref()).await? {
+            SaslOutcome::Done(credential) => self.replay(credential).await,
+            SaslOutcome::Cancelled => self.answer(b"501 5.7.0 Authentication cancelled\r\n").await,
+            SaslOutcome::Invalid(e) => {
+                self.send(format!("501 5.5.2 Invalid SASL response: {e}\r\n").as_bytes()).await?;
+                Ok(Outcome::Rejected)
+            }
+            SaslOutcome::Closed => Ok(Outcome::Closed),
+        }
+    }
+
+    /// Steps 4–6 through the shared pipeline; the backend's reply is relayed as is.
+    async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
+        let dialect = Submission { name: self.ctx.node.id.clone(), extensions: OnceLock::new() };
+        match self.ctx.login(&dialect, &credential).await {
+            Ok(Login::Accepted { route, backend, verdict }) => {
+                self.relay(&verdict).await?;
+                Ok(Outcome::Authenticated(route, backend))
+            }
+            Ok(Login::Rejected(verdict)) => {
+                self.relay(&verdict).await?;
+                // A backend closing with 421 takes the client session with it.
+                let closing = verdict.lines.first().is_some_and(|l| l.starts_with(b"421"));
+                Ok(if closing { Outcome::Closed } else { Outcome::Rejected })
+            }
+            Err(Error::Client(why)) => {
+                tracing::debug!(reason = %why, "login refused");
+                self.send(b"535 5.7.8 Authentication credentials invalid\r\n").await?;
+                Ok(Outcome::Rejected)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "backend unavailable");
+                self.send(UNAVAILABLE).await?;
+                Ok(Outcome::Closed)
+            }
+        }
+    }
+
+    async fn relay(&mut self, verdict: &Verdict) -> Result<()> {
+        let mut out = Vec::new();
+        for line in &verdict.lines {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.send(&out).await
+    }
+
+    async fn answer(&mut self, reply: &[u8]) -> Result<Outcome> {
+        self.send(reply).await?;
+        Ok(Outcome::Answered)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.client.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Reads until one complete command; answers syntax errors itself.
+    async fn next_command(&mut self) -> Result<Option<Command>> {
+        loop {
+            match self.parser.next_command() {
+                Ok(Some(command)) => return Ok(Some(command)),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => {
+                    self.bad += 1;
+                    self.send(&smtp::syntax_reply(&e)).await?;
+                    if self.bad >= MAX_BAD_COMMANDS {
+                        self.send(b"421 4.7.0 Too many errors, closing connection\r\n").await?;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads more client bytes before the pre-auth deadline; false when the client left.
+    async fn fill(&mut self) -> Result<bool> {
+        let mut buf = [0u8; 4096];
+        match timeout_at(self.deadline, self.client.read(&mut buf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(n)) => {
+                self.parser.push(&buf[..n]);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => {
+                self.send(b"421 4.4.2 Timeout before authentication, closing connection\r\n").await?;
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.send(format!("334 {}\r\n", STANDARD.encode(challenge)).as_bytes()).await?;
+        loop {
+            match self.parser.next_line() {
+                Ok(Some(line)) => return Ok(Some(line)),
+                Ok(None) => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(Error::Client(e.to_string())),
+            }
+        }
+    }
+}
+
+/// The submission backend: `220` greeting, the proxy's own EHLO, then one `AUTH`.
+struct Submission {
+    /// The name the proxy gives in EHLO.
+    name: String,
+    /// What the backend's EHLO offered; XCLIENT is kept for client-identity forwarding.
+    extensions: OnceLock<Extensions>,
+}
+
+impl Dialect for Submission {
+    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
+        let greeting = read_reply(conn).await?;
+        if greeting.code != 220 {
+            return Err(unexpected("greeting", &greeting));
+        }
+        conn.send(format!("EHLO {}\r\n", self.name).as_bytes()).await?;
+        let ehlo = read_reply(conn).await?;
+        if ehlo.code != 250 {
+            return Err(unexpected("EHLO reply", &ehlo));
+        }
+        let _ = self.extensions.set(Extensions::from_ehlo(&ehlo));
+        Ok(())
+    }
+
+    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+        // A backend offering no AUTH (say Postfix with smtpd_tls_auth_only on a plain leg)
+        // cannot judge the credentials; its refusal must not count as a wrong password.
+        if self.extensions.get().is_some_and(|e| e.auth.is_empty()) {
+            return Err(Error::Client("the backend offers no AUTH".into()));
+        }
+        let (mechanism, payload) = credential.replay();
+        // RFC 4954 §4: `=` is the empty initial response.
+        let payload = if payload.is_empty() { "=".to_owned() } else { payload };
+        let inline = format!("AUTH {mechanism} {payload}\r\n");
+        let mut pending = if inline.len() <= MAX_COMMAND_LINE {
+            conn.send(inline.as_bytes()).await?;
+            None
+        } else {
+            conn.send(format!("AUTH {mechanism}\r\n").as_bytes()).await?;
+            Some(payload)
+        };
+        loop {
+            let reply = read_reply(conn).await?;
+            if reply.code != 334 {
+                return Ok(Verdict { accepted: reply.code == 235, lines: reply.lines });
+            }
+            let response = pending.take().unwrap_or_else(|| auth::extra_challenge_response(mechanism).to_owned());
+            conn.send(format!("{response}\r\n").as_bytes()).await?;
+        }
+    }
+}
+
+/// One (possibly multi-line) reply from the backend.
+async fn read_reply(conn: &mut BackendConn) -> Result<Reply> {
+    let mut builder = ReplyBuilder::default();
+    loop {
+        let line = conn.read_line().await?;
+        if let Some(reply) = builder.push_line(line).map_err(|e| Error::Client(format!("backend: {e}")))? {
+            return Ok(reply);
+        }
+    }
+}
+
+fn unexpected(what: &str, reply: &Reply) -> Error {
+    Error::Client(format!("unexpected {what} {:?}", reply.excerpt()))
+}
+
+#[cfg(test)]
+mod tests;

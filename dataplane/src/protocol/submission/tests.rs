@@ -1,0 +1,305 @@
+//! Submission session tests against a scripted SMTP backend on port 0 (the real-Postfix
+//! interop lives in the workspace `tests/`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use futures::future::{BoxFuture, FutureExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
+use crate::node::Node;
+use crate::pipeline::SessionCtx;
+use crate::route::{Resolved, Resolver, RouteError};
+use crate::settings::FleetSettings;
+use switchyard_proto::v1 as pb;
+
+/// Every account on `legacy` (the default), or no answer at all (control plane down).
+struct Table(bool);
+
+impl Resolver for Table {
+    fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
+        let answer = if self.0 {
+            Ok(Resolved { destination: "legacy".into(), mapped: false })
+        } else {
+            Err(RouteError::Unavailable("control plane down".into()))
+        };
+        async move { answer }.boxed()
+    }
+}
+
+/// A scripted submission server: EHLO, then `alice`/`secret` over AUTH PLAIN (or an
+/// XOAUTH2 token `good`), then each line echoed as `250 ECHO <line>`. Counts its logins.
+async fn backend() -> (u16, Arc<AtomicU32>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let logins = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&logins);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(converse(s, Arc::clone(&seen)));
+        }
+    });
+    (port, logins)
+}
+
+async fn next(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    line.trim_end().to_string()
+}
+
+async fn converse(s: TcpStream, logins: Arc<AtomicU32>) {
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"220 scripted ESMTP\r\n").await.unwrap();
+    assert_eq!(next(&mut r).await, "EHLO t");
+    w.write_all(b"250-scripted\r\n250-AUTH PLAIN LOGIN XOAUTH2\r\n250 XCLIENT ADDR\r\n").await.unwrap();
+    let auth = next(&mut r).await;
+    assert!(auth.len() + 2 <= 512, "RFC 4954 moves a long initial response to the 334 step");
+    let mut words = auth.split(' ').skip(1);
+    let mechanism = words.next().unwrap().to_string();
+    let payload = match words.next() {
+        Some(p) => p.to_string(),
+        None => {
+            w.write_all(b"334 \r\n").await.unwrap();
+            next(&mut r).await
+        }
+    };
+    let ok = match mechanism.as_str() {
+        "PLAIN" => {
+            let creds = decode_plain(payload.as_bytes()).unwrap();
+            creds.authcid.to_lowercase() == "alice@example.test" && creds.password == "secret"
+        }
+        "XOAUTH2" => {
+            let raw = String::from_utf8(STANDARD.decode(&payload).unwrap()).unwrap();
+            let good = raw.contains("auth=Bearer good");
+            if !good {
+                // The OAuth error challenge: the client must acknowledge it with %x01.
+                w.write_all(b"334 eyJzdGF0dXMiOiI0MDEifQ==\r\n").await.unwrap();
+                assert_eq!(next(&mut r).await, "AQ==");
+            }
+            good
+        }
+        other => panic!("the proxy replays PLAIN or the OAuth mechanism, not {other}"),
+    };
+    if !ok {
+        w.write_all(b"535-5.7.8 Sorry\r\n535 5.7.8 Authentication credentials invalid\r\n").await.unwrap();
+        return;
+    }
+    logins.fetch_add(1, Ordering::SeqCst);
+    w.write_all(b"235 2.7.0 Authentication successful\r\n").await.unwrap();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        w.write_all(format!("250 ECHO {line}").as_bytes()).await.unwrap();
+    }
+}
+
+/// A node whose destinations both point at `port`, serving one submission client.
+async fn session(port: u16, control_plane_up: bool, allow_plaintext: bool) -> (Arc<Node>, BufReader<TcpStream>) {
+    let node = Node::new("t".into(), Arc::new(Table(control_plane_up)), CancellationToken::new());
+    let mut settings = crate::settings::tests::sample();
+    settings.breaker.as_mut().unwrap().failure_threshold = 2;
+    for d in &mut settings.destinations {
+        d.endpoints = vec![pb::Endpoint { protocol: "submission".into(), port: u32::from(port), tls: "plain".into() }];
+    }
+    node.apply_settings(FleetSettings::try_from(settings).unwrap());
+    let toml = format!(
+        "[listener.s]\nprotocol = \"submission\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\n\
+         allow_plaintext_auth = {allow_plaintext}\nmax_auth_attempts = 2\n\
+         [control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
+    );
+    let config = Arc::new(crate::config::Config::from_toml_str(&toml).unwrap().listener["s"].clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::clone(&node);
+    tokio::spawn(async move {
+        while let Ok((stream, client)) = listener.accept().await {
+            let ctx = SessionCtx {
+                node: Arc::clone(&served),
+                listener_id: "s".into(),
+                listener: Arc::clone(&config),
+                client,
+            };
+            tokio::spawn(super::serve(ctx, stream));
+        }
+    });
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert_eq!(read(&mut client).await, "220 t ESMTP Switchyard\r\n");
+    (node, client)
+}
+
+async fn read(c: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
+    line
+}
+
+/// Sends `s` and reads one whole reply (every line of a multi-line one).
+async fn ask(c: &mut BufReader<TcpStream>, s: &str) -> String {
+    c.get_mut().write_all(s.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    loop {
+        let line = read(c).await;
+        reply.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return reply;
+        }
+    }
+}
+
+fn plain(user: &str, pass: &str) -> String {
+    encode_plain(&Credentials { authzid: String::new(), authcid: user.into(), password: pass.into() })
+}
+
+async fn closed(c: &mut BufReader<TcpStream>) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.unwrap().unwrap();
+    rest.is_empty()
+}
+
+#[tokio::test]
+async fn auth_plain_with_initial_response_is_replayed_relayed_and_bridged() {
+    let (port, logins) = backend().await;
+    let (_node, mut c) = session(port, true, true).await;
+    let ehlo = ask(&mut c, "EHLO client.example\r\n").await;
+    assert_eq!(
+        ehlo,
+        "250-t\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n\
+         250 AUTH PLAIN LOGIN OAUTHBEARER XOAUTH2\r\n"
+    );
+    assert_eq!(ask(&mut c, "MAIL FROM:<alice@example.test>\r\n").await, "530 5.7.0 Authentication required\r\n");
+    // MAIL pipelined behind AUTH must reach the backend after the verdict, not get lost.
+    let auth = format!("AUTH PLAIN {}\r\nMAIL FROM:<alice@example.test>\r\n", plain("Alice@example.test", "secret"));
+    assert_eq!(ask(&mut c, &auth).await, "235 2.7.0 Authentication successful\r\n");
+    assert_eq!(read(&mut c).await, "250 ECHO MAIL FROM:<alice@example.test>\r\n");
+    assert_eq!(ask(&mut c, "RCPT TO:<bob@example.test>\r\n").await, "250 ECHO RCPT TO:<bob@example.test>\r\n");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn auth_plain_and_login_through_334_challenges() {
+    let (port, logins) = backend().await;
+    let (_n, mut c) = session(port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    assert_eq!(ask(&mut c, "AUTH PLAIN\r\n").await, "334 \r\n");
+    assert_eq!(
+        ask(&mut c, &format!("{}\r\n", plain("alice@example.test", "secret"))).await,
+        "235 2.7.0 Authentication successful\r\n"
+    );
+
+    let (_n, mut c) = session(port, true, true).await;
+    ask(&mut c, "HELO c\r\n").await;
+    let user = STANDARD.encode("alice@example.test");
+    assert_eq!(ask(&mut c, &format!("auth login {user}\r\n")).await, "334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(
+        ask(&mut c, &format!("{}\r\n", STANDARD.encode("secret"))).await,
+        "235 2.7.0 Authentication successful\r\n"
+    );
+
+    let (_n, mut c) = session(port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    assert_eq!(ask(&mut c, "AUTH LOGIN\r\n").await, "334 VXNlcm5hbWU6\r\n");
+    assert_eq!(ask(&mut c, &format!("{user}\r\n")).await, "334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(ask(&mut c, "*\r\n").await, "501 5.7.0 Authentication cancelled\r\n");
+    assert!(ask(&mut c, "AUTH PLAIN !!!\r\n").await.starts_with("501 5.5.2 Invalid SASL response"));
+    assert_eq!(logins.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn long_oauth_responses_go_in_the_continuation_and_error_challenges_are_acknowledged() {
+    let (port, logins) = backend().await;
+    let token =
+        |t: &str| STANDARD.encode(format!("user=alice@example.test\x01auth=Bearer {t}{}\x01\x01", "x".repeat(600)));
+    let (_n, mut c) = session(port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    let ok = ask(&mut c, &format!("AUTH XOAUTH2 {}\r\n", token("good"))).await;
+    assert_eq!(ok, "235 2.7.0 Authentication successful\r\n");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+
+    let (_n, mut c) = session(port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    let refused = ask(&mut c, &format!("AUTH XOAUTH2 {}\r\n", token("bad"))).await;
+    assert_eq!(refused, "535-5.7.8 Sorry\r\n535 5.7.8 Authentication credentials invalid\r\n");
+}
+
+#[tokio::test]
+async fn rejected_credentials_count_and_do_not_trip_the_breaker() {
+    let (port, _) = backend().await;
+    let (node, mut c) = session(port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    let wrong = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "wrong"));
+    assert!(ask(&mut c, &wrong).await.ends_with("535 5.7.8 Authentication credentials invalid\r\n"));
+    let mut second = ask(&mut c, &wrong).await;
+    second.push_str(&read(&mut c).await);
+    assert!(second.ends_with("421 4.7.0 Too many authentication failures\r\n"), "{second}");
+    assert!(closed(&mut c).await);
+    assert!(node.breakers.health().iter().all(|(_, h)| h.consecutive_failures == 0 && !h.down));
+}
+
+#[tokio::test]
+async fn an_unavailable_backend_or_control_plane_is_421_and_close() {
+    let closed_port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (node, mut c) = session(closed_port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    let auth = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "secret"));
+    assert_eq!(ask(&mut c, &auth).await, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
+    assert!(closed(&mut c).await);
+    assert!(node.breakers.health()[0].1.down, "threshold 2 with one retry: one login opens it");
+
+    let (port, logins) = backend().await;
+    let (_n, mut c) = session(port, false, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    assert_eq!(ask(&mut c, &auth).await, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
+    assert_eq!(logins.load(Ordering::SeqCst), 0, "never the default backend");
+}
+
+#[tokio::test]
+async fn pre_auth_commands_policy_and_bad_input() {
+    let (port, _) = backend().await;
+    let (_n, mut c) = session(port, true, false).await;
+    assert_eq!(ask(&mut c, "AUTH PLAIN\r\n").await, "503 5.5.1 Send EHLO first\r\n");
+    let ehlo = ask(&mut c, "EHLO c\r\n").await;
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    assert_eq!(
+        ask(&mut c, "AUTH PLAIN\r\n").await,
+        "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+    );
+    let script = "NOOP\r\nRSET\r\nSTARTTLS\r\nLHLO x\r\nAUTH\r\nMAIL FROM:<a@b\r\nVRFY x\r\nDATA\r\n";
+    c.get_mut().write_all(script.as_bytes()).await.unwrap();
+    for expected in [
+        "250 2.0.0 Ok",
+        "250 2.0.0 Ok",
+        "502 5.5.1 STARTTLS not offered",
+        "502 5.5.2 Command not recognized",
+        "501 5.5.4 Syntax error: AUTH needs a mechanism",
+        "501 5.5.4 Syntax error: unterminated address",
+        "252 2.5.2 Cannot VRFY user",
+        "530 5.7.0 Authentication required",
+    ] {
+        assert_eq!(read(&mut c).await, format!("{expected}\r\n"));
+    }
+    assert_eq!(ask(&mut c, "QUIT\r\n").await, "221 2.0.0 Bye\r\n");
+    assert!(closed(&mut c).await);
+
+    let (_n, mut c) = session(port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    assert_eq!(ask(&mut c, "AUTH CRAM-MD5\r\n").await, "504 5.5.4 Unrecognized authentication type\r\n");
+    for _ in 0..9 {
+        assert!(ask(&mut c, "MAIL FROM:<\r\n").await.starts_with("501 5.5.4"));
+    }
+    assert!(ask(&mut c, "MAIL FROM:<\r\n").await.starts_with("501 5.5.4"));
+    assert_eq!(read(&mut c).await, "421 4.7.0 Too many errors, closing connection\r\n");
+}
