@@ -8,13 +8,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::codec::line::LineBuffer;
 use crate::codec::mechanism::Credential;
+use crate::config::TlsMode;
 use crate::error::{Error, Result};
-use crate::pipeline::{Route, SessionCtx};
+use crate::pipeline::{BackendTlsError, Route, SessionCtx};
+use crate::tls::MaybeTls;
 
 /// The backend's longest acceptable response line (capability lists can be long).
 const MAX_LINE: usize = 64 * 1024;
@@ -23,13 +24,13 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A backend connection while the proxy still speaks to it line by line.
 pub struct BackendConn {
-    stream: TcpStream,
+    stream: MaybeTls,
     lines: LineBuffer,
     deadline: Instant,
 }
 
 impl BackendConn {
-    fn new(stream: TcpStream, deadline: Instant) -> Self {
+    fn new(stream: MaybeTls, deadline: Instant) -> Self {
         Self { stream, lines: LineBuffer::new(MAX_LINE), deadline }
     }
 
@@ -74,7 +75,7 @@ impl BackendConn {
     }
 
     /// The stream and whatever the backend already sent past the verdict.
-    pub fn into_parts(mut self) -> (TcpStream, Vec<u8>) {
+    pub fn into_parts(mut self) -> (MaybeTls, Vec<u8>) {
         let rest = self.lines.take_remaining();
         (self.stream, rest)
     }
@@ -93,6 +94,12 @@ pub trait Dialect: Sync {
     /// Reads the greeting (and does whatever must precede authentication). An error means
     /// the backend is not healthy and counts against its breaker.
     fn greet(&self, conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send;
+    /// Sends the protocol's STARTTLS and reads its go-ahead.
+    fn starttls(&self, conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send;
+    /// What the protocol redoes once TLS is up (SMTP's EHLO, ManageSieve's capabilities).
+    fn after_tls(&self, _conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
     /// Sends the credential as one SASL command and reads the verdict.
     fn authenticate(
         &self,
@@ -128,21 +135,46 @@ impl SessionCtx {
         }
     }
 
-    /// Connects and greets; only this part counts for the breaker.
+    /// Connects, greets and, for a STARTTLS endpoint, upgrades the leg; only this part
+    /// counts for the breaker.
     async fn establish<D: Dialect>(&self, route: &Route, dialect: &D) -> Result<BackendConn> {
         let (stream, permit) = self.connect(route).await?;
         let wait = self.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(AUTH_TIMEOUT);
         let mut conn = BackendConn::new(stream, Instant::now() + wait);
-        match dialect.greet(&mut conn).await {
-            Ok(()) => {
+        let greeted = match dialect.greet(&mut conn).await {
+            Ok(()) if route.endpoint.tls == TlsMode::Starttls => self.starttls(route, dialect, conn).await,
+            Ok(()) => Ok(conn),
+            Err(e) => Err(BackendTlsError::Backend(e.to_string())),
+        };
+        match greeted {
+            Ok(conn) => {
                 permit.success();
                 Ok(conn)
             }
-            Err(e) => {
+            Err(BackendTlsError::Node(e)) => Err(e),
+            Err(BackendTlsError::Backend(e)) => {
                 permit.failure();
                 Err(Error::backend(&route.destination.id, e))
             }
         }
+    }
+
+    /// The protocol's STARTTLS, the handshake, and what the protocol redoes after it.
+    async fn starttls<D: Dialect>(
+        &self,
+        route: &Route,
+        dialect: &D,
+        mut conn: BackendConn,
+    ) -> Result<BackendConn, BackendTlsError> {
+        let backend = |e: Error| BackendTlsError::Backend(e.to_string());
+        dialect.starttls(&mut conn).await.map_err(backend)?;
+        // Anything the backend sent after its go-ahead was not protected: refuse it.
+        if !conn.lines.is_empty() {
+            return Err(BackendTlsError::Backend("data after the STARTTLS reply".into()));
+        }
+        conn.stream = self.backend_tls(route, conn.stream).await?;
+        dialect.after_tls(&mut conn).await.map_err(backend)?;
+        Ok(conn)
     }
 }
 

@@ -117,9 +117,10 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
             tracing::error!(error = %e, "health endpoint failed");
         }
     });
+    let acceptor = tls::TlsAcceptor::from_config(&config.tls).map_err(|e| Error::Client(e.to_string()))?;
     let sessions = TaskTracker::new();
     for bound in bound.listeners {
-        background.spawn(listener::serve(Arc::clone(&node), bound, sessions.clone()));
+        background.spawn(listener::serve(Arc::clone(&node), bound, acceptor.clone(), sessions.clone()));
     }
     shutdown.cancelled().await;
     tracing::info!(live = node.sessions.active_total(), "shutting down; draining sessions");

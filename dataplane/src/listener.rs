@@ -8,10 +8,11 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, TlsMode};
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
 use crate::protocol;
+use crate::tls::{MaybeTls, TlsAcceptor};
 
 /// A listener from the config with its sockets already bound (fail fast at start-up).
 pub struct BoundListener {
@@ -21,15 +22,15 @@ pub struct BoundListener {
 }
 
 /// Accepts until shutdown. Past `max_connections` a client gets the protocol's busy reply.
-pub async fn serve(node: Arc<Node>, bound: BoundListener, sessions: TaskTracker) {
+pub async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAcceptor>, sessions: TaskTracker) {
     let limit = Arc::new(Semaphore::new(bound.config.max_connections));
     let id: Arc<str> = Arc::from(bound.id.as_str());
     let config = Arc::new(bound.config);
     let accepts = TaskTracker::new();
     for socket in bound.sockets {
         let node = Arc::clone(&node);
-        let (id, config, limit, sessions) =
-            (Arc::clone(&id), Arc::clone(&config), Arc::clone(&limit), sessions.clone());
+        let (id, config, limit, sessions, tls) =
+            (Arc::clone(&id), Arc::clone(&config), Arc::clone(&limit), sessions.clone(), tls.clone());
         accepts.spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -49,6 +50,7 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, sessions: TaskTracker)
                     listener_id: Arc::clone(&id),
                     listener: Arc::clone(&config),
                     client,
+                    tls: tls.clone(),
                 };
                 let span = tracing::info_span!("conn", listener = %id, protocol = %config.protocol, client = %client);
                 match Arc::clone(&limit).try_acquire_owned() {
@@ -56,6 +58,17 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, sessions: TaskTracker)
                         sessions.spawn(
                             async move {
                                 let _guard = ctx.node.sessions.connection(ctx.protocol());
+                                let stream = MaybeTls::Plain(stream);
+                                let stream = match ctx.listener.tls {
+                                    TlsMode::Implicit => match ctx.accept_tls(stream).await {
+                                        Ok(stream) => stream,
+                                        Err(e) => {
+                                            tracing::debug!(error = %e, "client TLS handshake failed");
+                                            return;
+                                        }
+                                    },
+                                    _ => stream,
+                                };
                                 protocol::serve(ctx, stream).await;
                                 drop(permit);
                             }

@@ -16,6 +16,7 @@ use crate::idle::{Activity, Watched};
 use crate::node::Node;
 use crate::routekey::redact;
 use crate::settings::{Destination, Endpoint};
+use crate::tls::{Connector, MaybeTls, TlsAcceptor};
 
 /// Everything a protocol session needs to know about where it runs.
 #[derive(Clone)]
@@ -24,6 +25,15 @@ pub struct SessionCtx {
     pub listener_id: Arc<str>,
     pub listener: Arc<ListenerConfig>,
     pub client: SocketAddr,
+    /// The node's certificates, when it has any (implicit TLS and STARTTLS).
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Why a backend TLS handshake failed: the node's own set-up, or the backend.
+#[derive(Debug)]
+pub enum BackendTlsError {
+    Node(Error),
+    Backend(String),
 }
 
 /// Where one login goes.
@@ -110,16 +120,14 @@ impl SessionCtx {
                 &destination.id,
                 "credentials may not cross a plain backend leg (allow_plaintext_auth = false)",
             )),
-            TlsMode::Plain => Ok(endpoint),
-            TlsMode::Starttls | TlsMode::Implicit => {
-                Err(Error::unavailable(&destination.id, "backend TLS is not available in this build"))
-            }
+            TlsMode::Plain | TlsMode::Starttls | TlsMode::Implicit => Ok(endpoint),
         }
     }
 
-    /// Step 6 (transport): breaker gate, connect timeout and retries. The caller settles
-    /// the permit once the backend greeted (success) or failed to (failure).
-    pub async fn connect(&self, route: &Route) -> Result<(TcpStream, Permit)> {
+    /// Step 6 (transport): breaker gate, connect timeout and retries, and the TLS
+    /// handshake for an implicit-TLS endpoint. The caller settles the permit once the
+    /// backend greeted (success) or failed to (failure).
+    pub async fn connect(&self, route: &Route) -> Result<(MaybeTls, Permit)> {
         let dest = &route.destination;
         let breaker = self.node.breakers.get(&dest.id);
         let settings = self.node.settings().map(|s| s.breaker);
@@ -132,7 +140,14 @@ impl SessionCtx {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok((stream, permit));
+                    if route.endpoint.tls != TlsMode::Implicit {
+                        return Ok((MaybeTls::Plain(stream), permit));
+                    }
+                    match self.backend_tls(route, MaybeTls::Plain(stream)).await {
+                        Ok(stream) => return Ok((stream, permit)),
+                        Err(BackendTlsError::Node(e)) => return Err(e),
+                        Err(BackendTlsError::Backend(e)) => last = e,
+                    }
                 }
                 Ok(Err(e)) => last = e.to_string(),
                 Err(_) => last = format!("connect timed out after {timeout:?}"),
@@ -141,6 +156,38 @@ impl SessionCtx {
             tracing::debug!(destination = %dest.id, attempt, error = %last, "backend connect failed");
         }
         Err(Error::backend(&dest.id, last))
+    }
+
+    /// The TLS handshake on a backend leg (implicit, or after the protocol's STARTTLS).
+    /// A problem on the node's side (its client certificate, a bad server name) is not
+    /// the backend's fault and is kept apart so it does not feed the breaker.
+    pub async fn backend_tls(&self, route: &Route, stream: MaybeTls) -> Result<MaybeTls, BackendTlsError> {
+        let dest = &route.destination;
+        let wait = self.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(Duration::from_secs(10));
+        match tokio::time::timeout(wait, stream.connect(Connector::global(), dest)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                Err(BackendTlsError::Node(Error::unavailable(&dest.id, format!("TLS set-up: {e}"))))
+            }
+            Ok(Err(e)) => Err(BackendTlsError::Backend(format!("TLS handshake: {e}"))),
+            Err(_) => Err(BackendTlsError::Backend("TLS handshake timed out".into())),
+        }
+    }
+
+    /// Whether the client may still ask for STARTTLS on this connection.
+    pub fn starttls_offered(&self, client: &MaybeTls) -> bool {
+        self.listener.tls == TlsMode::Starttls && self.tls.is_some() && !client.is_tls()
+    }
+
+    /// The client-leg TLS handshake (implicit TLS, or after the STARTTLS go-ahead), bounded
+    /// by the pre-auth timeout.
+    pub async fn accept_tls(&self, client: MaybeTls) -> Result<MaybeTls> {
+        let acceptor = self.tls.as_ref().ok_or_else(|| Error::Client("no certificate for TLS".into()))?;
+        match tokio::time::timeout(self.listener.preauth_timeout, client.accept(acceptor)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(Error::Client(format!("TLS handshake: {e}"))),
+            Err(_) => Err(Error::Client("TLS handshake timed out".into())),
+        }
     }
 
     /// Step 7: relays bytes both ways until one side closes, the session is kicked or

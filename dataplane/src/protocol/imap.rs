@@ -2,59 +2,83 @@
 //! LOGIN and AUTHENTICATE PLAIN, then the credential replayed to the backend as one
 //! AUTHENTICATE PLAIN and the backend's verdict relayed under the client's tag.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{excerpt, BackendConn, Dialect, Login, Verdict};
+use crate::backend::{excerpt, status_is, BackendConn, Dialect, Login, Verdict};
 use crate::codec::imap::{Arg, Command, Event, ImapParser};
 use crate::codec::mechanism::{Credential, Mechanism};
+use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::pipeline::{Route, SessionCtx};
+use crate::tls::MaybeTls;
 
 /// Parse errors tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
 
-pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
-    let parser = ImapParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size);
+pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { ctx, client: stream, parser, deadline, failures: 0, bad: 0 };
-    match session.run().await {
-        Ok(Some((route, backend))) => {
-            let Session { ctx, client, mut parser, .. } = session;
-            let (stream, pending) = backend.into_parts();
-            ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+    let mut session = Session { parser: parser(&ctx), ctx, client: stream, deadline, failures: 0, bad: 0 };
+    loop {
+        match session.run().await {
+            Ok(End::Authenticated(route, backend)) => {
+                let Session { ctx, client, mut parser, .. } = session;
+                let (stream, pending) = backend.into_parts();
+                ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+                return;
+            }
+            Ok(End::StartTls) => match session.upgrade().await {
+                Ok(upgraded) => session = upgraded,
+                Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
+            },
+            Ok(End::Closed) => return,
+            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
     }
 }
 
-struct Session<S> {
+fn parser(ctx: &SessionCtx) -> ImapParser {
+    ImapParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size)
+}
+
+struct Session {
     ctx: SessionCtx,
-    client: S,
+    client: MaybeTls,
     parser: ImapParser,
     deadline: Instant,
     failures: u32,
     bad: u32,
 }
 
+/// How the pre-auth conversation ended.
+enum End {
+    Authenticated(Route, BackendConn),
+    /// The client asked for TLS and was told to go ahead.
+    StartTls,
+    Closed,
+}
+
 /// What a login attempt ended in.
 enum Outcome {
     Authenticated(Route, BackendConn),
     Rejected,
+    /// The client left (or timed out) in the middle of it.
+    Closed,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
-    async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
-        let greeting = format!("* OK [CAPABILITY {}] Switchyard ready\r\n", self.capabilities());
-        self.send(greeting.as_bytes()).await?;
+impl Session {
+    /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
+    async fn run(&mut self) -> Result<End> {
+        // After STARTTLS the client re-issues CAPABILITY itself; no second greeting.
+        if !self.client.is_tls() || self.ctx.listener.tls == TlsMode::Implicit {
+            let greeting = format!("* OK [CAPABILITY {}] Switchyard ready\r\n", self.capabilities());
+            self.send(greeting.as_bytes()).await?;
+        }
         loop {
             let command = match self.next_command().await? {
                 Some(c) => c,
-                None => return Ok(None),
+                None => return Ok(End::Closed),
             };
             let tag = command.tag.clone();
             let outcome = match command.name.as_str() {
@@ -75,7 +99,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "LOGOUT" => {
                     let bye = format!("* BYE Logging out\r\n{tag} OK LOGOUT completed\r\n");
                     self.send(bye.as_bytes()).await?;
-                    return Ok(None);
+                    return Ok(End::Closed);
+                }
+                "STARTTLS" if self.ctx.starttls_offered(&self.client) => {
+                    self.send(format!("{tag} OK Begin TLS negotiation now\r\n").as_bytes()).await?;
+                    return Ok(End::StartTls);
                 }
                 "LOGIN" => self.login(command).await?,
                 "AUTHENTICATE" => self.authenticate(command).await?,
@@ -85,12 +113,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             match outcome {
-                Some(Outcome::Authenticated(route, backend)) => return Ok(Some((route, backend))),
+                Some(Outcome::Authenticated(route, backend)) => return Ok(End::Authenticated(route, backend)),
+                Some(Outcome::Closed) => return Ok(End::Closed),
                 Some(Outcome::Rejected) => {
                     self.failures += 1;
                     if self.failures >= self.ctx.listener.max_auth_attempts {
                         self.send(b"* BYE Too many authentication failures\r\n").await?;
-                        return Ok(None);
+                        return Ok(End::Closed);
                     }
                 }
                 None => {}
@@ -99,11 +128,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 
     fn plaintext_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, false)
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
+    }
+
+    /// Completes STARTTLS: the handshake, then a fresh parser, so nothing the client
+    /// pipelined in plaintext after the command survives into the encrypted session.
+    async fn upgrade(self) -> Result<Session> {
+        let client = self.ctx.accept_tls(self.client).await?;
+        Ok(Session { client, parser: parser(&self.ctx), ..self })
     }
 
     fn capabilities(&self) -> String {
         let mut caps = String::from("IMAP4rev1 SASL-IR LITERAL+ ID");
+        if self.ctx.starttls_offered(&self.client) {
+            caps.push_str(" STARTTLS");
+        }
         if self.plaintext_allowed() {
             for mechanism in Mechanism::ALL {
                 caps.push_str(" AUTH=");
@@ -201,7 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 self.send(format!("{tag} BAD Invalid SASL response: {e}\r\n").as_bytes()).await?;
                 Ok(Some(Outcome::Rejected))
             }
-            SaslOutcome::Closed => Ok(None),
+            SaslOutcome::Closed => Ok(Some(Outcome::Closed)),
         }
     }
 
@@ -246,7 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+impl SaslChannel for Session {
     async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
         self.send(&auth::plus_challenge(challenge)).await?;
         loop {
@@ -274,6 +313,19 @@ impl Dialect for Imap {
             Ok(())
         } else {
             Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
+        }
+    }
+
+    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
+        conn.send(b"S0 STARTTLS\r\n").await?;
+        loop {
+            let line = conn.read_line().await?;
+            if let Some(rest) = line.strip_prefix(b"S0 ") {
+                return match status_is(rest, b"OK") {
+                    true => Ok(()),
+                    false => Err(Error::Client(format!("STARTTLS refused: {:?}", excerpt(rest)))),
+                };
+            }
         }
     }
 

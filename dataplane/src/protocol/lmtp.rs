@@ -8,8 +8,8 @@ mod message;
 
 use std::time::Duration;
 
+use crate::tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use crate::codec::smtp::{self, Command, CommandParser, Hello};
@@ -44,7 +44,7 @@ const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try agai
 /// One client read; the message passes through in pieces of at most this size.
 const READ_CHUNK: usize = 8 * 1024;
 
-pub async fn serve(ctx: SessionCtx, stream: TcpStream, flavor: Flavor) {
+pub async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
     let started = Instant::now();
     let parser = CommandParser::new(ctx.listener.max_line_length);
     let mut session = Session {

@@ -2,8 +2,8 @@
 //! non-authenticated commands, AUTHENTICATE with quoted-string or literal responses, then
 //! the credential replayed to the backend as one AUTHENTICATE and its verdict relayed as is.
 
+use crate::tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
@@ -21,7 +21,7 @@ const MAX_BACKEND_RESPONSE: usize = 64 * 1024;
 const UNAVAILABLE: &[u8] = b"NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n";
 
 /// Serves one ManageSieve client: pre-auth conversation, then the bridge to its backend.
-pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let parser = SieveParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
     let mut session = Session { ctx, client: stream, parser, deadline, failures: 0, bad: 0 };
@@ -323,6 +323,21 @@ impl Dialect for ManageSieve {
                 return Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&line))));
             }
         }
+    }
+
+    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
+        conn.send(b"STARTTLS\r\n").await?;
+        let reply = read_response(conn).await?;
+        if status_is(&reply, b"OK") {
+            Ok(())
+        } else {
+            Err(Error::Client(format!("STARTTLS refused: {:?}", excerpt(&reply))))
+        }
+    }
+
+    /// RFC 5804 §2.2: after TLS the server sends its capabilities again, ending in OK.
+    async fn after_tls(&self, conn: &mut BackendConn) -> Result<()> {
+        self.greet(conn).await
     }
 
     async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {

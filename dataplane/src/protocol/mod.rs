@@ -6,13 +6,12 @@ pub mod managesieve;
 pub mod pop3;
 pub mod submission;
 
-use tokio::net::TcpStream;
-
 use crate::config::Protocol;
 use crate::pipeline::SessionCtx;
+use crate::tls::MaybeTls;
 
 /// Serves one client connection with the listener's protocol.
-pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     match ctx.protocol() {
         Protocol::Imap => imap::serve(ctx, stream).await,
         Protocol::Pop3 => pop3::serve(ctx, stream).await,

@@ -2,8 +2,8 @@
 //! proxy's own greeting and AUTHORIZATION-state commands, USER/PASS and AUTH, then the
 //! credential replayed to the backend as one AUTH and the backend's verdict relayed as is.
 
+use crate::tls::MaybeTls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
@@ -25,7 +25,7 @@ const UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] Backend temporarily unavailable, tr
 const CLEARTEXT_REFUSED: &[u8] = b"-ERR Plaintext authentication disallowed on non-secure connection\r\n";
 
 /// Serves one POP3 client: pre-auth conversation, then the bridge to its backend.
-pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let lines = LineBuffer::new(ctx.listener.max_line_length);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
     let mut session = Session { ctx, client: stream, lines, deadline, user: None, failures: 0, bad: 0 };
@@ -324,6 +324,16 @@ impl Dialect for Pop3 {
             Ok(())
         } else {
             Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
+        }
+    }
+
+    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
+        conn.send(b"STLS\r\n").await?;
+        let reply = conn.read_line().await?;
+        if status_is(&reply, b"+OK") {
+            Ok(())
+        } else {
+            Err(Error::Client(format!("STLS refused: {:?}", excerpt(&reply))))
         }
     }
 

@@ -3,12 +3,12 @@
 //! to the backend as one AUTH after the proxy's own EHLO, the verdict relayed as is and the
 //! session bridged (the backend already saw EHLO, so the client's MAIL FROM is valid there).
 
-use std::sync::OnceLock;
+use std::sync::Mutex;
 
+use crate::tls::MaybeTls;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
@@ -27,7 +27,7 @@ const MAX_COMMAND_LINE: usize = 512;
 /// 421 tells the client the proxy closes the connection, which it then does.
 const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try again later\r\n";
 
-pub async fn serve(ctx: SessionCtx, stream: TcpStream) {
+pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let parser = CommandParser::new(ctx.listener.max_line_length);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
     let mut session =
@@ -172,7 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
 
     /// Steps 4–6 through the shared pipeline; the backend's reply is relayed as is.
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
-        let dialect = Submission { name: self.ctx.node.id.clone(), extensions: OnceLock::new() };
+        let dialect = Submission { name: self.ctx.node.id.clone(), extensions: Mutex::new(None) };
         match self.ctx.login(&dialect, &credential).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.relay(&verdict).await?;
@@ -278,7 +278,20 @@ struct Submission {
     /// The name the proxy gives in EHLO.
     name: String,
     /// What the backend's EHLO offered; XCLIENT is kept for client-identity forwarding.
-    extensions: OnceLock<Extensions>,
+    /// Replaced after STARTTLS: a backend may offer AUTH only once TLS is up.
+    extensions: Mutex<Option<Extensions>>,
+}
+
+impl Submission {
+    async fn ehlo(&self, conn: &mut BackendConn) -> Result<()> {
+        conn.send(format!("EHLO {}\r\n", self.name).as_bytes()).await?;
+        let ehlo = read_reply(conn).await?;
+        if ehlo.code != 250 {
+            return Err(unexpected("EHLO reply", &ehlo));
+        }
+        *self.extensions.lock().unwrap_or_else(|e| e.into_inner()) = Some(Extensions::from_ehlo(&ehlo));
+        Ok(())
+    }
 }
 
 impl Dialect for Submission {
@@ -287,19 +300,27 @@ impl Dialect for Submission {
         if greeting.code != 220 {
             return Err(unexpected("greeting", &greeting));
         }
-        conn.send(format!("EHLO {}\r\n", self.name).as_bytes()).await?;
-        let ehlo = read_reply(conn).await?;
-        if ehlo.code != 250 {
-            return Err(unexpected("EHLO reply", &ehlo));
+        self.ehlo(conn).await
+    }
+
+    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
+        conn.send(b"STARTTLS\r\n").await?;
+        let reply = read_reply(conn).await?;
+        if reply.code != 220 {
+            return Err(unexpected("STARTTLS reply", &reply));
         }
-        let _ = self.extensions.set(Extensions::from_ehlo(&ehlo));
         Ok(())
+    }
+
+    /// RFC 3207: everything learnt before TLS is forgotten; EHLO again.
+    async fn after_tls(&self, conn: &mut BackendConn) -> Result<()> {
+        self.ehlo(conn).await
     }
 
     async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
         // A backend offering no AUTH (say Postfix with smtpd_tls_auth_only on a plain leg)
         // cannot judge the credentials; its refusal must not count as a wrong password.
-        if self.extensions.get().is_some_and(|e| e.auth.is_empty()) {
+        if self.extensions.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|e| e.auth.is_empty()) {
             return Err(Error::Client("the backend offers no AUTH".into()));
         }
         let (mechanism, payload) = credential.replay();

@@ -102,12 +102,13 @@ async fn session(
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let ctx = SessionCtx {
+                tls: None,
                 node: Arc::clone(&served),
                 listener_id: "imap".into(),
                 listener: Arc::clone(&config),
                 client,
             };
-            tokio::spawn(super::serve(ctx, stream));
+            tokio::spawn(super::serve(ctx, stream.into()));
         }
     });
     let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());

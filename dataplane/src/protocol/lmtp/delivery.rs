@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use crate::tls::MaybeTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::codec::smtp::{Reply, ReplyParser};
@@ -23,7 +23,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// An open transaction at one destination: MAIL was accepted there.
 pub(super) struct Delivery {
     destination: String,
-    stream: TcpStream,
+    stream: MaybeTls,
     replies: ReplyParser,
 }
 

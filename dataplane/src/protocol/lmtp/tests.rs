@@ -163,12 +163,13 @@ async fn session(
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let ctx = SessionCtx {
+                tls: None,
                 node: Arc::clone(&served),
                 listener_id: "m".into(),
                 listener: Arc::clone(&config),
                 client,
             };
-            tokio::spawn(super::serve(ctx, stream, flavor));
+            tokio::spawn(super::serve(ctx, stream.into(), flavor));
         }
     });
     let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());

@@ -118,8 +118,9 @@ async fn session(
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let listener = Arc::clone(&config);
-            let ctx = SessionCtx { node: Arc::clone(&served), listener_id: "sieve".into(), listener, client };
-            tokio::spawn(super::serve(ctx, stream));
+            let ctx =
+                SessionCtx { tls: None, node: Arc::clone(&served), listener_id: "sieve".into(), listener, client };
+            tokio::spawn(super::serve(ctx, stream.into()));
         }
     });
     let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
