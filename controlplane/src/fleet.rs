@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::commands::CommandLog;
+use crate::outbox::Outbox;
 
 /// What goes down one node's Session stream.
 pub type Outbound = mpsc::Sender<Result<pb::ControlMessage, tonic::Status>>;
@@ -26,6 +27,19 @@ struct NodeEntry {
     report_at: Option<Instant>,
     applied: (String, u64),
     pending: HashMap<String, oneshot::Sender<pb::CommandAck>>,
+    outbox: Outbox,
+}
+
+impl NodeEntry {
+    /// Sends the node's merged route changes if it acked what was in flight.
+    fn flush(&mut self) {
+        let (Some(tx), Some(update)) = (&self.tx, self.outbox.ready(self.applied.1)) else { return };
+        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update.clone())) };
+        if tx.try_send(Ok(message)).is_err() {
+            // The stream is full or gone: keep the changes for the next ack or resync.
+            self.outbox.requeue(update, self.applied.1);
+        }
+    }
 }
 
 /// One node's result for a fleet-wide command or write.
@@ -87,7 +101,8 @@ impl Fleet {
     }
 
     /// Registers a node's new stream; a new instance id starts its counters afresh.
-    pub fn connect(&self, hello: pb::Hello, applied: (String, u64), tx: Outbound) -> u64 {
+    /// `in_flight` is the revision of a replay already queued on `tx` (0: none).
+    pub fn connect(&self, hello: pb::Hello, applied: (String, u64), in_flight: u64, tx: Outbound) -> u64 {
         let stream_id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
         let mut nodes = self.lock();
@@ -101,6 +116,7 @@ impl Fleet {
             report_at: None,
             applied: applied.clone(),
             pending: HashMap::new(),
+            outbox: Outbox::default(),
         });
         if entry.hello.instance_id != hello.instance_id {
             entry.report = None;
@@ -112,6 +128,7 @@ impl Fleet {
         entry.connected_at = now;
         entry.last_seen = now;
         entry.applied = applied;
+        entry.outbox = Outbox::new(in_flight);
         stream_id
     }
 
@@ -139,7 +156,10 @@ impl Fleet {
                 entry.report = Some(report);
                 entry.report_at = Some(Instant::now());
             }
-            Kind::RevisionAck(ack) => entry.applied = (ack.epoch, ack.revision),
+            Kind::RevisionAck(ack) => {
+                entry.applied = (ack.epoch, ack.revision);
+                entry.flush();
+            }
             Kind::CommandAck(ack) => {
                 self.log.acked(&ack.command_id, node_id);
                 if let Some(waiter) = entry.pending.remove(&ack.command_id) {
@@ -185,13 +205,12 @@ impl Fleet {
         self.lock().values().filter_map(|e| e.tx.clone().map(|tx| (e.hello.node_id.clone(), tx))).collect()
     }
 
-    /// Sends a route update to every connected node (in the caller's revision order).
-    pub async fn push(&self, update: pb::RouteUpdate) {
-        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update)) };
-        for (node_id, tx) in self.senders() {
-            if tx.send(Ok(message.clone())).await.is_err() {
-                tracing::debug!(node = %node_id, "route update not delivered: stream closed");
-            }
+    /// Queues a route update for every connected node (call in revision order): sent at
+    /// once to a node that acked everything, merged into the next update otherwise.
+    pub fn push(&self, update: pb::RouteUpdate) {
+        for entry in self.lock().values_mut().filter(|e| e.tx.is_some()) {
+            entry.outbox.add(&update);
+            entry.flush();
         }
     }
 

@@ -55,6 +55,10 @@ impl Control for ControlService {
     type SessionStream = Outbound;
 
     async fn session(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<Outbound>, Status> {
+        if !self.shared.admission.try_admit() {
+            // The node retries with its jittered backoff; the fleet trickles back in.
+            return Err(Status::unavailable("too many nodes connecting at once; retry later"));
+        }
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
             .await
@@ -77,6 +81,7 @@ impl Control for ControlService {
             } else {
                 (hello.epoch.clone(), hello.last_revision)
             };
+            let in_flight = replay.as_ref().map_or(0, |u| u.revision);
             let mut first = vec![pb::control_message::Kind::Welcome(welcome)];
             first.extend(replay.map(pb::control_message::Kind::RouteUpdate));
             for kind in first {
@@ -84,7 +89,7 @@ impl Control for ControlService {
                     .map_err(|_| Status::internal("session buffer full"))?;
             }
             tracing::info!(node = %hello.node_id, instance = %hello.instance_id, version = %hello.version, "node connected");
-            let stream_id = shared.fleet.connect(hello.clone(), applied, tx.clone());
+            let stream_id = shared.fleet.connect(hello.clone(), applied, in_flight, tx.clone());
             // Commands this node missed while away; one that does not fit is replayed on
             // its next connect.
             for command in shared.fleet.log.pending_for(&hello.node_id) {

@@ -4,6 +4,7 @@
 //! `main.rs` loads the config, calls [`bind`] (fail fast) and [`run`]; tests do the same
 //! with port 0.
 
+pub mod admission;
 pub mod api;
 pub mod commands;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod metrics;
+pub mod outbox;
 pub mod state;
 pub mod store;
 

@@ -8,6 +8,7 @@ use switchyard_proto::v1 as pb;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, NodeResult};
@@ -24,6 +25,8 @@ pub struct Shared {
     /// Cancelled when the control plane stops: ends every node Session so the gRPC
     /// server's graceful shutdown does not wait on streams that never end by themselves.
     pub shutdown: CancellationToken,
+    /// Bounds how fast node Sessions are admitted.
+    pub admission: Admission,
 }
 
 /// How one identifier resolves.
@@ -49,6 +52,7 @@ impl Shared {
             lowercase: config.mapping.normalize == crate::config::Normalize::Lowercase,
         };
         let fleet = Fleet::new(config.server.heartbeat_interval);
+        let admission = Admission::new(config.grpc.session_rate, config.grpc.session_burst);
         Arc::new(Self {
             config,
             store,
@@ -57,6 +61,7 @@ impl Shared {
             rule,
             writes: Mutex::new(()),
             shutdown: CancellationToken::new(),
+            admission,
         })
     }
 
@@ -105,7 +110,7 @@ impl Shared {
             revision,
             changes: vec![pb::RouteChange { key: key.to_string(), change: Some(change) }],
         };
-        self.fleet.push(update).await;
+        self.fleet.push(update);
         drop(guard);
         let nodes = self.fleet.wait_applied(self.epoch(), revision, self.config.api.ack_timeout).await;
         Ok(Some(Written { revision, nodes }))

@@ -73,6 +73,17 @@ impl ControlPlane {
         Self::start_with(dir, config).await
     }
 
+    /// Like [`start`](Self::start) with the config text passed through `edit` first.
+    pub async fn start_edited(
+        destinations: &[(&str, u16)],
+        default: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = edit(controlplane_toml(&dir.path().join("mappings.db"), destinations, default));
+        Self::start_with(dir, config).await
+    }
+
     /// With destination tables from [`destination_toml`] (any protocols, TLS, forwarding).
     pub async fn start_destinations(destination_tables: &str, default: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;

@@ -23,6 +23,8 @@ const NODES_PER_CHANNEL: usize = 25;
 /// One simulated node's view: the revision it acked last and how many commands it acked.
 #[derive(Default)]
 pub struct SimState {
+    /// Sessions the control plane refused (admission) before this node got in.
+    pub refused: AtomicU64,
     pub applied: AtomicU64,
     pub commands: AtomicU64,
     pub welcomed: AtomicU64,
@@ -59,6 +61,10 @@ impl SimFleet {
         self.nodes.iter().map(|(_, s)| s.applied.load(Ordering::Acquire)).min().unwrap_or(0)
     }
 
+    pub fn refused(&self) -> u64 {
+        self.nodes.iter().map(|(_, s)| s.refused.load(Ordering::Acquire)).sum()
+    }
+
     pub fn welcomed(&self) -> usize {
         self.nodes.iter().filter(|(_, s)| s.welcomed.load(Ordering::Acquire) > 0).count()
     }
@@ -78,7 +84,7 @@ async fn run(channel: Channel, token: String, id: String, state: Arc<SimState>, 
         req.metadata_mut().insert("authorization", bearer.clone());
         Ok(req)
     });
-    let (tx, rx) = mpsc::channel(64);
+    let (mut tx, mut rx) = mpsc::channel(64);
     let hello = pb::Hello {
         node_id: id.clone(),
         instance_id: format!("{id}-instance"),
@@ -86,11 +92,30 @@ async fn run(channel: Channel, token: String, id: String, state: Arc<SimState>, 
         ..Default::default()
     };
     let send = |kind| pb::NodeMessage { kind: Some(kind) };
-    if tx.send(send(pb::node_message::Kind::Hello(hello))).await.is_err() {
+    if tx.send(send(pb::node_message::Kind::Hello(hello.clone()))).await.is_err() {
         return;
     }
-    let Ok(response) = client.session(ReceiverStream::new(rx)).await else { return };
-    let mut inbound = response.into_inner();
+    let mut inbound = loop {
+        match client.session(ReceiverStream::new(rx)).await {
+            Ok(response) => break response.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                state.refused.fetch_add(1, Ordering::AcqRel);
+                // Like a real node: back off with jitter, then say hello again.
+                let pause = Duration::from_millis(50 + fastrand::u64(0..200));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let (retry_tx, retry_rx) = mpsc::channel(64);
+                if retry_tx.send(send(pb::node_message::Kind::Hello(hello.clone()))).await.is_err() {
+                    return;
+                }
+                tx = retry_tx;
+                rx = retry_rx;
+            }
+            Err(_) => return,
+        }
+    };
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let mut epoch = String::new();
     loop {

@@ -256,3 +256,36 @@ async fn a_hundred_nodes_all_ack_one_change() -> Result<()> {
     sims.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_admitted_at_a_bounded_rate() -> Result<()> {
+    let cp = ControlPlane::start_edited(&[("legacy", 1)], "legacy", |toml| {
+        toml.replacen("[grpc]\n", "[grpc]\nsession_rate = 50\nsession_burst = 10\n", 1)
+    })
+    .await?;
+    let sims = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "storm", 60).await?;
+    eventually(WAIT, || async {
+        ensure!(sims.welcomed() == 60, "{} welcomed", sims.welcomed());
+        Ok(())
+    })
+    .await?;
+    assert!(sims.refused() > 0, "60 nodes at once exceed a burst of 10: some had to retry");
+    let (_, nodes) = cp.api().get("/nodes").await?;
+    assert_eq!(nodes.as_array().map(Vec::len), Some(60));
+    sims.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_fails_over_to_the_next_control_plane_endpoint() -> Result<()> {
+    let cp = ControlPlane::start(&[("legacy", 1)], "legacy").await?;
+    let dead = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", socket.local_addr()?)
+    };
+    let node = Node::start("dp-failover", &[dead, cp.endpoint()], Some(NODE_TOKEN)).await?;
+    connected(&cp.api(), 1).await?;
+    let (code, body) = node.readyz().await?;
+    assert_eq!((code, body["status"].as_str()), (200, Some("ready")));
+    Ok(())
+}

@@ -70,6 +70,10 @@ pub struct GrpcConfig {
     pub bind: SocketAddr,
     pub node_token_file: Option<PathBuf>,
     pub node_token_env: String,
+    /// Node sessions admitted per second on average (a reconnect storm waits its turn).
+    pub session_rate: u32,
+    /// Node sessions admitted at once before the rate applies.
+    pub session_burst: u32,
 }
 
 impl Default for GrpcConfig {
@@ -78,6 +82,8 @@ impl Default for GrpcConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 7400)),
             node_token_file: None,
             node_token_env: "SWITCHYARD_NODE_TOKEN".into(),
+            session_rate: 200,
+            session_burst: 200,
         }
     }
 }

@@ -18,6 +18,12 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
         p.push("api.bearer_token_env", "must not be empty");
     }
     check_positive("api.ack_timeout", config.api.ack_timeout, p);
+    if config.grpc.session_rate == 0 {
+        p.push("grpc.session_rate", "must be at least 1 session per second");
+    }
+    if config.grpc.session_burst == 0 {
+        p.push("grpc.session_burst", "must be at least 1");
+    }
     // Port 0 (ephemeral, used by tests) never conflicts.
     if config.api.bind == config.grpc.bind && config.api.bind.port() != 0 {
         p.push("api.bind", format!("{} is already bound by grpc.bind", config.api.bind));

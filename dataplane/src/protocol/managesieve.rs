@@ -1,9 +1,9 @@
 //! ManageSieve on the client leg (RFC 5804): the proxy's own capability greeting and
 //! non-authenticated commands, AUTHENTICATE with quoted-string or literal responses, then
 //! the credential replayed to the backend as one AUTHENTICATE and its verdict relayed as is.
+//! STARTTLS (§2.2) upgrades the client leg in place and re-sends the capabilities.
 
-use crate::tls::MaybeTls;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
@@ -13,6 +13,7 @@ use crate::codec::sieve::{self, Arg, Command, SieveParser};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::pipeline::{Route, SessionCtx};
+use crate::tls::MaybeTls;
 
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
@@ -20,31 +21,50 @@ const MAX_BAD_COMMANDS: u32 = 10;
 const MAX_BACKEND_RESPONSE: usize = 64 * 1024;
 const UNAVAILABLE: &[u8] = b"NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n";
 
-/// Serves one ManageSieve client: pre-auth conversation, then the bridge to its backend.
+/// Serves one ManageSieve client: pre-auth conversation (through STARTTLS), then the
+/// bridge to its backend.
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
-    let parser = SieveParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { ctx, client: stream, parser, deadline, failures: 0, bad: 0 };
-    match session.run().await {
-        Ok(Some((route, backend))) => {
-            let Session { ctx, client, mut parser, .. } = session;
-            let (stream, pending) = backend.into_parts();
-            ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+    let mut session = Session { parser: parser(&ctx), ctx, client: stream, deadline, failures: 0, bad: 0 };
+    loop {
+        match session.run().await {
+            Ok(End::Authenticated(route, backend)) => {
+                let Session { ctx, client, mut parser, .. } = session;
+                let (stream, pending) = backend.into_parts();
+                ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+                return;
+            }
+            Ok(End::StartTls) => match session.upgrade().await {
+                Ok(upgraded) => session = upgraded,
+                Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
+            },
+            Ok(End::Closed) => return,
+            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
     }
 }
 
+fn parser(ctx: &SessionCtx) -> SieveParser {
+    SieveParser::new(ctx.listener.max_line_length, ctx.listener.max_literal_size)
+}
+
 /// One client in the non-authenticated state. `client` is the only stream field and every
-/// read goes through [`Session::fill`], so the TLS integration swaps the stream in one place.
-struct Session<S> {
+/// read goes through [`Session::fill`], so STARTTLS swaps the stream in one place.
+struct Session {
     ctx: SessionCtx,
-    client: S,
+    client: MaybeTls,
     parser: SieveParser,
     deadline: Instant,
     failures: u32,
     bad: u32,
+}
+
+/// How the non-authenticated state ended.
+enum End {
+    Authenticated(Route, BackendConn),
+    /// The client asked for TLS and was told to go ahead.
+    StartTls,
+    Closed,
 }
 
 /// What a command ended in.
@@ -56,14 +76,20 @@ enum Outcome {
     Closed,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
-    async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
-        let greeting = format!("{}OK \"Switchyard ready\"\r\n", self.capabilities());
+impl Session {
+    /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
+    async fn run(&mut self) -> Result<End> {
+        // RFC 5804 §2.2: after STARTTLS the server MUST send its capabilities again (now
+        // with the SASL mechanisms), followed by OK.
+        let status = match self.client.is_tls() && self.ctx.listener.tls != TlsMode::Implicit {
+            true => "TLS negotiation successful",
+            false => "Switchyard ready",
+        };
+        let greeting = format!("{}OK \"{status}\"\r\n", self.capabilities());
         self.send(greeting.as_bytes()).await?;
         loop {
             let Some(command) = self.next_command().await? else {
-                return Ok(None);
+                return Ok(End::Closed);
             };
             let outcome = match command.name.as_str() {
                 "CAPABILITY" if command.args.is_empty() => {
@@ -74,40 +100,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 "NOOP" => self.noop(&command.args).await?,
                 "LOGOUT" if command.args.is_empty() => {
                     self.send(b"OK \"Logout complete\"\r\n").await?;
-                    return Ok(None);
+                    return Ok(End::Closed);
                 }
-                "STARTTLS" if command.args.is_empty() => {
-                    self.starttls().await?;
-                    Outcome::Answered
+                "STARTTLS" if command.args.is_empty() && self.ctx.starttls_offered(&self.client) => {
+                    self.send(b"OK \"Begin TLS negotiation now\"\r\n").await?;
+                    return Ok(End::StartTls);
                 }
+                "STARTTLS" if command.args.is_empty() => self.starttls_refused().await?,
                 "AUTHENTICATE" => self.authenticate(command).await?,
                 "CAPABILITY" | "LOGOUT" | "STARTTLS" => self.bad("Too many arguments").await?,
                 _ => self.bad("Unknown command or not valid before authentication").await?,
             };
             match outcome {
-                Outcome::Authenticated(route, backend) => return Ok(Some((route, backend))),
+                Outcome::Authenticated(route, backend) => return Ok(End::Authenticated(route, backend)),
                 Outcome::Rejected => {
                     self.failures += 1;
                     if self.failures >= self.ctx.listener.max_auth_attempts {
                         self.send(b"BYE \"Too many failed authentication attempts\"\r\n").await?;
-                        return Ok(None);
+                        return Ok(End::Closed);
                     }
                 }
                 Outcome::Answered => {}
-                Outcome::Closed => return Ok(None),
+                Outcome::Closed => return Ok(End::Closed),
             }
         }
     }
 
     fn plaintext_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, false)
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
+    }
+
+    /// Completes STARTTLS: the handshake, then a fresh parser, so nothing the client
+    /// pipelined in plaintext after the command survives into the encrypted session.
+    async fn upgrade(self) -> Result<Session> {
+        let client = self.ctx.accept_tls(self.client).await?;
+        Ok(Session { client, parser: parser(&self.ctx), ..self })
     }
 
     /// RFC 5804 §1.7 capability lines (the status line is the caller's).
     fn capabilities(&self) -> String {
         let sasl = if self.plaintext_allowed() { Mechanism::advertised() } else { String::new() };
         let mut caps = format!("\"IMPLEMENTATION\" \"Switchyard\"\r\n\"SASL\" \"{sasl}\"\r\n");
-        if self.ctx.listener.tls == TlsMode::Starttls {
+        if self.ctx.starttls_offered(&self.client) {
             caps.push_str("\"STARTTLS\"\r\n");
         }
         caps.push_str("\"VERSION\" \"1.0\"\r\n");
@@ -180,14 +214,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         Ok(Outcome::Answered)
     }
 
-    async fn starttls(&mut self) -> Result<()> {
-        let reply: &[u8] = match self.ctx.listener.tls {
-            // STARTTLS: upgraded by the TLS integration.
-            TlsMode::Starttls => b"NO \"STARTTLS not available yet\"\r\n",
-            TlsMode::Implicit => b"NO \"Already using TLS\"\r\n",
-            TlsMode::Plain => b"NO \"STARTTLS not offered on this connection\"\r\n",
+    /// STARTTLS when it is not offered: TLS is already up, or the listener has none.
+    async fn starttls_refused(&mut self) -> Result<Outcome> {
+        let reply: &[u8] = match self.client.is_tls() {
+            true => b"NO \"TLS is already active\"\r\n",
+            false => b"NO \"STARTTLS not offered on this connection\"\r\n",
         };
-        self.send(reply).await
+        self.send(reply).await?;
+        Ok(Outcome::Answered)
     }
 
     async fn authenticate(&mut self, command: Command) -> Result<Outcome> {
@@ -256,7 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+impl SaslChannel for Session {
     /// RFC 5804 §2.1: the challenge is a base64 string; the client answers with a string.
     async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
         use base64::Engine;

@@ -1,9 +1,9 @@
 //! POP3 on the client leg (RFC 1939, 2449 CAPA, 5034 AUTH, 3206 response codes): the
 //! proxy's own greeting and AUTHORIZATION-state commands, USER/PASS and AUTH, then the
 //! credential replayed to the backend as one AUTH and the backend's verdict relayed as is.
+//! STLS (RFC 2595) upgrades the client leg in place.
 
-use crate::tls::MaybeTls;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
@@ -13,6 +13,7 @@ use crate::codec::mechanism::{Credential, Mechanism};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::pipeline::{Route, SessionCtx};
+use crate::tls::MaybeTls;
 
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
@@ -24,33 +25,51 @@ const UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] Backend temporarily unavailable, tr
 /// password, and `[SYS/PERM]` is untrue when STLS would cure it.
 const CLEARTEXT_REFUSED: &[u8] = b"-ERR Plaintext authentication disallowed on non-secure connection\r\n";
 
-/// Serves one POP3 client: pre-auth conversation, then the bridge to its backend.
+/// Serves one POP3 client: pre-auth conversation (through STLS), then the bridge to its backend.
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
-    let lines = LineBuffer::new(ctx.listener.max_line_length);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { ctx, client: stream, lines, deadline, user: None, failures: 0, bad: 0 };
-    match session.run().await {
-        Ok(Some((route, backend))) => {
-            let Session { ctx, client, mut lines, .. } = session;
-            let (stream, pending) = backend.into_parts();
-            ctx.bridge(&route, client, lines.take_remaining(), stream, pending).await;
+    let mut session = Session { lines: lines(&ctx), ctx, client: stream, deadline, user: None, failures: 0, bad: 0 };
+    loop {
+        match session.run().await {
+            Ok(End::Authenticated(route, backend)) => {
+                let Session { ctx, client, mut lines, .. } = session;
+                let (stream, pending) = backend.into_parts();
+                ctx.bridge(&route, client, lines.take_remaining(), stream, pending).await;
+                return;
+            }
+            Ok(End::StartTls) => match session.upgrade().await {
+                Ok(upgraded) => session = upgraded,
+                Err(e) => return tracing::debug!(error = %e, "STLS failed"),
+            },
+            Ok(End::Closed) => return,
+            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
     }
 }
 
+fn lines(ctx: &SessionCtx) -> LineBuffer {
+    LineBuffer::new(ctx.listener.max_line_length)
+}
+
 /// One client in the AUTHORIZATION state. `client` is the only stream field and every
-/// read goes through [`Session::fill`], so the TLS integration swaps the stream in one place.
-struct Session<S> {
+/// read goes through [`Session::fill`], so STLS swaps the stream in one place.
+struct Session {
     ctx: SessionCtx,
-    client: S,
+    client: MaybeTls,
     lines: LineBuffer,
     deadline: Instant,
     /// The name from `USER`, waiting for `PASS`.
     user: Option<String>,
     failures: u32,
     bad: u32,
+}
+
+/// How the AUTHORIZATION state ended.
+enum End {
+    Authenticated(Route, BackendConn),
+    /// The client asked for TLS and was told to go ahead.
+    StartTls,
+    Closed,
 }
 
 /// What an authentication command ended in.
@@ -62,13 +81,16 @@ enum Outcome {
     Closed,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
-    async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
-        self.send(b"+OK Switchyard ready\r\n").await?;
+impl Session {
+    /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
+    async fn run(&mut self) -> Result<End> {
+        // After STLS the client asks CAPA again itself; no second greeting (RFC 2595 §4).
+        if !self.client.is_tls() || self.ctx.listener.tls == TlsMode::Implicit {
+            self.send(b"+OK Switchyard ready\r\n").await?;
+        }
         loop {
             let Some(line) = self.next_line().await? else {
-                return Ok(None);
+                return Ok(End::Closed);
             };
             let (keyword, arg) = split_command(&line);
             let outcome = match keyword.as_str() {
@@ -79,34 +101,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
                 "QUIT" => {
                     self.send(b"+OK Switchyard signing off\r\n").await?;
-                    return Ok(None);
+                    return Ok(End::Closed);
                 }
-                "STLS" => {
-                    self.stls().await?;
-                    continue;
+                "STLS" if self.ctx.starttls_offered(&self.client) => {
+                    self.send(b"+OK Begin TLS negotiation\r\n").await?;
+                    return Ok(End::StartTls);
                 }
+                "STLS" => self.stls_refused().await?,
                 "USER" => self.user(arg).await?,
                 "PASS" => self.pass(arg).await?,
                 "AUTH" => self.auth(arg).await?,
                 _ => self.bad(b"-ERR Unknown command or not valid before authentication\r\n").await?,
             };
             match outcome {
-                Outcome::Authenticated(route, backend) => return Ok(Some((route, backend))),
+                Outcome::Authenticated(route, backend) => return Ok(End::Authenticated(route, backend)),
                 Outcome::Rejected => {
                     self.failures += 1;
                     // POP3 has no unsolicited responses: the relayed -ERR was the last word.
                     if self.failures >= self.ctx.listener.max_auth_attempts {
-                        return Ok(None);
+                        return Ok(End::Closed);
                     }
                 }
                 Outcome::Answered => {}
-                Outcome::Closed => return Ok(None),
+                Outcome::Closed => return Ok(End::Closed),
             }
         }
     }
 
     fn plaintext_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, false)
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
+    }
+
+    /// Completes STLS: the handshake, then a fresh line buffer and no pending USER, so
+    /// nothing the client sent in plaintext after the command survives into the encrypted
+    /// session.
+    async fn upgrade(self) -> Result<Session> {
+        let client = self.ctx.accept_tls(self.client).await?;
+        Ok(Session { client, lines: lines(&self.ctx), user: None, ..self })
     }
 
     fn capabilities(&self) -> String {
@@ -114,7 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         if self.plaintext_allowed() {
             capa.push_str(&format!("USER\r\nSASL {}\r\n", Mechanism::advertised()));
         }
-        if self.ctx.listener.tls == TlsMode::Starttls {
+        if self.ctx.starttls_offered(&self.client) {
             capa.push_str("STLS\r\n");
         }
         capa.push_str("RESP-CODES\r\nAUTH-RESP-CODE\r\nIMPLEMENTATION Switchyard\r\n.\r\n");
@@ -173,14 +204,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
     }
 
-    async fn stls(&mut self) -> Result<()> {
-        let reply: &[u8] = match self.ctx.listener.tls {
-            // STARTTLS: upgraded by the TLS integration.
-            TlsMode::Starttls => b"-ERR STLS not available yet\r\n",
-            TlsMode::Implicit => b"-ERR Already using TLS\r\n",
-            TlsMode::Plain => b"-ERR STLS not offered on this connection\r\n",
+    /// STLS when it is not offered: TLS is already up, or the listener has none.
+    async fn stls_refused(&mut self) -> Result<Outcome> {
+        let reply: &[u8] = match self.client.is_tls() {
+            true => b"-ERR Command not permitted when TLS active\r\n",
+            false => b"-ERR STLS not offered on this connection\r\n",
         };
-        self.send(reply).await
+        self.send(reply).await?;
+        Ok(Outcome::Answered)
     }
 
     async fn user(&mut self, arg: Option<&[u8]>) -> Result<Outcome> {
@@ -282,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+impl SaslChannel for Session {
     async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
         self.send(&auth::plus_challenge(challenge)).await?;
         loop {

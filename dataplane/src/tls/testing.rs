@@ -1,13 +1,17 @@
 //! Test certificates: a throw-away CA and leaves generated with rcgen, written as PEM
-//! files into a temporary directory so config loading reads them like real ones.
+//! files into a temporary directory so config loading reads them like real ones, and the
+//! client-leg TLS pair (node acceptor, trusting client) the protocol tests share.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::CertificateConfig;
+use super::{provider, TlsAcceptor, PROTOCOL_VERSIONS};
+use crate::config::{CertificateConfig, TlsConfig};
 
 /// A leaf certificate and its key, in memory and on disk.
 pub(crate) struct Issued {
@@ -78,5 +82,42 @@ impl Pki {
             cert_path,
             key_path,
         }
+    }
+}
+
+/// Client-leg TLS for protocol tests: the node's acceptor serving one certificate for
+/// [`TestTls::NAME`] (the default), and a client that trusts only the CA that issued it,
+/// so a test's handshake really verifies what the node presented.
+pub(crate) struct TestTls {
+    _pki: Pki,
+    pub acceptor: TlsAcceptor,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl TestTls {
+    pub const NAME: &'static str = "mail.example.test";
+
+    pub fn new() -> TestTls {
+        let pki = Pki::new();
+        let leaf = pki.issue("node", &[Self::NAME]);
+        let mut tls = TlsConfig::default();
+        tls.certificate.insert("main".into(), leaf.config(true, None));
+        let acceptor = TlsAcceptor::from_config(&tls).unwrap().expect("one certificate is configured");
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(PROTOCOL_VERSIONS)
+            .unwrap()
+            .with_root_certificates(pki.roots())
+            .with_no_client_auth();
+        TestTls { _pki: pki, acceptor, connector: tokio_rustls::TlsConnector::from(Arc::new(client)) }
+    }
+
+    /// The client handshake on `stream` (fresh for implicit TLS, or after the protocol's
+    /// go-ahead), checking the node's certificate for [`TestTls::NAME`].
+    pub async fn connect<S>(&self, stream: S) -> tokio_rustls::client::TlsStream<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let name = ServerName::try_from(Self::NAME).unwrap().to_owned();
+        self.connector.connect(name, stream).await.expect("client TLS handshake")
     }
 }

@@ -1,0 +1,113 @@
+//! Route updates waiting for one node: at most one update is in flight per node; changes
+//! pushed while it is unacked are merged (latest per key) and sent as one update when
+//! the ack arrives, so a slow node costs the control plane one pending map, not a queue.
+
+use std::collections::BTreeMap;
+
+use switchyard_proto::v1 as pb;
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// The revision of the update sent last and not yet acked (0: none in flight).
+    in_flight: u64,
+    epoch: String,
+    revision: u64,
+    /// key → new destination, `None` for a removal.
+    changes: BTreeMap<String, Option<String>>,
+}
+
+impl Outbox {
+    /// A fresh outbox for a node that has an update (the Welcome's replay) in flight.
+    pub fn new(in_flight: u64) -> Self {
+        Outbox { in_flight, ..Default::default() }
+    }
+
+    /// Adds an update's changes; later ones for the same key win.
+    pub fn add(&mut self, update: &pb::RouteUpdate) {
+        self.epoch.clone_from(&update.epoch);
+        self.revision = self.revision.max(update.revision);
+        for change in &update.changes {
+            let destination = match &change.change {
+                Some(pb::route_change::Change::Upsert(d)) => Some(d.clone()),
+                _ => None,
+            };
+            self.changes.insert(change.key.clone(), destination);
+        }
+    }
+
+    /// The merged update to send now, if the node acked everything in flight.
+    pub fn ready(&mut self, acked: u64) -> Option<pb::RouteUpdate> {
+        if self.changes.is_empty() || acked < self.in_flight {
+            return None;
+        }
+        self.in_flight = self.revision;
+        let changes = std::mem::take(&mut self.changes)
+            .into_iter()
+            .map(|(key, destination)| pb::RouteChange {
+                key,
+                change: Some(match destination {
+                    Some(d) => pb::route_change::Change::Upsert(d),
+                    None => pb::route_change::Change::Remove(true),
+                }),
+            })
+            .collect();
+        Some(pb::RouteUpdate { epoch: self.epoch.clone(), revision: self.revision, changes })
+    }
+
+    /// Forgets an update that could not be queued, so the next ack does not wait for it;
+    /// its changes go back in with anything newer.
+    pub fn requeue(&mut self, update: pb::RouteUpdate, acked: u64) {
+        self.in_flight = acked;
+        let newer = std::mem::take(&mut self.changes);
+        self.add(&update);
+        self.changes.extend(newer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(revision: u64, key: &str, dest: Option<&str>) -> pb::RouteUpdate {
+        let change = match dest {
+            Some(d) => pb::route_change::Change::Upsert(d.into()),
+            None => pb::route_change::Change::Remove(true),
+        };
+        pb::RouteUpdate {
+            epoch: "e".into(),
+            revision,
+            changes: vec![pb::RouteChange { key: key.into(), change: Some(change) }],
+        }
+    }
+
+    #[test]
+    fn one_update_in_flight_and_the_rest_merged_until_the_ack() {
+        let mut out = Outbox::new(0);
+        out.add(&update(1, "alice", Some("new")));
+        let first = out.ready(0).unwrap();
+        assert_eq!(first.revision, 1);
+        out.add(&update(2, "alice", Some("legacy")));
+        out.add(&update(3, "bob", Some("new")));
+        out.add(&update(4, "alice", None));
+        assert!(out.ready(0).is_none(), "revision 1 is not acked yet");
+        let merged = out.ready(1).unwrap();
+        assert_eq!(merged.revision, 4);
+        assert_eq!(merged.changes.len(), 2, "alice once (her latest change) and bob");
+        assert_eq!(merged.changes[0].key, "alice");
+        assert_eq!(merged.changes[0].change, Some(pb::route_change::Change::Remove(true)));
+        assert!(out.ready(4).is_none(), "nothing left");
+    }
+
+    #[test]
+    fn a_replay_in_flight_holds_later_pushes_and_requeue_keeps_newer_changes() {
+        let mut out = Outbox::new(7);
+        out.add(&update(8, "carol", Some("new")));
+        assert!(out.ready(6).is_none());
+        let sent = out.ready(7).unwrap();
+        out.add(&update(9, "carol", Some("legacy")));
+        out.requeue(sent, 7);
+        let again = out.ready(7).unwrap();
+        assert_eq!(again.revision, 9);
+        assert_eq!(again.changes[0].change, Some(pb::route_change::Change::Upsert("legacy".into())));
+    }
+}
