@@ -2,20 +2,22 @@
 //! greeting, EHLO/LHLO and MAIL itself; each RCPT is routed and the first recipient's
 //! destination becomes the transaction's (a recipient of another one gets a 4xx so the
 //! sender retries it alone); the message is streamed there and the replies relayed.
+//! STARTTLS (RFC 3207) upgrades the client leg in place: confidentiality only, as these
+//! listeners take no credentials.
 
 mod delivery;
 mod message;
 
 use std::time::Duration;
 
-use crate::tls::MaybeTls;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 
 use crate::codec::smtp::{self, Command, CommandParser, Hello};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::pipeline::{Route, SessionCtx};
+use crate::tls::MaybeTls;
 use delivery::{Delivery, Opened};
 
 /// SMTP and LMTP differ in the greeting command and in LMTP's reply per recipient after
@@ -46,11 +48,10 @@ const READ_CHUNK: usize = 8 * 1024;
 
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
     let started = Instant::now();
-    let parser = CommandParser::new(ctx.listener.max_line_length);
-    let mut session = Session {
+    let session = Session {
+        parser: parser(&ctx),
         ctx,
         client: stream,
-        parser,
         flavor,
         greeted: false,
         tx: Transaction::Idle,
@@ -58,25 +59,52 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
         messages: 0,
         bytes: 0,
     };
-    if let Err(e) = session.run().await {
-        tracing::debug!(error = %e, "session ended");
-    }
-    session.end_transaction().await;
-    session.ctx.node.sessions.add_bytes(session.bytes, 0);
+    let (ctx, messages, bytes) = converse(session).await;
+    ctx.node.sessions.add_bytes(bytes, 0);
     tracing::info!(
-        protocol = %session.ctx.protocol(),
-        messages = session.messages,
-        bytes_from_client = session.bytes,
+        protocol = %ctx.protocol(),
+        messages,
+        bytes_from_client = bytes,
         duration_ms = started.elapsed().as_millis() as u64,
         "session closed"
     );
 }
 
+/// Runs the conversation through any STARTTLS; returns what the closing log needs
+/// (messages relayed, message bytes received).
+async fn converse(mut session: Session) -> (SessionCtx, u64, u64) {
+    loop {
+        match session.run().await {
+            Ok(End::StartTls) => {
+                let (ctx, messages, bytes) = (session.ctx.clone(), session.messages, session.bytes);
+                match session.upgrade().await {
+                    Ok(upgraded) => session = upgraded,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "STARTTLS failed");
+                        return (ctx, messages, bytes);
+                    }
+                }
+            }
+            Ok(End::Closed) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "session ended");
+                break;
+            }
+        }
+    }
+    session.end_transaction().await;
+    (session.ctx, session.messages, session.bytes)
+}
+
+fn parser(ctx: &SessionCtx) -> CommandParser {
+    CommandParser::new(ctx.listener.max_line_length)
+}
+
 /// One client. `client` is the only stream field and every read goes through
-/// [`Session::fill`], so the TLS integration swaps the stream in one place.
-struct Session<S> {
+/// [`Session::fill`], so STARTTLS swaps the stream in one place.
+struct Session {
     ctx: SessionCtx,
-    client: S,
+    client: MaybeTls,
     parser: CommandParser,
     flavor: Flavor,
     greeted: bool,
@@ -104,16 +132,27 @@ enum Transaction {
 /// Whether the session goes on after a command.
 enum Next {
     Continue,
+    /// The client was told to go ahead with TLS.
+    StartTls,
     Close,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    async fn run(&mut self) -> Result<()> {
-        let kind = if self.flavor == Flavor::Lmtp { "LMTP" } else { "ESMTP" };
-        self.send(format!("220 {} {kind} Switchyard\r\n", self.ctx.node.id).as_bytes()).await?;
+/// How a stretch of the conversation ended.
+enum End {
+    StartTls,
+    Closed,
+}
+
+impl Session {
+    async fn run(&mut self) -> Result<End> {
+        // RFC 3207 §4.2: after STARTTLS the client starts over with EHLO; no new greeting.
+        if !self.client.is_tls() || self.ctx.listener.tls == TlsMode::Implicit {
+            let kind = if self.flavor == Flavor::Lmtp { "LMTP" } else { "ESMTP" };
+            self.send(format!("220 {} {kind} Switchyard\r\n", self.ctx.node.id).as_bytes()).await?;
+        }
         loop {
             let Some(command) = self.next_command().await? else {
-                return Ok(());
+                return Ok(End::Closed);
             };
             let next = match &command {
                 Command::Hello { verb, .. } => self.hello(*verb).await?,
@@ -136,14 +175,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                     self.answer(b"502 5.5.2 Command not recognized\r\n").await?
                 }
             };
-            if let Next::Close = next {
-                return Ok(());
+            match next {
+                Next::Continue => {}
+                Next::StartTls => return Ok(End::StartTls),
+                Next::Close => return Ok(End::Closed),
             }
         }
     }
 
-    fn offers_starttls(&self) -> bool {
-        self.ctx.listener.tls == TlsMode::Starttls
+    /// Completes STARTTLS: ends any transaction, then the handshake, a fresh parser and no
+    /// greeting (RFC 3207 §4.2: the server forgets what the client said before), so
+    /// nothing pipelined in plaintext after the command survives into the encrypted session.
+    async fn upgrade(mut self) -> Result<Session> {
+        self.end_transaction().await;
+        let client = self.ctx.accept_tls(self.client).await?;
+        Ok(Session { client, parser: parser(&self.ctx), greeted: false, ..self })
     }
 
     async fn hello(&mut self, verb: Hello) -> Result<Next> {
@@ -160,19 +206,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
         }
         // PIPELINING holds (and LMTP requires it): commands are answered strictly in order.
         let mut lines = vec![name.as_str(), "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"];
-        if self.offers_starttls() {
+        if self.ctx.starttls_offered(&self.client) {
             lines.push("STARTTLS");
         }
         self.answer(&smtp::format_reply(250, &lines)).await
     }
 
     async fn starttls(&mut self) -> Result<Next> {
-        if !self.offers_starttls() {
-            return self.answer(b"502 5.5.1 STARTTLS not offered\r\n").await;
+        if self.ctx.starttls_offered(&self.client) {
+            self.send(b"220 2.0.0 Ready to start TLS\r\n").await?;
+            return Ok(Next::StartTls);
         }
-        // STARTTLS: upgraded by the TLS integration (answer 220, swap `client` for the TLS
-        // stream, drop buffered bytes and forget the greeting per RFC 3207 §4.2).
-        self.answer(b"454 4.7.0 TLS not available yet\r\n").await
+        match self.client.is_tls() {
+            true => self.answer(b"503 5.5.1 TLS already active\r\n").await,
+            false => self.answer(b"502 5.5.1 STARTTLS not offered\r\n").await,
+        }
     }
 
     async fn mail(&mut self, command: &Command) -> Result<Next> {

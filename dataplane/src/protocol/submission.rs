@@ -5,10 +5,9 @@
 
 use std::sync::Mutex;
 
-use crate::tls::MaybeTls;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
@@ -18,6 +17,7 @@ use crate::codec::smtp::{self, Command, CommandParser, Extensions, Hello, Reply,
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::pipeline::{Route, SessionCtx};
+use crate::tls::MaybeTls;
 
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
@@ -27,34 +27,53 @@ const MAX_COMMAND_LINE: usize = 512;
 /// 421 tells the client the proxy closes the connection, which it then does.
 const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try again later\r\n";
 
+/// Serves one submission client: pre-auth conversation (through STARTTLS), then the
+/// bridge to its backend.
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
-    let parser = CommandParser::new(ctx.listener.max_line_length);
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
     let mut session =
-        Session { ctx, client: stream, parser, deadline, tls_active: false, greeted: false, failures: 0, bad: 0 };
-    match session.run().await {
-        Ok(Some((route, backend))) => {
-            let Session { ctx, client, mut parser, .. } = session;
-            let (stream, pending) = backend.into_parts();
-            ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+        Session { parser: parser(&ctx), ctx, client: stream, deadline, greeted: false, failures: 0, bad: 0 };
+    loop {
+        match session.run().await {
+            Ok(End::Authenticated(route, backend)) => {
+                let Session { ctx, client, mut parser, .. } = session;
+                let (stream, pending) = backend.into_parts();
+                ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
+                return;
+            }
+            Ok(End::StartTls) => match session.upgrade().await {
+                Ok(upgraded) => session = upgraded,
+                Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
+            },
+            Ok(End::Closed) => return,
+            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "session ended before authentication"),
     }
 }
 
+fn parser(ctx: &SessionCtx) -> CommandParser {
+    CommandParser::new(ctx.listener.max_line_length)
+}
+
 /// One client before authentication. `client` is the only stream field and every read
-/// goes through [`Session::fill`], so the TLS integration swaps the stream in one place.
-struct Session<S> {
+/// goes through [`Session::fill`], so STARTTLS swaps the stream in one place.
+struct Session {
     ctx: SessionCtx,
-    client: S,
+    client: MaybeTls,
     parser: CommandParser,
     deadline: Instant,
-    tls_active: bool,
     /// EHLO or HELO seen: RFC 4954 §4 allows AUTH only after it.
     greeted: bool,
     failures: u32,
     bad: u32,
+}
+
+/// How the conversation before authentication ended.
+enum End {
+    Authenticated(Route, BackendConn),
+    /// The client asked for TLS and was told to go ahead.
+    StartTls,
+    Closed,
 }
 
 /// What an AUTH command ended in.
@@ -67,14 +86,17 @@ enum Outcome {
     Closed,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
-    /// The pre-auth conversation; returns the authenticated backend to bridge, if any.
-    async fn run(&mut self) -> Result<Option<(Route, BackendConn)>> {
-        let greeting = format!("220 {} ESMTP Switchyard\r\n", self.ctx.node.id);
-        self.send(greeting.as_bytes()).await?;
+impl Session {
+    /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
+    async fn run(&mut self) -> Result<End> {
+        // RFC 3207 §4.2: after STARTTLS the client starts over with EHLO; no new greeting.
+        if !self.client.is_tls() || self.ctx.listener.tls == TlsMode::Implicit {
+            let greeting = format!("220 {} ESMTP Switchyard\r\n", self.ctx.node.id);
+            self.send(greeting.as_bytes()).await?;
+        }
         loop {
             let Some(command) = self.next_command().await? else {
-                return Ok(None);
+                return Ok(End::Closed);
             };
             let outcome = match command {
                 Command::Hello { verb: Hello::Ehlo, .. } => {
@@ -91,9 +113,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 Command::Noop | Command::Rset => self.answer(b"250 2.0.0 Ok\r\n").await?,
                 Command::Quit => {
                     self.send(b"221 2.0.0 Bye\r\n").await?;
-                    return Ok(None);
+                    return Ok(End::Closed);
                 }
-                Command::StartTls => self.starttls().await?,
+                Command::StartTls if self.ctx.starttls_offered(&self.client) => {
+                    self.send(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                    return Ok(End::StartTls);
+                }
+                Command::StartTls if self.client.is_tls() => self.answer(b"503 5.5.1 TLS already active\r\n").await?,
+                Command::StartTls => self.answer(b"502 5.5.1 STARTTLS not offered\r\n").await?,
                 Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await?,
                 Command::Mail { .. } | Command::Rcpt { .. } | Command::Data => {
                     self.answer(b"530 5.7.0 Authentication required\r\n").await?
@@ -105,48 +132,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
                 }
             };
             match outcome {
-                Outcome::Authenticated(route, backend) => return Ok(Some((route, backend))),
+                Outcome::Authenticated(route, backend) => return Ok(End::Authenticated(route, backend)),
                 Outcome::Rejected => {
                     self.failures += 1;
                     if self.failures >= self.ctx.listener.max_auth_attempts {
                         self.send(b"421 4.7.0 Too many authentication failures\r\n").await?;
-                        return Ok(None);
+                        return Ok(End::Closed);
                     }
                 }
                 Outcome::Answered => {}
-                Outcome::Closed => return Ok(None),
+                Outcome::Closed => return Ok(End::Closed),
             }
         }
     }
 
     fn credentials_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, self.tls_active)
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
     }
 
-    fn offers_starttls(&self) -> bool {
-        self.ctx.listener.tls == TlsMode::Starttls && !self.tls_active
+    /// Completes STARTTLS: the handshake, then a fresh parser and no EHLO (RFC 3207 §4.2:
+    /// the server forgets what the client said before), so nothing pipelined in plaintext
+    /// after the command survives into the encrypted session.
+    async fn upgrade(self) -> Result<Session> {
+        let client = self.ctx.accept_tls(self.client).await?;
+        Ok(Session { client, parser: parser(&self.ctx), greeted: false, ..self })
     }
 
     /// PIPELINING holds: commands are answered strictly in order from the buffer.
     fn ehlo_reply(&self) -> Vec<u8> {
         let auth = format!("AUTH {}", Mechanism::advertised());
         let mut lines = vec![self.ctx.node.id.as_str(), "PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES"];
-        if self.offers_starttls() {
+        if self.ctx.starttls_offered(&self.client) {
             lines.push("STARTTLS");
         }
         if self.credentials_allowed() {
             lines.push(&auth);
         }
         smtp::format_reply(250, &lines)
-    }
-
-    async fn starttls(&mut self) -> Result<Outcome> {
-        if !self.offers_starttls() {
-            return self.answer(b"502 5.5.1 STARTTLS not offered\r\n").await;
-        }
-        // STARTTLS: upgraded by the TLS integration (answer 220, swap `client` for the TLS
-        // stream, drop buffered bytes, set `tls_active` and forget EHLO per RFC 3207 §4.2).
-        self.answer(b"454 4.7.0 TLS not available yet\r\n").await
     }
 
     async fn auth(&mut self, mechanism: &str, initial: Option<Vec<u8>>) -> Result<Outcome> {
@@ -256,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> SaslChannel for Session<S> {
+impl SaslChannel for Session {
     async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
         self.send(format!("334 {}\r\n", STANDARD.encode(challenge)).as_bytes()).await?;
         loop {

@@ -1,8 +1,6 @@
 //! The message after DATA: streamed to the transaction's backend without holding it in
 //! memory, then the backend's replies relayed (LMTP: one per accepted recipient, in order).
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::delivery::Delivery;
 use super::{Flavor, Next, Session, Transaction, READ_CHUNK, UNAVAILABLE};
 use crate::codec::smtp::DataRelay;
@@ -11,7 +9,7 @@ use crate::error::{Error, Result};
 /// For recipients whose message the backend did not confirm.
 const NOT_CONFIRMED: &[u8] = b"451 4.4.1 Backend did not confirm delivery, try again later\r\n";
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Session<S> {
+impl Session {
     pub(super) async fn data(&mut self) -> Result<Next> {
         let (mail, mut delivery, accepted) = match std::mem::replace(&mut self.tx, Transaction::Idle) {
             Transaction::Open { mail, delivery, accepted } if accepted > 0 => (mail, delivery, accepted),
