@@ -76,7 +76,14 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
         imap.command("SELECT INBOX").await?;
         open.push(imap);
     }
-    let (code, report) = api.post_json("/mappings/alice@example.test/move", json!({"destination": "new"})).await?;
+    // A plain remap moves new logins only: the open sessions stay where they are.
+    let (code, _) = api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
+    assert_eq!(code, 200);
+    for imap in &mut open {
+        let (_, tagged) = imap.command("NOOP").await?;
+        assert_eq!(status(&tagged), "OK", "a remap does not close open sessions");
+    }
+        let (code, report) = api.post_json("/mappings/alice@example.test/move", json!({"destination": "new"})).await?;
     assert_eq!(code, 200, "{report}");
     assert_eq!(report["complete"], true, "{report}");
     let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();

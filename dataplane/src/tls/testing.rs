@@ -8,7 +8,8 @@ use std::sync::Arc;
 use rcgen::{BasicConstraints, Certificate, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::TcpStream;
 
 use super::{provider, TlsAcceptor, PROTOCOL_VERSIONS};
 use crate::config::{CertificateConfig, TlsConfig};
@@ -119,5 +120,12 @@ impl TestTls {
     {
         let name = ServerName::try_from(Self::NAME).unwrap().to_owned();
         self.connector.connect(name, stream).await.expect("client TLS handshake")
+    }
+
+    /// Takes a line-read plain connection past the protocol's TLS go-ahead into TLS. The
+    /// reader must hold nothing beyond the go-ahead: the node sends nothing else in clear.
+    pub async fn upgrade(&self, client: BufReader<TcpStream>) -> BufReader<tokio_rustls::client::TlsStream<TcpStream>> {
+        assert!(client.buffer().is_empty(), "bytes after the TLS go-ahead: {:?}", client.buffer());
+        BufReader::new(self.connect(client.into_inner()).await)
     }
 }

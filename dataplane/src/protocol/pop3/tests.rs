@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::split_command;
 use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
-use crate::config::{ListenerConfig, TlsMode};
+use crate::config::ListenerConfig;
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
 use crate::settings::FleetSettings;
+use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
+
+mod tls;
 
 /// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.
 struct Table(Option<HashMap<String, String>>);
@@ -97,6 +100,15 @@ async fn session(
     table: Option<HashMap<String, String>>,
     config: ListenerConfig,
 ) -> (Arc<Node>, BufReader<TcpStream>) {
+    let node = node(port, table);
+    let addr = serve(&node, config, None).await;
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert_eq!(read(&mut client).await, "+OK Switchyard ready\r\n");
+    (node, client)
+}
+
+/// A node with destinations `legacy` (default) and `new`, both at `port`.
+fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
     let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
@@ -104,14 +116,19 @@ async fn session(
         d.endpoints = vec![pb::Endpoint { protocol: "pop3".into(), port: u32::from(port), tls: "plain".into() }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
+    node
+}
+
+/// Serves POP3 for `node` on a fresh port with the node's certificates in `tls`.
+async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(&node);
+    let served = Arc::clone(node);
     let config = Arc::new(config);
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let ctx = SessionCtx {
-                tls: None,
+                tls: tls.clone(),
                 node: Arc::clone(&served),
                 listener_id: "pop3".into(),
                 listener: Arc::clone(&config),
@@ -120,30 +137,28 @@ async fn session(
             tokio::spawn(super::serve(ctx, stream.into()));
         }
     });
-    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    assert_eq!(read(&mut client).await, "+OK Switchyard ready\r\n");
-    (node, client)
+    addr
 }
 
-async fn read(c: &mut BufReader<TcpStream>) -> String {
+async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
     line
 }
 
-async fn say(c: &mut BufReader<TcpStream>, s: &str) {
+async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
     c.get_mut().write_all(s.as_bytes()).await.unwrap();
 }
 
 /// Everything until the proxy closes the connection.
-async fn rest(c: &mut BufReader<TcpStream>) -> String {
+async fn rest<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut rest = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut rest)).await.unwrap().unwrap();
     rest
 }
 
 /// A multi-line response through its terminating `.` line.
-async fn multiline(c: &mut BufReader<TcpStream>) -> String {
+async fn multiline<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut text = String::new();
     while !text.ends_with("\r\n.\r\n") {
         text.push_str(&read(c).await);
@@ -270,19 +285,6 @@ async fn cleartext_credentials_are_refused_unless_the_listener_allows_them() {
     assert_eq!(read(&mut c).await, "+OK\r\n");
     assert_eq!(read(&mut c).await, ".\r\n");
     assert_eq!(logins.load(Ordering::SeqCst), 0);
-}
-
-#[tokio::test]
-async fn stls_is_advertised_on_a_starttls_listener_and_answered_until_tls_is_integrated() {
-    let (port, _) = backend().await;
-    let mut config = listener(false, "");
-    config.tls = TlsMode::Starttls;
-    let (_n, mut c) = session(port, Some(HashMap::new()), config).await;
-    say(&mut c, "CAPA\r\n").await;
-    let capa = multiline(&mut c).await;
-    assert!(capa.contains("\r\nSTLS\r\n") && !capa.contains("USER"), "{capa}");
-    say(&mut c, "STLS\r\n").await;
-    assert_eq!(read(&mut c).await, "-ERR STLS not available yet\r\n");
 }
 
 #[tokio::test]
