@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
 use sha2::{Digest, Sha256};
@@ -19,7 +19,8 @@ use tempfile::TempDir;
 /// so a server must not outlive the `TestPki` unless it copied its files (as `Dovecot` and
 /// `Postfix` do, because they may restart later).
 pub struct TestPki {
-    ca: CertifiedIssuer<'static, KeyPair>,
+    ca: Certificate,
+    ca_key: KeyPair,
     issued: AtomicU32,
     dir: TempDir,
 }
@@ -34,13 +35,14 @@ impl TestPki {
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        let ca_key = KeyPair::generate()?;
+        let ca = params.self_signed(&ca_key)?;
         let dir = tempfile::Builder::new().prefix("switchyard-pki-").tempdir()?;
         // Servers that drop privileges (Dovecot's login processes, Postfix's smtpd) may read
         // these after switching users; test keys need no secrecy.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         fs::write(dir.path().join("ca.pem"), ca.pem())?;
-        Ok(Self { ca, issued: AtomicU32::new(0), dir })
+        Ok(Self { ca, ca_key, issued: AtomicU32::new(0), dir })
     }
 
     /// The CA certificate (PEM) for clients: Python's `cafile`, curl's `--cacert`, rustls.
@@ -68,7 +70,7 @@ impl TestPki {
         // Key identifiers let OpenSSL (Dovecot, Postfix, Python) build the chain cleanly.
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.ca)?;
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key)?;
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
         let cert_path = self.dir.path().join(format!("leaf{n}.pem"));
         let key_path = self.dir.path().join(format!("leaf{n}.key"));

@@ -83,7 +83,7 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
         let (_, tagged) = imap.command("NOOP").await?;
         assert_eq!(status(&tagged), "OK", "a remap does not close open sessions");
     }
-        let (code, report) = api.post_json("/mappings/alice@example.test/move", json!({"destination": "new"})).await?;
+    let (code, report) = api.post_json("/mappings/alice@example.test/move", json!({"destination": "new"})).await?;
     assert_eq!(code, 200, "{report}");
     assert_eq!(report["complete"], true, "{report}");
     let steps: Vec<&str> = report["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();

@@ -93,7 +93,9 @@ async fn converse(mut session: Session) -> (SessionCtx, u64, u64) {
         }
     }
     session.end_transaction().await;
-    (session.ctx, session.messages, session.bytes)
+    let (ctx, messages, bytes) = (session.ctx.clone(), session.messages, session.bytes);
+    session.close().await;
+    (ctx, messages, bytes)
 }
 
 fn parser(ctx: &SessionCtx) -> CommandParser {
@@ -190,6 +192,12 @@ impl Session {
         self.end_transaction().await;
         let client = self.ctx.accept_tls(self.client).await?;
         Ok(Session { client, parser: parser(&self.ctx), greeted: false, ..self })
+    }
+
+    /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
+    /// §6.1), without which a client cannot tell the end from a truncation.
+    async fn close(mut self) {
+        let _ = self.client.shutdown().await;
     }
 
     async fn hello(&mut self, verb: Hello) -> Result<Next> {

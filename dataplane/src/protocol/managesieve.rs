@@ -38,7 +38,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
                 Ok(upgraded) => session = upgraded,
                 Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
             },
-            Ok(End::Closed) => return,
+            Ok(End::Closed) => return session.close().await,
             Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
     }
@@ -94,8 +94,7 @@ impl Session {
             let outcome = match command.name.as_str() {
                 "CAPABILITY" if command.args.is_empty() => {
                     let caps = format!("{}OK \"Capability completed\"\r\n", self.capabilities());
-                    self.send(caps.as_bytes()).await?;
-                    Outcome::Answered
+                    self.answer(caps.as_bytes()).await?
                 }
                 "NOOP" => self.noop(&command.args).await?,
                 "LOGOUT" if command.args.is_empty() => {
@@ -106,7 +105,12 @@ impl Session {
                     self.send(b"OK \"Begin TLS negotiation now\"\r\n").await?;
                     return Ok(End::StartTls);
                 }
-                "STARTTLS" if command.args.is_empty() => self.starttls_refused().await?,
+                "STARTTLS" if command.args.is_empty() && self.client.is_tls() => {
+                    self.answer(b"NO \"TLS is already active\"\r\n").await?
+                }
+                "STARTTLS" if command.args.is_empty() => {
+                    self.answer(b"NO \"STARTTLS not offered on this connection\"\r\n").await?
+                }
                 "AUTHENTICATE" => self.authenticate(command).await?,
                 "CAPABILITY" | "LOGOUT" | "STARTTLS" => self.bad("Too many arguments").await?,
                 _ => self.bad("Unknown command or not valid before authentication").await?,
@@ -135,6 +139,12 @@ impl Session {
     async fn upgrade(self) -> Result<Session> {
         let client = self.ctx.accept_tls(self.client).await?;
         Ok(Session { client, parser: parser(&self.ctx), ..self })
+    }
+
+    /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
+    /// §6.1), without which a client cannot tell the end from a truncation.
+    async fn close(mut self) {
+        let _ = self.client.shutdown().await;
     }
 
     /// RFC 5804 §1.7 capability lines (the status line is the caller's).
@@ -214,12 +224,7 @@ impl Session {
         Ok(Outcome::Answered)
     }
 
-    /// STARTTLS when it is not offered: TLS is already up, or the listener has none.
-    async fn starttls_refused(&mut self) -> Result<Outcome> {
-        let reply: &[u8] = match self.client.is_tls() {
-            true => b"NO \"TLS is already active\"\r\n",
-            false => b"NO \"STARTTLS not offered on this connection\"\r\n",
-        };
+    async fn answer(&mut self, reply: &[u8]) -> Result<Outcome> {
         self.send(reply).await?;
         Ok(Outcome::Answered)
     }
@@ -238,16 +243,14 @@ impl Session {
             return self.bad("Unsupported authentication mechanism").await;
         };
         if !self.plaintext_allowed() {
-            self.send(&no(Some("ENCRYPT-NEEDED"), "Authentication is disabled on this connection before TLS")).await?;
-            return Ok(Outcome::Answered);
+            return self
+                .answer(&no(Some("ENCRYPT-NEEDED"), "Authentication is disabled on this connection before TLS"))
+                .await;
         }
         let why = match auth::exchange(self, mechanism, initial.as_deref()).await {
             Ok(SaslOutcome::Done(credential)) => return self.replay(credential).await,
             Ok(SaslOutcome::Closed) => return Ok(Outcome::Closed),
-            Ok(SaslOutcome::Cancelled) => {
-                self.send(b"NO \"Authentication cancelled\"\r\n").await?;
-                return Ok(Outcome::Answered);
-            }
+            Ok(SaslOutcome::Cancelled) => return self.answer(b"NO \"Authentication cancelled\"\r\n").await,
             Ok(SaslOutcome::Invalid(e)) => e.to_string(),
             Err(Error::Client(why)) => why,
             Err(e) => return Err(e),

@@ -41,7 +41,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
                 Ok(upgraded) => session = upgraded,
                 Err(e) => return tracing::debug!(error = %e, "STLS failed"),
             },
-            Ok(End::Closed) => return,
+            Ok(End::Closed) => return session.close().await,
             Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
     }
@@ -107,7 +107,10 @@ impl Session {
                     self.send(b"+OK Begin TLS negotiation\r\n").await?;
                     return Ok(End::StartTls);
                 }
-                "STLS" => self.stls_refused().await?,
+                "STLS" if self.client.is_tls() => {
+                    self.answer(b"-ERR Command not permitted when TLS active\r\n").await?
+                }
+                "STLS" => self.answer(b"-ERR STLS not offered on this connection\r\n").await?,
                 "USER" => self.user(arg).await?,
                 "PASS" => self.pass(arg).await?,
                 "AUTH" => self.auth(arg).await?,
@@ -138,6 +141,12 @@ impl Session {
     async fn upgrade(self) -> Result<Session> {
         let client = self.ctx.accept_tls(self.client).await?;
         Ok(Session { client, lines: lines(&self.ctx), user: None, ..self })
+    }
+
+    /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
+    /// §6.1), without which a client cannot tell the end from a truncation.
+    async fn close(mut self) {
+        let _ = self.client.shutdown().await;
     }
 
     fn capabilities(&self) -> String {
@@ -204,12 +213,7 @@ impl Session {
         }
     }
 
-    /// STLS when it is not offered: TLS is already up, or the listener has none.
-    async fn stls_refused(&mut self) -> Result<Outcome> {
-        let reply: &[u8] = match self.client.is_tls() {
-            true => b"-ERR Command not permitted when TLS active\r\n",
-            false => b"-ERR STLS not offered on this connection\r\n",
-        };
+    async fn answer(&mut self, reply: &[u8]) -> Result<Outcome> {
         self.send(reply).await?;
         Ok(Outcome::Answered)
     }
@@ -217,8 +221,7 @@ impl Session {
     async fn user(&mut self, arg: Option<&[u8]>) -> Result<Outcome> {
         if !self.plaintext_allowed() {
             // Refused at USER so the password is never asked for.
-            self.send(CLEARTEXT_REFUSED).await?;
-            return Ok(Outcome::Answered);
+            return self.answer(CLEARTEXT_REFUSED).await;
         }
         match arg.filter(|a| !a.is_empty()).map(std::str::from_utf8) {
             Some(Ok(name)) => {
@@ -261,16 +264,12 @@ impl Session {
             return self.bad(b"-ERR Unsupported authentication mechanism\r\n").await;
         };
         if !self.plaintext_allowed() {
-            self.send(CLEARTEXT_REFUSED).await?;
-            return Ok(Outcome::Answered);
+            return self.answer(CLEARTEXT_REFUSED).await;
         }
         let reply = match auth::exchange(self, mechanism, initial.as_deref()).await {
             Ok(SaslOutcome::Done(credential)) => return self.replay(credential).await,
             Ok(SaslOutcome::Closed) => return Ok(Outcome::Closed),
-            Ok(SaslOutcome::Cancelled) => {
-                self.send(b"-ERR Authentication cancelled\r\n").await?;
-                return Ok(Outcome::Answered);
-            }
+            Ok(SaslOutcome::Cancelled) => return self.answer(b"-ERR Authentication cancelled\r\n").await,
             Ok(SaslOutcome::Invalid(e)) => format!("-ERR Invalid SASL response: {e}\r\n"),
             Err(Error::Client(why)) => format!("-ERR Invalid SASL response: {why}\r\n"),
             Err(e) => return Err(e),

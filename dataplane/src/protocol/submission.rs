@@ -45,7 +45,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
                 Ok(upgraded) => session = upgraded,
                 Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
             },
-            Ok(End::Closed) => return,
+            Ok(End::Closed) => return session.close().await,
             Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
     }
@@ -156,6 +156,12 @@ impl Session {
     async fn upgrade(self) -> Result<Session> {
         let client = self.ctx.accept_tls(self.client).await?;
         Ok(Session { client, parser: parser(&self.ctx), greeted: false, ..self })
+    }
+
+    /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
+    /// §6.1), without which a client cannot tell the end from a truncation.
+    async fn close(mut self) {
+        let _ = self.client.shutdown().await;
     }
 
     /// PIPELINING holds: commands are answered strictly in order from the buffer.

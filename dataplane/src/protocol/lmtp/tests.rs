@@ -8,16 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ListenerConfig, Protocol};
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
 use crate::settings::FleetSettings;
+use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
+
+mod tls;
 
 const OTHER_SERVER: &str = "451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
 const UNROUTABLE: &str = "451 4.4.1 Recipient's server temporarily unavailable, try again later\r\n";
@@ -141,6 +145,16 @@ async fn session(
     table: Option<HashMap<String, String>>,
     extra: &str,
 ) -> (Arc<Node>, BufReader<TcpStream>) {
+    let node = node(protocol, ports, table);
+    let addr = serve(&node, listener(protocol, extra), None).await;
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let kind = if protocol == "lmtp" { "LMTP" } else { "ESMTP" };
+    assert_eq!(read(&mut client).await, format!("220 t {kind} Switchyard\r\n"));
+    (node, client)
+}
+
+/// A node with `legacy` at `ports.0` and `new` at `ports.1` for `protocol`.
+fn node(protocol: &str, ports: (u16, u16), table: Option<HashMap<String, String>>) -> Arc<Node> {
     let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
@@ -151,41 +165,42 @@ async fn session(
         d.endpoints = vec![pb::Endpoint { protocol: protocol.into(), port: u32::from(port), tls: "plain".into() }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
+    node
+}
+
+fn listener(protocol: &str, extra: &str) -> ListenerConfig {
     let toml = format!(
         "[listener.m]\nprotocol = \"{protocol}\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\n{extra}\n\
          [control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
     );
-    let config = Arc::new(crate::config::Config::from_toml_str(&toml).unwrap().listener["m"].clone());
-    let flavor = if protocol == "lmtp" { super::Flavor::Lmtp } else { super::Flavor::Smtp };
+    crate::config::Config::from_toml_str(&toml).unwrap().listener["m"].clone()
+}
+
+/// Serves `config`'s protocol for `node` on a fresh port with the node's certificates in `tls`.
+async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
+    let flavor = if config.protocol == Protocol::Lmtp { super::Flavor::Lmtp } else { super::Flavor::Smtp };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(&node);
+    let served = Arc::clone(node);
+    let config = Arc::new(config);
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
-            let ctx = SessionCtx {
-                tls: None,
-                node: Arc::clone(&served),
-                listener_id: "m".into(),
-                listener: Arc::clone(&config),
-                client,
-            };
+            let (listener, tls) = (Arc::clone(&config), tls.clone());
+            let ctx = SessionCtx { tls, node: Arc::clone(&served), listener_id: "m".into(), listener, client };
             tokio::spawn(super::serve(ctx, stream.into(), flavor));
         }
     });
-    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    let kind = if protocol == "lmtp" { "LMTP" } else { "ESMTP" };
-    assert_eq!(read(&mut client).await, format!("220 t {kind} Switchyard\r\n"));
-    (node, client)
+    addr
 }
 
-async fn read(c: &mut BufReader<TcpStream>) -> String {
+async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
     line
 }
 
 /// Sends `s` and reads one whole reply.
-async fn ask(c: &mut BufReader<TcpStream>, s: &str) -> String {
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) -> String {
     c.get_mut().write_all(s.as_bytes()).await.unwrap();
     let mut reply = String::new();
     loop {
@@ -197,7 +212,7 @@ async fn ask(c: &mut BufReader<TcpStream>, s: &str) -> String {
     }
 }
 
-async fn closed(c: &mut BufReader<TcpStream>) -> bool {
+async fn closed<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> bool {
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.unwrap().unwrap();
     rest.is_empty()

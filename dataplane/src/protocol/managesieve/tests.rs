@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::literal_size;
 use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
-use crate::config::{ListenerConfig, TlsMode};
+use crate::config::ListenerConfig;
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
 use crate::settings::FleetSettings;
+use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
+
+mod tls;
 
 /// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.
 struct Table(Option<HashMap<String, String>>);
@@ -103,6 +106,15 @@ async fn session(
     table: Option<HashMap<String, String>>,
     config: ListenerConfig,
 ) -> (Arc<Node>, BufReader<TcpStream>, String) {
+    let node = node(port, table);
+    let addr = serve(&node, config, None).await;
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let greeting = until_status(&mut client).await;
+    (node, client, greeting)
+}
+
+/// A node with destinations `legacy` (default) and `new`, both at `port`.
+fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
     let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
@@ -111,31 +123,33 @@ async fn session(
         d.endpoints = vec![endpoint];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
+    node
+}
+
+/// Serves ManageSieve for `node` on a fresh port with the node's certificates in `tls`.
+async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(&node);
+    let served = Arc::clone(node);
     let config = Arc::new(config);
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
-            let listener = Arc::clone(&config);
-            let ctx =
-                SessionCtx { tls: None, node: Arc::clone(&served), listener_id: "sieve".into(), listener, client };
+            let (listener, tls) = (Arc::clone(&config), tls.clone());
+            let ctx = SessionCtx { tls, node: Arc::clone(&served), listener_id: "sieve".into(), listener, client };
             tokio::spawn(super::serve(ctx, stream.into()));
         }
     });
-    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    let greeting = until_status(&mut client).await;
-    (node, client, greeting)
+    addr
 }
 
-async fn read(c: &mut BufReader<TcpStream>) -> String {
+async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
     line
 }
 
 /// Lines through the next `OK`/`NO`/`BYE` status line.
-async fn until_status(c: &mut BufReader<TcpStream>) -> String {
+async fn until_status<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut text = String::new();
     loop {
         let line = read(c).await;
@@ -146,11 +160,11 @@ async fn until_status(c: &mut BufReader<TcpStream>) -> String {
     }
 }
 
-async fn say(c: &mut BufReader<TcpStream>, s: &str) {
+async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
     c.get_mut().write_all(s.as_bytes()).await.unwrap();
 }
 
-async fn rest(c: &mut BufReader<TcpStream>) -> String {
+async fn rest<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut rest = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut rest)).await.unwrap().unwrap();
     rest
@@ -284,17 +298,6 @@ async fn cleartext_authentication_is_refused_unless_the_listener_allows_it() {
     let refused = "NO (ENCRYPT-NEEDED) \"Authentication is disabled on this connection before TLS\"\r\n";
     assert_eq!(read(&mut c).await, refused);
     assert_eq!(logins.load(Ordering::SeqCst), 0);
-}
-
-#[tokio::test]
-async fn starttls_is_advertised_on_a_starttls_listener_and_answered_until_tls_is_integrated() {
-    let (port, _) = backend().await;
-    let mut config = listener(false, "");
-    config.tls = TlsMode::Starttls;
-    let (_n, mut c, greeting) = session(port, Some(HashMap::new()), config).await;
-    assert!(greeting.contains("\"STARTTLS\"\r\n"), "{greeting}");
-    say(&mut c, "STARTTLS\r\n").await;
-    assert_eq!(read(&mut c).await, "NO \"STARTTLS not available yet\"\r\n");
 }
 
 #[tokio::test]

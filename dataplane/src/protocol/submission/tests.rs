@@ -8,16 +8,20 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
+use crate::config::{ListenerConfig, TlsMode};
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
 use crate::settings::FleetSettings;
+use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
+
+mod tls;
 
 /// Every account on `legacy` (the default), or no answer at all (control plane down).
 struct Table(bool);
@@ -106,6 +110,14 @@ async fn converse(s: TcpStream, logins: Arc<AtomicU32>) {
 
 /// A node whose destinations both point at `port`, serving one submission client.
 async fn session(port: u16, control_plane_up: bool, allow_plaintext: bool) -> (Arc<Node>, BufReader<TcpStream>) {
+    let node = node(port, control_plane_up);
+    let addr = serve(&node, listener(TlsMode::Plain, allow_plaintext), None).await;
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert_eq!(read(&mut client).await, "220 t ESMTP Switchyard\r\n");
+    (node, client)
+}
+
+fn node(port: u16, control_plane_up: bool) -> Arc<Node> {
     let node = Node::new("t".into(), Arc::new(Table(control_plane_up)), CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
@@ -113,40 +125,55 @@ async fn session(port: u16, control_plane_up: bool, allow_plaintext: bool) -> (A
         d.endpoints = vec![pb::Endpoint { protocol: "submission".into(), port: u32::from(port), tls: "plain".into() }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
+    node
+}
+
+fn listener(tls: TlsMode, allow_plaintext: bool) -> ListenerConfig {
     let toml = format!(
         "[listener.s]\nprotocol = \"submission\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\n\
          allow_plaintext_auth = {allow_plaintext}\nmax_auth_attempts = 2\n\
          [control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
     );
-    let config = Arc::new(crate::config::Config::from_toml_str(&toml).unwrap().listener["s"].clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(&node);
-    tokio::spawn(async move {
-        while let Ok((stream, client)) = listener.accept().await {
-            let ctx = SessionCtx {
-                tls: None,
-                node: Arc::clone(&served),
-                listener_id: "s".into(),
-                listener: Arc::clone(&config),
-                client,
-            };
-            tokio::spawn(super::serve(ctx, stream.into()));
-        }
-    });
-    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    assert_eq!(read(&mut client).await, "220 t ESMTP Switchyard\r\n");
-    (node, client)
+    // Parsed as plain: validation would want certificate files for the TLS modes.
+    let mut config = crate::config::Config::from_toml_str(&toml).unwrap().listener["s"].clone();
+    config.tls = tls;
+    config
 }
 
-async fn read(c: &mut BufReader<TcpStream>) -> String {
+/// Serves submission for `node` on a fresh port, accepting implicit TLS first as the
+/// node's listener does.
+async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::clone(node);
+    let config = Arc::new(config);
+    tokio::spawn(async move {
+        while let Ok((stream, client)) = listener.accept().await {
+            let (listener, tls) = (Arc::clone(&config), tls.clone());
+            let ctx = SessionCtx { tls, node: Arc::clone(&served), listener_id: "s".into(), listener, client };
+            tokio::spawn(async move {
+                let stream = match ctx.listener.tls {
+                    TlsMode::Implicit => match ctx.accept_tls(stream.into()).await {
+                        Ok(stream) => stream,
+                        Err(_) => return,
+                    },
+                    _ => stream.into(),
+                };
+                super::serve(ctx, stream).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
     line
 }
 
 /// Sends `s` and reads one whole reply (every line of a multi-line one).
-async fn ask(c: &mut BufReader<TcpStream>, s: &str) -> String {
+async fn ask<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) -> String {
     c.get_mut().write_all(s.as_bytes()).await.unwrap();
     let mut reply = String::new();
     loop {
@@ -162,7 +189,7 @@ fn plain(user: &str, pass: &str) -> String {
     encode_plain(&Credentials { authzid: String::new(), authcid: user.into(), password: pass.into() })
 }
 
-async fn closed(c: &mut BufReader<TcpStream>) -> bool {
+async fn closed<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> bool {
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.unwrap().unwrap();
     rest.is_empty()
