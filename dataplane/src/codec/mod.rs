@@ -8,6 +8,7 @@
 pub mod imap;
 pub mod line;
 pub mod mechanism;
+pub mod proxy;
 pub mod sasl;
 pub mod sieve;
 pub mod smtp;

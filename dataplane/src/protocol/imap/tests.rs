@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, TlsMode};
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
 use crate::settings::FleetSettings;
+use crate::tls::testing::TestTls;
+use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
 struct Table(Option<HashMap<String, String>>);
@@ -88,6 +90,15 @@ async fn session(
     table: Option<HashMap<String, String>>,
     allow_plaintext: bool,
 ) -> (Arc<Node>, BufReader<TcpStream>) {
+    let node = node(port, table);
+    let addr = serve(&node, listener_config(allow_plaintext), None).await;
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let greeting = read(&mut client).await;
+    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1"), "{greeting}");
+    (node, client)
+}
+
+fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
     let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
@@ -95,35 +106,42 @@ async fn session(
         d.endpoints = vec![pb::Endpoint { protocol: "imap".into(), port: u32::from(port), tls: "plain".into() }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(&node);
-    let config = Arc::new(listener_config(allow_plaintext));
-    tokio::spawn(async move {
-        while let Ok((stream, client)) = listener.accept().await {
-            let ctx = SessionCtx {
-                tls: None,
-                node: Arc::clone(&served),
-                listener_id: "imap".into(),
-                listener: Arc::clone(&config),
-                client,
-            };
-            tokio::spawn(super::serve(ctx, stream.into()));
-        }
-    });
-    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    let greeting = read(&mut client).await;
-    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1"), "{greeting}");
-    (node, client)
+    node
 }
 
-async fn read(c: &mut BufReader<TcpStream>) -> String {
+/// Serves IMAP for `node` on a fresh port, accepting implicit TLS first as the node's
+/// listener does.
+async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::clone(node);
+    let config = Arc::new(config);
+    tokio::spawn(async move {
+        while let Ok((stream, client)) = listener.accept().await {
+            let (listener, tls) = (Arc::clone(&config), tls.clone());
+            let ctx = SessionCtx { tls, node: Arc::clone(&served), listener_id: "imap".into(), listener, client };
+            tokio::spawn(async move {
+                let stream = match ctx.listener.tls {
+                    TlsMode::Implicit => match ctx.accept_tls(stream.into()).await {
+                        Ok(stream) => stream,
+                        Err(_) => return,
+                    },
+                    _ => stream.into(),
+                };
+                super::serve(ctx, stream).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
     line
 }
 
-async fn say(c: &mut BufReader<TcpStream>, s: &str) {
+async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
     c.get_mut().write_all(s.as_bytes()).await.unwrap();
 }
 
@@ -239,4 +257,71 @@ async fn pre_auth_commands_and_malformed_input() {
     let mut rest = Vec::new();
     c.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
+}
+
+/// A STARTTLS listener with the node's certificate; the greeting is read.
+async fn starttls_session(tls: &TestTls, port: u16, allow_plaintext: bool) -> BufReader<TcpStream> {
+    let mut config = listener_config(allow_plaintext);
+    config.tls = TlsMode::Starttls;
+    let addr = serve(&node(port, Some(HashMap::new())), config, Some(tls.acceptor.clone())).await;
+    let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    let greeting = read(&mut client).await;
+    assert!(greeting.contains(" STARTTLS "), "{greeting}");
+    client
+}
+
+#[tokio::test]
+async fn starttls_upgrades_and_login_works_only_over_tls() {
+    let (port, logins) = backend().await;
+    let tls = TestTls::new();
+    let mut c = starttls_session(&tls, port, false).await;
+    say(&mut c, "a LOGIN alice secret\r\n").await;
+    assert!(read(&mut c).await.starts_with("a NO [PRIVACYREQUIRED]"));
+    say(&mut c, "b STARTTLS\r\n").await;
+    assert_eq!(read(&mut c).await, "b OK Begin TLS negotiation now\r\n");
+    let mut c = tls.upgrade(c).await;
+    say(&mut c, "c CAPABILITY\r\n").await;
+    let caps = read(&mut c).await;
+    assert!(caps.contains("AUTH=PLAIN") && !caps.contains("STARTTLS") && !caps.contains("LOGINDISABLED"), "{caps}");
+    assert_eq!(read(&mut c).await, "c OK CAPABILITY completed\r\n");
+    say(&mut c, "d STARTTLS\r\n").await;
+    assert!(read(&mut c).await.starts_with("d BAD"), "TLS is already up");
+    say(&mut c, "e LOGIN alice secret\r\nf SELECT INBOX\r\n").await;
+    assert_eq!(read(&mut c).await, "* CAPABILITY IMAP4rev1 IDLE\r\n");
+    assert_eq!(read(&mut c).await, "e OK Logged in\r\n");
+    assert_eq!(read(&mut c).await, "* ECHO f SELECT INBOX\r\n");
+    assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn plaintext_pipelined_behind_starttls_is_discarded() {
+    let (port, logins) = backend().await;
+    let tls = TestTls::new();
+    // Cleartext login allowed: an injected LOGIN would log in if it survived.
+    let mut c = starttls_session(&tls, port, true).await;
+    say(&mut c, "a STARTTLS\r\nb LOGIN alice secret\r\nc NOOP\r\n").await;
+    assert_eq!(read(&mut c).await, "a OK Begin TLS negotiation now\r\n");
+    let mut c = tls.upgrade(c).await;
+    say(&mut c, "z LOGOUT\r\n").await;
+    // Had b or c run, their answers would come first.
+    assert_eq!(read(&mut c).await, "* BYE Logging out\r\n");
+    assert_eq!(read(&mut c).await, "z OK LOGOUT completed\r\n");
+    assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn implicit_tls_greets_over_tls_and_allows_login() {
+    let (port, logins) = backend().await;
+    let tls = TestTls::new();
+    let mut config = listener_config(false);
+    config.tls = TlsMode::Implicit;
+    let addr = serve(&node(port, Some(HashMap::new())), config, Some(tls.acceptor.clone())).await;
+    let mut c = BufReader::new(tls.connect(TcpStream::connect(addr).await.unwrap()).await);
+    let greeting = read(&mut c).await;
+    assert!(greeting.starts_with("* OK [CAPABILITY IMAP4rev1"), "{greeting}");
+    assert!(greeting.contains("AUTH=PLAIN") && !greeting.contains("STARTTLS"), "{greeting}");
+    say(&mut c, "a LOGIN alice secret\r\n").await;
+    read(&mut c).await;
+    assert_eq!(read(&mut c).await, "a OK Logged in\r\n");
+    assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
