@@ -15,10 +15,13 @@ pub mod metrics;
 pub mod outbox;
 pub mod state;
 pub mod store;
+pub mod tls;
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -28,11 +31,13 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::state::Shared;
 use crate::store::Store;
+use crate::tls::{ServerTls, TlsIncoming};
 
-/// The control plane's sockets, bound before anything starts.
+/// The control plane's sockets, bound before anything starts, and their TLS configs.
 pub struct Bound {
     pub grpc: TcpListener,
     pub api: TcpListener,
+    tls: ServerTls,
 }
 
 impl Bound {
@@ -52,9 +57,11 @@ pub async fn bind(config: &Config) -> Result<Bound> {
     let api = TcpListener::bind(config.api.bind)
         .await
         .map_err(|e| Error::Config(format!("api: cannot bind {}: {e}", config.api.bind)))?;
-    tracing::info!(addr = %grpc.local_addr()?, "grpc listening");
-    tracing::info!(addr = %api.local_addr()?, "management api listening");
-    Ok(Bound { grpc, api })
+    let tls = ServerTls::load(config)?;
+    let mtls = config.grpc.client_ca.is_some();
+    tracing::info!(addr = %grpc.local_addr()?, tls = tls.grpc.is_some(), client_certificates = mtls, "grpc listening");
+    tracing::info!(addr = %api.local_addr()?, tls = tls.api.is_some(), "management api listening");
+    Ok(Bound { grpc, api, tls })
 }
 
 /// The secrets the control plane needs, loaded by `main` (files or environment).
@@ -96,25 +103,47 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     });
     let tasks = TaskTracker::new();
     tasks.spawn(metrics::run(Arc::clone(&shared.fleet), metrics_interval, shutdown.clone()));
-    let api = axum::serve(bound.api, api::router(Arc::clone(&shared), secrets.admin_token))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tasks.spawn(async move {
-        if let Err(e) = api.await {
-            tracing::error!(error = %e, "management api failed");
+    // The lockout keys on the peer address, which the router reads from `ConnectInfo`.
+    let app = api::router(Arc::clone(&shared), secrets.admin_token).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = || shutdown.clone().cancelled_owned();
+    match bound.tls.api {
+        None => spawn_server(&tasks, "management api", axum::serve(bound.api, app).with_graceful_shutdown(stop())),
+        Some(config) => {
+            // `tap_io` is a no-op: through it axum fills `ConnectInfo<SocketAddr>` for any listener.
+            let listener = TlsIncoming::spawn(bound.api, config, &tasks, shutdown.clone())?.tap_io(|_| ());
+            spawn_server(&tasks, "management api", axum::serve(listener, app).with_graceful_shutdown(stop()));
         }
-    });
+    }
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(grpc::server(Arc::clone(&shared), secrets.node_token))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(bound.grpc), shutdown.clone().cancelled_owned());
-    tasks.spawn(async move {
-        if let Err(e) = grpc.await {
-            tracing::error!(error = %e, "grpc server failed");
+        .add_service(grpc::server(Arc::clone(&shared), secrets.node_token));
+    match bound.tls.grpc {
+        None => spawn_server(
+            &tasks,
+            "grpc server",
+            grpc.serve_with_incoming_shutdown(TcpListenerStream::new(bound.grpc), stop()),
+        ),
+        Some(config) => {
+            let incoming = TlsIncoming::spawn(bound.grpc, config, &tasks, shutdown.clone())?.into_stream();
+            spawn_server(&tasks, "grpc server", grpc.serve_with_incoming_shutdown(incoming, stop()));
         }
-    });
+    }
     tasks.close();
     shutdown.cancelled().await;
     tasks.wait().await;
     Ok(())
+}
+
+fn spawn_server<S, E>(tasks: &TaskTracker, what: &'static str, server: S)
+where
+    S: IntoFuture<Output = std::result::Result<(), E>> + Send + 'static,
+    S::IntoFuture: Send,
+    E: std::fmt::Display,
+{
+    tasks.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    });
 }

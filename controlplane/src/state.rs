@@ -174,6 +174,7 @@ fn fleet_settings(config: &Config) -> pb::FleetSettings {
                         protocol: protocol.clone(),
                         port: u32::from(e.port),
                         tls: e.tls.as_str().to_string(),
+                        forwarding: e.forwarding.map(|f| f.as_str().to_string()).unwrap_or_default(),
                     })
                     .collect(),
                 tls_verify: d.tls_verify.as_str().to_string(),

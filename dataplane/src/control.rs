@@ -2,6 +2,7 @@
 //! jittered backoff across the configured endpoints, plus the `Resolve` client.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,8 +15,9 @@ use tokio::time::{sleep_until, Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::config::ControlConfig;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::route::{Resolved, Resolver, RouteError};
@@ -41,6 +43,37 @@ impl tonic::service::Interceptor for NodeAuth {
             req.metadata_mut().insert("authorization", v.clone());
         }
         Ok(req)
+    }
+}
+
+/// TLS towards `https://` endpoints: the `[control]` trust and client certificate. Files
+/// are read at each connect, so a renewed certificate is used from the next reconnect on.
+#[derive(Debug, Clone, Default)]
+pub struct ControlTls {
+    ca: Option<PathBuf>,
+    client: Option<(PathBuf, PathBuf)>,
+}
+
+impl ControlTls {
+    pub fn from_config(control: &ControlConfig) -> Self {
+        let client = control.tls_client_cert.clone().zip(control.tls_client_key.clone());
+        ControlTls { ca: control.tls_ca.clone(), client }
+    }
+
+    /// `tls_ca` alone when set (a private CA is not diluted by the system store), else the
+    /// system trust store. The control plane's certificate must name the endpoint's host.
+    fn client_config(&self) -> Result<ClientTlsConfig> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|e| Error::Control(format!("cannot read {}: {e}", path.display())))
+        };
+        let config = match &self.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        Ok(match &self.client {
+            Some((cert, key)) => config.identity(Identity::from_pem(read(cert)?, read(key)?)),
+            None => config,
+        })
     }
 }
 
@@ -91,6 +124,7 @@ impl Resolver for ControlResolver {
 pub struct Link {
     pub endpoints: Vec<String>,
     pub auth: NodeAuth,
+    pub tls: ControlTls,
     pub slot: ClientSlot,
     pub node: Arc<Node>,
     pub listeners: Vec<pb::Listener>,
@@ -130,15 +164,16 @@ impl Link {
     }
 
     async fn session(&self, endpoint: &str, seen: &mut SeenCommands) -> Result<()> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let mut target = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| Error::Control(format!("bad endpoint {endpoint}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|e| Error::Control(format!("connect: {e}")))?;
+            .keep_alive_while_idle(true);
+        if target.uri().scheme_str() == Some("https") {
+            target = target.tls_config(self.tls.client_config()?).map_err(|e| Error::Control(format!("tls: {e}")))?;
+        }
+        let channel = target.connect().await.map_err(|e| Error::Control(format!("connect: {}", chain(&e))))?;
         let client = ControlClient::with_interceptor(channel, self.auth.clone());
         let (tx, rx) = mpsc::channel(64);
         let (epoch, last_revision) = self.node.revision();
@@ -273,6 +308,19 @@ fn heartbeat() -> pb::node_message::Kind {
 
 async fn send(tx: &mpsc::Sender<pb::NodeMessage>, kind: pb::node_message::Kind) -> Result<()> {
     tx.send(pb::NodeMessage { kind: Some(kind) }).await.map_err(|_| Error::Control("session stream closed".into()))
+}
+
+/// An error with its causes: tonic's own message is only "transport error", the TLS
+/// reason (unknown CA, certificate required) is further down.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
 }
 
 fn status_error(status: tonic::Status) -> Error {

@@ -15,6 +15,7 @@ pub mod control;
 pub mod error;
 pub mod health;
 pub mod idle;
+pub mod inbound_proxy;
 pub mod listener;
 pub mod metrics;
 pub mod node;
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::control::{ClientSlot, ControlResolver, Link, NodeAuth};
+use crate::control::{ClientSlot, ControlResolver, ControlTls, Link, NodeAuth};
 use crate::error::{Error, Result};
 use crate::listener::BoundListener;
 use crate::node::Node;
@@ -87,6 +88,7 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
     let slot = ClientSlot::default();
     let resolver = ControlResolver { slot: slot.clone(), timeout: config.control.resolve_timeout };
     let node = Node::new(config.node.id.clone(), Arc::new(resolver), shutdown.clone());
+    node.set_own_listeners(bound.addresses().into_iter().flat_map(|(_, addrs)| addrs).collect());
     let listeners = bound
         .addresses()
         .into_iter()
@@ -103,6 +105,7 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
     let link = Link {
         endpoints: config.control.endpoints.clone(),
         auth: NodeAuth::new(node_token.as_deref())?,
+        tls: ControlTls::from_config(&config.control),
         slot,
         node: Arc::clone(&node),
         listeners,

@@ -4,6 +4,7 @@
 //! rebuilt only when the pushed cache settings change.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Closes every bridged session: cancelled once the shutdown grace period is over.
     pub kill_sessions: CancellationToken,
+    /// This node's own listener addresses, to refuse destinations that point back at it.
+    own: std::sync::OnceLock<Vec<SocketAddr>>,
 }
 
 impl Node {
@@ -59,6 +62,7 @@ impl Node {
             synced_once: AtomicBool::new(false),
             shutdown,
             kill_sessions: CancellationToken::new(),
+            own: std::sync::OnceLock::new(),
         })
     }
 
@@ -75,8 +79,31 @@ impl Node {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Records the listener addresses once they are bound.
+    pub fn set_own_listeners(&self, addrs: Vec<SocketAddr>) {
+        let _ = self.own.set(addrs);
+    }
+
+    /// Would connecting to `host:port` reach one of this node's own listeners (a loop)?
+    pub fn is_own_listener(&self, host: &str, port: u16) -> bool {
+        let Ok(ip) = host.parse::<IpAddr>() else { return false };
+        self.own.get().is_some_and(|own| {
+            own.iter().any(|addr| {
+                addr.port() == port
+                    && (addr.ip() == ip || (addr.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+            })
+        })
+    }
+
     /// Swaps in a new settings snapshot; rebuilds the route cache if its settings changed.
     pub fn apply_settings(&self, settings: FleetSettings) {
+        for dest in settings.destinations.values() {
+            for (protocol, endpoint) in &dest.endpoints {
+                if self.is_own_listener(&dest.host, endpoint.port) {
+                    tracing::error!(destination = %dest.id, %protocol, port = endpoint.port, "destination endpoint is this node's own listener: refused (routing loop)");
+                }
+            }
+        }
         self.breakers.configure(settings.breaker);
         {
             let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
@@ -146,5 +173,32 @@ impl Node {
     /// Ready: synced with a control plane at least once and holding settings.
     pub fn ready(&self) -> bool {
         self.synced_once.load(Ordering::Acquire) && self.settings().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{Resolved, RouteError};
+    use futures::future::BoxFuture;
+
+    struct Nowhere;
+
+    impl Resolver for Nowhere {
+        fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
+            Box::pin(async { Err(RouteError::Unavailable("test".into())) })
+        }
+    }
+
+    #[test]
+    fn a_destination_pointing_at_an_own_listener_is_a_loop() {
+        let node = Node::new("n".into(), Arc::new(Nowhere), CancellationToken::new());
+        assert!(!node.is_own_listener("127.0.0.1", 1143), "unknown until the listeners are bound");
+        node.set_own_listeners(vec!["0.0.0.0:1143".parse().unwrap(), "192.0.2.5:993".parse().unwrap()]);
+        assert!(node.is_own_listener("127.0.0.1", 1143), "a wildcard listener answers on loopback");
+        assert!(node.is_own_listener("192.0.2.5", 993));
+        assert!(!node.is_own_listener("192.0.2.6", 993));
+        assert!(!node.is_own_listener("127.0.0.1", 143));
+        assert!(!node.is_own_listener("mail.example.test", 1143), "names are not resolved here");
     }
 }

@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::breaker::Permit;
-use crate::config::{ListenerConfig, Protocol, TlsMode};
+use crate::codec::proxy;
+use crate::config::{Forwarding, ListenerConfig, Protocol, TlsMode};
 use crate::error::{Error, Result};
 use crate::idle::{Activity, Watched};
 use crate::node::Node;
@@ -24,7 +25,10 @@ pub struct SessionCtx {
     pub node: Arc<Node>,
     pub listener_id: Arc<str>,
     pub listener: Arc<ListenerConfig>,
+    /// The real client (from a trusted PROXY header, else the peer).
     pub client: SocketAddr,
+    /// The listener address the client connected to.
+    pub local: SocketAddr,
     /// The node's certificates, when it has any (implicit TLS and STARTTLS).
     pub tls: Option<TlsAcceptor>,
 }
@@ -129,6 +133,9 @@ impl SessionCtx {
     /// backend greeted (success) or failed to (failure).
     pub async fn connect(&self, route: &Route) -> Result<(MaybeTls, Permit)> {
         let dest = &route.destination;
+        if self.node.is_own_listener(&dest.host, route.endpoint.port) {
+            return Err(Error::unavailable(&dest.id, "endpoint is this node's own listener (routing loop)"));
+        }
         let breaker = self.node.breakers.get(&dest.id);
         let settings = self.node.settings().map(|s| s.breaker);
         let (timeout, retries) =
@@ -138,8 +145,17 @@ impl SessionCtx {
             let permit = breaker.admit().map_err(|_| Error::unavailable(&dest.id, "circuit breaker open"))?;
             let addr = (dest.host.as_str(), route.endpoint.port);
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
+                Ok(Ok(mut stream)) => {
                     let _ = stream.set_nodelay(true);
+                    if route.endpoint.forwarding == Forwarding::Proxy {
+                        // The header precedes everything, TLS included.
+                        let header = proxy::encode_v2(self.client, self.local);
+                        if let Err(e) = stream.write_all(&header).await {
+                            last = format!("PROXY header: {e}");
+                            permit.failure();
+                            continue;
+                        }
+                    }
                     if route.endpoint.tls != TlsMode::Implicit {
                         return Ok((MaybeTls::Plain(stream), permit));
                     }

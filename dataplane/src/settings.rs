@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use switchyard_proto::v1 as pb;
 
-use crate::config::{Protocol, TlsMode};
+use crate::config::{Forwarding, Protocol, TlsMode};
 use crate::routekey::RouteKeyRule;
 
 /// One backend mail server (or cluster address) that accounts are routed to.
@@ -18,7 +18,6 @@ use crate::routekey::RouteKeyRule;
 pub struct Destination {
     pub id: String,
     pub host: String,
-    pub forwarding: String,
     pub allow_plaintext_auth: bool,
     pub endpoints: HashMap<Protocol, Endpoint>,
     /// Used by every endpoint whose `tls` is `starttls` or `implicit`.
@@ -55,6 +54,9 @@ pub struct ClientCert {
 pub struct Endpoint {
     pub port: u16,
     pub tls: TlsMode,
+    /// How the backend learns the client's address (the destination's setting unless
+    /// the endpoint overrides it).
+    pub forwarding: Forwarding,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,6 +107,12 @@ impl TryFrom<pb::Destination> for Destination {
 
     fn try_from(d: pb::Destination) -> Result<Self, Self::Error> {
         let tls = backend_tls(&d)?;
+        let forwarding = |name: &str, default: Forwarding| match name {
+            "" => Ok(default),
+            name => Forwarding::from_name(name)
+                .ok_or_else(|| InvalidSettings(format!("destination {}: forwarding {name:?}", d.id))),
+        };
+        let default_forwarding = forwarding(&d.forwarding, Forwarding::None)?;
         let mut endpoints = HashMap::new();
         for e in d.endpoints {
             // An endpoint for a protocol this node does not know is skipped, not fatal:
@@ -118,16 +126,10 @@ impl TryFrom<pb::Destination> for Destination {
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| InvalidSettings(format!("destination {}: port {}", d.id, e.port)))?;
-            endpoints.insert(protocol, Endpoint { port, tls });
+            let forwarding = forwarding(&e.forwarding, default_forwarding)?;
+            endpoints.insert(protocol, Endpoint { port, tls, forwarding });
         }
-        Ok(Destination {
-            tls,
-            id: d.id,
-            host: d.host,
-            forwarding: d.forwarding,
-            allow_plaintext_auth: d.allow_plaintext_auth,
-            endpoints,
-        })
+        Ok(Destination { tls, id: d.id, host: d.host, allow_plaintext_auth: d.allow_plaintext_auth, endpoints })
     }
 }
 
@@ -220,7 +222,7 @@ pub(crate) mod tests {
             host: "127.0.0.1".into(),
             forwarding: "none".into(),
             allow_plaintext_auth: true,
-            endpoints: vec![pb::Endpoint { protocol: "imap".into(), port, tls: "plain".into() }],
+            endpoints: vec![pb::Endpoint { protocol: "imap".into(), port, tls: "plain".into(), ..Default::default() }],
             ..Default::default()
         };
         pb::FleetSettings {
@@ -250,7 +252,10 @@ pub(crate) mod tests {
         let s = FleetSettings::try_from(sample()).unwrap();
         assert_eq!(s.destinations.len(), 2);
         let new = s.destination("new").unwrap();
-        assert_eq!(new.endpoints[&Protocol::Imap], Endpoint { port: 2143, tls: TlsMode::Plain });
+        assert_eq!(
+            new.endpoints[&Protocol::Imap],
+            Endpoint { port: 2143, tls: TlsMode::Plain, forwarding: Forwarding::None }
+        );
         assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
         assert!(s.route_key.lowercase);
     }
@@ -329,7 +334,12 @@ pub(crate) mod tests {
     #[test]
     fn unknown_protocols_are_skipped() {
         let mut m = sample();
-        m.destinations[0].endpoints.push(pb::Endpoint { protocol: "gopher".into(), port: 70, tls: "plain".into() });
+        m.destinations[0].endpoints.push(pb::Endpoint {
+            protocol: "gopher".into(),
+            port: 70,
+            tls: "plain".into(),
+            ..Default::default()
+        });
         let s = FleetSettings::try_from(m).unwrap();
         assert_eq!(s.destination("legacy").unwrap().endpoints.len(), 1);
     }

@@ -3,20 +3,24 @@
 mod commands;
 mod destinations;
 mod health;
+mod lockout;
 mod mappings;
 mod moves;
 mod nodes;
 mod stats;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
+use lockout::Lockout;
 pub use stats::fleet_stats;
 
 use crate::state::Shared;
@@ -28,10 +32,14 @@ pub const MIN_TOKEN_LEN: usize = 32;
 pub struct ApiState {
     pub shared: Arc<Shared>,
     token: Arc<String>,
+    lockout: Arc<Lockout>,
 }
 
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the lockout keys on
+/// the peer address.
 pub fn router(shared: Arc<Shared>, token: String) -> Router {
-    let state = ApiState { shared, token: Arc::new(token) };
+    let lockout = Arc::new(Lockout::new(&shared.config.api));
+    let state = ApiState { shared, token: Arc::new(token), lockout };
     let protected = Router::new()
         .merge(stats::routes())
         .merge(commands::routes())
@@ -44,6 +52,12 @@ pub fn router(shared: Arc<Shared>, token: String) -> Router {
 }
 
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    // Absent only when the router is called in-process (tests); `run` always serves it
+    // with the peer address.
+    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    if let Some(retry_after) = client.and_then(|ip| state.lockout.locked(ip)) {
+        return locked_out(retry_after);
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -51,11 +65,20 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
-        next.run(request).await
-    } else {
-        let body = axum::Json(serde_json::json!({ "error": "missing or invalid bearer token" }));
-        (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        return next.run(request).await;
     }
+    if let Some(ip) = client {
+        state.lockout.record_failure(ip);
+    }
+    let body = axum::Json(serde_json::json!({ "error": "missing or invalid bearer token" }));
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+}
+
+fn locked_out(retry_after: Duration) -> Response {
+    // Whole seconds, rounded up: retrying at the announced time must not still be refused.
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let body = axum::Json(serde_json::json!({ "error": "too many failed token attempts; retry later" }));
+    (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, seconds.to_string())], body).into_response()
 }
 
 /// Seconds with millisecond precision, for `*_age_s` fields.

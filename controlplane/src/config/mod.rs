@@ -4,7 +4,6 @@
 mod validate;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +12,7 @@ use dataplane::config::{parse_toml, read_file};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-pub use dataplane::config::{load_token, ConfigError, TlsMode};
+pub use dataplane::config::{load_token, ConfigError, Forwarding, TlsMode};
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default)]
@@ -74,6 +73,11 @@ pub struct GrpcConfig {
     pub session_rate: u32,
     /// Node sessions admitted at once before the rate applies.
     pub session_burst: u32,
+    /// PEM certificate chain and key; TLS is required off loopback.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, nodes must also present a client certificate it signed.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for GrpcConfig {
@@ -84,6 +88,9 @@ impl Default for GrpcConfig {
             node_token_env: "SWITCHYARD_NODE_TOKEN".into(),
             session_rate: 200,
             session_burst: 200,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
     }
 }
@@ -97,6 +104,16 @@ pub struct ApiConfig {
     /// How long a PUT, move or reset waits for node acks before answering.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// PEM certificate chain and key; TLS is required off loopback.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Failed bearer-token attempts from one address within `lockout_window` that lock
+    /// it out (429) for `lockout_duration`.
+    pub lockout_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub lockout_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lockout_duration: Duration,
 }
 
 impl Default for ApiConfig {
@@ -106,6 +123,11 @@ impl Default for ApiConfig {
             bearer_token_file: None,
             bearer_token_env: "SWITCHYARD_ADMIN_TOKEN".into(),
             ack_timeout: Duration::from_secs(5),
+            tls_cert: None,
+            tls_key: None,
+            lockout_threshold: 10,
+            lockout_window: Duration::from_secs(60),
+            lockout_duration: Duration::from_secs(300),
         }
     }
 }
@@ -310,31 +332,6 @@ impl TlsVerify {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Forwarding {
-    #[default]
-    None,
-    Proxy,
-    Xclient,
-}
-
-impl Forwarding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Forwarding::None => "none",
-            Forwarding::Proxy => "proxy",
-            Forwarding::Xclient => "xclient",
-        }
-    }
-}
-
-impl fmt::Display for Forwarding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct EndpointConfig {
     pub port: u16,
@@ -342,6 +339,9 @@ pub struct EndpointConfig {
     /// credentials in clear.
     #[serde(default = "starttls")]
     pub tls: TlsMode,
+    /// Overrides the destination's `forwarding` for this protocol.
+    #[serde(default)]
+    pub forwarding: Option<Forwarding>,
 }
 
 fn starttls() -> TlsMode {
@@ -350,3 +350,5 @@ fn starttls() -> TlsMode {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

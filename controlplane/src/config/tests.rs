@@ -86,7 +86,7 @@ fn spec_example_parses() {
     let legacy = &c.destination["legacy"];
     assert_eq!(legacy.host, "10.0.1.10");
     assert_eq!(legacy.forwarding, Forwarding::None);
-    assert_eq!(legacy.protocol["imap"], EndpointConfig { port: 143, tls: TlsMode::Starttls });
+    assert_eq!(legacy.protocol["imap"], EndpointConfig { port: 143, tls: TlsMode::Starttls, forwarding: None });
 }
 
 #[test]

@@ -1,5 +1,8 @@
 //! Checks on a parsed `controlplane.toml` that types alone cannot express.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
 use dataplane::config::{check_log_level, check_positive, key_path, Problems, Protocol};
 
 use super::{Config, DestinationConfig, MappingSource, TlsMode, TlsVerify};
@@ -29,6 +32,8 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
         p.push("api.bind", format!("{} is already bound by grpc.bind", config.api.bind));
     }
 
+    check_lockout(config, p);
+    check_tls(config, p);
     check_routing(config, p);
     check_mapping(config, p);
     check_cache_and_breaker(config, p);
@@ -38,6 +43,50 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     }
     for (id, destination) in &config.destination {
         check_destination(&key_path("destination", id), id, destination, p);
+    }
+}
+
+fn check_lockout(config: &Config, p: &mut Problems) {
+    if config.api.lockout_threshold == 0 {
+        p.push("api.lockout_threshold", "must be at least 1");
+    }
+    check_positive("api.lockout_window", config.api.lockout_window, p);
+    check_positive("api.lockout_duration", config.api.lockout_duration, p);
+}
+
+fn check_tls(config: &Config, p: &mut Problems) {
+    let (api, grpc) = (&config.api, &config.grpc);
+    check_listener_tls("api", api.bind, (&api.tls_cert, &api.tls_key), None, p);
+    check_listener_tls("grpc", grpc.bind, (&grpc.tls_cert, &grpc.tls_key), grpc.client_ca.as_deref(), p);
+}
+
+/// Tokens cross the network in clear without TLS, so only loopback may go without it.
+/// The files are read here so that `--check` names an unreadable or mismatched one.
+fn check_listener_tls(
+    section: &str,
+    bind: SocketAddr,
+    (cert, key): (&Option<PathBuf>, &Option<PathBuf>),
+    client_ca: Option<&Path>,
+    p: &mut Problems,
+) {
+    let at = |key: &str| format!("{section}.{key}");
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            for (key, message) in crate::tls::check_files(cert, key, client_ca) {
+                p.push(at(key), message);
+            }
+        }
+        (Some(_), None) => p.push(at("tls_key"), "required with tls_cert"),
+        (None, Some(_)) => p.push(at("tls_cert"), "required with tls_key"),
+        (None, None) => {
+            let set = format!("set {section}.tls_cert and {section}.tls_key");
+            if !bind.ip().to_canonical().is_loopback() {
+                p.push(at("bind"), format!("TLS required when bound to a non-loopback address ({bind}): {set}"));
+            }
+            if client_ca.is_some() {
+                p.push(at("client_ca"), format!("client certificates need TLS: {set}"));
+            }
+        }
     }
 }
 

@@ -103,7 +103,10 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, CodecError> {
         (0x1, 0x11) if body.len() >= 12 => {
             let ip = |at: usize| IpAddr::V4(Ipv4Addr::new(body[at], body[at + 1], body[at + 2], body[at + 3]));
             let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
-            ProxyHeader::Proxied { source: SocketAddr::new(ip(0), port(8)), destination: SocketAddr::new(ip(4), port(10)) }
+            ProxyHeader::Proxied {
+                source: SocketAddr::new(ip(0), port(8)),
+                destination: SocketAddr::new(ip(4), port(10)),
+            }
         }
         (0x1, 0x21) if body.len() >= 36 => {
             let ip = |at: usize| {
@@ -112,7 +115,10 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, CodecError> {
                 IpAddr::V6(Ipv6Addr::from(octets))
             };
             let port = |at: usize| u16::from_be_bytes([body[at], body[at + 1]]);
-            ProxyHeader::Proxied { source: SocketAddr::new(ip(0), port(32)), destination: SocketAddr::new(ip(16), port(34)) }
+            ProxyHeader::Proxied {
+                source: SocketAddr::new(ip(0), port(32)),
+                destination: SocketAddr::new(ip(16), port(34)),
+            }
         }
         // UNSPEC, UNIX sockets or UDP: nothing usable for a TCP mail session.
         (0x1, 0x00 | 0x31 | 0x32 | 0x12 | 0x22) => ProxyHeader::Local,

@@ -4,6 +4,7 @@
 //! here; see `settings`. The strict loading machinery in `parse` is shared with the
 //! control plane's config.
 
+mod control_tls;
 mod parse;
 mod validate;
 
@@ -75,6 +76,11 @@ pub struct ControlConfig {
     /// How long a route lookup waits for the control plane before failing temporarily.
     #[serde(with = "humantime_serde")]
     pub resolve_timeout: Duration,
+    /// PEM CA bundle trusted for `https://` endpoints; default: the system trust store.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key presented on `https://` endpoints (mTLS); both or neither.
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
 }
 
 impl Default for ControlConfig {
@@ -84,6 +90,9 @@ impl Default for ControlConfig {
             node_token_file: None,
             node_token_env: "SWITCHYARD_NODE_TOKEN".into(),
             resolve_timeout: Duration::from_secs(5),
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
     }
 }
@@ -150,6 +159,30 @@ pub struct ListenerConfig {
     /// (fixed pass-through). Unset: each recipient is routed by its mailbox.
     #[serde(default)]
     pub pass_through: Option<String>,
+    /// Inbound PROXY protocol: `off`, `optional` or `required`; honoured only from
+    /// `proxy_trusted` peers (a header from anyone else is ordinary protocol input).
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Networks (CIDR) whose PROXY headers are believed, e.g. the load balancers.
+    #[serde(default)]
+    pub proxy_trusted: Vec<ipnet::IpNet>,
+}
+
+/// Whether a listener expects a PROXY protocol header from trusted peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+impl ListenerConfig {
+    /// Does this listener read a PROXY header from a connection coming from `peer`?
+    pub fn proxy_from(&self, peer: std::net::IpAddr) -> bool {
+        self.proxy_protocol != ProxyProtocol::Off && self.proxy_trusted.iter().any(|net| net.contains(&peer))
+    }
 }
 
 mod defaults {
@@ -217,6 +250,39 @@ impl Protocol {
 }
 
 impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a backend learns the real client's address: not at all, a PROXY protocol header,
+/// or the protocol's own command (IMAP `ID`, `XCLIENT` for POP3, ManageSieve, SMTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    #[default]
+    None,
+    Proxy,
+    Xclient,
+}
+
+impl Forwarding {
+    pub const ALL: [Forwarding; 3] = [Forwarding::None, Forwarding::Proxy, Forwarding::Xclient];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forwarding::None => "none",
+            Forwarding::Proxy => "proxy",
+            Forwarding::Xclient => "xclient",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Forwarding> {
+        Forwarding::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+impl fmt::Display for Forwarding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

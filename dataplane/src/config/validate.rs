@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{key_path, Config, ListenerConfig, Problems, Protocol, TlsMode};
+use super::{key_path, Config, ListenerConfig, Problems, Protocol, ProxyProtocol, TlsMode};
 
 /// Below this an ordinary `AUTHENTICATE` with an OAuth token would not fit on one line.
 const MIN_LINE_LENGTH: usize = 1024;
@@ -29,6 +29,7 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
         p.push("control.node_token_env", "must not be empty");
     }
     check_positive("control.resolve_timeout", control.resolve_timeout, p);
+    super::control_tls::check(control, p);
 
     crate::tls::check_certificates(&config.tls, p);
     let has_certificates = !config.tls.certificate.is_empty();
@@ -51,6 +52,9 @@ fn check_listener(at: &str, l: &ListenerConfig, has_certificates: bool, p: &mut 
         p.push(key("protocol"), format!("protocol {} is not available in this build", l.protocol));
     }
     check_pass_through(&key("pass_through"), l, p);
+    if l.proxy_protocol != ProxyProtocol::Off && l.proxy_trusted.is_empty() {
+        p.push(key("proxy_trusted"), "proxy_protocol needs the trusted networks (CIDR) whose headers are believed");
+    }
     if l.tls != TlsMode::Plain && !has_certificates {
         p.push(key("tls"), format!("tls = \"{}\" needs at least one [tls.certificate.<id>]", l.tls));
     }

@@ -23,7 +23,7 @@ use rustls::SupportedProtocolVersion;
 
 pub use client::{connect_tls, Connector};
 pub(crate) use server::check_certificates;
-pub use server::TlsAcceptor;
+pub use server::{read_chain, read_key, TlsAcceptor};
 pub use stream::MaybeTls;
 
 /// TLS 1.2 and 1.3 only: rustls speaks nothing older, and this makes the floor explicit.

@@ -109,7 +109,8 @@ fn load_one(at: &str, c: &CertificateConfig, only: bool, found: &mut Found) -> O
     Some(Loaded { at: at.to_owned(), names, names_explicit, default: c.default || only, key })
 }
 
-pub(super) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Reads a PEM certificate chain (or CA bundle); the message names the file.
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -120,7 +121,8 @@ pub(super) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
     Ok(chain)
 }
 
-pub(super) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+/// Reads a PEM private key; the message names the file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {

@@ -125,7 +125,6 @@ fn dest(verify: TlsVerify, server_name: &str, client_cert: Option<&Issued>) -> D
     Destination {
         id: "backend".into(),
         host: "127.0.0.1".into(),
-        forwarding: "none".into(),
         allow_plaintext_auth: false,
         endpoints: HashMap::new(),
         tls: BackendTls {

@@ -39,13 +39,20 @@ fn a_header_arriving_in_pieces_is_incomplete_until_whole_and_data_after_it_is_le
     for cut in 1..34 {
         assert_eq!(parse(&v1[..cut]).unwrap(), Parsed::Incomplete, "cut at {cut}");
     }
-    assert_eq!(parse(v1).unwrap(), Parsed::Header(ProxyHeader::Proxied { source: addr("10.0.0.1:1"), destination: addr("10.0.0.2:2") }, 34));
+    assert_eq!(
+        parse(v1).unwrap(),
+        Parsed::Header(ProxyHeader::Proxied { source: addr("10.0.0.1:1"), destination: addr("10.0.0.2:2") }, 34)
+    );
 }
 
 #[test]
 fn ordinary_protocol_data_is_not_a_header() {
     for data in [&b"a1 CAPABILITY\r\n"[..], b"EHLO x\r\n", b"USER a\r\n", b"P", b"\r\n"] {
-        let expected = if V2_SIGNATURE.starts_with(data) || b"PROXY ".starts_with(data) { Parsed::Incomplete } else { Parsed::Absent };
+        let expected = if V2_SIGNATURE.starts_with(data) || b"PROXY ".starts_with(data) {
+            Parsed::Incomplete
+        } else {
+            Parsed::Absent
+        };
         assert_eq!(parse(data).unwrap(), expected, "{data:?}");
     }
 }

@@ -103,7 +103,12 @@ fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
     for d in &mut settings.destinations {
-        d.endpoints = vec![pb::Endpoint { protocol: "imap".into(), port: u32::from(port), tls: "plain".into() }];
+        d.endpoints = vec![pb::Endpoint {
+            protocol: "imap".into(),
+            port: u32::from(port),
+            tls: "plain".into(),
+            ..Default::default()
+        }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
     node
@@ -119,7 +124,14 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx = SessionCtx { tls, node: Arc::clone(&served), listener_id: "imap".into(), listener, client };
+            let ctx = SessionCtx {
+                local: client,
+                tls,
+                node: Arc::clone(&served),
+                listener_id: "imap".into(),
+                listener,
+                client,
+            };
             tokio::spawn(async move {
                 let stream = match ctx.listener.tls {
                     TlsMode::Implicit => match ctx.accept_tls(stream.into()).await {

@@ -162,7 +162,12 @@ fn node(protocol: &str, ports: (u16, u16), table: Option<HashMap<String, String>
         let port = if d.id == "legacy" { ports.0 } else { ports.1 };
         // Delivery carries no credentials: a plain leg is fine without allow_plaintext_auth.
         d.allow_plaintext_auth = false;
-        d.endpoints = vec![pb::Endpoint { protocol: protocol.into(), port: u32::from(port), tls: "plain".into() }];
+        d.endpoints = vec![pb::Endpoint {
+            protocol: protocol.into(),
+            port: u32::from(port),
+            tls: "plain".into(),
+            ..Default::default()
+        }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
     node
@@ -186,7 +191,8 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx = SessionCtx { tls, node: Arc::clone(&served), listener_id: "m".into(), listener, client };
+            let ctx =
+                SessionCtx { local: client, tls, node: Arc::clone(&served), listener_id: "m".into(), listener, client };
             tokio::spawn(super::serve(ctx, stream.into(), flavor));
         }
     });

@@ -119,7 +119,12 @@ fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
     for d in &mut settings.destinations {
-        let endpoint = pb::Endpoint { protocol: "managesieve".into(), port: u32::from(port), tls: "plain".into() };
+        let endpoint = pb::Endpoint {
+            protocol: "managesieve".into(),
+            port: u32::from(port),
+            tls: "plain".into(),
+            ..Default::default()
+        };
         d.endpoints = vec![endpoint];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
@@ -135,7 +140,14 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx = SessionCtx { tls, node: Arc::clone(&served), listener_id: "sieve".into(), listener, client };
+            let ctx = SessionCtx {
+                local: client,
+                tls,
+                node: Arc::clone(&served),
+                listener_id: "sieve".into(),
+                listener,
+                client,
+            };
             tokio::spawn(super::serve(ctx, stream.into()));
         }
     });

@@ -113,7 +113,12 @@ fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
     for d in &mut settings.destinations {
-        d.endpoints = vec![pb::Endpoint { protocol: "pop3".into(), port: u32::from(port), tls: "plain".into() }];
+        d.endpoints = vec![pb::Endpoint {
+            protocol: "pop3".into(),
+            port: u32::from(port),
+            tls: "plain".into(),
+            ..Default::default()
+        }];
     }
     node.apply_settings(FleetSettings::try_from(settings).unwrap());
     node
@@ -128,6 +133,7 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let ctx = SessionCtx {
+                local: client,
                 tls: tls.clone(),
                 node: Arc::clone(&served),
                 listener_id: "pop3".into(),

@@ -1,0 +1,140 @@
+//! The processes under test on loopback: the release control plane and data-plane node
+//! (configs in a temp dir, ports 0 read back from their logs, tokens in the environment)
+//! and the scripted backend (this binary's `backend` subcommand).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use switchyard_tests::fleet::{Api, ADMIN_TOKEN, NODE_TOKEN};
+
+use crate::procs::{binary, Proc};
+
+const TOKENS: [(&str, &str); 2] = [("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN), ("SWITCHYARD_NODE_TOKEN", NODE_TOKEN)];
+
+pub fn node_token() -> &'static str {
+    NODE_TOKEN
+}
+
+/// A control-plane process and its management API.
+pub struct ControlPlane {
+    pub proc: Proc,
+    pub api: Api,
+    pub api_addr: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// Destination tables: `(id, imap port)` on 127.0.0.1, plain, cleartext allowed (loopback).
+fn destinations_toml(destinations: &[(&str, u16)]) -> String {
+    destinations
+        .iter()
+        .map(|(id, port)| {
+            format!(
+                "[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = true\n\
+                 [destination.{id}.protocol.imap]\nport = {port}\ntls = \"plain\"\n"
+            )
+        })
+        .collect()
+}
+
+impl ControlPlane {
+    /// Starts `target/release/controlplane` with the defaults of a real deployment, except
+    /// ports 0 and a store in `dir`. `cpu` pins it to one core (the Resolve-per-core target).
+    pub async fn start(
+        dir: &Path,
+        destinations: &[(&str, u16)],
+        default: &str,
+        cpu: Option<usize>,
+    ) -> Result<ControlPlane> {
+        let toml = format!(
+            "[grpc]\nbind = \"127.0.0.1:0\"\n[api]\nbind = \"127.0.0.1:0\"\n[routing]\ndefault_destination = \"{default}\"\n\
+             [mapping.sqlite]\npath = \"{}\"\n{}",
+            dir.join("mappings.db").display(),
+            destinations_toml(destinations)
+        );
+        let config = dir.join("controlplane.toml");
+        std::fs::write(&config, toml)?;
+        let config = config.to_string_lossy().into_owned();
+        let program = binary("controlplane")?;
+        let mut proc = Proc::spawn("controlplane", &program, &["--config", &config], &TOKENS, dir, cpu)?;
+        let grpc = proc.bound(&["grpc listening"]).await?;
+        let api_addr = proc.bound(&["management api listening"]).await?;
+        Ok(ControlPlane { proc, api: Api::new(api_addr), api_addr, grpc })
+    }
+}
+
+/// A data-plane node process with one plain IMAP listener.
+pub struct Node {
+    pub proc: Proc,
+    pub imap: SocketAddr,
+}
+
+impl Node {
+    /// Starts `target/release/dataplane` against `grpc` and waits until it is ready.
+    pub async fn start(dir: &Path, grpc: SocketAddr) -> Result<Node> {
+        // max_connections above what the fd limit allows: the idle scenario finds the ceiling.
+        let toml = format!(
+            "[node]\nid = \"bench-node\"\n[control]\nendpoints = [\"http://{grpc}\"]\n[health]\nbind = \"127.0.0.1:0\"\n\
+             [listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n\
+             max_connections = 100000\n"
+        );
+        let config = dir.join("dataplane.toml");
+        std::fs::write(&config, toml)?;
+        let config = config.to_string_lossy().into_owned();
+        let program = binary("dataplane")?;
+        let mut proc = Proc::spawn("dataplane", &program, &["--config", &config], &TOKENS, dir, None)?;
+        let imap = proc.bound(&["listening", "listener=imap"]).await?;
+        let health = proc.bound(&["health endpoint listening"]).await?;
+        proc.wait_for(&["connected to the control plane"]).await?;
+        wait_ready(health).await?;
+        Ok(Node { proc, imap })
+    }
+}
+
+/// Polls the node's `/readyz` until it answers 200 (settings received from the control plane).
+async fn wait_ready(health: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let url = format!("http://{health}/readyz");
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status().as_u16() == 200 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("node not ready within 20 s ({url})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The scripted backend in its own process; `fetch_size` is the FETCH literal's length.
+pub async fn start_backend(dir: &Path, fetch_size: usize) -> Result<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe()?;
+    let size = fetch_size.to_string();
+    let mut proc = Proc::spawn("backend", &exe, &["backend", "--fetch-size", &size], &[], dir, None)?;
+    let addr = proc.bound(&["backend listening"]).await?;
+    Ok((proc, addr))
+}
+
+/// Maps each of `accounts` to `destination` (every node acks before the API answers).
+pub async fn map_accounts(api: &Api, accounts: &[String], destination: &str) -> Result<()> {
+    for account in accounts {
+        let (code, body) =
+            api.put(&format!("/mappings/{account}"), serde_json::json!({ "destination": destination })).await?;
+        if code != 200 {
+            bail!("PUT /mappings/{account}: {code} {body}");
+        }
+    }
+    Ok(())
+}
+
+/// Drops every cached route on every node, so the next login of each account resolves.
+pub async fn invalidate_cache(api: &Api) -> Result<()> {
+    let (code, body) = api.post("/cache/invalidate").await?;
+    if code != 200 {
+        bail!("POST /cache/invalidate: {code} {body}");
+    }
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Scenario 1, the IMAP login cycle: direct to the backend vs through the node, with a warm
+//! route cache (the same few accounts) and a cold one (every login a `Resolve`), against the
+//! scripted backend and against real Dovecot.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::fleet::{self, ControlPlane, Node};
+use crate::load::{self, cold_account, warm_account, Accounts, Phase, PASSWORD};
+use crate::procs::Proc;
+use crate::report::{Figure, Target};
+
+#[derive(Clone, Copy)]
+pub struct Opts {
+    pub clients: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub runs: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Scripted,
+    Dovecot,
+}
+
+impl Backend {
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Scripted => "scripted",
+            Backend::Dovecot => "Dovecot",
+        }
+    }
+}
+
+/// What the backend is: its address, and its process when the bench runs it.
+struct Server {
+    addr: SocketAddr,
+    proc: Option<Proc>,
+    /// Fresh accounts the backend knows (Dovecot); `None` accepts any.
+    pool: Option<usize>,
+    _dovecot: Option<switchyard_tests::Dovecot>,
+}
+
+/// Runs scenario 1 against `backend` for every run; figures go to `runs[r]`.
+pub async fn scenario(backend: Backend, opts: &Opts, runs: &mut [Vec<Figure>], notes: &mut Vec<String>) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("switchyard-bench-login-").tempdir()?;
+    let warm: Vec<String> = (0..opts.clients).map(warm_account).collect();
+    let target = start_backend(backend, dir.path(), &warm, opts).await?;
+    let cp = ControlPlane::start(dir.path(), &[("backend", target.addr.port())], "backend", None).await?;
+    let node = Node::start(dir.path(), cp.grpc).await?;
+    fleet::map_accounts(&cp.api, &warm, "backend").await?;
+    let label = backend.label();
+    let fixed = Accounts::fixed(&warm);
+    let b = target.proc.as_ref();
+    for (r, figures) in runs.iter_mut().enumerate().take(opts.runs) {
+        eprintln!("scenario 1 ({label}), run {}/{}", r + 1, opts.runs);
+        load::run(target.addr, opts.clients, opts.warmup, &fixed, None, b).await?;
+        let mut direct = load::run(target.addr, opts.clients, opts.duration, &fixed, None, b).await?;
+        load::run(node.imap, opts.clients, opts.warmup, &fixed, Some(&node.proc), b).await?;
+        let mut warm_phase = load::run(node.imap, opts.clients, opts.duration, &fixed, Some(&node.proc), b).await?;
+        fleet::invalidate_cache(&cp.api).await?;
+        let fresh = Accounts::fresh(target.pool);
+        let mut cold = load::run(node.imap, opts.clients, opts.duration, &fresh, Some(&node.proc), b).await?;
+        if let Some((used, true)) = fresh.used() {
+            notes.push(format!("{label} cold run {}: {used} logins wrapped the {:?}-account pool", r + 1, target.pool));
+        }
+        eprintln!("  direct {:.0}/s, warm {:.0}/s, cold {:.0}/s", direct.rate(), warm_phase.rate(), cold.rate());
+        let clients = opts.clients;
+        figures.extend(compare(
+            &format!("1 login · {label} · warm, {clients} clients"),
+            &mut direct,
+            &mut warm_phase,
+            true,
+        ));
+        figures.extend(compare(&format!("1 login · {label} · cold, {clients} clients"), &mut direct, &mut cold, false));
+        if backend == Backend::Scripted {
+            figures.push(
+                Figure::new(
+                    &format!("1 login · {label} · warm, {clients} clients"),
+                    "load client CPU, % of a core",
+                    warm_phase.client_cpu / warm_phase.elapsed.as_secs_f64() * 100.0,
+                )
+                .vs("direct run", direct.client_cpu / direct.elapsed.as_secs_f64() * 100.0),
+            );
+            let half = opts.duration / 2;
+            let mut direct1 = load::run(target.addr, 1, half, &fixed, None, b).await?;
+            let mut warm1 = load::run(node.imap, 1, half, &fixed, Some(&node.proc), b).await?;
+            let scenario = format!("1 login · {label} · warm, 1 client");
+            figures.extend(latency_rows(&scenario, &mut direct1, &mut warm1, true));
+        }
+    }
+    drop(node);
+    drop(cp);
+    Ok(())
+}
+
+/// The rows comparing a proxied phase with the direct one of the same run.
+fn compare(scenario: &str, direct: &mut Phase, proxy: &mut Phase, warm: bool) -> Vec<Figure> {
+    let mut rate = Figure::new(scenario, "login cycles/s", proxy.rate()).vs("direct", direct.rate());
+    if warm {
+        rate = rate.target(Target::RatioAtLeast(0.85));
+    }
+    let mut rows = vec![rate];
+    rows.extend(latency_rows(scenario, direct, proxy, warm));
+    if let Some(cpu) = proxy.node_cpu {
+        let per_cycle = proxy.per_cycle_us(cpu);
+        let row = Figure::new(scenario, "node CPU µs per cycle", per_cycle);
+        rows.push(match proxy.backend_cpu {
+            Some(b) => row.vs("backend's own", proxy.per_cycle_us(b)),
+            None => row,
+        });
+        rows.push(Figure::new(scenario, "node CPU, % of a core", cpu / proxy.elapsed.as_secs_f64() * 100.0));
+    }
+    rows
+}
+
+fn latency_rows(scenario: &str, direct: &mut Phase, proxy: &mut Phase, warm: bool) -> Vec<Figure> {
+    let (d50, d99, p50, p99) = (direct.p(50.0), direct.p(99.0), proxy.p(50.0), proxy.p(99.0));
+    let mut added = Figure::new(scenario, "added p50 ms", p50 - d50);
+    if warm {
+        added = added.target(Target::AtMost(0.5));
+    }
+    vec![
+        Figure::new(scenario, "p50 ms per cycle", p50).vs("direct", d50),
+        Figure::new(scenario, "p99 ms per cycle", p99).vs("direct", d99),
+        added,
+        Figure::new(scenario, "added p99 ms", p99 - d99),
+    ]
+}
+
+async fn start_backend(backend: Backend, dir: &std::path::Path, warm: &[String], opts: &Opts) -> Result<Server> {
+    match backend {
+        Backend::Scripted => {
+            let (proc, addr) = fleet::start_backend(dir, 4096).await?;
+            Ok(Server { addr, proc: Some(proc), pool: None, _dovecot: None })
+        }
+        Backend::Dovecot => {
+            // Enough fresh accounts for a cold phase at a generous 400 logins/s.
+            let pool = 400 * opts.duration.as_secs().max(1) as usize + 200;
+            let mut users: Vec<String> = warm.to_vec();
+            users.extend((0..pool).map(cold_account));
+            let pairs: Vec<(&str, &str)> = users.iter().map(|u| (u.as_str(), PASSWORD)).collect();
+            let dovecot = switchyard_tests::Dovecot::start(&pairs).context("starting Dovecot")?;
+            let addr = dovecot.imap_addr();
+            eprintln!("scenario 1 (Dovecot): first login of {pool} accounts (creates their maildirs)");
+            prewarm(addr, pool, opts.clients).await?;
+            Ok(Server { addr, proc: None, pool: Some(pool), _dovecot: Some(dovecot) })
+        }
+    }
+}
+
+/// Logs every pool account in once, directly, so a cold phase costs Dovecot no more than a
+/// warm one (its first login creates the maildir).
+async fn prewarm(addr: SocketAddr, pool: usize, clients: usize) -> Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let next = Arc::clone(&next);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= pool {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                crate::client::login_cycle(addr, &cold_account(i), PASSWORD).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `Resolve` load on the control plane's gRPC API: a few HTTP/2 connections with many
+//! requests in flight, the node token in `authorization: Bearer` metadata.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use switchyard_proto::v1 as pb;
+use switchyard_proto::v1::control_client::ControlClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+/// HTTP/2 connections, and requests in flight on each.
+const CONNECTIONS: usize = 4;
+const IN_FLIGHT: usize = 32;
+/// Keys looked up: a mix of accounts the PUT phases mapped and unmapped ones.
+const KEYS: usize = 1000;
+
+/// Answers counted over a phase. With a wrong token "answered" means rejected by the
+/// token check, which is the transport's floor.
+pub struct Rate {
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Rate {
+    pub fn per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+pub async fn throughput(endpoint: &str, token: &str, duration: Duration) -> Result<Rate> {
+    let bearer: MetadataValue<_> = format!("Bearer {token}").parse().context("token")?;
+    let rejected_is_ok = token != crate::fleet::node_token();
+    let keys: Vec<String> = (0..KEYS)
+        .map(|i| if i % 2 == 0 { format!("put1-{}@example.test", i / 2) } else { format!("user{i}@example.test") })
+        .collect();
+    let keys = std::sync::Arc::new(keys);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let channel = Endpoint::from_shared(endpoint.to_string())?.connect().await.context("connect")?;
+        for t in 0..IN_FLIGHT {
+            let bearer = bearer.clone();
+            let mut client = ControlClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            });
+            let keys = std::sync::Arc::clone(&keys);
+            let mut k = (c * IN_FLIGHT + t) * 7;
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut errors) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    k = (k + 1) % keys.len();
+                    let request = pb::ResolveRequest { key: keys[k].clone() };
+                    match client.resolve(request).await {
+                        Ok(_) => ok += 1,
+                        Err(s) if rejected_is_ok && s.code() == tonic::Code::Unauthenticated => ok += 1,
+                        Err(_) => errors += 1,
+                    }
+                }
+                (ok, errors)
+            }));
+        }
+    }
+    let mut rate = Rate { ok: 0, errors: 0, elapsed: Duration::ZERO };
+    for t in tasks {
+        let (ok, errors) = t.await?;
+        rate.ok += ok;
+        rate.errors += errors;
+    }
+    rate.elapsed = started.elapsed();
+    if rate.errors > 0 {
+        eprintln!("  {} Resolve calls failed", rate.errors);
+    }
+    Ok(rate)
+}
