@@ -32,6 +32,11 @@ impl ImapClient {
             .context("timed out")
             .and_then(|r| r.map_err(anyhow::Error::from))
             .context(what)?;
+        Self::from_stream(stream).await
+    }
+
+    /// A client on a connection already open (e.g. after the test wrote a PROXY header).
+    pub async fn from_stream(stream: TcpStream) -> Result<Self> {
         let (read, writer) = stream.into_split();
         let mut client = Self { reader: BufReader::new(read), writer, greeting: String::new(), next_tag: 1 };
         client.greeting = client.read_line().await.context("reading the IMAP greeting")?;
