@@ -21,7 +21,6 @@ pub fn node_token() -> &'static str {
 pub struct ControlPlane {
     pub proc: Proc,
     pub api: Api,
-    pub api_addr: SocketAddr,
     pub grpc: SocketAddr,
 }
 
@@ -60,7 +59,7 @@ impl ControlPlane {
         let mut proc = Proc::spawn("controlplane", &program, &["--config", &config], &TOKENS, dir, cpu)?;
         let grpc = proc.bound(&["grpc listening"]).await?;
         let api_addr = proc.bound(&["management api listening"]).await?;
-        Ok(ControlPlane { proc, api: Api::new(api_addr), api_addr, grpc })
+        Ok(ControlPlane { proc, api: Api::new(api_addr), grpc })
     }
 }
 

@@ -80,7 +80,6 @@ pub struct Row {
     pub ratio: f64,
     pub target: Option<Target>,
     pub holds: Option<bool>,
-    pub runs: usize,
 }
 
 /// Medians of each (scenario, metric) over the runs, in first-seen order.
@@ -111,7 +110,6 @@ pub fn summarize(runs: &[Vec<Figure>]) -> Vec<Row> {
                 ratio,
                 target,
                 holds: target.and_then(|t| t.holds(value, ratio)),
-                runs: figs.len(),
             }
         })
         .collect()
@@ -203,7 +201,6 @@ mod tests {
         assert_eq!(rows[0].baseline, 100.0);
         assert_eq!(rows[0].ratio, 0.9);
         assert_eq!(rows[0].holds, Some(true));
-        assert_eq!(rows[0].runs, 3);
     }
 
     #[test]

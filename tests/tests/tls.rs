@@ -150,6 +150,7 @@ async fn sni_picks_the_certificate_for_each_server_name() -> Result<()> {
         return Ok(());
     }
     let pki = TestPki::new()?;
+    // Only handshakes here: the destination is never dialled.
     let cp = ControlPlane::start_destinations(&destination_toml("legacy", &[("imap", 9)], ""), "legacy").await?;
     let node = node(&cp, &(listener("imaps", "imap", "implicit") + &certificates(&pki)?)).await?;
     let port = node.addr("imaps").port().to_string();

@@ -66,8 +66,13 @@ impl Credential {
     /// The account the login is for: the PLAIN/LOGIN user, the OAuth `a=`/`user=` field,
     /// else the token's claims (read without checking the signature: the backend still
     /// authenticates the token, the proxy only needs to know where to send it).
+    ///
+    /// `None` for a password credential with a NUL in it (an IMAP LOGIN literal, a POP3
+    /// PASS line): replayed as PLAIN, the NUL would split it into other fields than the
+    /// account the proxy routed on.
     pub fn identifier(&self) -> Option<String> {
         match self {
+            Credential::Password(c) if [&c.authzid, &c.authcid, &c.password].iter().any(|f| f.contains('\0')) => None,
             Credential::Password(c) => Some(c.authcid.clone()),
             Credential::Bearer { creds, .. } => creds.user.clone().or_else(|| jwt_subject(&creds.token)),
         }
@@ -134,7 +139,7 @@ impl SaslServer {
         let step = match (self.mechanism, &self.state) {
             (Mechanism::Plain, _) => Step::Done(Credential::Password(sasl::parse_plain(data)?)),
             (Mechanism::Login, State::Initial) => {
-                let user = String::from_utf8(data.to_vec()).map_err(|_| CodecError::InvalidUtf8)?;
+                let user = login_field(data)?;
                 if user.is_empty() {
                     return Err(CodecError::Malformed("LOGIN user name is empty"));
                 }
@@ -142,7 +147,7 @@ impl SaslServer {
                 Step::Challenge(b"Password:".to_vec())
             }
             (Mechanism::Login, State::LoginPassword { user }) => {
-                let password = String::from_utf8(data.to_vec()).map_err(|_| CodecError::InvalidUtf8)?;
+                let password = login_field(data)?;
                 Step::Done(Credential::password(user, &password))
             }
             (Mechanism::OAuthBearer, _) => Step::Done(Credential::Bearer {
@@ -155,6 +160,15 @@ impl SaslServer {
         };
         Ok(step)
     }
+}
+
+/// A LOGIN user name or password. Both are replayed as PLAIN, whose fields are NUL
+/// separated (RFC 4616), so a NUL in either is refused like a malformed PLAIN message.
+fn login_field(data: &[u8]) -> Result<String, CodecError> {
+    if data.contains(&0) {
+        return Err(CodecError::Malformed("LOGIN response contains NUL"));
+    }
+    String::from_utf8(data.to_vec()).map_err(|_| CodecError::InvalidUtf8)
 }
 
 #[cfg(test)]

@@ -32,7 +32,11 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
                 Ok(upgraded) => session = upgraded,
                 Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
             },
-            Ok(End::Closed) => return,
+            Ok(End::Closed) => {
+                // An orderly close, so a TLS client gets its close_notify.
+                let _ = session.client.shutdown().await;
+                return;
+            }
             Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
     }
@@ -104,6 +108,12 @@ impl Session {
                 "STARTTLS" if self.ctx.starttls_offered(&self.client) => {
                     self.send(format!("{tag} OK Begin TLS negotiation now\r\n").as_bytes()).await?;
                     return Ok(End::StartTls);
+                }
+                "STARTTLS" => {
+                    let why =
+                        if self.client.is_tls() { "TLS is already active" } else { "STARTTLS is not offered here" };
+                    self.send(format!("{tag} BAD {why}\r\n").as_bytes()).await?;
+                    continue;
                 }
                 "LOGIN" => self.login(command).await?,
                 "AUTHENTICATE" => self.authenticate(command).await?,

@@ -73,6 +73,19 @@ fn xoauth2_after_an_empty_challenge() {
     assert!(s.step(b"garbage").is_err());
 }
 
+/// Found by the `sasl` fuzz target: replayed as PLAIN, a NUL inside a LOGIN user name
+/// or password split into other fields than the account the proxy routed on.
+#[test]
+fn a_nul_in_a_password_credential_is_refused() {
+    assert!(SaslServer::start(Mechanism::Login, Some(b"victim\0x")).is_err());
+    let (mut s, _) = SaslServer::start(Mechanism::Login, Some(b"alice")).unwrap();
+    assert!(s.step(b"pw\0more").is_err());
+    // IMAP LOGIN literals and POP3 PASS lines build the credential directly.
+    assert_eq!(Credential::password("victim\0x", "pw").identifier(), None);
+    assert_eq!(Credential::password("alice", "p\0w").identifier(), None);
+    assert_eq!(Credential::password("alice", "pw").identifier().as_deref(), Some("alice"));
+}
+
 #[test]
 fn mechanism_names() {
     assert_eq!(Mechanism::from_name("xoauth2"), Some(Mechanism::XOAuth2));
