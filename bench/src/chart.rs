@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::report::Row;
 
@@ -114,23 +115,26 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, labels: b
     let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let hi = hi.max(p.target.map_or(0.0, |t| t.0)) * 1.2 + 1e-9;
     let lo = if lo < 0.0 { lo * 1.2 } else { 0.0 };
-    let keys: Vec<f64> = (0..n).map(|i| i as f64 + 0.5).collect();
     let mut builder = ChartBuilder::on(area);
     builder.margin(12).x_label_area_size(if labels { 40 } else { 0 }).y_label_area_size(if labels { 50 } else { 0 });
     if labels {
         builder.caption(p.title, ("sans-serif", 18));
     }
-    let mut chart = builder.build_cartesian_2d((0.0..n as f64).with_key_points(keys), lo..hi).map_err(err)?;
+    let mut chart = builder.build_cartesian_2d(0.0..n as f64, lo..hi).map_err(err)?;
     if labels {
-        let groups = p.groups.clone();
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_label_formatter(&|x| groups.get(x.floor() as usize).cloned().unwrap_or_default())
-            .x_label_style(("sans-serif", 13))
+            .x_labels(0)
             .y_label_style(("sans-serif", 13))
             .draw()
             .map_err(err)?;
+        // Group names centred under their bars, in pixels: the x axis is continuous.
+        let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));
+        for (i, group) in p.groups.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(i as f64 + 0.5, lo));
+            area.draw(&Text::new(group.clone(), (px, py + 6), style.clone())).map_err(err)?;
+        }
     }
     let width = 0.7 / p.series.len() as f64;
     for (s, (name, color, values)) in p.series.iter().enumerate() {

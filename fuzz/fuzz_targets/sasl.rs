@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let script = Script::new(data);
     decoders(script.body);
     exchange(&script);
+    direct(&script);
 });
 
 fn decoders(body: &[u8]) {
@@ -54,6 +55,17 @@ fn exchange(script: &Script<'_>) {
             Ok(step) => step,
             Err(_) => return,
         };
+    }
+}
+
+/// A password credential built directly, as IMAP LOGIN and POP3 USER/PASS do: either it
+/// names no account (and is refused) or it replays faithfully.
+fn direct(script: &Script<'_>) {
+    let text = String::from_utf8_lossy(script.body);
+    let (user, password) = text.split_once(char::from(script.byte0)).unwrap_or((&text, ""));
+    let credential = Credential::password(user, password);
+    if credential.identifier().is_some() {
+        check_replay(Mechanism::Login, &credential);
     }
 }
 

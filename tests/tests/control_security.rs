@@ -67,7 +67,11 @@ async fn connected_nodes(cp: &ControlPlane) -> Result<Vec<String>> {
     let (code, nodes) = cp.api().get("/nodes").await?;
     ensure!(code == 200, "/nodes: {code} {nodes}");
     let nodes = nodes.as_array().context("/nodes is a list")?;
-    Ok(nodes.iter().filter(|n| n["connected"] == true).filter_map(|n| n["node_id"].as_str().map(String::from)).collect())
+    Ok(nodes
+        .iter()
+        .filter(|n| n["connected"] == true)
+        .filter_map(|n| n["node_id"].as_str().map(String::from))
+        .collect())
 }
 
 async fn until_connected(cp: &ControlPlane, id: &str) -> Result<Vec<String>> {
@@ -197,7 +201,8 @@ async fn a_node_syncs_over_https_grpc_trusting_the_test_ca() -> Result<()> {
     // Plain gRPC to a TLS port gets nowhere.
     let _plain = start_node("dp-plain", &format!("http://{}", cp.grpc), NODE_TOKEN, "").await?;
     let other_pki = TestPki::new()?;
-    let _distrusting = start_node("dp-other-ca", &endpoint, NODE_TOKEN, &key("tls_ca", &other_pki.ca_pem_path())).await?;
+    let _distrusting =
+        start_node("dp-other-ca", &endpoint, NODE_TOKEN, &key("tls_ca", &other_pki.ca_pem_path())).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(connected_nodes(&cp).await?, ["dp-tls"]);
     Ok(())
@@ -241,7 +246,9 @@ async fn throw_garbage(addr: SocketAddr) -> Result<Vec<tokio::net::TcpStream>> {
     let mut idle = Vec::new();
     let mut junk: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
     junk.extend_from_slice(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    for payload in [junk, vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff".to_vec()] {
+    for payload in
+        [junk, vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0x00], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff".to_vec()]
+    {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let _ = stream.write_all(&payload).await;
         idle.push(stream);

@@ -160,6 +160,31 @@ async fn submission_replays_auth_to_the_accounts_postfix() -> Result<()> {
     arrives(&f.new, "bob@example.test", "from swaks").await?;
     assert!(!inbox(&f.legacy, "bob@example.test").await?.iter().any(|s| s == "from swaks"));
 
+    // curl as a third real client (AUTH PLAIN from curl's own SASL code).
+    let message = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        message.path(),
+        "From: bob@example.test\r\nTo: bob@example.test\r\nSubject: from curl\r\n\r\nhi\r\n",
+    )?;
+    let url = format!("smtp://127.0.0.1:{port}");
+    let path = message.path().to_string_lossy().into_owned();
+    let (ok, text) = switchyard_tests::curl(&[
+        url.as_str(),
+        "--user",
+        "bob@example.test:bobpw",
+        "--login-options",
+        "AUTH=PLAIN",
+        "--mail-from",
+        "bob@example.test",
+        "--mail-rcpt",
+        "bob@example.test",
+        "--upload-file",
+        path.as_str(),
+    ])
+    .await?;
+    assert!(ok, "{text}");
+    arrives(&f.new, "bob@example.test", "from curl").await?;
+
     // A wrong password is Postfix's (via Dovecot's) verdict, relayed as is.
     let wrong = Some(("alice@example.test", "nope"));
     let (ok, text) = python_smtp_submit(port, wrong, me[0], me, "never", &ClientTls::Plain).await?;
