@@ -131,8 +131,10 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, labels: b
             .map_err(err)?;
         // Group names centred under their bars, in pixels: the x axis is continuous.
         let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top));
+        let (bx, by) = area.get_base_pixel();
         for (i, group) in p.groups.iter().enumerate() {
             let (px, py) = chart.backend_coord(&(i as f64 + 0.5, lo));
+            let (px, py) = (px - bx, py - by);
             area.draw(&Text::new(group.clone(), (px, py + 6), style.clone())).map_err(err)?;
         }
     }

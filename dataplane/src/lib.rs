@@ -30,7 +30,6 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use switchyard_proto::v1 as pb;
 use tokio::net::TcpListener;
@@ -80,9 +79,6 @@ pub async fn bind(config: &Config) -> Result<Bound> {
     Ok(Bound { listeners, health })
 }
 
-/// How long live sessions may drain after shutdown is requested.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Runs the node until `shutdown` is cancelled, then drains live sessions.
 pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutdown: CancellationToken) -> Result<()> {
     let slot = ClientSlot::default();
@@ -130,7 +126,8 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
     background.close();
     background.wait().await;
     sessions.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(config.node.shutdown_grace, sessions.wait()).await.is_err() {
+        tracing::info!(live = node.sessions.active_total(), "grace period over; closing the remaining sessions");
         node.kill_sessions.cancel();
         sessions.wait().await;
     }

@@ -185,6 +185,7 @@ impl Node {
             r#"[node]
 id = "{id}"
 metrics_interval = "1s"
+shutdown_grace = "2s"
 [control]
 endpoints = [{endpoints}]
 resolve_timeout = "2s"
@@ -212,6 +213,13 @@ bind = "127.0.0.1:0"
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+
+    /// Asks the node to shut down (SIGTERM) without waiting; the task that ends when
+    /// it has drained is returned.
+    pub fn begin_stop(&mut self) -> Option<JoinHandle<()>> {
+        self.shutdown.cancel();
+        self.task.take()
     }
 
     /// The first bound address of listener `id`.

@@ -48,11 +48,19 @@ pub struct NodeConfig {
     pub log_level: String,
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
+    /// On SIGTERM: stop accepting, let live sessions run this long, then close them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { id: default_node_id(), log_level: "info".into(), metrics_interval: Duration::from_secs(60) }
+        NodeConfig {
+            id: default_node_id(),
+            log_level: "info".into(),
+            metrics_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
     }
 }
 
