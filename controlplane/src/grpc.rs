@@ -36,6 +36,8 @@ impl tonic::service::Interceptor for NodeTokenCheck {
         if bool::from(presented.as_bytes().ct_eq(self.0.as_bytes())) {
             Ok(req)
         } else {
+            let peer = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            tracing::warn!(%peer, "node refused: invalid or missing node token");
             Err(Status::unauthenticated("invalid or missing node token"))
         }
     }
