@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::client::login_cycle;
-use crate::procs::{Proc, Usage};
+use crate::procs::{machine_busy, Proc, Usage};
 use crate::stats::Latencies;
 
 pub const PASSWORD: &str = "pw";
@@ -74,9 +74,47 @@ pub struct Phase {
     pub client_cpu: f64,
     pub node_cpu: Option<f64>,
     pub backend_cpu: Option<f64>,
+    /// Busy CPU seconds of the whole machine (other sessions' builds included).
+    pub machine_cpu: f64,
 }
 
 impl Phase {
+    pub fn empty() -> Phase {
+        Phase {
+            cycles: 0,
+            errors: 0,
+            first_error: None,
+            latencies: Latencies::default(),
+            elapsed: Duration::ZERO,
+            client_cpu: 0.0,
+            node_cpu: None,
+            backend_cpu: None,
+            machine_cpu: 0.0,
+        }
+    }
+
+    /// Adds a later slice of the same phase.
+    pub fn merge(&mut self, other: Phase) {
+        let add = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        self.cycles += other.cycles;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+        self.client_cpu += other.client_cpu;
+        self.node_cpu = add(self.node_cpu, other.node_cpu);
+        self.backend_cpu = add(self.backend_cpu, other.backend_cpu);
+        self.machine_cpu += other.machine_cpu;
+    }
+
+    /// `cpu` seconds as a share of one core over the phase, in percent.
+    pub fn share(&self, cpu: f64) -> f64 {
+        cpu / self.elapsed.as_secs_f64().max(1e-9) * 100.0
+    }
+
     pub fn rate(&self) -> f64 {
         self.cycles as f64 / self.elapsed.as_secs_f64()
     }
@@ -101,6 +139,7 @@ pub async fn run(
     backend: Option<&Proc>,
 ) -> Result<Phase> {
     let before = (Usage::of_self()?, node.map(Proc::usage).transpose()?, backend.map(Proc::usage).transpose()?);
+    let machine_before = machine_busy()?;
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
@@ -124,16 +163,7 @@ pub async fn run(
             (latencies, errors, first_error)
         }));
     }
-    let mut phase = Phase {
-        cycles: 0,
-        errors: 0,
-        first_error: None,
-        latencies: Latencies::default(),
-        elapsed: Duration::ZERO,
-        client_cpu: 0.0,
-        node_cpu: None,
-        backend_cpu: None,
-    };
+    let mut phase = Phase::empty();
     for task in tasks {
         let (latencies, errors, first_error) = task.await?;
         phase.latencies.extend(latencies);
@@ -145,6 +175,7 @@ pub async fn run(
     phase.elapsed = started.elapsed();
     phase.cycles = phase.latencies.len() as u64;
     phase.client_cpu = Usage::of_self()?.cpu_since(&before.0).0;
+    phase.machine_cpu = (machine_busy()? - machine_before).as_secs_f64();
     if let (Some(n), Some(b)) = (node, before.1) {
         phase.node_cpu = Some(n.usage()?.cpu_since(&b).0);
     }

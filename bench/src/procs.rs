@@ -133,6 +133,16 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// Busy CPU time of the whole machine since boot (every core, every process), from
+/// `/proc/stat`: user, nice, system, irq, softirq and steal.
+pub fn machine_busy() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat")?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| ticks.get(i)).sum();
+    Ok(Duration::from_secs_f64(busy as f64 / rustix::param::clock_ticks_per_second() as f64))
+}
+
 /// A process's CPU time (user + system) and resident set size at one instant.
 #[derive(Clone, Copy, Debug)]
 pub struct Usage {

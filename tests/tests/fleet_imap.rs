@@ -40,6 +40,14 @@ async fn fixture() -> Result<Fixture> {
         Ok(())
     })
     .await?;
+    for node in &nodes {
+        eventually(PROPAGATION, || async {
+            let (code, body) = node.readyz().await?;
+            ensure!(code == 200 && body["status"] == "ready", "{body}");
+            Ok(())
+        })
+        .await?;
+    }
     Ok(Fixture { legacy, new, cp, nodes })
 }
 

@@ -49,6 +49,16 @@ async fn connected(api: &Api, count: usize) -> Result<Value> {
     .await
 }
 
+/// Waits until the node has its fleet settings (`/readyz` says ready).
+async fn ready(node: &Node) -> Result<()> {
+    eventually(WAIT, || async {
+        let (code, body) = node.readyz().await?;
+        ensure!(code == 200 && body["status"] == "ready", "{body}");
+        Ok(())
+    })
+    .await
+}
+
 /// Logins to `user` recorded in a Dovecot's log (`imap-login: Login: user=<...>`).
 fn logins(dovecot: &Dovecot, user: &str) -> usize {
     dovecot.log().lines().filter(|l| l.contains("Login: user=<") && l.contains(user)).count()
@@ -67,6 +77,9 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
     ];
     let api = cp.api();
     connected(&api, 2).await?;
+    for node in &nodes {
+        ready(node).await?;
+    }
 
     // An open session on legacy, on each node.
     let mut open = Vec::new();
@@ -117,6 +130,7 @@ async fn nodes_keep_serving_without_the_control_plane_and_resync_when_it_returns
     let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
     let api = cp.api();
     connected(&api, 1).await?;
+    ready(&node).await?;
     api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
     assert_eq!(subjects(&node, "alice@example.test").await?, on("new"));
 
@@ -162,8 +176,9 @@ async fn a_restarted_node_is_a_new_instance_with_fresh_counters() -> Result<()> 
     let api = cp.api();
     let mut node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
     let first = connected(&api, 1).await?[0]["instance_id"].clone();
+    ready(&node).await?;
     for _ in 0..3 {
-        subjects(&node, "carol@example.test").await?.unwrap_or_default();
+        assert!(subjects(&node, "carol@example.test").await?.is_ok(), "login through the node");
     }
     let node_stats = |want: u64| {
         let api = &api;
@@ -181,8 +196,14 @@ async fn a_restarted_node_is_a_new_instance_with_fresh_counters() -> Result<()> 
     node_stats(3).await?;
     node.stop().await;
     let _node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
-    let nodes = connected(&api, 1).await?;
-    assert_ne!(nodes[0]["instance_id"], first, "a new process is a new instance");
+    // The old stream's end and the new one's hello may be seen in either order: wait for
+    // the new instance rather than for "connected".
+    eventually(WAIT, || async {
+        let nodes = connected(&api, 1).await?;
+        ensure!(nodes[0]["instance_id"] != first, "still the old instance: {nodes}");
+        Ok(())
+    })
+    .await?;
     node_stats(0).await?;
     Ok(())
 }
@@ -292,7 +313,7 @@ async fn a_node_fails_over_to_the_next_control_plane_endpoint() -> Result<()> {
     };
     let node = Node::start("dp-failover", &[dead, cp.endpoint()], Some(NODE_TOKEN)).await?;
     connected(&cp.api(), 1).await?;
-    let (code, body) = node.readyz().await?;
-    assert_eq!((code, body["status"].as_str()), (200, Some("ready")));
-    Ok(())
+    // Connected on the control plane's side comes a moment before the node has applied
+    // its Welcome and calls itself ready.
+    ready(&node).await
 }

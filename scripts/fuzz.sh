@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Fuzzes every codec target in fuzz/ with cargo fuzz (libFuzzer) for SECONDS each
+# (default 10) and fails on the first crash, hang (-timeout) or out-of-memory.
+#
+#   scripts/fuzz.sh [SECONDS]
+#
+# Environment:
+#   FUZZ_TARGETS="imap smtp"   only these targets (default: every one `cargo fuzz list` names)
+#   FUZZ_SANITIZER=address     build with a sanitizer (default none: the codecs forbid
+#                              `unsafe`, so ASan would halve the executions for nothing)
+#   FUZZ_SAVE=1                merge what the run found into fuzz/corpus/<target> and
+#                              minimize it with `cargo fuzz cmin` (otherwise the checked-in
+#                              corpus is only read, and new inputs go to a temp dir)
+#
+# A crashing input is left in fuzz/artifacts/<target>/; replay it with
+# `cd fuzz && cargo fuzz run -s none <target> artifacts/<target>/crash-...`.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+
+seconds=${1:-10}
+sanitizer=${FUZZ_SANITIZER:-none}
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz.sh: installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked
+fi
+
+# The machine has only a stable toolchain. With no sanitizer cargo fuzz passes no nightly
+# flag at all; a sanitizer build needs `-Zsanitizer`, which stable rustc accepts when told
+# it is bootstrapping. Always set, so cargo's cached rustc probe (target/.rustc_info.json,
+# which does not key on this variable) never remembers a run without it.
+export RUSTC_BOOTSTRAP=1
+
+# The codecs are compiled here from the data plane's sources (src/lib.rs): use the
+# workspace's dependency versions. cargo adds libfuzzer-sys and prunes the rest.
+cp ../Cargo.lock Cargo.lock
+
+build_log=$(mktemp)
+work=$(mktemp -d)
+trap 'rm -rf "$build_log" "$work"' EXIT
+
+started=$SECONDS
+if ! cargo fuzz build -s "$sanitizer" >"$build_log" 2>&1; then
+  cat "$build_log" >&2
+  echo "fuzz.sh: the fuzz targets do not build" >&2
+  exit 2
+fi
+echo "fuzz.sh: built the targets in $((SECONDS - started)) s"
+
+targets=${FUZZ_TARGETS:-$(cargo fuzz list)}
+passed=0
+failed=0
+for target in $targets; do
+  mkdir -p "corpus/$target" "artifacts/$target" "$work/$target"
+  log="$work/$target.log"
+  # The first corpus directory receives new inputs; the checked-in one is only read.
+  if cargo fuzz run -s "$sanitizer" "$target" "$work/$target" "corpus/$target" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    >"$log" 2>&1; then
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")
+    corpus=$(grep -o 'corp: [0-9]*/[0-9a-zA-Z]*' "$log" | tail -1 | cut -d' ' -f2)
+    echo "fuzz.sh: $target ok: ${runs:-?} runs, ${rate:-?} exec/s, corpus ${corpus:-?} (units/bytes)"
+    passed=$((passed + 1))
+  else
+    tail -n 60 "$log" >&2
+    echo "fuzz.sh: $target FAILED; input in fuzz/artifacts/$target/" >&2
+    failed=$((failed + 1))
+    continue
+  fi
+  if [[ ${FUZZ_SAVE:-} == "1" ]]; then
+    cp -n "$work/$target"/* "corpus/$target/" 2>/dev/null || true
+    cargo fuzz cmin -s "$sanitizer" "$target" "corpus/$target" >"$log" 2>&1 || {
+      tail -n 20 "$log" >&2
+      echo "fuzz.sh: cmin of $target failed" >&2
+      failed=$((failed + 1))
+    }
+  fi
+done
+
+echo "fuzz.sh: total $((SECONDS - started)) s"
+echo "fuzz: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
