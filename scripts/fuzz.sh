@@ -31,13 +31,27 @@ fi
 # which does not key on this variable) never remembers a run without it.
 export RUSTC_BOOTSTRAP=1
 
-# The codecs are compiled here from the data plane's sources (src/lib.rs): use the
-# workspace's dependency versions. cargo adds libfuzzer-sys and prunes the rest.
-cp ../Cargo.lock Cargo.lock
-
 build_log=$(mktemp)
 work=$(mktemp -d)
 trap 'rm -rf "$build_log" "$work"' EXIT
+
+# Adds what the run found to corpus/<target> and minimizes it to the fewest inputs that
+# still reach every edge (hit counts ignored: that keeps the checked-in corpus small).
+# The hand-written transcripts (seed-*) are kept as they are.
+save() {
+  local target=$1 seeds="$work/seeds-$1" rc=0
+  cp -n "$work/$target"/* "corpus/$target/" 2>/dev/null || true
+  mkdir -p "$seeds"
+  mv "corpus/$target"/seed-* "$seeds/" 2>/dev/null || true
+  cargo fuzz cmin -s "$sanitizer" "$target" "corpus/$target" -- -set_cover_merge=1 -use_counters=0 \
+    >"$work/$target.cmin.log" 2>&1 || rc=$?
+  mv "$seeds"/* "corpus/$target/" 2>/dev/null || true
+  if [[ $rc -ne 0 ]]; then
+    tail -n 20 "$work/$target.cmin.log" >&2
+    echo "fuzz.sh: cmin of $target failed" >&2
+    failed=$((failed + 1))
+  fi
+}
 
 started=$SECONDS
 if ! cargo fuzz build -s "$sanitizer" >"$build_log" 2>&1; then
@@ -69,12 +83,7 @@ for target in $targets; do
     continue
   fi
   if [[ ${FUZZ_SAVE:-} == "1" ]]; then
-    cp -n "$work/$target"/* "corpus/$target/" 2>/dev/null || true
-    cargo fuzz cmin -s "$sanitizer" "$target" "corpus/$target" >"$log" 2>&1 || {
-      tail -n 20 "$log" >&2
-      echo "fuzz.sh: cmin of $target failed" >&2
-      failed=$((failed + 1))
-    }
+    save "$target"
   fi
 done
 

@@ -12,7 +12,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::report::Row;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const SIZE: (u32, u32) = (1280, 800);
+const SIZE: (u32, u32) = (1500, 820);
 const BLUE: RGBColor = RGBColor(66, 110, 180);
 const ORANGE: RGBColor = RGBColor(230, 140, 50);
 const GREY: RGBColor = RGBColor(150, 150, 150);
@@ -31,7 +31,7 @@ pub fn draw(rows: &[Row], png: &Path) -> Result<bool> {
     let labels = register_font();
     let root = BitMapBackend::new(png, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let areas = root.split_evenly((2, 2));
+    let areas = root.split_evenly((2, 3));
     for (area, panel) in areas.iter().zip(panels(rows)) {
         if !panel.groups.is_empty() {
             draw_panel(area, &panel, labels)?;
@@ -70,9 +70,10 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
         series: vec![("ratio", BLUE, logins.iter().map(|r| r.ratio).collect())],
         target: Some((0.85, "target 0.85×")),
     };
-    let added: Vec<&Row> = rows.iter().filter(|r| r.metric == "added p50 ms").collect();
+    let added: Vec<&Row> =
+        rows.iter().filter(|r| r.metric == "added p50 ms" && r.scenario.contains("scripted")).collect();
     let latency = Panel {
-        title: "Added ms per login cycle (proxy − direct)",
+        title: "Added ms per login (proxy − direct), scripted",
         groups: added.iter().map(|r| short(&r.scenario)).collect(),
         series: vec![
             ("p50", BLUE, added.iter().map(|r| r.value).collect()),
@@ -80,13 +81,31 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
         ],
         target: Some((0.5, "p50 target 0.5 ms")),
     };
+    let bulk: Vec<&Row> = rows.iter().filter(|r| r.metric == "MB/s, 1 client").collect();
+    let transfer = Panel {
+        title: "Bulk FETCH MB/s, Switchyard / direct",
+        groups: bulk.iter().map(|r| r.scenario.rsplit(" · ").next().unwrap_or_default().to_string()).collect(),
+        series: vec![("ratio", BLUE, bulk.iter().map(|r| r.ratio).collect())],
+        target: Some((0.95, "target 0.95×")),
+    };
+    let resolve: Vec<&Row> = rows.iter().filter(|r| r.metric == "Resolve per control-plane CPU-second").collect();
+    let lookups = Panel {
+        title: "Resolve per control-plane CPU-second",
+        groups: resolve.iter().map(|_| "Resolve".to_string()).collect(),
+        series: vec![("per CPU-s", BLUE, resolve.iter().map(|r| r.value).collect())],
+        target: Some((20_000.0, "target 20,000")),
+    };
     let puts: Vec<&Row> = rows.iter().filter(|r| r.metric == "PUT → every ack, p50 ms").collect();
     let mut put_groups = Vec::new();
     let (mut p50, mut p99) = (Vec::new(), Vec::new());
     if let Some(first) = puts.first() {
         put_groups.push("0 nodes".to_string());
         p50.push(first.baseline);
-        p99.push(rows.iter().find(|r| r.scenario == first.scenario && r.metric.ends_with("p99 ms") && r.metric.starts_with("PUT")).map_or(0.0, |r| r.baseline));
+        p99.push(
+            rows.iter()
+                .find(|r| r.scenario == first.scenario && r.metric.ends_with("p99 ms") && r.metric.starts_with("PUT"))
+                .map_or(0.0, |r| r.baseline),
+        );
     }
     for r in &puts {
         put_groups.push(r.scenario.trim_start_matches("5 control plane · ").to_string());
@@ -94,7 +113,7 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
         p99.push(find(rows, &r.scenario, "PUT → every ack, p99 ms").unwrap_or(0.0));
     }
     let control = Panel {
-        title: "Control plane: PUT /mappings → every node acked (ms)",
+        title: "PUT /mappings → every node acked (ms)",
         groups: put_groups,
         series: vec![("p50", BLUE, p50), ("p99", ORANGE, p99)],
         target: Some((100.0, "p99 target at 100 nodes")),
@@ -102,18 +121,22 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
     let idle: Vec<&Row> = rows.iter().filter(|r| r.metric == "node RSS KiB per session").collect();
     let memory = Panel {
         title: "RSS KiB per idle IMAP session",
-        groups: idle.iter().flat_map(|_| ["node (2 sockets)".to_string(), "bench backend (1 socket)".to_string()]).collect(),
+        groups: idle
+            .iter()
+            .flat_map(|_| ["node (2 sockets)".to_string(), "bench backend (1 socket)".to_string()])
+            .collect(),
         series: vec![("KiB", BLUE, idle.iter().flat_map(|r| [r.value, r.baseline]).collect())],
         target: Some((16.0, "target 16 KiB")),
     };
-    vec![throughput, latency, control, memory]
+    vec![throughput, latency, transfer, memory, control, lookups]
 }
 
 fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, labels: bool) -> Result<()> {
     let n = p.groups.len();
     let values = p.series.iter().flat_map(|s| s.2.iter().copied()).filter(|v| v.is_finite());
     let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    let hi = hi.max(p.target.map_or(0.0, |t| t.0)) * 1.2 + 1e-9;
+    // Headroom for the value labels and the legend box.
+    let hi = hi.max(p.target.map_or(0.0, |t| t.0)) * 1.45 + 1e-9;
     let lo = if lo < 0.0 { lo * 1.2 } else { 0.0 };
     let mut builder = ChartBuilder::on(area);
     builder.margin(12).x_label_area_size(if labels { 40 } else { 0 }).y_label_area_size(if labels { 50 } else { 0 });
@@ -125,7 +148,9 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, labels: b
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(0)
+            .y_label_formatter(&|v| fmt_bar(*v))
             .y_label_style(("sans-serif", 13))
             .draw()
             .map_err(err)?;
@@ -152,7 +177,11 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, labels: b
         if labels {
             let texts = values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| {
                 let x = i as f64 + 0.15 + (s as f64 + 0.5) * width;
-                Text::new(fmt_bar(v), (x, v.max(0.0)), ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)))
+                Text::new(
+                    fmt_bar(v),
+                    (x, v.max(0.0)),
+                    ("sans-serif", 12).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Bottom)),
+                )
             });
             chart.draw_series(texts).map_err(err)?;
         }

@@ -127,6 +127,20 @@ impl Conn {
         Ok(())
     }
 
+    /// Appends `message` to `mailbox` (seeding a real server for the bulk scenario).
+    pub async fn append(&mut self, tag: &str, mailbox: &str, message: &[u8]) -> Result<()> {
+        self.send(format!("{tag} APPEND {mailbox} {{{}}}\r\n", message.len()).as_bytes()).await?;
+        let line = self.line().await?;
+        if !self.buf[line.clone()].starts_with(b"+") {
+            bail!("APPEND refused: {}", self.text(line));
+        }
+        self.send(message).await?;
+        self.send(b"\r\n").await?;
+        let done = self.until_tagged(tag).await?;
+        ensure!(done.ok, "APPEND to {mailbox} failed");
+        Ok(())
+    }
+
     /// Sends LOGOUT and waits for its tagged OK; the connection is dropped afterwards.
     pub async fn logout(mut self) -> Result<()> {
         self.command("z", "LOGOUT").await?;
@@ -147,6 +161,17 @@ pub async fn login_cycle(addr: SocketAddr, user: &str, pass: &str) -> Result<()>
     conn.authenticate_plain("a1", user, pass).await?;
     conn.command("a2", "SELECT INBOX").await?;
     conn.logout().await
+}
+
+/// One bulk session: log in, FETCH messages `1..=count` whole, LOGOUT; the bytes fetched.
+pub async fn fetch_all(addr: SocketAddr, user: &str, pass: &str, count: usize) -> Result<u64> {
+    let mut conn = open_session(addr, user, pass).await?;
+    let mut bytes = 0;
+    for i in 1..=count {
+        bytes += conn.command(&format!("f{i}"), &format!("FETCH {i} BODY.PEEK[]")).await?.literal_bytes;
+    }
+    conn.logout().await?;
+    Ok(bytes)
 }
 
 /// An authenticated session left open with INBOX selected (the idle scenario).

@@ -74,6 +74,7 @@ pub struct Phase {
     pub client_cpu: f64,
     pub node_cpu: Option<f64>,
     pub backend_cpu: Option<f64>,
+    pub cp_cpu: Option<f64>,
     /// Busy CPU seconds of the whole machine (other sessions' builds included).
     pub machine_cpu: f64,
 }
@@ -89,6 +90,7 @@ impl Phase {
             client_cpu: 0.0,
             node_cpu: None,
             backend_cpu: None,
+            cp_cpu: None,
             machine_cpu: 0.0,
         }
     }
@@ -107,6 +109,7 @@ impl Phase {
         self.client_cpu += other.client_cpu;
         self.node_cpu = add(self.node_cpu, other.node_cpu);
         self.backend_cpu = add(self.backend_cpu, other.backend_cpu);
+        self.cp_cpu = add(self.cp_cpu, other.cp_cpu);
         self.machine_cpu += other.machine_cpu;
     }
 
@@ -129,16 +132,30 @@ impl Phase {
     }
 }
 
+/// The processes whose CPU time a phase records.
+#[derive(Clone, Copy, Default)]
+pub struct Watch<'a> {
+    pub node: Option<&'a Proc>,
+    pub backend: Option<&'a Proc>,
+    pub cp: Option<&'a Proc>,
+}
+
+impl Watch<'_> {
+    fn usage(&self) -> Result<[Option<Usage>; 3]> {
+        let one = |p: Option<&Proc>| p.map(Proc::usage).transpose();
+        Ok([one(self.node)?, one(self.backend)?, one(self.cp)?])
+    }
+}
+
 /// Runs `clients` loops of login cycles against `addr` for `duration`.
 pub async fn run(
     addr: SocketAddr,
     clients: usize,
     duration: Duration,
     accounts: &Accounts,
-    node: Option<&Proc>,
-    backend: Option<&Proc>,
+    watch: Watch<'_>,
 ) -> Result<Phase> {
-    let before = (Usage::of_self()?, node.map(Proc::usage).transpose()?, backend.map(Proc::usage).transpose()?);
+    let before = (Usage::of_self()?, watch.usage()?);
     let machine_before = machine_busy()?;
     let started = Instant::now();
     let deadline = started + duration;
@@ -176,12 +193,12 @@ pub async fn run(
     phase.cycles = phase.latencies.len() as u64;
     phase.client_cpu = Usage::of_self()?.cpu_since(&before.0).0;
     phase.machine_cpu = (machine_busy()? - machine_before).as_secs_f64();
-    if let (Some(n), Some(b)) = (node, before.1) {
-        phase.node_cpu = Some(n.usage()?.cpu_since(&b).0);
-    }
-    if let (Some(p), Some(b)) = (backend, before.2) {
-        phase.backend_cpu = Some(p.usage()?.cpu_since(&b).0);
-    }
+    let after = watch.usage()?;
+    let spent = |i: usize| match (after[i], before.1[i]) {
+        (Some(a), Some(b)) => Some(a.cpu_since(&b).0),
+        _ => None,
+    };
+    (phase.node_cpu, phase.backend_cpu, phase.cp_cpu) = (spent(0), spent(1), spent(2));
     if phase.errors > 0 {
         eprintln!(
             "  {} of {} cycles failed; first: {}",

@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::fleet::{self, ControlPlane, Node};
-use crate::load::{self, cold_account, warm_account, Accounts, Phase, PASSWORD};
+use crate::load::{self, cold_account, warm_account, Accounts, Phase, Watch, PASSWORD};
+use crate::peers;
 use crate::procs::Proc;
 use crate::report::{Figure, Target};
 
@@ -56,14 +57,20 @@ pub async fn scenario(backend: Backend, opts: &Opts, runs: &mut [Vec<Figure>], n
     let target = start_backend(backend, dir.path(), &warm, opts).await?;
     let cp = ControlPlane::start(dir.path(), &[("backend", target.addr.port())], "backend", None).await?;
     let node = Node::start(dir.path(), cp.grpc).await?;
+    let peers = peers::start(dir.path(), target.addr).await?;
     fleet::map_accounts(&cp.api, &warm, "backend").await?;
     let label = backend.label();
     let fixed = Accounts::fixed(&warm);
-    let b = target.proc.as_ref();
+    let direct_watch = Watch { backend: target.proc.as_ref(), ..Watch::default() };
+    let proxy_watch = Watch { node: Some(&node.proc), cp: Some(&cp.proc), ..direct_watch };
     for (r, figures) in runs.iter_mut().enumerate().take(opts.runs) {
         eprintln!("scenario 1 ({label}), run {}/{}", r + 1, opts.runs);
-        load::run(target.addr, opts.clients, opts.warmup, &fixed, None, b).await?;
-        load::run(node.imap, opts.clients, opts.warmup, &fixed, Some(&node.proc), b).await?;
+        load::run(target.addr, opts.clients, opts.warmup, &fixed, direct_watch).await?;
+        load::run(node.imap, opts.clients, opts.warmup, &fixed, proxy_watch).await?;
+        for peer in &peers.list {
+            load::run(peer.addr, opts.clients, opts.warmup, &fixed, direct_watch).await?;
+        }
+        let mut peer_phases: Vec<Phase> = peers.list.iter().map(|_| Phase::empty()).collect();
         // Slices of each phase interleave, so load from outside the bench (the machine is
         // shared) falls on direct and proxied phases alike.
         let slices = (opts.duration.as_secs_f64() / SLICE.as_secs_f64()).ceil().max(1.0) as u32;
@@ -71,11 +78,15 @@ pub async fn scenario(backend: Backend, opts: &Opts, runs: &mut [Vec<Figure>], n
         let fresh = Accounts::fresh(target.pool);
         let (mut direct, mut warm_phase, mut cold) = (Phase::empty(), Phase::empty(), Phase::empty());
         for _ in 0..slices {
-            direct.merge(load::run(target.addr, opts.clients, slice, &fixed, None, b).await?);
+            direct.merge(load::run(target.addr, opts.clients, slice, &fixed, direct_watch).await?);
             fleet::invalidate_cache(&cp.api).await?;
-            cold.merge(load::run(node.imap, opts.clients, slice, &fresh, Some(&node.proc), b).await?);
+            cold.merge(load::run(node.imap, opts.clients, slice, &fresh, proxy_watch).await?);
             rewarm(node.imap, &warm).await?;
-            warm_phase.merge(load::run(node.imap, opts.clients, slice, &fixed, Some(&node.proc), b).await?);
+            warm_phase.merge(load::run(node.imap, opts.clients, slice, &fixed, proxy_watch).await?);
+            for (peer, phase) in peers.list.iter().zip(&mut peer_phases) {
+                let watch = Watch { node: Some(&peer.proc), ..direct_watch };
+                phase.merge(load::run(peer.addr, opts.clients, slice, &fixed, watch).await?);
+            }
         }
         if let Some((used, true)) = fresh.used() {
             notes.push(format!("{label} cold run {}: {used} logins wrapped the {:?}-account pool", r + 1, target.pool));
@@ -84,17 +95,42 @@ pub async fn scenario(backend: Backend, opts: &Opts, runs: &mut [Vec<Figure>], n
         let clients = opts.clients;
         let warm_name = format!("1 login · {label} · warm, {clients} clients");
         figures.extend(compare(&warm_name, &mut direct, &mut warm_phase, backend));
-        figures.extend(compare(&format!("1 login · {label} · cold, {clients} clients"), &mut direct, &mut cold, backend));
+        figures.extend(compare(
+            &format!("1 login · {label} · cold, {clients} clients"),
+            &mut direct,
+            &mut cold,
+            backend,
+        ));
+        for (peer, phase) in peers.list.iter().zip(&mut peer_phases) {
+            eprintln!("  {} {:.0}/s", peer.name, phase.rate());
+            let scenario = format!("1 login · {label} · {}, {clients} clients", peer.name);
+            figures.extend(compare(&scenario, &mut direct, phase, backend));
+            let scenario = format!("1 login · {label} · Switchyard vs peers");
+            figures.extend(versus(&scenario, peer.name, &warm_phase, &cold, phase));
+        }
         if backend == Backend::Scripted {
             figures.extend(cpu_rows(&warm_name, &direct, &warm_phase));
-            let mut direct1 = Phase::empty();
-            let mut warm1 = Phase::empty();
+            // One client: the hop's own latency, without queueing behind other logins.
+            let (mut direct1, mut warm1, mut cold1) = (Phase::empty(), Phase::empty(), Phase::empty());
             for _ in 0..slices {
-                direct1.merge(load::run(target.addr, 1, slice / 2, &fixed, None, b).await?);
-                warm1.merge(load::run(node.imap, 1, slice / 2, &fixed, Some(&node.proc), b).await?);
+                direct1.merge(load::run(target.addr, 1, slice / 2, &fixed, direct_watch).await?);
+                warm1.merge(load::run(node.imap, 1, slice / 2, &fixed, proxy_watch).await?);
+                fleet::invalidate_cache(&cp.api).await?;
+                cold1.merge(load::run(node.imap, 1, slice / 2, &fresh, proxy_watch).await?);
+                rewarm(node.imap, &warm).await?;
             }
-            let scenario = format!("1 login · {label} · warm, 1 client");
-            figures.extend(latency_rows(&scenario, &mut direct1, &mut warm1, true));
+            figures.extend(latency_rows(
+                &format!("1 login · {label} · warm, 1 client"),
+                &mut direct1,
+                &mut warm1,
+                true,
+            ));
+            figures.extend(latency_rows(
+                &format!("1 login · {label} · cold, 1 client"),
+                &mut direct1,
+                &mut cold1,
+                false,
+            ));
         }
     }
     drop(node);
@@ -113,11 +149,30 @@ fn compare(scenario: &str, direct: &mut Phase, proxy: &mut Phase, backend: Backe
     let mut rows = vec![rate];
     rows.extend(latency_rows(scenario, direct, proxy, warm && backend == Backend::Scripted));
     if let Some(cpu) = proxy.node_cpu {
-        let row = Figure::new(scenario, "node CPU µs per cycle", proxy.per_cycle_us(cpu));
+        let row = Figure::new(scenario, "proxy CPU µs per cycle", proxy.per_cycle_us(cpu));
         rows.push(match proxy.backend_cpu {
             Some(b) => row.vs("backend's own", proxy.per_cycle_us(b)),
             None => row,
         });
+    }
+    if let Some(cpu) = proxy.cp_cpu {
+        rows.push(Figure::new(scenario, "control-plane CPU µs per cycle", proxy.per_cycle_us(cpu)));
+    }
+    rows
+}
+
+/// Switchyard's login throughput and CPU per login against one peer's, same run. nginx
+/// asks its auth service on every login, like Switchyard with a cold cache.
+fn versus(scenario: &str, peer: &str, warm: &Phase, cold: &Phase, other: &Phase) -> Vec<Figure> {
+    let mut rows = vec![
+        Figure::new(scenario, &format!("cycles/s, warm cache vs {peer}"), warm.rate())
+            .vs(peer, other.rate())
+            .target(Target::RatioAtLeast(1.0)),
+        Figure::new(scenario, &format!("cycles/s, cold cache vs {peer}"), cold.rate()).vs(peer, other.rate()),
+    ];
+    if let (Some(node), Some(theirs)) = (warm.node_cpu, other.node_cpu) {
+        let metric = format!("proxy CPU µs per cycle, warm vs {peer}");
+        rows.push(Figure::new(scenario, &metric, warm.per_cycle_us(node)).vs(peer, other.per_cycle_us(theirs)));
     }
     rows
 }
@@ -125,7 +180,10 @@ fn compare(scenario: &str, direct: &mut Phase, proxy: &mut Phase, backend: Backe
 /// Where the CPU went in the warm phase: node, load client, and everything else on the
 /// machine (other sessions' builds and tests share it).
 fn cpu_rows(scenario: &str, direct: &Phase, proxy: &Phase) -> Vec<Figure> {
-    let others = |p: &Phase| p.share(p.machine_cpu - p.client_cpu - p.node_cpu.unwrap_or(0.0) - p.backend_cpu.unwrap_or(0.0));
+    let others = |p: &Phase| {
+        let ours = p.client_cpu + p.node_cpu.unwrap_or(0.0) + p.backend_cpu.unwrap_or(0.0) + p.cp_cpu.unwrap_or(0.0);
+        p.share(p.machine_cpu - ours)
+    };
     vec![
         Figure::new(scenario, "node CPU, % of a core", proxy.share(proxy.node_cpu.unwrap_or(0.0))),
         Figure::new(scenario, "load client CPU, % of a core", proxy.share(proxy.client_cpu))

@@ -3,6 +3,7 @@
 //! builds everything in release mode and runs it; see README "Benchmarks".
 
 mod backend;
+mod bulk;
 mod chart;
 mod client;
 mod control;
@@ -10,6 +11,7 @@ mod fleet;
 mod idle;
 mod load;
 mod login;
+mod peers;
 mod procs;
 mod report;
 mod resolve;
@@ -63,7 +65,7 @@ struct RunArgs {
     #[arg(long)]
     requests: Option<usize>,
     /// Scenarios to run, comma-separated.
-    #[arg(long, default_value = "1,3,5", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2,3,5", value_delimiter = ',')]
     scenarios: Vec<u32>,
     /// Skip the real-Dovecot half of scenario 1.
     #[arg(long)]
@@ -105,6 +107,7 @@ async fn run(args: RunArgs, nofile: u64) -> Result<()> {
         fleet_sizes: [100, 1000],
         runs,
     };
+    let bulk = bulk::Opts { messages: 20, message_size: 5_000_000, duration, runs };
     let mut figures: Vec<Vec<report::Figure>> = vec![Vec::new(); runs];
     let mut notes = Vec::new();
     let dovecot = !args.no_dovecot && switchyard_tests::find_binary("dovecot").is_some();
@@ -120,9 +123,10 @@ async fn run(args: RunArgs, nofile: u64) -> Result<()> {
                     );
                 }
             }
+            2 => bulk::scenario(&bulk, dovecot, &mut figures).await?,
             3 => idle::scenario(&idle, &mut figures, &mut notes).await?,
             5 => control::scenario(&control, &mut figures).await?,
-            other => anyhow::bail!("no scenario {other} (implemented: 1, 3, 5)"),
+            other => anyhow::bail!("no scenario {other} (implemented: 1, 2, 3, 5)"),
         }
     }
     let rows = report::summarize(&figures);

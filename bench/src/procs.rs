@@ -143,6 +143,23 @@ pub fn machine_busy() -> Result<Duration> {
     Ok(Duration::from_secs_f64(busy as f64 / rustix::param::clock_ticks_per_second() as f64))
 }
 
+/// utime + stime (+ cutime + cstime of reaped children with `reaped`) of one process, in clock ticks.
+fn ticks(pid: u32, reaped: bool) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces: fields are counted after its closing ')'.
+    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // utime..cstime are fields 14-17 of stat(5); `rest` starts at field 3.
+    let own = fields[11] + fields[12];
+    Ok(if reaped { own + fields[13] + fields[14] } else { own })
+}
+
+/// A child that exits between listing and reading counts as nothing (its parent's
+/// cutime has it once reaped).
+fn ticks_or_zero(pid: u32) -> u64 {
+    ticks(pid, true).unwrap_or(0)
+}
+
 /// A process's CPU time (user + system) and resident set size at one instant.
 #[derive(Clone, Copy, Debug)]
 pub struct Usage {
@@ -152,13 +169,25 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// CPU of `pid` and its children (live ones and reaped ones: nginx and Dovecot work
+    /// in child processes); RSS of `pid` alone.
     pub fn of(pid: u32) -> Result<Usage> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // The command name may contain spaces: fields are counted after its closing ')'.
-        let rest = stat.rsplit_once(')').context("/proc stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat(5); `rest` starts at field 3.
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        Usage::read(pid, true)
+    }
+
+    /// This process alone: its children are the processes under test.
+    pub fn of_self() -> Result<Usage> {
+        Usage::read(std::process::id(), false)
+    }
+
+    fn read(pid: u32, children: bool) -> Result<Usage> {
+        let mut ticks = ticks(pid, children)?;
+        if children {
+            let list = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            for child in list.split_whitespace().filter_map(|c| c.parse().ok()) {
+                ticks += ticks_or_zero(child);
+            }
+        }
         let hz = rustix::param::clock_ticks_per_second();
         let cpu = Duration::from_secs_f64(ticks as f64 / hz as f64);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -169,10 +198,6 @@ impl Usage {
             .context("VmRSS")?
             .parse()?;
         Ok(Usage { cpu, rss_kib, at: Instant::now() })
-    }
-
-    pub fn of_self() -> Result<Usage> {
-        Usage::of(std::process::id())
     }
 
     /// CPU seconds used since `earlier`, and the share of one core over the wall time.

@@ -1,8 +1,8 @@
 //! The backend leg of a login, shared by every protocol: connect through the breaker,
 //! read the greeting, replay the credential, and hand the connection to the bridge.
 //!
-//! A protocol supplies only its [`Dialect`]: how its backend greets, and how one SASL
-//! command is sent and answered.
+//! A protocol supplies only its [`Dialect`]: how its backend greets, how it is told who the
+//! client is, and how one SASL command is sent and answered.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,8 +12,9 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::codec::line::LineBuffer;
 use crate::codec::mechanism::Credential;
-use crate::config::TlsMode;
+use crate::config::{Forwarding, TlsMode};
 use crate::error::{Error, Result};
+use crate::identity::{Forwarded, Identity};
 use crate::pipeline::{BackendTlsError, Route, SessionCtx};
 use crate::tls::MaybeTls;
 
@@ -100,6 +101,16 @@ pub trait Dialect: Sync {
     fn after_tls(&self, _conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send {
         std::future::ready(Ok(()))
     }
+    /// Tells the backend who the client is (IMAP `ID`, `XCLIENT`) on an endpoint with
+    /// `forwarding = "xclient"`, once greeted and encrypted. A backend that does not offer
+    /// or refuses it is `Declined`, not an error; an error breaks the establishment.
+    fn forward_identity(
+        &self,
+        _conn: &mut BackendConn,
+        _identity: &Identity,
+    ) -> impl Future<Output = Result<Forwarded>> + Send {
+        std::future::ready(Ok(Forwarded::Declined("the protocol has no identity command".into())))
+    }
     /// Sends the credential as one SASL command and reads the verdict.
     fn authenticate(
         &self,
@@ -115,13 +126,17 @@ pub enum Login {
 }
 
 impl SessionCtx {
-    /// Steps 4–6: route the credential's account, establish the backend session and
-    /// replay the credential. `Err` is a temporary failure for the client.
-    pub async fn login<D: Dialect>(&self, dialect: &D, credential: &Credential) -> Result<Login> {
+    /// Steps 4–6: route the credential's account, establish the backend session as
+    /// `identity` and replay the credential. `Err` is a temporary failure for the client.
+    pub async fn login<D: Dialect>(&self, dialect: &D, credential: &Credential, identity: &Identity) -> Result<Login> {
         let identifier =
             credential.identifier().ok_or_else(|| Error::Client("the credential names no account".into()))?;
+        if identity.looped() {
+            tracing::warn!(client = %identity.client, "proxy loop: the hop TTL from the upstream proxy ran out");
+            return Err(Error::Routing("proxy loop (hop TTL exhausted)".into()));
+        }
         let route = self.route(&identifier).await?;
-        let mut backend = self.establish(&route, dialect).await?;
+        let mut backend = self.establish(&route, dialect, identity).await?;
         backend.deadline = Instant::now() + AUTH_TIMEOUT;
         let verdict = dialect
             .authenticate(&mut backend, credential)
@@ -135,10 +150,12 @@ impl SessionCtx {
         }
     }
 
-    /// Connects, greets and, for a STARTTLS endpoint, upgrades the leg; only this part
-    /// counts for the breaker.
-    async fn establish<D: Dialect>(&self, route: &Route, dialect: &D) -> Result<BackendConn> {
-        let (stream, permit) = self.connect(route).await?;
+    /// Connects, greets, for a STARTTLS endpoint upgrades the leg, and forwards the client's
+    /// identity; only this part counts for the breaker.
+    async fn establish<D: Dialect>(&self, route: &Route, dialect: &D, identity: &Identity) -> Result<BackendConn> {
+        // A PROXY header names the same client as ID/XCLIENT (a trusted upstream's, if any).
+        let seen = SessionCtx { client: identity.client, local: identity.local, ..self.clone() };
+        let (stream, permit) = seen.connect(route).await?;
         let wait = self.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(AUTH_TIMEOUT);
         let mut conn = BackendConn::new(stream, Instant::now() + wait);
         let greeted = match dialect.greet(&mut conn).await {
@@ -146,7 +163,13 @@ impl SessionCtx {
             Ok(()) => Ok(conn),
             Err(e) => Err(BackendTlsError::Backend(e.to_string())),
         };
-        match greeted {
+        let ready = match greeted {
+            Ok(conn) if route.endpoint.forwarding == Forwarding::Xclient => {
+                forward_identity(route, dialect, conn, identity).await
+            }
+            other => other,
+        };
+        match ready {
             Ok(conn) => {
                 permit.success();
                 Ok(conn)
@@ -175,6 +198,29 @@ impl SessionCtx {
         conn.stream = self.backend_tls(route, conn.stream).await?;
         dialect.after_tls(&mut conn).await.map_err(backend)?;
         Ok(conn)
+    }
+}
+
+/// The identity step of [`SessionCtx::establish`]. A backend that will not take it still
+/// serves the login: refusing would turn a backend's trust setting into an outage, while
+/// the cost is its logs and rate limits seeing the node's address, which the warning names.
+async fn forward_identity<D: Dialect>(
+    route: &Route,
+    dialect: &D,
+    mut conn: BackendConn,
+    identity: &Identity,
+) -> Result<BackendConn, BackendTlsError> {
+    match dialect.forward_identity(&mut conn, identity).await {
+        Ok(Forwarded::Accepted) => Ok(conn),
+        Ok(Forwarded::Declined(why)) => {
+            tracing::warn!(
+                destination = %route.destination.id,
+                reason = %why,
+                "backend did not take the client identity; it sees the node's address"
+            );
+            Ok(conn)
+        }
+        Err(e) => Err(BackendTlsError::Backend(format!("forwarding the client identity: {e}"))),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod idle;
 pub mod inbound_proxy;
 pub mod listener;

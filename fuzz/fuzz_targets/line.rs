@@ -47,7 +47,6 @@ fn calls(program: &[u8], max_line: usize) {
                 assert!(lines.is_empty());
             }
         }
-        assert_eq!(lines.is_empty(), lines.len() == 0);
         assert!(lines.overflow_head().len() <= 64);
     }
 }

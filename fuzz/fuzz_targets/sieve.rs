@@ -43,7 +43,8 @@ fn command(parser: &mut SieveParser, max_literal: usize) -> bool {
         Ok(None) => false,
         Ok(Some(command)) => {
             assert!(!command.name.is_empty() && !command.name.bytes().any(|b| b.is_ascii_lowercase()));
-            let literal: usize = command.args.iter().filter(|a| matches!(a, Arg::Literal(_))).map(|a| a.as_bytes().len()).sum();
+            let literal: usize =
+                command.args.iter().filter(|a| matches!(a, Arg::Literal(_))).map(|a| a.as_bytes().len()).sum();
             assert!(literal <= max_literal, "{literal} literal bytes, limit {max_literal}");
             for arg in &command.args {
                 if let Arg::Atom(a) = arg {

@@ -1,25 +1,37 @@
 //! IMAP on the client leg (RFC 3501/9051): the proxy's own greeting and pre-auth commands,
 //! LOGIN and AUTHENTICATE PLAIN, then the credential replayed to the backend as one
-//! AUTHENTICATE PLAIN and the backend's verdict relayed under the client's tag.
+//! AUTHENTICATE PLAIN (the backend's side in [`backend`]) and the backend's verdict relayed
+//! under the client's tag. A trusted upstream proxy may state the real client in `ID`.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
+use tracing::Instrument;
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{excerpt, status_is, BackendConn, Dialect, Login, Verdict};
+use crate::backend::{BackendConn, Login, Verdict};
 use crate::codec::imap::{Arg, Command, Event, ImapParser};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
+use crate::identity::{Identity, Upstream};
 use crate::pipeline::{Route, SessionCtx};
 use crate::tls::MaybeTls;
+use backend::Imap;
+
+mod backend;
 
 /// Parse errors tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
 
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+    let identity = Identity::of(&ctx);
+    let span = identity.span();
+    converse(ctx, stream, identity).instrument(span).await
+}
+
+async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { parser: parser(&ctx), ctx, client: stream, deadline, failures: 0, bad: 0 };
+    let mut session = Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 };
     loop {
         match session.run().await {
             Ok(End::Authenticated(route, backend)) => {
@@ -50,6 +62,8 @@ struct Session {
     ctx: SessionCtx,
     client: MaybeTls,
     parser: ImapParser,
+    /// Who the backend is told the client is; a trusted upstream's `ID` may amend it.
+    identity: Identity,
     deadline: Instant,
     failures: u32,
     bad: u32,
@@ -96,6 +110,7 @@ impl Session {
                     continue;
                 }
                 "ID" => {
+                    self.identity.adopt(&self.ctx, Upstream::from_imap_id(&command.args));
                     let id = format!("* ID (\"name\" \"Switchyard\")\r\n{tag} OK ID completed\r\n");
                     self.send(id.as_bytes()).await?;
                     continue;
@@ -256,7 +271,7 @@ impl Session {
 
     /// Steps 4–6 through the shared pipeline; the verdict is relayed under the client's tag.
     async fn replay(&mut self, tag: &str, credential: Credential) -> Result<Outcome> {
-        match self.ctx.login(&Imap, &credential).await {
+        match self.ctx.login(&Imap, &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.relay(tag, &verdict).await?;
                 Ok(Outcome::Authenticated(route, backend))
@@ -307,59 +322,6 @@ impl SaslChannel for Session {
                     }
                 }
                 Err(e) => return Err(Error::Client(e.to_string())),
-            }
-        }
-    }
-}
-
-/// The IMAP backend: `* OK` greeting, then `AUTHENTICATE <mech>` with the payload sent as
-/// the continuation response (works whether or not the backend offers SASL-IR).
-struct Imap;
-
-impl Dialect for Imap {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        let greeting = conn.read_line().await?;
-        if greeting.starts_with(b"* OK") {
-            Ok(())
-        } else {
-            Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
-        }
-    }
-
-    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.send(b"S0 STARTTLS\r\n").await?;
-        loop {
-            let line = conn.read_line().await?;
-            if let Some(rest) = line.strip_prefix(b"S0 ") {
-                return match status_is(rest, b"OK") {
-                    true => Ok(()),
-                    false => Err(Error::Client(format!("STARTTLS refused: {:?}", excerpt(rest)))),
-                };
-            }
-        }
-    }
-
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
-        let (mechanism, payload) = credential.replay();
-        conn.send(format!("S1 AUTHENTICATE {mechanism}\r\n").as_bytes()).await?;
-        let mut sent = false;
-        let mut lines = Vec::new();
-        loop {
-            let line = conn.read_line().await?;
-            if line.starts_with(b"+") {
-                // The first continuation takes the payload; a later one is an error
-                // challenge (OAuth) or more than PLAIN carries: answer it so the backend
-                // concludes with its verdict.
-                let reply = if sent { "AQ==\r\n".to_string() } else { format!("{payload}\r\n") };
-                conn.send(reply.as_bytes()).await?;
-                sent = true;
-            } else if let Some(rest) = line.strip_prefix(b"S1 ") {
-                let accepted = rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(b"OK");
-                lines.push(rest.to_vec());
-                return Ok(Verdict { accepted, lines });
-            } else {
-                // Untagged data (e.g. CAPABILITY) belongs to the client's view of the login.
-                lines.push(line);
             }
         }
     }

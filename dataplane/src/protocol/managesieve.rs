@@ -1,31 +1,41 @@
 //! ManageSieve on the client leg (RFC 5804): the proxy's own capability greeting and
 //! non-authenticated commands, AUTHENTICATE with quoted-string or literal responses, then
 //! the credential replayed to the backend as one AUTHENTICATE and its verdict relayed as is.
-//! STARTTLS (§2.2) upgrades the client leg in place and re-sends the capabilities.
+//! STARTTLS (§2.2) upgrades the client leg in place and re-sends the capabilities. The
+//! backend's side is in [`backend`].
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
+use tracing::Instrument;
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{excerpt, status_is, BackendConn, Dialect, Login, Verdict};
+use crate::backend::{BackendConn, Login, Verdict};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::sieve::{self, Arg, Command, SieveParser};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
+use crate::identity::Identity;
 use crate::pipeline::{Route, SessionCtx};
 use crate::tls::MaybeTls;
+use backend::ManageSieve;
+
+mod backend;
 
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
-/// Bound on one backend response line including its literals.
-const MAX_BACKEND_RESPONSE: usize = 64 * 1024;
 const UNAVAILABLE: &[u8] = b"NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n";
 
 /// Serves one ManageSieve client: pre-auth conversation (through STARTTLS), then the
 /// bridge to its backend.
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+    let identity = Identity::of(&ctx);
+    let span = identity.span();
+    converse(ctx, stream, identity).instrument(span).await
+}
+
+async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { parser: parser(&ctx), ctx, client: stream, deadline, failures: 0, bad: 0 };
+    let mut session = Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 };
     loop {
         match session.run().await {
             Ok(End::Authenticated(route, backend)) => {
@@ -54,6 +64,8 @@ struct Session {
     ctx: SessionCtx,
     client: MaybeTls,
     parser: SieveParser,
+    /// Who the backend is told the client is.
+    identity: Identity,
     deadline: Instant,
     failures: u32,
     bad: u32,
@@ -261,7 +273,7 @@ impl Session {
 
     /// Steps 4–6 through the shared pipeline; the verdict is relayed as the backend sent it.
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
-        match self.ctx.login(&ManageSieve, &credential).await {
+        match self.ctx.login(&ManageSieve::default(), &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.relay(&verdict).await?;
                 Ok(Outcome::Authenticated(route, backend))
@@ -317,84 +329,6 @@ impl SaslChannel for Session {
 fn no(code: Option<&str>, why: &str) -> Vec<u8> {
     let code = code.map(|c| format!("({c}) ")).unwrap_or_default();
     [format!("NO {code}").as_bytes(), &sieve::quote(why.as_bytes()), b"\r\n"].concat()
-}
-
-/// One backend response line with any literals it announces (`{n}` at a line end) read
-/// into it, so the bytes can be relayed exactly as they came.
-async fn read_response(conn: &mut BackendConn) -> Result<Vec<u8>> {
-    let mut out = conn.read_line().await?;
-    while let Some(size) = literal_size(&out) {
-        if out.len().saturating_add(size) > MAX_BACKEND_RESPONSE {
-            return Err(Error::Client(format!("backend: response exceeds {MAX_BACKEND_RESPONSE} bytes")));
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend(conn.read_exact(size).await?);
-        out.extend(conn.read_line().await?);
-    }
-    Ok(out)
-}
-
-/// The size of a literal announced at the end of `line` (`{n}` or `{n+}`).
-fn literal_size(line: &[u8]) -> Option<usize> {
-    let open = line.strip_suffix(b"}")?;
-    let start = open.iter().rposition(|&b| b == b'{')?;
-    let digits = open[start + 1..].strip_suffix(b"+").unwrap_or(&open[start + 1..]);
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// The ManageSieve backend: capability lines ending in `OK`, then `AUTHENTICATE "<mech>"
-/// "<initial-response>"` (RFC 5804 requires servers to take the initial response).
-struct ManageSieve;
-
-impl Dialect for ManageSieve {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        loop {
-            let line = read_response(conn).await?;
-            if status_is(&line, b"OK") {
-                return Ok(());
-            }
-            if !line.starts_with(b"\"") {
-                return Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&line))));
-            }
-        }
-    }
-
-    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.send(b"STARTTLS\r\n").await?;
-        let reply = read_response(conn).await?;
-        if status_is(&reply, b"OK") {
-            Ok(())
-        } else {
-            Err(Error::Client(format!("STARTTLS refused: {:?}", excerpt(&reply))))
-        }
-    }
-
-    /// RFC 5804 §2.2: after TLS the server sends its capabilities again, ending in OK.
-    async fn after_tls(&self, conn: &mut BackendConn) -> Result<()> {
-        self.greet(conn).await
-    }
-
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
-        let (mechanism, payload) = credential.replay();
-        conn.send(format!("AUTHENTICATE \"{mechanism}\" \"{payload}\"\r\n").as_bytes()).await?;
-        loop {
-            let line = read_response(conn).await?;
-            if status_is(&line, b"OK") || status_is(&line, b"NO") || status_is(&line, b"BYE") {
-                return Ok(Verdict { accepted: status_is(&line, b"OK"), lines: vec![line] });
-            }
-            if line.starts_with(b"\"") || line.starts_with(b"{") {
-                // The payload went with the command: a challenge now is OAuth's error
-                // challenge or one the credential cannot answer.
-                let reply = auth::extra_challenge_response(mechanism);
-                conn.send(format!("\"{reply}\"\r\n").as_bytes()).await?;
-            } else {
-                return Err(Error::Client(format!("unexpected AUTHENTICATE reply {:?}", excerpt(&line))));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,25 +1,28 @@
 //! POP3 on the client leg (RFC 1939, 2449 CAPA, 5034 AUTH, 3206 response codes): the
 //! proxy's own greeting and AUTHORIZATION-state commands, USER/PASS and AUTH, then the
 //! credential replayed to the backend as one AUTH and the backend's verdict relayed as is.
-//! STLS (RFC 2595) upgrades the client leg in place.
+//! STLS (RFC 2595) upgrades the client leg in place. A trusted upstream proxy may state the
+//! real client with Dovecot's `XCLIENT`. The backend's side is in [`backend`].
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
+use tracing::Instrument;
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{excerpt, status_is, BackendConn, Dialect, Login, Verdict};
+use crate::backend::{BackendConn, Login, Verdict};
 use crate::codec::line::LineBuffer;
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
+use crate::identity::{self, Identity, Upstream};
 use crate::pipeline::{Route, SessionCtx};
 use crate::tls::MaybeTls;
+use backend::Pop3;
+
+mod backend;
 
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
-/// RFC 2449 §4: a command line is at most 255 octets including CRLF; RFC 5034 §4 moves a
-/// longer initial response to the first continuation.
-const MAX_COMMAND_LINE: usize = 255;
 const UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] Backend temporarily unavailable, try again later\r\n";
 /// No RFC 3206 code fits a policy refusal: `[AUTH]` would make clients ask for a new
 /// password, and `[SYS/PERM]` is untrue when STLS would cure it.
@@ -27,8 +30,15 @@ const CLEARTEXT_REFUSED: &[u8] = b"-ERR Plaintext authentication disallowed on n
 
 /// Serves one POP3 client: pre-auth conversation (through STLS), then the bridge to its backend.
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+    let identity = Identity::of(&ctx);
+    let span = identity.span();
+    converse(ctx, stream, identity).instrument(span).await
+}
+
+async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { lines: lines(&ctx), ctx, client: stream, deadline, user: None, failures: 0, bad: 0 };
+    let mut session =
+        Session { lines: lines(&ctx), ctx, client: stream, identity, deadline, user: None, failures: 0, bad: 0 };
     loop {
         match session.run().await {
             Ok(End::Authenticated(route, backend)) => {
@@ -57,6 +67,8 @@ struct Session {
     ctx: SessionCtx,
     client: MaybeTls,
     lines: LineBuffer,
+    /// Who the backend is told the client is; a trusted upstream's `XCLIENT` may amend it.
+    identity: Identity,
     deadline: Instant,
     /// The name from `USER`, waiting for `PASS`.
     user: Option<String>,
@@ -86,7 +98,9 @@ impl Session {
     async fn run(&mut self) -> Result<End> {
         // After STLS the client asks CAPA again itself; no second greeting (RFC 2595 §4).
         if !self.client.is_tls() || self.ctx.listener.tls == TlsMode::Implicit {
-            self.send(b"+OK Switchyard ready\r\n").await?;
+            // Dovecot's way of telling a trusted proxy that XCLIENT is welcome.
+            let offer = if identity::trusted(&self.ctx) { "[XCLIENT] " } else { "" };
+            self.send(format!("+OK {offer}Switchyard ready\r\n").as_bytes()).await?;
         }
         loop {
             let Some(line) = self.next_line().await? else {
@@ -114,6 +128,7 @@ impl Session {
                 "USER" => self.user(arg).await?,
                 "PASS" => self.pass(arg).await?,
                 "AUTH" => self.auth(arg).await?,
+                "XCLIENT" => self.xclient(arg.unwrap_or_default()).await?,
                 _ => self.bad(b"-ERR Unknown command or not valid before authentication\r\n").await?,
             };
             match outcome {
@@ -246,6 +261,20 @@ impl Session {
         }
     }
 
+    /// Dovecot's XCLIENT from a trusted upstream proxy: the real client, session id and TTL.
+    async fn xclient(&mut self, arg: &[u8]) -> Result<Outcome> {
+        if !identity::trusted(&self.ctx) {
+            return self.bad(b"-ERR You are not from a trusted address\r\n").await;
+        }
+        match Upstream::from_xclient(arg) {
+            Ok(upstream) => {
+                self.identity.adopt(&self.ctx, upstream);
+                self.answer(b"+OK Updated\r\n").await
+            }
+            Err(why) => self.bad(format!("-ERR {why}\r\n").as_bytes()).await,
+        }
+    }
+
     async fn auth(&mut self, arg: Option<&[u8]>) -> Result<Outcome> {
         let Some(arg) = arg.filter(|a| !a.is_empty()) else {
             // Not in RFC 5034, but clients probe with a bare AUTH for the mechanism list.
@@ -280,7 +309,7 @@ impl Session {
 
     /// Steps 4–6 through the shared pipeline; the verdict line is relayed as the backend sent it.
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
-        match self.ctx.login(&Pop3, &credential).await {
+        match self.ctx.login(&Pop3::default(), &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.relay(&verdict).await?;
                 Ok(Outcome::Authenticated(route, backend))
@@ -337,58 +366,6 @@ fn split_command(line: &[u8]) -> (String, Option<&[u8]>) {
         None => (line, None),
     };
     (String::from_utf8_lossy(keyword).to_ascii_uppercase(), arg)
-}
-
-/// `+` or `+ <base64>`: a SASL continuation, as opposed to `+OK`.
-fn is_continuation(line: &[u8]) -> bool {
-    line == b"+" || line.starts_with(b"+ ")
-}
-
-/// The POP3 backend: `+OK` greeting, then `AUTH <mech> <initial-response>` (RFC 5034).
-struct Pop3;
-
-impl Dialect for Pop3 {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        let greeting = conn.read_line().await?;
-        if status_is(&greeting, b"+OK") {
-            Ok(())
-        } else {
-            Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
-        }
-    }
-
-    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.send(b"STLS\r\n").await?;
-        let reply = conn.read_line().await?;
-        if status_is(&reply, b"+OK") {
-            Ok(())
-        } else {
-            Err(Error::Client(format!("STLS refused: {:?}", excerpt(&reply))))
-        }
-    }
-
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
-        let (mechanism, payload) = credential.replay();
-        let inline = format!("AUTH {mechanism} {payload}\r\n");
-        let mut pending = if inline.len() <= MAX_COMMAND_LINE {
-            conn.send(inline.as_bytes()).await?;
-            None
-        } else {
-            conn.send(format!("AUTH {mechanism}\r\n").as_bytes()).await?;
-            Some(payload)
-        };
-        loop {
-            let line = conn.read_line().await?;
-            if is_continuation(&line) {
-                let reply = pending.take().unwrap_or_else(|| auth::extra_challenge_response(mechanism).to_owned());
-                conn.send(format!("{reply}\r\n").as_bytes()).await?;
-            } else if status_is(&line, b"+OK") || status_is(&line, b"-ERR") {
-                return Ok(Verdict { accepted: line.starts_with(b"+"), lines: vec![line] });
-            } else {
-                return Err(Error::Client(format!("unexpected AUTH reply {:?}", excerpt(&line))));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

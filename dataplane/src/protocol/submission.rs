@@ -2,37 +2,44 @@
 //! greeting and pre-auth commands, AUTH with `334` challenges, then the credential replayed
 //! to the backend as one AUTH after the proxy's own EHLO, the verdict relayed as is and the
 //! session bridged (the backend already saw EHLO, so the client's MAIL FROM is valid there).
-
-use std::sync::Mutex;
+//! The backend's side, XCLIENT included, is in [`backend`].
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
+use tracing::Instrument;
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{BackendConn, Dialect, Login, Verdict};
+use crate::backend::{BackendConn, Login, Verdict};
 use crate::codec::mechanism::{Credential, Mechanism};
-use crate::codec::smtp::{self, Command, CommandParser, Extensions, Hello, Reply, ReplyBuilder};
+use crate::codec::smtp::{self, Command, CommandParser, Hello};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
+use crate::identity::Identity;
 use crate::pipeline::{Route, SessionCtx};
 use crate::tls::MaybeTls;
+use backend::Submission;
+
+mod backend;
 
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
-/// RFC 5321 §4.5.3.1.4: the classic command line limit. RFC 4954 §4 has a client move an
-/// initial response that would not fit to the first `334` instead.
-const MAX_COMMAND_LINE: usize = 512;
 /// 421 tells the client the proxy closes the connection, which it then does.
 const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try again later\r\n";
 
 /// Serves one submission client: pre-auth conversation (through STARTTLS), then the
 /// bridge to its backend.
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+    let identity = Identity::of(&ctx);
+    let span = identity.span();
+    converse(ctx, stream, identity).instrument(span).await
+}
+
+async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
     let mut session =
-        Session { parser: parser(&ctx), ctx, client: stream, deadline, greeted: false, failures: 0, bad: 0 };
+        Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, greeted: false, failures: 0, bad: 0 };
     loop {
         match session.run().await {
             Ok(End::Authenticated(route, backend)) => {
@@ -61,6 +68,8 @@ struct Session {
     ctx: SessionCtx,
     client: MaybeTls,
     parser: CommandParser,
+    /// Who the backend is told the client is.
+    identity: Identity,
     deadline: Instant,
     /// EHLO or HELO seen: RFC 4954 §4 allows AUTH only after it.
     greeted: bool,
@@ -200,8 +209,8 @@ impl Session {
 
     /// Steps 4–6 through the shared pipeline; the backend's reply is relayed as is.
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
-        let dialect = Submission { name: self.ctx.node.id.clone(), extensions: Mutex::new(None) };
-        match self.ctx.login(&dialect, &credential).await {
+        let dialect = Submission::new(self.ctx.node.id.clone());
+        match self.ctx.login(&dialect, &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.relay(&verdict).await?;
                 Ok(Outcome::Authenticated(route, backend))
@@ -299,93 +308,6 @@ impl SaslChannel for Session {
             }
         }
     }
-}
-
-/// The submission backend: `220` greeting, the proxy's own EHLO, then one `AUTH`.
-struct Submission {
-    /// The name the proxy gives in EHLO.
-    name: String,
-    /// What the backend's EHLO offered; XCLIENT is kept for client-identity forwarding.
-    /// Replaced after STARTTLS: a backend may offer AUTH only once TLS is up.
-    extensions: Mutex<Option<Extensions>>,
-}
-
-impl Submission {
-    async fn ehlo(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.send(format!("EHLO {}\r\n", self.name).as_bytes()).await?;
-        let ehlo = read_reply(conn).await?;
-        if ehlo.code != 250 {
-            return Err(unexpected("EHLO reply", &ehlo));
-        }
-        *self.extensions.lock().unwrap_or_else(|e| e.into_inner()) = Some(Extensions::from_ehlo(&ehlo));
-        Ok(())
-    }
-}
-
-impl Dialect for Submission {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        let greeting = read_reply(conn).await?;
-        if greeting.code != 220 {
-            return Err(unexpected("greeting", &greeting));
-        }
-        self.ehlo(conn).await
-    }
-
-    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.send(b"STARTTLS\r\n").await?;
-        let reply = read_reply(conn).await?;
-        if reply.code != 220 {
-            return Err(unexpected("STARTTLS reply", &reply));
-        }
-        Ok(())
-    }
-
-    /// RFC 3207: everything learnt before TLS is forgotten; EHLO again.
-    async fn after_tls(&self, conn: &mut BackendConn) -> Result<()> {
-        self.ehlo(conn).await
-    }
-
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
-        // A backend offering no AUTH (say Postfix with smtpd_tls_auth_only on a plain leg)
-        // cannot judge the credentials; its refusal must not count as a wrong password.
-        if self.extensions.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|e| e.auth.is_empty()) {
-            return Err(Error::Client("the backend offers no AUTH".into()));
-        }
-        let (mechanism, payload) = credential.replay();
-        // RFC 4954 §4: `=` is the empty initial response.
-        let payload = if payload.is_empty() { "=".to_owned() } else { payload };
-        let inline = format!("AUTH {mechanism} {payload}\r\n");
-        let mut pending = if inline.len() <= MAX_COMMAND_LINE {
-            conn.send(inline.as_bytes()).await?;
-            None
-        } else {
-            conn.send(format!("AUTH {mechanism}\r\n").as_bytes()).await?;
-            Some(payload)
-        };
-        loop {
-            let reply = read_reply(conn).await?;
-            if reply.code != 334 {
-                return Ok(Verdict { accepted: reply.code == 235, lines: reply.lines });
-            }
-            let response = pending.take().unwrap_or_else(|| auth::extra_challenge_response(mechanism).to_owned());
-            conn.send(format!("{response}\r\n").as_bytes()).await?;
-        }
-    }
-}
-
-/// One (possibly multi-line) reply from the backend.
-async fn read_reply(conn: &mut BackendConn) -> Result<Reply> {
-    let mut builder = ReplyBuilder::default();
-    loop {
-        let line = conn.read_line().await?;
-        if let Some(reply) = builder.push_line(line).map_err(|e| Error::Client(format!("backend: {e}")))? {
-            return Ok(reply);
-        }
-    }
-}
-
-fn unexpected(what: &str, reply: &Reply) -> Error {
-    Error::Client(format!("unexpected {what} {:?}", reply.excerpt()))
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use crate::tls::testing::TestTls;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
+mod forwarding;
+
 struct Table(Option<HashMap<String, String>>);
 
 impl Resolver for Table {

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::literal_size;
+use super::backend::literal_size;
 use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
 use crate::config::ListenerConfig;
 use crate::node::Node;
@@ -21,6 +21,7 @@ use crate::settings::FleetSettings;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
+mod forwarding;
 mod tls;
 
 /// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.

@@ -21,6 +21,7 @@ use crate::settings::FleetSettings;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
+mod forwarding;
 mod tls;
 
 /// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.

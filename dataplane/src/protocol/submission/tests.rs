@@ -21,6 +21,7 @@ use crate::settings::FleetSettings;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
+mod forwarding;
 mod tls;
 
 /// Every account on `legacy` (the default), or no answer at all (control plane down).
