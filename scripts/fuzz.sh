@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every codec target in fuzz/ with cargo fuzz (libFuzzer) for SECONDS each
-# (default 10) and fails on the first crash, hang (-timeout) or out-of-memory.
+# (default 10); fails when the targets do not build or any of them crashes, hangs
+# (-timeout) or runs out of memory. See fuzz/README.md.
 #
 #   scripts/fuzz.sh [SECONDS]
 #

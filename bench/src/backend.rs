@@ -1,5 +1,6 @@
 //! The fast backend: a minimal scripted IMAP responder (greeting, CAPABILITY, AUTHENTICATE
-//! PLAIN with or without initial response, LOGIN, SELECT, FETCH of a fixed-size literal,
+//! PLAIN with or without initial response, LOGIN (also with literals), SELECT, FETCH of a
+//! fixed-size literal,
 //! NOOP, LOGOUT) that accepts any credentials. It runs as its own process
 //! (`switchyard-bench backend`) so its CPU and file descriptors are counted apart from the
 //! load client's and the node's.
@@ -58,6 +59,10 @@ async fn session(mut stream: TcpStream, body: Arc<[u8]>) -> std::io::Result<()> 
     let mut out = Vec::new();
     let mut state = State::Command;
     let mut chunk = [0u8; 1024];
+    // A command that carries literals (nginx logs in with `LOGIN {n}` literals): its text
+    // so far, each literal replaced by `x`, and the literal bytes still to skip.
+    let mut command = Vec::new();
+    let mut skip = 0usize;
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
@@ -66,12 +71,37 @@ async fn session(mut stream: TcpStream, body: Arc<[u8]>) -> std::io::Result<()> 
         pending.extend_from_slice(&chunk[..n]);
         let mut consumed = 0;
         let mut close = false;
-        while let Some(end) = pending[consumed..].windows(2).position(|w| w == b"\r\n") {
+        loop {
+            let take = skip.min(pending.len() - consumed);
+            (consumed, skip) = (consumed + take, skip - take);
+            if skip > 0 {
+                break;
+            }
+            let Some(end) = pending[consumed..].windows(2).position(|w| w == b"\r\n") else { break };
             let line = &pending[consumed..consumed + end];
             consumed += end + 2;
-            let (next, reply) = respond(line, state);
-            state = next;
-            match reply {
+            if let Some(len) = crate::client::literal_len(line) {
+                let open = line.iter().rposition(|&b| b == b'{').unwrap_or(0);
+                command.extend_from_slice(&line[..open]);
+                command.push(b'x');
+                skip = len;
+                if !line.ends_with(b"+}") {
+                    out.extend_from_slice(b"+ Ready for literal data\r\n");
+                    stream.write_all(&out).await?;
+                    out.clear();
+                }
+                continue;
+            }
+            let reply = if command.is_empty() {
+                respond(line, state)
+            } else {
+                command.extend_from_slice(line);
+                let reply = respond(&command, state);
+                command.clear();
+                reply
+            };
+            state = reply.0;
+            match reply.1 {
                 Reply::Bytes(b) => out.extend_from_slice(&b),
                 Reply::Fetch(tag) => {
                     stream.write_all(&out).await?;
@@ -95,7 +125,7 @@ async fn session(mut stream: TcpStream, body: Arc<[u8]>) -> std::io::Result<()> 
             stream.write_all(&out).await?;
             out.clear();
         }
-        if close || pending.len() > MAX_LINE {
+        if close || pending.len() + command.len() > MAX_LINE {
             return stream.shutdown().await;
         }
     }

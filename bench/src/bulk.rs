@@ -71,7 +71,8 @@ pub async fn scenario(opts: &Opts, dovecot: bool, runs: &mut [Vec<Figure>]) -> R
         for (r, figures) in runs.iter_mut().enumerate().take(opts.runs) {
             eprintln!("scenario 2 ({name}), run {}/{}", r + 1, opts.runs);
             let results = measure(&targets, opts).await?;
-            let line: Vec<String> = targets.iter().zip(&results).map(|(t, x)| format!("{} {:.0} MB/s", t.0, x.mb_per_s())).collect();
+            let line: Vec<String> =
+                targets.iter().zip(&results).map(|(t, x)| format!("{} {:.0} MB/s", t.0, x.mb_per_s())).collect();
             eprintln!("  {}", line.join(", "));
             let scenario = format!("2 bulk FETCH {} × {} MB · {name}", opts.messages, opts.message_size / 1_000_000);
             let (direct, proxy) = (&results[0], &results[1]);

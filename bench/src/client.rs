@@ -149,7 +149,7 @@ impl Conn {
 }
 
 /// `n` when the line ends in an IMAP literal announcement `{n}`.
-fn literal_len(line: &[u8]) -> Option<usize> {
+pub fn literal_len(line: &[u8]) -> Option<usize> {
     let body = line.strip_suffix(b"}")?;
     let open = body.iter().rposition(|&b| b == b'{')?;
     std::str::from_utf8(&body[open + 1..]).ok()?.trim_end_matches('+').parse().ok()

@@ -56,6 +56,8 @@ async fn one_run(opts: &Opts) -> Result<Vec<Figure>> {
     let rate = resolve::throughput(&endpoint, node_token(), opts.resolve_duration).await?;
     let after = (cp.proc.usage()?, Usage::of_self()?);
     let floor = resolve::throughput(&endpoint, "not-the-node-token", opts.resolve_duration).await?;
+    let mut one = resolve::latency(&endpoint, node_token(), Duration::from_secs(1)).await?;
+    let mut one_floor = resolve::latency(&endpoint, "not-the-node-token", Duration::from_secs(1)).await?;
     let (cp_cpu_s, cp_share) = after.0.cpu_since(&before.0);
     let client_share = after.1.cpu_since(&before.1).1;
     let per_core = rate.ok as f64 / cp_cpu_s.max(1e-9);
@@ -103,6 +105,10 @@ async fn one_run(opts: &Opts) -> Result<Vec<Figure>> {
     );
     rows.push(Figure::new(&s, "Resolve per control-plane CPU-second", per_core).target(Target::AtLeast(20_000.0)));
     rows.push(Figure::new(&s, "control-plane CPU, % of a core", cp_share * 100.0));
+    rows.push(
+        Figure::new(&s, "Resolve p50 ms, 1 in flight", one.percentile_ms(50.0))
+            .vs("rejected by token check", one_floor.percentile_ms(50.0)),
+    );
     rows.push(Figure::new(&s, "load client CPU, % of a core", client_share * 100.0));
     let s = format!("5 control plane · memory, {large} nodes");
     rows.push(Figure::new(&s, "RSS KiB per connected node", (rss_large as f64 - rss0 as f64) / large as f64));

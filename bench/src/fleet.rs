@@ -110,7 +110,9 @@ async fn wait_ready(health: SocketAddr) -> Result<()> {
 
 /// The scripted backend in its own process; `fetch_size` is the FETCH literal's length.
 pub async fn start_backend(dir: &Path, fetch_size: usize) -> Result<(Proc, SocketAddr)> {
+    // A rebuild while the bench runs leaves the running binary "(deleted)": use the new one.
     let exe = std::env::current_exe()?;
+    let exe = std::path::PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
     let size = fetch_size.to_string();
     let mut proc = Proc::spawn("backend", &exe, &["backend", "--fetch-size", &size], &[], dir, None)?;
     let addr = proc.bound(&["backend listening"]).await?;

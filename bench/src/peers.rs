@@ -83,7 +83,7 @@ async fn nginx(dir: &Path, auth: SocketAddr) -> Result<Peer> {
 async fn haproxy(dir: &Path, backend: SocketAddr) -> Result<Peer> {
     let port = free_port()?;
     let conf = format!(
-        "global\n  maxconn 40000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n\
+        "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n\
          frontend imap\n  bind 127.0.0.1:{port}\n  default_backend imap\nbackend imap\n  server s1 {backend}\n"
     );
     let path = dir.join("haproxy.cfg");

@@ -9,6 +9,8 @@ use switchyard_proto::v1::control_client::ControlClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
+use crate::stats::Latencies;
+
 /// HTTP/2 connections, and requests in flight on each.
 const CONNECTIONS: usize = 4;
 const IN_FLIGHT: usize = 32;
@@ -75,4 +77,30 @@ pub async fn throughput(endpoint: &str, token: &str, duration: Duration) -> Resu
         eprintln!("  {} Resolve calls failed", rate.errors);
     }
     Ok(rate)
+}
+
+/// Latencies of sequential calls (one in flight) for `duration`: the round trip a node's
+/// cache miss waits for when the control plane is idle.
+pub async fn latency(endpoint: &str, token: &str, duration: Duration) -> Result<Latencies> {
+    let bearer: MetadataValue<_> = format!("Bearer {token}").parse().context("token")?;
+    let channel = Endpoint::from_shared(endpoint.to_string())?.connect().await.context("connect")?;
+    let mut client = ControlClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", bearer.clone());
+        Ok(req)
+    });
+    let mut latencies = Latencies::default();
+    let deadline = Instant::now() + duration;
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        i += 1;
+        let t0 = Instant::now();
+        let answer = client.resolve(pb::ResolveRequest { key: format!("user{i}@example.test") }).await;
+        latencies.push(t0.elapsed());
+        match answer {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::Unauthenticated && token != crate::fleet::node_token() => {}
+            Err(s) => anyhow::bail!("Resolve failed: {s}"),
+        }
+    }
+    Ok(latencies)
 }

@@ -1,6 +1,7 @@
 //! The real `dataplane` and `controlplane` binaries as child processes: found (or built)
 //! next to the test executable, started with a config file, their stderr log collected
-//! line by line, bound addresses read from it, resident memory read from /proc.
+//! line by line, bound addresses read from it, resident memory read from /proc; and the
+//! open-file limit a test with many connections needs.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::eventually;
 
@@ -130,4 +132,44 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
     let kib = line.split_whitespace().nth(1).context("VmRSS value")?;
     Ok(kib.parse()?)
+}
+
+/// Samples a process's RSS every 20 ms until stopped; returns the highest value seen.
+pub struct PeakRss {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    pub fn watch(pid: u32) -> PeakRss {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut peak = 0;
+            while matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+                peak = peak.max(rss_kib(pid).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        });
+        PeakRss { stop, task }
+    }
+
+    pub async fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
+}
+
+/// Raises this process's soft limit on open files to `needed` (within the hard limit) if
+/// it is lower, for tests that open many connections. Children started later inherit it.
+pub fn raise_fd_limit(needed: u64) -> Result<()> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none_or(|soft| soft >= needed) {
+        return Ok(());
+    }
+    let raised = limit.maximum.map_or(needed, |hard| hard.min(needed));
+    ensure!(raised >= needed, "need {needed} file descriptors, the hard limit is {raised}");
+    setrlimit(Resource::Nofile, Rlimit { current: Some(raised), maximum: limit.maximum })?;
+    Ok(())
 }

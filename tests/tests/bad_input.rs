@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use switchyard_tests::fleet::{destination_toml, ControlPlane, Node, NODE_TOKEN};
-use switchyard_tests::procs::{rss_kib, write_file, Proc};
+use switchyard_tests::procs::{raise_fd_limit, write_file, PeakRss, Proc};
 use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -180,24 +180,21 @@ impl Fleet {
         self.node.rss_kib()
     }
 
+    /// A 1 MiB line on every listener kind, then a command that must still be answered.
     async fn over_long_lines(&self) -> Result<()> {
-        let long = vec![b'x'; 1 << 20];
-        let cases = [
-            (self.imap, "a1 LOGIN ", "a1 BAD line exceeds 1024 bytes", "a2 NOOP", "a2 OK"),
-            (self.pop3, "USER ", "-ERR line exceeds 1024 bytes", "CAPA", "+OK"),
-            (self.submission, "EHLO ", "500 5.5.2 Line too long", "NOOP", "250"),
-            (self.lmtp, "LHLO ", "500 5.5.2 Line too long", "NOOP", "250"),
-        ];
-        for (addr, head, error, next, ok) in cases {
-            let mut conn = Conn::open(addr).await?;
-            conn.send(head.as_bytes()).await?;
-            conn.send(&long).await?;
-            conn.send(format!("\r\n{next}\r\n").as_bytes()).await?;
-            conn.expect(error).await?;
-            // The rest of the long line was dropped, not read as commands.
-            conn.expect(ok).await.with_context(|| format!("{next} after the long line"))?;
+        for flood in self.long_lines() {
+            flood.send(1 << 20).await?;
         }
         Ok(())
+    }
+
+    fn long_lines(&self) -> [Flood; 4] {
+        [
+            Flood::new(self.imap, "a1 LOGIN ", "a1 BAD line exceeds 1024 bytes", "a2 NOOP", "a2 OK"),
+            Flood::new(self.pop3, "USER ", "-ERR line exceeds 1024 bytes", "CAPA", "+OK"),
+            Flood::new(self.submission, "EHLO ", "500 5.5.2 Line too long", "NOOP", "250"),
+            Flood::new(self.lmtp, "LHLO ", "500 5.5.2 Line too long", "NOOP", "250"),
+        ]
     }
 
     async fn literals(&self) -> Result<()> {
@@ -282,23 +279,12 @@ impl Fleet {
     }
 
     /// Concurrent clients sending megabytes the node must not keep: over-long lines on
-    /// every listener kind and an oversize non-synchronizing literal.
+    /// every listener kind and oversize non-synchronizing literals.
     async fn floods(&self) -> Result<()> {
         let literal = format!("a1 LOGIN {{{FLOOD_BYTES}+}}\r\n");
-        let kinds = [
-            Flood {
-                addr: self.imap,
-                head: "a1 LOGIN ".into(),
-                error: "a1 BAD line exceeds",
-                next: "a2 NOOP",
-                ok: "a2 OK",
-            },
-            Flood { addr: self.imap, head: literal, error: "a1 BAD [TOOBIG]", next: "a2 NOOP", ok: "a2 OK" },
-            Flood { addr: self.pop3, head: "USER ".into(), error: "-ERR line exceeds", next: "CAPA", ok: "+OK" },
-            Flood { addr: self.submission, head: "EHLO ".into(), error: "500 5.5.2", next: "NOOP", ok: "250" },
-        ];
-        let floods = (0..16).flat_map(|_| kinds.clone());
-        let count = all(floods.map(Flood::send)).await?.len();
+        let literal = Flood::new(self.imap, &literal, "a1 BAD [TOOBIG]", "a2 NOOP", "a2 OK");
+        let floods = (0..13).flat_map(|_| self.long_lines().into_iter().chain([literal.clone()]));
+        let count = all(floods.map(|flood| flood.send(FLOOD_BYTES))).await?.len();
         println!("floods: {count} connections sent {} MiB each", FLOOD_BYTES >> 20);
         Ok(())
     }
@@ -359,7 +345,7 @@ async fn refused(addr: SocketAddr) -> Result<String> {
     Ok(reply)
 }
 
-/// One flooding client: `head`, FLOOD_BYTES without a line end, then `next`.
+/// A client sending `head`, a long run of bytes without a line end, then `next`.
 #[derive(Clone)]
 struct Flood {
     addr: SocketAddr,
@@ -370,20 +356,24 @@ struct Flood {
 }
 
 impl Flood {
+    fn new(addr: SocketAddr, head: &str, error: &'static str, next: &'static str, ok: &'static str) -> Flood {
+        Flood { addr, head: head.to_string(), error, next, ok }
+    }
+
     /// The error must arrive while the client is still sending (the node does not wait
     /// for the line to end), and the answer to `next` shows the node read every byte.
-    async fn send(self) -> Result<()> {
+    async fn send(self, bytes: usize) -> Result<()> {
         let Conn { mut reader, mut writer } = Conn::open(self.addr).await?;
         let (head, next) = (self.head, self.next);
         let sender = tokio::spawn(async move {
             writer.write_all(head.as_bytes()).await?;
-            writer.write_all(&vec![b'f'; FLOOD_BYTES]).await?;
+            writer.write_all(&vec![b'f'; bytes]).await?;
             writer.write_all(format!("\r\n{next}\r\n").as_bytes()).await?;
             anyhow::Ok(writer)
         });
         expect_line(&mut reader, self.error).await?;
         let _writer = sender.await??;
-        expect_line(&mut reader, self.ok).await.with_context(|| format!("{next} after a flood"))?;
+        expect_line(&mut reader, self.ok).await.with_context(|| format!("{next} after {bytes} bytes"))?;
         Ok(())
     }
 }
@@ -399,7 +389,7 @@ impl Conn {
         let stream = timeout(IO_TIMEOUT, TcpStream::connect(addr)).await.context("connect timed out")??;
         let (read, writer) = stream.into_split();
         let mut conn = Conn { reader: BufReader::new(read), writer };
-        let greeting = conn.line().await.context("greeting")?;
+        let greeting = read_line(&mut conn.reader).await.context("greeting")?;
         ensure!(["* OK", "+OK", "220"].iter().any(|g| greeting.starts_with(g)), "greeting {greeting:?}");
         Ok(conn)
     }
@@ -407,10 +397,6 @@ impl Conn {
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         self.writer.write_all(bytes).await?;
         Ok(())
-    }
-
-    async fn line(&mut self) -> Result<String> {
-        read_line(&mut self.reader).await
     }
 
     /// The next line, which must start with `prefix`.
@@ -449,44 +435,4 @@ async fn expect_line(reader: &mut BufReader<OwnedReadHalf>, prefix: &str) -> Res
     let line = read_line(reader).await.with_context(|| format!("waiting for {prefix:?}"))?;
     ensure!(line.starts_with(prefix), "expected {prefix:?}, got {line:?}");
     Ok(line)
-}
-
-/// Samples a process's RSS every 20 ms until stopped; returns the highest value seen.
-struct PeakRss {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<u64>,
-}
-
-impl PeakRss {
-    fn watch(pid: u32) -> PeakRss {
-        let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut peak = 0;
-            while stopped.try_recv().is_err() {
-                peak = peak.max(rss_kib(pid).unwrap_or(0));
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            peak
-        });
-        PeakRss { stop, task }
-    }
-
-    async fn stop(self) -> u64 {
-        let _ = self.stop.send(());
-        self.task.await.unwrap_or(0)
-    }
-}
-
-/// 1050 client sockets plus the control plane's: raise the soft descriptor limit to what
-/// is needed (within the hard limit) if it is lower. The node inherits it.
-fn raise_fd_limit(needed: u64) -> Result<()> {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current.is_none_or(|soft| soft >= needed) {
-        return Ok(());
-    }
-    let raised = limit.maximum.map_or(needed, |hard| hard.min(needed));
-    ensure!(raised >= needed, "need {needed} file descriptors, the hard limit is {raised}");
-    setrlimit(Resource::Nofile, Rlimit { current: Some(raised), maximum: limit.maximum })?;
-    Ok(())
 }
