@@ -12,10 +12,11 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use crate::report::Row;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const SIZE: (u32, u32) = (1500, 820);
+const SIZE: (u32, u32) = (1400, 780);
 const BLUE: RGBColor = RGBColor(66, 110, 180);
 const ORANGE: RGBColor = RGBColor(230, 140, 50);
 const GREY: RGBColor = RGBColor(150, 150, 150);
+const LIGHT_BLUE: RGBColor = RGBColor(140, 175, 225);
 const RED: RGBColor = RGBColor(200, 40, 40);
 
 /// One panel: groups along x, one bar per series in each group.
@@ -52,28 +53,59 @@ fn register_font() -> bool {
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok()
 }
 
-/// "1 login · scripted · warm, 16 clients" → "scripted warm".
+/// "1 login · scripted · warm, 16 clients" → "warm"; "…nginx mail, 1 client" → "nginx 1c".
 fn short(scenario: &str) -> String {
-    let s = scenario.trim_start_matches("1 login · ").replace(" · ", " ");
-    s.split(", 16 clients").next().unwrap_or(&s).replace(", ", " ")
+    let tail = scenario.rsplit(" · ").next().unwrap_or(scenario);
+    let tail = tail.split(", ").next().unwrap_or(tail).replace(" mail", "").replace(" TCP", "");
+    if scenario.ends_with(", 1 client") {
+        format!("{tail} 1c")
+    } else {
+        tail
+    }
+}
+
+fn find_row<'a>(rows: &'a [Row], scenario: &str, metric: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.scenario == scenario && r.metric == metric)
 }
 
 fn find(rows: &[Row], scenario: &str, metric: &str) -> Option<f64> {
-    rows.iter().find(|r| r.scenario == scenario && r.metric == metric).map(|r| r.value)
+    find_row(rows, scenario, metric).map(|r| r.value)
+}
+
+/// Series with at least one value (a peer that is not installed has none).
+fn keep_drawn(series: Vec<(&'static str, RGBColor, Vec<f64>)>) -> Vec<(&'static str, RGBColor, Vec<f64>)> {
+    series.into_iter().filter(|s| s.2.iter().any(|v| v.is_finite())).collect()
 }
 
 fn panels(rows: &[Row]) -> Vec<Panel> {
-    let logins: Vec<&Row> = rows.iter().filter(|r| r.metric == "login cycles/s").collect();
+    let backends: Vec<&str> = ["scripted", "Dovecot"]
+        .into_iter()
+        .filter(|b| rows.iter().any(|r| r.scenario.starts_with(&format!("1 login · {b} · warm"))))
+        .collect();
+    let login_ratio = |what: &str| -> Vec<f64> {
+        let ratio = |b: &&str| {
+            let prefix = format!("1 login · {b} · {what}, ");
+            rows.iter()
+                .find(|r| r.scenario.starts_with(&prefix) && r.metric == "login cycles/s")
+                .map_or(f64::NAN, |r| r.ratio)
+        };
+        backends.iter().map(ratio).collect()
+    };
     let throughput = Panel {
-        title: "Login cycles/s, Switchyard / direct",
-        groups: logins.iter().map(|r| short(&r.scenario)).collect(),
-        series: vec![("ratio", BLUE, logins.iter().map(|r| r.ratio).collect())],
-        target: Some((0.85, "target 0.85×")),
+        title: "Login cycles/s, proxy / direct (16 clients)",
+        groups: backends.iter().map(|b| b.to_string()).collect(),
+        series: keep_drawn(vec![
+            ("Switchyard warm", BLUE, login_ratio("warm")),
+            ("Switchyard cold", LIGHT_BLUE, login_ratio("cold")),
+            ("nginx mail", ORANGE, login_ratio("nginx mail")),
+            ("HAProxy TCP", GREY, login_ratio("HAProxy TCP")),
+        ]),
+        target: Some((0.85, "target 0.85× (Dovecot)")),
     };
     let added: Vec<&Row> =
         rows.iter().filter(|r| r.metric == "added p50 ms" && r.scenario.contains("scripted")).collect();
     let latency = Panel {
-        title: "Added ms per login (proxy − direct), scripted",
+        title: "Added ms per login vs direct, scripted (1c: 1 client)",
         groups: added.iter().map(|r| short(&r.scenario)).collect(),
         series: vec![
             ("p50", BLUE, added.iter().map(|r| r.value).collect()),
@@ -82,11 +114,22 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
         target: Some((0.5, "p50 target 0.5 ms")),
     };
     let bulk: Vec<&Row> = rows.iter().filter(|r| r.metric == "MB/s, 1 client").collect();
+    // A peer's MB/s over direct: its row holds Switchyard vs the peer, the first row direct.
+    let peer_ratio = |peer: &str| -> Vec<f64> {
+        let ratio = |r: &&Row| {
+            find_row(rows, &r.scenario, &format!("MB/s vs {peer}")).map_or(f64::NAN, |p| p.baseline / r.baseline)
+        };
+        bulk.iter().map(ratio).collect()
+    };
     let transfer = Panel {
-        title: "Bulk FETCH MB/s, Switchyard / direct",
+        title: "Bulk FETCH MB/s, proxy / direct (1 client)",
         groups: bulk.iter().map(|r| r.scenario.rsplit(" · ").next().unwrap_or_default().to_string()).collect(),
-        series: vec![("ratio", BLUE, bulk.iter().map(|r| r.ratio).collect())],
-        target: Some((0.95, "target 0.95×")),
+        series: keep_drawn(vec![
+            ("Switchyard", BLUE, bulk.iter().map(|r| r.ratio).collect()),
+            ("nginx mail", ORANGE, peer_ratio("nginx mail")),
+            ("HAProxy TCP", GREY, peer_ratio("HAProxy TCP")),
+        ]),
+        target: Some((0.95, "target 0.95× (scripted)")),
     };
     let resolve: Vec<&Row> = rows.iter().filter(|r| r.metric == "Resolve per control-plane CPU-second").collect();
     let lookups = Panel {
@@ -135,8 +178,9 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, labels: b
     let n = p.groups.len();
     let values = p.series.iter().flat_map(|s| s.2.iter().copied()).filter(|v| v.is_finite());
     let (lo, hi) = values.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    // Headroom for the value labels and the legend box.
-    let hi = hi.max(p.target.map_or(0.0, |t| t.0)) * 1.45 + 1e-9;
+    // Headroom for the value labels and the legend box (one line per series and target).
+    let entries = p.series.len() + usize::from(p.target.is_some());
+    let hi = hi.max(p.target.map_or(0.0, |t| t.0)) * (1.25 + 0.15 * entries as f64) + 1e-9;
     let lo = if lo < 0.0 { lo * 1.2 } else { 0.0 };
     let mut builder = ChartBuilder::on(area);
     builder.margin(12).x_label_area_size(if labels { 40 } else { 0 }).y_label_area_size(if labels { 50 } else { 0 });

@@ -95,6 +95,9 @@ pub async fn scenario(backend: Backend, opts: &Opts, runs: &mut [Vec<Figure>], n
         let clients = opts.clients;
         let warm_name = format!("1 login · {label} · warm, {clients} clients");
         figures.extend(compare(&warm_name, &mut direct, &mut warm_phase, backend));
+        if backend == Backend::Scripted {
+            figures.extend(cpu_rows(&warm_name, &direct, &warm_phase));
+        }
         figures.extend(compare(
             &format!("1 login · {label} · cold, {clients} clients"),
             &mut direct,
@@ -109,7 +112,6 @@ pub async fn scenario(backend: Backend, opts: &Opts, runs: &mut [Vec<Figure>], n
             figures.extend(versus(&scenario, peer.name, &warm_phase, &cold, phase));
         }
         if backend == Backend::Scripted {
-            figures.extend(cpu_rows(&warm_name, &direct, &warm_phase));
             // One client: the hop's own latency, without queueing behind other logins.
             let (mut direct1, mut warm1, mut cold1) = (Phase::empty(), Phase::empty(), Phase::empty());
             for _ in 0..slices {
@@ -155,7 +157,7 @@ fn compare(scenario: &str, direct: &mut Phase, proxy: &mut Phase, backend: Backe
             None => row,
         });
     }
-    if let Some(cpu) = proxy.cp_cpu {
+    if let Some(cpu) = proxy.cp_cpu.filter(|_| !warm) {
         rows.push(Figure::new(scenario, "control-plane CPU µs per cycle", proxy.per_cycle_us(cpu)));
     }
     rows
@@ -164,10 +166,14 @@ fn compare(scenario: &str, direct: &mut Phase, proxy: &mut Phase, backend: Backe
 /// Switchyard's login throughput and CPU per login against one peer's, same run. nginx
 /// asks its auth service on every login, like Switchyard with a cold cache.
 fn versus(scenario: &str, peer: &str, warm: &Phase, cold: &Phase, other: &Phase) -> Vec<Figure> {
+    // The target is parity with nginx mail; HAProxy is the floor, no routing.
+    let mut rate =
+        Figure::new(scenario, &format!("cycles/s, warm cache vs {peer}"), warm.rate()).vs(peer, other.rate());
+    if peer == "nginx mail" {
+        rate = rate.target(Target::RatioAtLeast(1.0));
+    }
     let mut rows = vec![
-        Figure::new(scenario, &format!("cycles/s, warm cache vs {peer}"), warm.rate())
-            .vs(peer, other.rate())
-            .target(Target::RatioAtLeast(1.0)),
+        rate,
         Figure::new(scenario, &format!("cycles/s, cold cache vs {peer}"), cold.rate()).vs(peer, other.rate()),
     ];
     if let (Some(node), Some(theirs)) = (warm.node_cpu, other.node_cpu) {

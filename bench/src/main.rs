@@ -111,6 +111,9 @@ async fn run(args: RunArgs, nofile: u64) -> Result<()> {
     let mut figures: Vec<Vec<report::Figure>> = vec![Vec::new(); runs];
     let mut notes = Vec::new();
     let dovecot = !args.no_dovecot && switchyard_tests::find_binary("dovecot").is_some();
+    if !peers::available() && args.scenarios.iter().any(|s| *s == 1 || *s == 2) {
+        notes.push("nginx (with libnginx-mod-mail) or HAProxy not installed: the peer rows are missing".into());
+    }
     for scenario in &args.scenarios {
         match scenario {
             1 => {

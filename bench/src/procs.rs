@@ -29,7 +29,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub fn raise_fd_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
-    let mut raised = limit.clone();
+    let mut raised = limit;
     raised.current = limit.maximum;
     if setrlimit(Resource::Nofile, raised).is_ok() {
         limit.maximum.unwrap_or(u64::MAX)
