@@ -11,6 +11,8 @@ use anyhow::{bail, ensure, Context, Result};
 
 /// How long a process may take to log what we wait for.
 const WAIT: Duration = Duration::from_secs(20);
+/// How long a process may take to exit on SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Where the release binaries are: beside this bench binary (`target/release/`).
 pub fn bin_dir() -> Result<PathBuf> {
@@ -122,7 +124,17 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so a master process (nginx) takes its workers down with it; SIGKILL
+    /// if it has not exited within `STOP_GRACE`.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
