@@ -28,4 +28,7 @@ else
   scripts/fuzz.sh "${SWITCHYARD_FUZZ_SECONDS:-8}"
 fi
 
+# The tests start the real `controlplane` and `dataplane` executables; `cargo test` builds a
+# package's binaries only for that package's own integration tests, so build them first.
+cargo build --workspace --bins
 cargo test --workspace --all-targets "$@"

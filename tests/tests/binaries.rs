@@ -2,92 +2,14 @@
 //! seed promises (binds, per-connection span, completed sessions, warnings, redacted
 //! admin actions, metrics lines, `RUST_LOG` overriding `log_level`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use serde_json::json;
 use switchyard_tests::fleet::{Api, ADMIN_TOKEN, NODE_TOKEN};
-use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient};
-
-const WAIT: Duration = Duration::from_secs(15);
-
-/// `target/debug` (or release): the directory above this test's `deps/`.
-fn binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("no target dir")?;
-    let path = dir.join(name);
-    ensure!(path.exists(), "{} not built (cargo test --workspace --all-targets builds it)", path.display());
-    Ok(path)
-}
-
-/// A child process whose stderr is collected line by line; killed on drop.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(name: &str, config: &Path, env: &[(&str, &str)]) -> Result<Proc> {
-        let mut cmd = Command::new(binary(name)?);
-        cmd.arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn()?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Ok(Proc { child, log })
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits for a log line containing every one of `needles`; returns it.
-    async fn wait_for(&self, needles: &[&str]) -> Result<String> {
-        eventually(WAIT, || async {
-            let found = self.lines().into_iter().find(|l| needles.iter().all(|n| l.contains(n)));
-            found.with_context(|| format!("no line with {needles:?} in:\n{}", self.lines().join("\n")))
-        })
-        .await
-    }
-
-    /// The address in the `addr=` field of the first line containing `needle`.
-    async fn bound(&self, needle: &str) -> Result<SocketAddr> {
-        let line = self.wait_for(&[needle, "addr="]).await?;
-        let addr = line.split("addr=").nth(1).and_then(|s| s.split_whitespace().next()).context("addr")?;
-        Ok(addr.parse()?)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    std::fs::File::create(&path)?.write_all(text.as_bytes())?;
-    Ok(path)
-}
+use switchyard_tests::procs::{binary, write_file, Proc};
+use switchyard_tests::{require_or_skip, status, Dovecot, ImapClient};
 
 #[test]
 fn check_accepts_the_examples_and_reports_every_problem_at_once() -> Result<()> {
@@ -101,7 +23,7 @@ fn check_accepts_the_examples_and_reports_every_problem_at_once() -> Result<()> 
         ensure!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let dir = tempfile::tempdir()?;
-    let bad = write(
+    let bad = write_file(
         dir.path(),
         "bad.toml",
         "[server]\nloglevel = \"info\"\n[routing]\ndefault_destination = \"missing\"\n[destination.a]\nhost = \"h\"\nbogus = 1\n[destination.a.protocol.imap]\nport = 0\n",
@@ -135,9 +57,9 @@ async fn binaries_log_what_the_observability_seed_promises() -> Result<()> {
         dovecot.imap_port()
     );
     let tokens = [("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN), ("SWITCHYARD_NODE_TOKEN", NODE_TOKEN)];
-    let cp = Proc::spawn("controlplane", &write(dir.path(), "cp.toml", &cp_toml)?, &tokens)?;
-    let grpc = cp.bound("grpc listening").await?;
-    let api = Api::new(cp.bound("management api listening").await?);
+    let cp = Proc::spawn("controlplane", &write_file(dir.path(), "cp.toml", &cp_toml)?, &tokens)?;
+    let grpc = cp.bound(&["grpc listening"]).await?;
+    let api = Api::new(cp.bound(&["management api listening"]).await?);
 
     // log_level says warn; RUST_LOG must win and bring info and dataplane debug lines.
     let dp_toml = format!(
@@ -145,8 +67,8 @@ async fn binaries_log_what_the_observability_seed_promises() -> Result<()> {
          [listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n"
     );
     let dp_env = [("SWITCHYARD_NODE_TOKEN", NODE_TOKEN), ("RUST_LOG", "info,dataplane=debug")];
-    let dp = Proc::spawn("dataplane", &write(dir.path(), "dp.toml", &dp_toml)?, &dp_env)?;
-    let imap = dp.bound("listening").await?;
+    let dp = Proc::spawn("dataplane", &write_file(dir.path(), "dp.toml", &dp_toml)?, &dp_env)?;
+    let imap = dp.bound(&["listening"]).await?;
     dp.wait_for(&["connected to the control plane"]).await?;
 
     let (code, body) = api.put("/mappings/alice@example.test", json!({"destination": "legacy"})).await?;
