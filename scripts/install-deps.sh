@@ -8,7 +8,6 @@ set -euo pipefail
 # a command name looked up on PATH) that only exists once the package is installed; files are
 # checked instead of dpkg so that e.g. a pyenv python3 counts as present. A probe with "::"
 # is a Perl module (swaks needs Net::SSLeay for --tls, and its path varies with perl's version).
-# Later issues append postgresql, redis-server, ... here.
 DEPS=(
   "dovecot-imapd:/usr/lib/dovecot/imap"
   "dovecot-pop3d:/usr/lib/dovecot/pop3"
@@ -19,6 +18,8 @@ DEPS=(
   "swaks:swaks"
   "curl:curl"
   "libnet-ssleay-perl:Net::SSLeay"
+  "postgresql-15:/usr/lib/postgresql/15/bin/postgres"
+  "redis-server:redis-server"
 )
 
 present() {

@@ -76,8 +76,8 @@ impl Control for ControlService {
         let stream_id = {
             // Held until the node is registered, so no write slips between its replay and
             // its first live update.
-            let _writes = shared.writes.lock().await;
-            let (welcome, replay) = shared.welcome(&hello.epoch, hello.last_revision).await?;
+            let mut pushed = shared.writes.lock().await;
+            let (welcome, replay) = shared.welcome(&mut pushed, &hello.epoch, hello.last_revision).await?;
             let applied = if welcome.flush_cache {
                 (welcome.epoch.clone(), welcome.revision)
             } else {

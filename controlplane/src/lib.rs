@@ -9,6 +9,7 @@ pub mod api;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod feed;
 pub mod fleet;
 pub mod grpc;
 pub mod metrics;
@@ -94,7 +95,9 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     let revision = store.revision().await?;
     tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision, "mapping store open");
     let metrics_interval = config.server.metrics_interval;
+    let poll_interval = config.mapping.poll_interval;
     let shared = Shared::new(config, store);
+    *shared.writes.lock().await = revision;
     let sessions = shared.shutdown.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -103,6 +106,7 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     });
     let tasks = TaskTracker::new();
     tasks.spawn(metrics::run(Arc::clone(&shared.fleet), metrics_interval, shutdown.clone()));
+    tasks.spawn(feed::follow(Arc::clone(&shared), poll_interval, shutdown.clone()));
     // The lockout keys on the peer address, which the router reads from `ConnectInfo`.
     let app = api::router(Arc::clone(&shared), secrets.admin_token).into_make_service_with_connect_info::<SocketAddr>();
     let stop = || shutdown.clone().cancelled_owned();

@@ -14,6 +14,9 @@ pub struct Outbox {
     revision: u64,
     /// key → new destination, `None` for a removal.
     changes: BTreeMap<String, Option<String>>,
+    /// A bulk change is pending: the node drops its whole cache, which supersedes every
+    /// key-level change before it.
+    flush: bool,
 }
 
 impl Outbox {
@@ -26,6 +29,10 @@ impl Outbox {
     pub fn add(&mut self, update: &pb::RouteUpdate) {
         self.epoch.clone_from(&update.epoch);
         self.revision = self.revision.max(update.revision);
+        if update.flush {
+            self.flush = true;
+            self.changes.clear();
+        }
         for change in &update.changes {
             let destination = match &change.change {
                 Some(pb::route_change::Change::Upsert(d)) => Some(d.clone()),
@@ -37,7 +44,7 @@ impl Outbox {
 
     /// The merged update to send now, if the node acked everything in flight.
     pub fn ready(&mut self, acked: u64) -> Option<pb::RouteUpdate> {
-        if self.changes.is_empty() || acked < self.in_flight {
+        if (self.changes.is_empty() && !self.flush) || acked < self.in_flight {
             return None;
         }
         self.in_flight = self.revision;
@@ -51,7 +58,8 @@ impl Outbox {
                 }),
             })
             .collect();
-        Some(pb::RouteUpdate { epoch: self.epoch.clone(), revision: self.revision, changes })
+        let flush = std::mem::take(&mut self.flush);
+        Some(pb::RouteUpdate { epoch: self.epoch.clone(), revision: self.revision, changes, flush })
     }
 
     /// Forgets an update that could not be queued, so the next ack does not wait for it;
@@ -59,7 +67,12 @@ impl Outbox {
     pub fn requeue(&mut self, update: pb::RouteUpdate, acked: u64) {
         self.in_flight = acked;
         let newer = std::mem::take(&mut self.changes);
+        let newer_flush = std::mem::take(&mut self.flush);
         self.add(&update);
+        if newer_flush {
+            self.flush = true;
+            self.changes.clear();
+        }
         self.changes.extend(newer);
     }
 }
@@ -77,7 +90,25 @@ mod tests {
             epoch: "e".into(),
             revision,
             changes: vec![pb::RouteChange { key: key.into(), change: Some(change) }],
+            flush: false,
         }
+    }
+
+    #[test]
+    fn a_bulk_change_supersedes_earlier_keys_and_keeps_later_ones() {
+        let mut out = Outbox::new(0);
+        out.add(&update(1, "alice", Some("new")));
+        let _ = out.ready(0).unwrap();
+        out.add(&update(2, "bob", Some("new")));
+        out.add(&pb::RouteUpdate { epoch: "e".into(), revision: 3, changes: vec![], flush: true });
+        out.add(&update(4, "carol", Some("legacy")));
+        let merged = out.ready(1).unwrap();
+        assert!(merged.flush);
+        assert_eq!(merged.revision, 4);
+        assert_eq!(merged.changes.len(), 1, "bob's change is covered by the flush, carol's comes after it");
+        assert_eq!(merged.changes[0].key, "carol");
+        out.add(&update(5, "dave", None));
+        assert!(!out.ready(4).unwrap().flush, "the flush is sent once");
     }
 
     #[test]

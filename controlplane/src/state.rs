@@ -12,7 +12,7 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, NodeResult};
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 pub struct Shared {
     pub config: Config,
@@ -20,8 +20,10 @@ pub struct Shared {
     pub fleet: Arc<Fleet>,
     pub settings: pb::FleetSettings,
     pub rule: RouteKeyRule,
-    /// Serializes write → push and Welcome → register, so every node sees revisions in order.
-    pub writes: Mutex<()>,
+    /// The last revision pushed to the nodes. Held across write → push and Welcome →
+    /// register, so every node sees revisions in order and none slips between a node's
+    /// replay and its first live update.
+    pub writes: Mutex<u64>,
     /// Cancelled when the control plane stops: ends every node Session so the gRPC
     /// server's graceful shutdown does not wait on streams that never end by themselves.
     pub shutdown: CancellationToken,
@@ -59,7 +61,7 @@ impl Shared {
             fleet,
             settings,
             rule,
-            writes: Mutex::new(()),
+            writes: Mutex::new(0),
             shutdown: CancellationToken::new(),
             admission,
         })
@@ -93,7 +95,7 @@ impl Shared {
         if let Some(d) = destination.filter(|d| !self.is_declared(d)) {
             return Err(Error::BadRequest(format!("destination {d:?} is not declared")));
         }
-        let guard = self.writes.lock().await;
+        let mut pushed = self.writes.lock().await;
         let revision = match destination {
             Some(d) => Some(self.store.put(key, d).await?),
             None => self.store.delete(key).await?,
@@ -101,28 +103,60 @@ impl Shared {
         let Some(revision) = revision else {
             return Ok(None);
         };
-        let change = match destination {
-            Some(d) => pb::route_change::Change::Upsert(d.to_string()),
-            None => pb::route_change::Change::Remove(true),
-        };
-        let update = pb::RouteUpdate {
-            epoch: self.epoch().to_string(),
-            revision,
-            changes: vec![pb::RouteChange { key: key.to_string(), change: Some(change) }],
-        };
-        self.fleet.push(update);
-        drop(guard);
+        self.push_since(&mut pushed).await?;
+        drop(pushed);
         let nodes = self.fleet.wait_applied(self.epoch(), revision, self.config.api.ack_timeout).await;
         Ok(Some(Written { revision, nodes }))
     }
 
+    /// Pushes every change the nodes have not been sent yet: called after a local write,
+    /// when the store reports a change made elsewhere (another replica, a bulk import)
+    /// and by the periodic poll. Returns the revision the nodes now follow.
+    pub async fn catch_up(&self) -> Result<u64> {
+        let mut pushed = self.writes.lock().await;
+        self.push_since(&mut pushed).await
+    }
+
+    /// Pushes the store's changes after `*pushed` in batches, oldest first.
+    async fn push_since(&self, pushed: &mut u64) -> Result<u64> {
+        const BATCH: usize = 10_000;
+        loop {
+            let current = self.store.revision().await?;
+            if current <= *pushed {
+                return Ok(*pushed);
+            }
+            let changes = self.store.changes_since(*pushed, BATCH).await?.filter(|c| !c.is_empty());
+            let update = match changes {
+                Some(changes) => route_update(self.epoch(), changes),
+                // The history no longer reaches back that far: every node starts afresh.
+                None => {
+                    pb::RouteUpdate { epoch: self.epoch().to_string(), revision: current, changes: vec![], flush: true }
+                }
+            };
+            *pushed = update.revision;
+            self.fleet.push(update);
+        }
+    }
+
     /// The Welcome for a node that last applied `(epoch, revision)`, and the changes to
     /// replay after it. A node that cannot catch up by replay is told to flush its cache.
-    pub async fn welcome(&self, epoch: &str, last: u64) -> Result<(pb::Welcome, Option<pb::RouteUpdate>)> {
+    /// `pushed` is the held write lock: the node is welcomed at the revision every other
+    /// node has been sent.
+    pub async fn welcome(
+        &self,
+        pushed: &mut u64,
+        epoch: &str,
+        last: u64,
+    ) -> Result<(pb::Welcome, Option<pb::RouteUpdate>)> {
         const MAX_REPLAY: usize = 10_000;
-        let current = self.store.revision().await?;
+        let current = self.push_since(pushed).await?;
         let replay = if epoch == self.epoch() && last <= current {
-            self.store.changes_since(last, MAX_REPLAY).await?.filter(|c| c.len() < MAX_REPLAY)
+            // A bulk change in the history cannot be replayed key by key.
+            self.store
+                .changes_since(last, MAX_REPLAY)
+                .await?
+                .filter(|c| c.len() < MAX_REPLAY && !c.iter().any(|c| c.is_bulk()))
+                .map(|c| c.into_iter().filter(|c| c.revision <= current).collect::<Vec<_>>())
         } else {
             None
         };
@@ -132,22 +166,30 @@ impl Shared {
             settings: Some(self.settings.clone()),
             flush_cache: replay.is_none(),
         };
-        let update = replay.filter(|c| !c.is_empty()).map(|changes| pb::RouteUpdate {
-            epoch: self.epoch().to_string(),
-            revision: current,
-            changes: changes
-                .into_iter()
-                .map(|c| pb::RouteChange {
-                    key: c.key,
-                    change: Some(match c.destination {
-                        Some(d) => pb::route_change::Change::Upsert(d),
-                        None => pb::route_change::Change::Remove(true),
-                    }),
-                })
-                .collect(),
-        });
+        let update = replay
+            .filter(|c| !c.is_empty())
+            .map(|changes| pb::RouteUpdate { revision: current, ..route_update(self.epoch(), changes) });
         Ok((welcome, update))
     }
+}
+
+/// One update carrying `changes` (oldest first, not empty). Everything before the last
+/// bulk change is covered by the flush it causes.
+fn route_update(epoch: &str, changes: Vec<Change>) -> pb::RouteUpdate {
+    let revision = changes.last().map_or(0, |c| c.revision);
+    let bulk = changes.iter().rposition(Change::is_bulk);
+    let changes = changes
+        .into_iter()
+        .skip(bulk.map_or(0, |i| i + 1))
+        .map(|c| pb::RouteChange {
+            key: c.key,
+            change: Some(match c.destination {
+                Some(d) => pb::route_change::Change::Upsert(d),
+                None => pb::route_change::Change::Remove(true),
+            }),
+        })
+        .collect();
+    pb::RouteUpdate { epoch: epoch.to_string(), revision, changes, flush: bulk.is_some() }
 }
 
 /// A node-side path as the wire carries it; "" means none.

@@ -11,6 +11,9 @@ pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionA
     let current = epoch == update.epoch && update.revision <= applied;
     if !current {
         if let Some(routes) = node.routes() {
+            if update.flush {
+                routes.clear();
+            }
             for change in &update.changes {
                 match &change.change {
                     Some(pb::route_change::Change::Upsert(destination)) => {
@@ -21,7 +24,12 @@ pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionA
             }
         }
         node.set_revision(&update.epoch, update.revision);
-        tracing::debug!(revision = update.revision, changes = update.changes.len(), "route update applied");
+        tracing::debug!(
+            revision = update.revision,
+            changes = update.changes.len(),
+            flush = update.flush,
+            "route update applied"
+        );
     }
     let (epoch, revision) = node.revision();
     pb::RevisionAck { epoch, revision }

@@ -12,7 +12,7 @@ pub fn routes() -> Router<ApiState> {
 }
 
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
-    match state.shared.store.revision().await {
+    match state.shared.store.ping().await {
         Ok(_) => (StatusCode::OK, "ready".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
     }

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dataplane::config::{parse_toml, read_file};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 pub use dataplane::config::{load_token, ConfigError, Forwarding, TlsMode};
 
@@ -24,6 +23,7 @@ pub struct Config {
     pub mapping: MappingConfig,
     pub cache: CacheConfig,
     pub breaker: BreakerConfig,
+    pub cluster: ClusterConfig,
     pub destination: BTreeMap<String, DestinationConfig>,
 }
 
@@ -147,22 +147,44 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct MappingConfig {
     pub source: MappingSource,
     pub normalize: Normalize,
+    /// How often the control plane checks the store for changes it did not write itself
+    /// (another replica, a bulk import, a missed notification) and pushes them to nodes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
     pub sqlite: SqliteConfig,
     pub file: Option<FileConfig>,
+    pub postgres: Option<PostgresConfig>,
+    pub redis: Option<RedisConfig>,
 }
 
-/// Where mappings live. `postgres` and `redis` are part of the product's key space but
-/// not built yet: naming them gives a clear problem rather than "unknown variant".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+impl Default for MappingConfig {
+    fn default() -> Self {
+        MappingConfig {
+            source: MappingSource::default(),
+            normalize: Normalize::default(),
+            poll_interval: Duration::from_secs(1),
+            sqlite: SqliteConfig::default(),
+            file: None,
+            postgres: None,
+            redis: None,
+        }
+    }
+}
+
+/// Where mappings live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MappingSource {
     #[default]
     Sqlite,
     File,
+    Postgres,
+    Redis,
 }
 
 impl MappingSource {
@@ -170,21 +192,91 @@ impl MappingSource {
         match self {
             MappingSource::Sqlite => "sqlite",
             MappingSource::File => "file",
+            MappingSource::Postgres => "postgres",
+            MappingSource::Redis => "redis",
         }
     }
 }
 
-impl<'de> Deserialize<'de> for MappingSource {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let name = String::deserialize(d)?;
-        match name.as_str() {
-            "sqlite" => Ok(MappingSource::Sqlite),
-            "file" => Ok(MappingSource::File),
-            "postgres" | "redis" => {
-                Err(D::Error::custom(format!("source {name:?} is not supported yet; use \"sqlite\" or \"file\"")))
-            }
-            _ => Err(D::Error::unknown_variant(&name, &["sqlite", "file"])),
+/// `[mapping.postgres]`: the connection URL comes from `url`, `url_file` or the
+/// environment variable named by `url_env` (the URL usually carries a password).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PostgresConfig {
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub url_env: String,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url: None,
+            url_file: None,
+            url_env: "SWITCHYARD_POSTGRES_URL".into(),
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// `[mapping.redis]`: URL as for PostgreSQL; every key the store uses starts with `key_prefix`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    pub url_file: Option<PathBuf>,
+    pub url_env: String,
+    pub key_prefix: String,
+    /// How many changes the change stream keeps; a node further behind flushes its cache.
+    pub history: u64,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            url_file: None,
+            url_env: "SWITCHYARD_REDIS_URL".into(),
+            key_prefix: "switchyard:".into(),
+            history: 100_000,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Reads a store URL from the config, its file, or its environment variable, in that order.
+pub fn load_store_url(url: Option<&str>, file: Option<&Path>, env: &str) -> Result<String, ConfigError> {
+    if let Some(url) = url {
+        return Ok(url.to_string());
+    }
+    load_token(file, env)?.ok_or_else(|| ConfigError::Invalid {
+        problems: vec![format!("no store URL: set url, url_file, or the environment variable {env}")],
+    })
+}
+
+/// `[cluster]`: the other control-plane replicas sharing this mapping store. The fleet
+/// views and fleet-wide commands of the API gather their answers from every peer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// Management API base URLs of the other replicas, e.g. `https://10.0.0.2:7480`.
+    pub peers: Vec<String>,
+    /// PEM CA that signs the peers' API certificates (system roots otherwise).
+    pub peer_ca: Option<PathBuf>,
+    /// How long a call to one peer may take before it is reported as unreachable.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { peers: Vec::new(), peer_ca: None, peer_timeout: Duration::from_secs(10) }
     }
 }
 

@@ -184,11 +184,33 @@ fn each_rule_reports_its_own_problem() {
             "routing.master_user_separators[1]: must not be empty",
         ),
         ("[mapping]\nsource = \"file\"".into(), "mapping.file: [mapping.file] path is required when source = \"file\""),
-        ("[mapping]\nsource = \"postgres\"".into(), "mapping.source: source \"postgres\" is not supported yet"),
-        ("[mapping]\nsource = \"redis\"".into(), "mapping.source: source \"redis\" is not supported yet"),
+        ("[mapping]\nsource = \"postgres\"".into(), "mapping.postgres: [mapping.postgres] is required"),
+        ("[mapping]\nsource = \"redis\"".into(), "mapping.redis: [mapping.redis] is required"),
+        ("[mapping]\npoll_interval = \"0s\"".into(), "mapping.poll_interval: must be greater than zero"),
+        (
+            "[mapping]\nsource = \"postgres\"\n[mapping.postgres]\nurl = \"postgres://h/db\"\nurl_file = \"/f\"".into(),
+            "mapping.postgres.url: set either url or url_file, not both",
+        ),
+        (
+            "[mapping]\nsource = \"postgres\"\n[mapping.postgres]\nmax_connections = 0".into(),
+            "mapping.postgres.max_connections: must be at least 1",
+        ),
+        (
+            "[mapping]\nsource = \"redis\"\n[mapping.redis]\nurl_env = \"\"".into(),
+            "mapping.redis.url: set url, url_file or url_env",
+        ),
+        (
+            "[mapping]\nsource = \"redis\"\n[mapping.redis]\nhistory = 10".into(),
+            "mapping.redis.history: must keep at least 1000 changes",
+        ),
+        (
+            "[cluster]\npeers = [\"10.0.0.2:7480\"]".into(),
+            "cluster.peers[0]: \"10.0.0.2:7480\" is not an http(s)://host:port URL",
+        ),
+        ("[cluster]\npeers = [\"https://10.0.0.2:7480/api\"]".into(), "cluster.peers[0]"),
         (
             "[mapping]\nsource = \"mysql\"".into(),
-            "mapping.source: unknown variant `mysql`, expected `sqlite` or `file`",
+            "mapping.source: unknown variant `mysql`, expected one of `sqlite`, `file`, `postgres`, `redis`",
         ),
         ("[mapping]\nnormalize = \"upper\"".into(), "mapping.normalize: unknown variant `upper`"),
         ("[mapping.sqlite]\npath = \"\"".into(), "mapping.sqlite.path: must not be empty"),
@@ -301,7 +323,7 @@ fn type_errors_and_validation_problems_come_together() {
             "breaker.failure_threshold",
             "destination.legacy.protocol.imap.port",
             "destination.legacy.protocol.smtp.port",
-            "mapping.source",
+            "mapping.postgres",
         ],
         "{found:?}"
     );

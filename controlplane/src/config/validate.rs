@@ -36,6 +36,7 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     check_tls(config, p);
     check_routing(config, p);
     check_mapping(config, p);
+    check_cluster(config, p);
     check_cache_and_breaker(config, p);
 
     if config.destination.is_empty() {
@@ -116,8 +117,52 @@ fn check_mapping(config: &Config, p: &mut Problems) {
             Some(file) if file.path.as_os_str().is_empty() => p.push("mapping.file.path", "must not be empty"),
             Some(_) => {}
         },
+        MappingSource::Postgres => match &mapping.postgres {
+            None => p.push("mapping.postgres", "[mapping.postgres] is required when source = \"postgres\""),
+            Some(pg) => {
+                check_url_source("mapping.postgres", pg.url.as_deref(), pg.url_file.as_deref(), &pg.url_env, p);
+                if pg.max_connections == 0 {
+                    p.push("mapping.postgres.max_connections", "must be at least 1");
+                }
+                check_positive("mapping.postgres.connect_timeout", pg.connect_timeout, p);
+            }
+        },
+        MappingSource::Redis => match &mapping.redis {
+            None => p.push("mapping.redis", "[mapping.redis] is required when source = \"redis\""),
+            Some(redis) => {
+                check_url_source("mapping.redis", redis.url.as_deref(), redis.url_file.as_deref(), &redis.url_env, p);
+                if redis.history < 1000 {
+                    p.push("mapping.redis.history", "must keep at least 1000 changes");
+                }
+                check_positive("mapping.redis.connect_timeout", redis.connect_timeout, p);
+            }
+        },
         MappingSource::Sqlite => {}
     }
+    check_positive("mapping.poll_interval", mapping.poll_interval, p);
+}
+
+/// A store URL comes from exactly one of `url` and `url_file` (or, with neither, from the
+/// environment at start-up).
+fn check_url_source(section: &str, url: Option<&str>, file: Option<&Path>, env: &str, p: &mut Problems) {
+    if url.is_some() && file.is_some() {
+        p.push(format!("{section}.url"), "set either url or url_file, not both");
+    }
+    if url.is_none() && file.is_none() && env.is_empty() {
+        p.push(format!("{section}.url"), "set url, url_file or url_env");
+    }
+}
+
+fn check_cluster(config: &Config, p: &mut Problems) {
+    for (i, peer) in config.cluster.peers.iter().enumerate() {
+        let ok = peer.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() && u.path() == "/"
+        });
+        if !ok {
+            p.push(format!("cluster.peers[{i}]"), format!("{peer:?} is not an http(s)://host:port URL"));
+        }
+    }
+    check_positive("cluster.peer_timeout", config.cluster.peer_timeout, p);
 }
 
 fn check_cache_and_breaker(config: &Config, p: &mut Problems) {

@@ -6,12 +6,19 @@
 //! the API refuses undeclared ones and resolution treats them as unmapped.
 
 mod file;
+mod postgres;
+mod redis;
 mod sqlite;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use file::FileStore;
+pub use postgres::PostgresStore;
+pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{MappingConfig, MappingSource};
 
@@ -26,10 +33,24 @@ pub struct Mapping {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub revision: u64,
+    /// [`BULK_KEY`] (empty): many mappings changed at once (a bulk import); nodes drop
+    /// every cached route instead of replaying keys one by one.
     pub key: String,
     /// `None`: the mapping was removed.
     pub destination: Option<String>,
 }
+
+/// The change-log key of a bulk change. No route key is empty, so it cannot collide.
+pub const BULK_KEY: &str = "";
+
+impl Change {
+    pub fn is_bulk(&self) -> bool {
+        self.key == BULK_KEY
+    }
+}
+
+/// Reports how many rows a bulk import has written so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,6 +75,8 @@ impl From<sqlx::Error> for StoreError {
 pub enum Store {
     Sqlite(SqliteStore),
     File(FileStore),
+    Postgres(PostgresStore),
+    Redis(RedisStore),
 }
 
 impl Store {
@@ -69,6 +92,14 @@ impl Store {
                     .ok_or_else(|| StoreError::Unavailable("mapping.file.path is not set".into()))?;
                 Ok(Store::File(FileStore::open(&file.path, config.normalize).await?))
             }
+            MappingSource::Postgres => {
+                let pg = config.postgres.clone().unwrap_or_default();
+                Ok(Store::Postgres(PostgresStore::open(&pg).await?))
+            }
+            MappingSource::Redis => {
+                let redis = config.redis.clone().unwrap_or_default();
+                Ok(Store::Redis(RedisStore::open(&redis).await?))
+            }
         }
     }
 
@@ -76,6 +107,8 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.get(key).await,
             Store::File(f) => Ok(f.get(key)),
+            Store::Postgres(s) => s.get(key).await,
+            Store::Redis(s) => s.get(key).await,
         }
     }
 
@@ -84,6 +117,8 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.put(key, destination).await,
             Store::File(_) => Err(StoreError::ReadOnly),
+            Store::Postgres(s) => s.put(key, destination).await,
+            Store::Redis(s) => s.put(key, destination).await,
         }
     }
 
@@ -92,6 +127,8 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.delete(key).await,
             Store::File(_) => Err(StoreError::ReadOnly),
+            Store::Postgres(s) => s.delete(key).await,
+            Store::Redis(s) => s.delete(key).await,
         }
     }
 
@@ -101,6 +138,8 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.list(after, limit).await,
             Store::File(f) => Ok(f.list(after, limit)),
+            Store::Postgres(s) => s.list(after, limit).await,
+            Store::Redis(s) => s.list(after, limit).await,
         }
     }
 
@@ -109,6 +148,8 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.revision().await,
             Store::File(_) => Ok(0),
+            Store::Postgres(s) => s.revision().await,
+            Store::Redis(s) => s.revision().await,
         }
     }
 
@@ -119,6 +160,8 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.changes_since(revision, limit).await,
             Store::File(f) => Ok(f.changes_since(revision)),
+            Store::Postgres(s) => s.changes_since(revision, limit).await,
+            Store::Redis(s) => s.changes_since(revision, limit).await,
         }
     }
 
@@ -128,12 +171,42 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.epoch(),
             Store::File(f) => f.epoch(),
+            Store::Postgres(s) => s.epoch(),
+            Store::Redis(s) => s.epoch(),
         }
     }
 
-    /// Whether `put` and `delete` are possible.
+    /// Whether `put`, `delete` and `import` are possible.
     pub fn is_writable(&self) -> bool {
-        matches!(self, Store::Sqlite(_))
+        !matches!(self, Store::File(_))
+    }
+
+    /// Whether the store answers (`/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.revision().await.map(|_| ())
+    }
+
+    /// Upserts every mapping (already normalized and validated by the caller) and records
+    /// one bulk change, so nodes flush their caches once instead of replaying every key.
+    /// Returns the new revision. `progress` is called as rows are written.
+    pub async fn import(&self, mappings: &[Mapping], progress: Progress<'_>) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.import(mappings, progress).await,
+            Store::File(_) => Err(StoreError::ReadOnly),
+            Store::Postgres(s) => s.import(mappings, progress).await,
+            Store::Redis(s) => s.import(mappings, progress).await,
+        }
+    }
+
+    /// Wakes `wake` whenever the store reports a change made elsewhere (PostgreSQL
+    /// LISTEN/NOTIFY, the Redis change stream) until `shutdown`. SQLite and the file have
+    /// no notifications; the control plane's periodic poll covers them.
+    pub fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        match self {
+            Store::Sqlite(_) | Store::File(_) => {}
+            Store::Postgres(s) => s.watch(wake, shutdown),
+            Store::Redis(s) => s.watch(wake, shutdown),
+        }
     }
 }
 

@@ -104,6 +104,10 @@ impl SqliteStore {
         Ok(revision as u64)
     }
 
+    pub async fn import(&self, _mappings: &[Mapping], _progress: super::Progress<'_>) -> Result<u64, StoreError> {
+        unimplemented!()
+    }
+
     pub async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let removed =
