@@ -44,3 +44,4 @@ pub use tools::{curl, run_client, swaks, ClientTls, TlsTrust};
 pub use util::{eventually, find_binary, free_port, real_servers_required, require_or_skip, wait_for_port};
 pub mod procs;
 pub mod simnodes;
+pub mod store_contract;
