@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod backend;
 pub mod breaker;
+pub mod bridge;
 pub mod cli;
 pub mod codec;
 pub mod commands;

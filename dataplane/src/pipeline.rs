@@ -10,10 +10,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::breaker::Permit;
+use crate::bridge::{self, BufferPool, Moved};
 use crate::codec::proxy;
 use crate::config::{Forwarding, ListenerConfig, Protocol, TlsMode};
 use crate::error::{Error, Result};
-use crate::idle::{Activity, Watched};
+use crate::idle::Activity;
 use crate::node::Node;
 use crate::routekey::redact;
 use crate::settings::{Destination, Endpoint};
@@ -208,31 +209,34 @@ impl SessionCtx {
 
     /// Step 7: relays bytes both ways until one side closes, the session is kicked or
     /// nothing moved for the listener's `idle_timeout`, then logs the completed session.
-    pub async fn bridge<C, B>(&self, route: &Route, client: C, to_backend: Vec<u8>, backend: B, to_client: Vec<u8>)
-    where
+    pub async fn bridge<C, B>(
+        &self,
+        route: &Route,
+        mut client: C,
+        to_backend: Vec<u8>,
+        mut backend: B,
+        to_client: Vec<u8>,
+    ) where
         C: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
         let kick = self.node.sessions.register(&route.key, &self.node.kill_sessions);
         let activity = Activity::new();
-        let mut client = Watched::new(client, activity.clone());
-        let mut backend = Watched::new(backend, activity.clone());
-        let primed = async {
+        let mut moved = Moved::default();
+        let relayed = async {
+            // What either side sent past the login belongs to the other one.
             backend.write_all(&to_backend).await?;
             client.write_all(&to_client).await?;
-            tokio::io::copy_bidirectional(&mut client, &mut backend).await
+            bridge::relay(&mut client, &mut backend, BufferPool::shared(), &activity, &mut moved).await
         };
-        let (from_client, to_client_bytes, how) = tokio::select! {
-            result = primed => match result {
-                Ok((up, down)) => (up, down, "closed"),
-                Err(_) => (0, 0, "broken"),
-            },
-            _ = kick.token.cancelled() => (0, 0, "kicked"),
-            _ = activity.idle_for(self.listener.idle_timeout) => (0, 0, "idle"),
+        let how = tokio::select! {
+            result = relayed => if result.is_ok() { "closed" } else { "broken" },
+            _ = kick.token.cancelled() => "kicked",
+            _ = activity.idle_for(self.listener.idle_timeout) => "idle",
         };
-        let from_client = from_client + to_backend.len() as u64;
-        let to_client_bytes = to_client_bytes + to_client.len() as u64;
+        let from_client = moved.from_client + to_backend.len() as u64;
+        let to_client_bytes = moved.to_client + to_client.len() as u64;
         self.node.sessions.add_bytes(from_client, to_client_bytes);
         tracing::info!(
             protocol = %self.protocol(),
