@@ -1,19 +1,33 @@
 //! The backend leg of an IMAP login: the greeting, STARTTLS, Dovecot's `ID` fields for the
 //! client's identity, and the credential as one AUTHENTICATE.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::auth;
 use crate::backend::{excerpt, status_is, BackendConn, Dialect, Verdict};
 use crate::codec::mechanism::Credential;
 use crate::error::{Error, Result};
 use crate::identity::{wire, Forwarded, Identity};
 
-/// The IMAP backend: `* OK` greeting, then `AUTHENTICATE <mech>` with the payload sent as
-/// the continuation response (works whether or not the backend offers SASL-IR).
-pub struct Imap;
+/// Longest `AUTHENTICATE` line sent with its initial response; a longer one (a large
+/// OAuth token) waits for the continuation instead. RFC 7162 §4 asks servers to take
+/// lines of at least 8192 octets.
+const MAX_INITIAL_RESPONSE_LINE: usize = 8192;
+
+/// The IMAP backend: `* OK` greeting, then `AUTHENTICATE <mech>` with the payload on the
+/// same line when the greeting offers SASL-IR (RFC 4959; one round trip less per login),
+/// else as the response to the `+` continuation.
+#[derive(Default)]
+pub struct Imap {
+    /// The greeting's capabilities include SASL-IR (forgotten again after STARTTLS).
+    sasl_ir: AtomicBool,
+}
 
 impl Dialect for Imap {
     async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
         let greeting = conn.read_line().await?;
         if greeting.starts_with(b"* OK") {
+            self.sasl_ir.store(offers_sasl_ir(&greeting), Ordering::Relaxed);
             Ok(())
         } else {
             Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
@@ -21,6 +35,8 @@ impl Dialect for Imap {
     }
 
     async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
+        // RFC 9051 §6.2.1: capabilities learnt before TLS are void after it.
+        self.sasl_ir.store(false, Ordering::Relaxed);
         conn.send(b"S0 STARTTLS\r\n").await?;
         loop {
             let line = conn.read_line().await?;
@@ -41,18 +57,25 @@ impl Dialect for Imap {
 
     async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
         let (mechanism, payload) = credential.replay();
-        conn.send(format!("S1 AUTHENTICATE {mechanism}\r\n").as_bytes()).await?;
-        let mut sent = false;
+        // RFC 4959: `=` stands for an empty initial response.
+        let initial = if payload.is_empty() { "=" } else { payload.as_str() };
+        let inline = format!("S1 AUTHENTICATE {mechanism} {initial}\r\n");
+        let mut pending = if self.sasl_ir.load(Ordering::Relaxed) && inline.len() <= MAX_INITIAL_RESPONSE_LINE {
+            conn.send(inline.as_bytes()).await?;
+            None
+        } else {
+            conn.send(format!("S1 AUTHENTICATE {mechanism}\r\n").as_bytes()).await?;
+            Some(payload)
+        };
         let mut lines = Vec::new();
         loop {
             let line = conn.read_line().await?;
             if line.starts_with(b"+") {
-                // The first continuation takes the payload; a later one is an error
-                // challenge (OAuth) or more than PLAIN carries: answer it so the backend
-                // concludes with its verdict.
-                let reply = if sent { "AQ==\r\n".to_string() } else { format!("{payload}\r\n") };
-                conn.send(reply.as_bytes()).await?;
-                sent = true;
+                // The first continuation takes the payload unless it went inline; a later
+                // one is an error challenge (OAuth) or more than the mechanism carries:
+                // answer it so the backend concludes with its verdict.
+                let reply = pending.take().unwrap_or_else(|| auth::extra_challenge_response(mechanism).to_owned());
+                conn.send(format!("{reply}\r\n").as_bytes()).await?;
             } else if let Some(rest) = line.strip_prefix(b"S1 ") {
                 let accepted = rest.len() >= 2 && rest[..2].eq_ignore_ascii_case(b"OK");
                 lines.push(rest.to_vec());
@@ -62,5 +85,31 @@ impl Dialect for Imap {
                 lines.push(line);
             }
         }
+    }
+}
+
+/// Whether a `* OK [CAPABILITY …]` greeting lists SASL-IR (any case).
+fn offers_sasl_ir(greeting: &[u8]) -> bool {
+    let Some(code) = greeting.strip_prefix(b"* OK [") else {
+        return false;
+    };
+    let code = code.split(|&b| b == b']').next().unwrap_or_default();
+    let mut words = code.split(|&b| b == b' ');
+    words.next().is_some_and(|w| w.eq_ignore_ascii_case(b"CAPABILITY"))
+        && words.any(|w| w.eq_ignore_ascii_case(b"SASL-IR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offers_sasl_ir;
+
+    #[test]
+    fn sasl_ir_is_read_from_the_greetings_capability_code_only() {
+        assert!(offers_sasl_ir(b"* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID] Dovecot ready."));
+        assert!(offers_sasl_ir(b"* OK [capability imap4rev1 sasl-ir] ready"));
+        assert!(!offers_sasl_ir(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready"));
+        assert!(!offers_sasl_ir(b"* OK ready, SASL-IR welcome"));
+        assert!(!offers_sasl_ir(b"* OK [ALERT SASL-IR] not a capability list"));
+        assert!(!offers_sasl_ir(b"* OK [CAPABILITY IMAP4rev1] SASL-IR"));
     }
 }

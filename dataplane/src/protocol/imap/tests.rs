@@ -36,9 +36,15 @@ impl Resolver for Table {
     }
 }
 
-/// A scripted IMAP backend: accepts `alice`/`secret` over AUTHENTICATE PLAIN, then echoes
-/// each line back as `* ECHO <line>`.
+/// A scripted IMAP backend offering SASL-IR: see [`backend_offering`].
 async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
+    backend_offering(true).await
+}
+
+/// A scripted IMAP backend: accepts `alice`/`secret` over AUTHENTICATE PLAIN, then echoes
+/// each line back as `* ECHO <line>`. With `sasl_ir` its greeting offers SASL-IR and it
+/// insists on the initial response inline; without, on the continuation.
+async fn backend_offering(sasl_ir: bool) -> (u16, Arc<std::sync::atomic::AtomicU32>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -50,14 +56,24 @@ async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut r = BufReader::new(r);
-                w.write_all(b"* OK [CAPABILITY IMAP4rev1 SASL-IR] scripted\r\n").await.unwrap();
+                let greeting: &[u8] = match sasl_ir {
+                    true => b"* OK [CAPABILITY IMAP4rev1 SASL-IR] scripted\r\n",
+                    false => b"* OK [CAPABILITY IMAP4rev1] scripted\r\n",
+                };
+                w.write_all(greeting).await.unwrap();
                 let mut line = String::new();
                 r.read_line(&mut line).await.unwrap();
-                assert_eq!(line, "S1 AUTHENTICATE PLAIN\r\n");
-                w.write_all(b"+ \r\n").await.unwrap();
-                line.clear();
-                r.read_line(&mut line).await.unwrap();
-                let creds = crate::codec::sasl::decode_plain(line.trim_end().as_bytes()).unwrap();
+                let payload = match line.strip_prefix("S1 AUTHENTICATE PLAIN ") {
+                    Some(payload) if sasl_ir => payload.to_owned(),
+                    _ => {
+                        assert_eq!(line, "S1 AUTHENTICATE PLAIN\r\n", "no initial response without SASL-IR");
+                        w.write_all(b"+ \r\n").await.unwrap();
+                        line.clear();
+                        r.read_line(&mut line).await.unwrap();
+                        line.clone()
+                    }
+                };
+                let creds = crate::codec::sasl::decode_plain(payload.trim_end().as_bytes()).unwrap();
                 if creds.authcid.to_lowercase().starts_with("alice") && creds.password == "secret" {
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     w.write_all(b"* CAPABILITY IMAP4rev1 IDLE\r\nS1 OK Logged in\r\n").await.unwrap();
@@ -206,6 +222,20 @@ async fn authenticate_plain_with_initial_response_and_with_continuation() {
     assert_eq!(read(&mut c).await, "z BAD Authentication cancelled\r\n");
     say(&mut c, "z2 AUTHENTICATE PLAIN !!!notbase64\r\n").await;
     assert!(read(&mut c).await.starts_with("z2 BAD Invalid SASL response"));
+}
+
+#[tokio::test]
+async fn the_credential_rides_on_the_command_line_only_when_the_backend_offers_sasl_ir() {
+    for sasl_ir in [true, false] {
+        let (port, logins) = backend_offering(sasl_ir).await;
+        let (_n, mut c) = session(port, Some(HashMap::new()), true).await;
+        say(&mut c, "a1 LOGIN alice secret\r\n").await;
+        assert_eq!(read(&mut c).await, "* CAPABILITY IMAP4rev1 IDLE\r\n", "SASL-IR offered: {sasl_ir}");
+        assert_eq!(read(&mut c).await, "a1 OK Logged in\r\n");
+        say(&mut c, "a2 NOOP\r\n").await;
+        assert_eq!(read(&mut c).await, "* ECHO a2 NOOP\r\n");
+        assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }
 
 #[tokio::test]

@@ -11,8 +11,9 @@ const UPSTREAM_ID: &str = "a0 ID (\"x-originating-ip\" \"203.0.113.9\" \"x-origi
                            \"x-session-id\" \"up-1\" \"x-proxy-ttl\" \"3\")\r\n";
 
 /// An IMAP backend that records what it is sent and answers the proxy's ID with `id_status`.
+/// It offers no SASL-IR, so the credential comes on a line of its own after `AUTHENTICATE`.
 async fn imap_backend(id_status: &'static str) -> (u16, Lines) {
-    recording_backend("* OK [CAPABILITY IMAP4rev1 SASL-IR ID] scripted\r\n", move |line| {
+    recording_backend("* OK [CAPABILITY IMAP4rev1 ID] scripted\r\n", move |line| {
         if line.starts_with("S2 ID ") {
             format!("* ID (\"name\" \"scripted\")\r\nS2 {id_status}\r\n")
         } else if line == "S1 AUTHENTICATE PLAIN" {
