@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use switchyard_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -43,7 +43,7 @@ impl NodeEntry {
 }
 
 /// One node's result for a fleet-wide command or write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeOutcome {
     Applied,
@@ -52,7 +52,7 @@ pub enum NodeOutcome {
     Rejected,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeResult {
     pub node_id: String,
     pub result: NodeOutcome,

@@ -1,7 +1,10 @@
 //! The `switchyard.v1.Control` service: node Sessions and `Resolve`, behind the node token.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use subtle::ConstantTimeEq;
@@ -23,7 +26,10 @@ pub struct ControlService {
 
 /// Refuses every call without `authorization: Bearer <node token>` (constant-time compare).
 #[derive(Clone)]
-pub struct NodeTokenCheck(Arc<String>);
+pub struct NodeTokenCheck {
+    token: Arc<String>,
+    refusals: Arc<RefusalLog>,
+}
 
 impl tonic::service::Interceptor for NodeTokenCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
@@ -33,13 +39,58 @@ impl tonic::service::Interceptor for NodeTokenCheck {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if bool::from(presented.as_bytes().ct_eq(self.0.as_bytes())) {
+        if bool::from(presented.as_bytes().ct_eq(self.token.as_bytes())) {
             Ok(req)
         } else {
-            let peer = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
-            tracing::warn!(%peer, "node refused: invalid or missing node token");
+            let peer = req.remote_addr();
+            if let Some(suppressed) = self.refusals.should_log(peer.map(|a| a.ip()), Instant::now()) {
+                let peer = peer.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                tracing::warn!(%peer, suppressed, "node refused: invalid or missing node token");
+            }
             Err(Status::unauthenticated("invalid or missing node token"))
         }
+    }
+}
+
+/// How often a refused peer is logged at most: a client retrying with a wrong token (or a
+/// flood of them) would otherwise write a WARN line per call, tens of thousands a second.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Peers tracked at once; past that, refusals from peers not yet seen go unlogged until
+/// the windows of the ones tracked expire.
+const REFUSAL_LOG_PEERS: usize = 4096;
+
+/// At most one refusal warning per peer address per [`REFUSAL_LOG_INTERVAL`]; each
+/// warning carries how many refusals of that peer went unlogged since the previous one.
+#[derive(Default)]
+struct RefusalLog {
+    windows: Mutex<HashMap<Option<IpAddr>, Window>>,
+}
+
+struct Window {
+    opened: Instant,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// `Some(unlogged since the last warning)` when this refusal should be logged.
+    fn should_log(&self, peer: Option<IpAddr>, now: Instant) -> Option<u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = windows.get_mut(&peer) {
+            if now.saturating_duration_since(window.opened) < REFUSAL_LOG_INTERVAL {
+                window.suppressed += 1;
+                return None;
+            }
+            let suppressed = std::mem::replace(window, Window { opened: now, suppressed: 0 }).suppressed;
+            return Some(suppressed);
+        }
+        if windows.len() >= REFUSAL_LOG_PEERS {
+            windows.retain(|_, w| now.saturating_duration_since(w.opened) < REFUSAL_LOG_INTERVAL);
+            if windows.len() >= REFUSAL_LOG_PEERS {
+                return None;
+            }
+        }
+        windows.insert(peer, Window { opened: now, suppressed: 0 });
+        Some(0)
     }
 }
 
@@ -47,7 +98,8 @@ pub fn server(
     shared: Arc<Shared>,
     node_token: String,
 ) -> InterceptedService<ControlServer<ControlService>, NodeTokenCheck> {
-    ControlServer::with_interceptor(ControlService { shared }, NodeTokenCheck(Arc::new(node_token)))
+    let check = NodeTokenCheck { token: Arc::new(node_token), refusals: Arc::default() };
+    ControlServer::with_interceptor(ControlService { shared }, check)
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -155,4 +207,41 @@ async fn pump(
     };
     shared.fleet.disconnect(&node_id, stream_id);
     tracing::info!(node = %node_id, reason = %reason, "node disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([127, 0, 0, last]))
+    }
+
+    #[test]
+    fn a_peer_is_logged_once_per_interval_with_the_refusals_in_between() {
+        let log = RefusalLog::default();
+        let start = Instant::now();
+        assert_eq!(log.should_log(ip(1), start), Some(0));
+        for i in 1..=500 {
+            assert_eq!(log.should_log(ip(1), start + Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.should_log(ip(2), start + Duration::from_secs(1)), Some(0), "another peer has its own window");
+        assert_eq!(log.should_log(None, start), Some(0), "so does a call without a peer address");
+        assert_eq!(log.should_log(ip(1), start + REFUSAL_LOG_INTERVAL), Some(500));
+        assert_eq!(log.should_log(ip(1), start + REFUSAL_LOG_INTERVAL + Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn the_peers_tracked_are_bounded_and_expired_windows_make_room() {
+        let log = RefusalLog::default();
+        let start = Instant::now();
+        let peer = |i: usize| Some(IpAddr::from(std::net::Ipv6Addr::from(i as u128)));
+        for i in 0..REFUSAL_LOG_PEERS {
+            assert_eq!(log.should_log(peer(i), start), Some(0));
+        }
+        assert_eq!(log.should_log(peer(REFUSAL_LOG_PEERS), start), None, "full: a new peer goes unlogged");
+        let later = start + REFUSAL_LOG_INTERVAL;
+        assert_eq!(log.should_log(peer(REFUSAL_LOG_PEERS), later), Some(0), "expired windows were dropped");
+        assert!(log.windows.lock().unwrap().len() <= 1);
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod error;
@@ -91,6 +92,8 @@ impl Secrets {
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: CancellationToken) -> Result<()> {
+    // Peers are called with the same admin token; node state is gathered from them.
+    let cluster = Arc::new(cluster::Cluster::new(&config.cluster, &secrets.admin_token)?);
     let store = Store::open(&config.mapping).await?;
     let revision = store.revision().await?;
     tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision, "mapping store open");
@@ -108,7 +111,8 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     tasks.spawn(metrics::run(Arc::clone(&shared.fleet), metrics_interval, shutdown.clone()));
     tasks.spawn(feed::follow(Arc::clone(&shared), poll_interval, shutdown.clone()));
     // The lockout keys on the peer address, which the router reads from `ConnectInfo`.
-    let app = api::router(Arc::clone(&shared), secrets.admin_token).into_make_service_with_connect_info::<SocketAddr>();
+    let app = api::router_in_cluster(Arc::clone(&shared), cluster, secrets.admin_token)
+        .into_make_service_with_connect_info::<SocketAddr>();
     let stop = || shutdown.clone().cancelled_owned();
     match bound.tls.api {
         None => spawn_server(&tasks, "management api", axum::serve(bound.api, app).with_graceful_shutdown(stop())),

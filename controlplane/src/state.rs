@@ -92,6 +92,16 @@ impl Shared {
     /// Writes (or with `None` removes) one mapping, pushes it to every node and waits for
     /// their acks, so their caches no longer hold the old answer when this returns.
     pub async fn write(&self, key: &str, destination: Option<&str>) -> Result<Option<Written>> {
+        let Some(revision) = self.commit(key, destination).await? else {
+            return Ok(None);
+        };
+        let nodes = self.fleet.wait_applied(self.epoch(), revision, self.config.api.ack_timeout).await;
+        Ok(Some(Written { revision, nodes }))
+    }
+
+    /// Writes (or removes) one mapping and pushes it to this replica's nodes without
+    /// waiting for their acks; returns the new revision (`None`: nothing to remove).
+    pub async fn commit(&self, key: &str, destination: Option<&str>) -> Result<Option<u64>> {
         if let Some(d) = destination.filter(|d| !self.is_declared(d)) {
             return Err(Error::BadRequest(format!("destination {d:?} is not declared")));
         }
@@ -100,13 +110,10 @@ impl Shared {
             Some(d) => Some(self.store.put(key, d).await?),
             None => self.store.delete(key).await?,
         };
-        let Some(revision) = revision else {
-            return Ok(None);
-        };
-        self.push_since(&mut pushed).await?;
-        drop(pushed);
-        let nodes = self.fleet.wait_applied(self.epoch(), revision, self.config.api.ack_timeout).await;
-        Ok(Some(Written { revision, nodes }))
+        if revision.is_some() {
+            self.push_since(&mut pushed).await?;
+        }
+        Ok(revision)
     }
 
     /// Pushes every change the nodes have not been sent yet: called after a local write,

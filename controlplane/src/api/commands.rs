@@ -1,7 +1,9 @@
 //! Fleet-wide commands on one account or the cache: `POST /cache/invalidate`,
-//! `POST /connections/kick`, `POST /connections/delay`.
+//! `POST /connections/kick`, `POST /connections/delay`. Each replica runs the command on
+//! the nodes connected to it; the results are merged per node.
 
 use axum::extract::{Query, State};
+use axum::http::Method;
 use axum::routing::post;
 use axum::{Json, Router};
 use dataplane::routekey::redact;
@@ -9,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_proto::v1 as pb;
 
 use super::ApiState;
+use crate::cluster::{gather, merge_results, PeerCall, PeerStatus, Scope, ScopeQuery};
 use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
 
@@ -33,6 +36,21 @@ pub struct CommandResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub normalized: Option<String>,
     pub nodes: Vec<NodeResult>,
+    /// Which peers answered (absent for a replica on its own or `scope=local`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerStatus>,
+}
+
+/// The per-node results in a peer's answer.
+#[derive(Deserialize)]
+pub(super) struct PeerNodes {
+    pub nodes: Vec<NodeResult>,
+}
+
+/// A command's per-node results over the fleet, and how each peer fared.
+pub struct Fleetwide {
+    pub nodes: Vec<NodeResult>,
+    pub peers: Vec<PeerStatus>,
 }
 
 impl ApiState {
@@ -42,37 +60,75 @@ impl ApiState {
         super::mappings::key_of(self, identifier)
     }
 
-    pub async fn send(&self, kind: pb::command::Kind) -> Vec<NodeResult> {
-        self.shared.fleet.command(kind, None, self.shared.config.api.ack_timeout).await
+    /// Runs `kind` on this replica's nodes while `peers` asks every peer to run it on theirs.
+    pub async fn fleet_command(&self, scope: Scope, kind: pb::command::Kind, peers: PeerCall) -> Fleetwide {
+        let timeout = self.shared.config.api.ack_timeout;
+        let here = self.shared.fleet.command(kind, None, timeout);
+        let call = peers.waits(timeout);
+        let (here, replies) = tokio::join!(here, self.cluster.call(scope, &call));
+        let (answers, peers) = gather::<PeerNodes>(replies);
+        let nodes = merge_results(here.into_iter().chain(answers.into_iter().flat_map(|(_, a)| a.nodes)));
+        Fleetwide { nodes, peers }
     }
 }
 
-async fn invalidate(State(state): State<ApiState>, Query(q): Query<Target>) -> Result<Json<CommandResult>> {
+/// The call that makes a peer run the same command (peers normalize the identifier alike).
+fn peer_call(path: &[&str], identifier: Option<&str>) -> PeerCall {
+    PeerCall::new(Method::POST, path).query_opt("identifier", identifier)
+}
+
+/// Commands on one account name it by the operator's identifier; peers normalize it alike.
+pub fn kick_call(identifier: &str) -> PeerCall {
+    peer_call(&["connections", "kick"], Some(identifier))
+}
+
+pub fn delay_call(identifier: &str, seconds: u64) -> PeerCall {
+    peer_call(&["connections", "delay"], Some(identifier)).query("seconds", seconds)
+}
+
+async fn invalidate(
+    State(state): State<ApiState>,
+    Query(q): Query<Target>,
+    Query(scope): Query<ScopeQuery>,
+) -> Result<Json<CommandResult>> {
     let key = match q.identifier.as_deref() {
         Some(identifier) => Some(super::mappings::key_of(&state, identifier)?),
         None => None,
     };
-    let nodes =
-        state.send(pb::command::Kind::Invalidate(pb::Invalidate { key: key.clone().unwrap_or_default() })).await;
+    let kind = pb::command::Kind::Invalidate(pb::Invalidate { key: key.clone().unwrap_or_default() });
+    let call = peer_call(&["cache", "invalidate"], q.identifier.as_deref());
+    let Fleetwide { nodes, peers } = state.fleet_command(scope.scope, kind, call).await;
     tracing::info!(account = %key.as_deref().map(redact).unwrap_or_else(|| "*".into()), "admin: cache invalidated");
-    Ok(Json(CommandResult { normalized: key, nodes }))
+    Ok(Json(CommandResult { normalized: key, nodes, peers }))
 }
 
-async fn kick(State(state): State<ApiState>, Query(q): Query<Target>) -> Result<Json<CommandResult>> {
+async fn kick(
+    State(state): State<ApiState>,
+    Query(q): Query<Target>,
+    Query(scope): Query<ScopeQuery>,
+) -> Result<Json<CommandResult>> {
     let key = state.required_key(q.identifier.as_deref())?;
-    let nodes = state.send(pb::command::Kind::Kick(pb::Kick { key: key.clone() })).await;
+    let kind = pb::command::Kind::Kick(pb::Kick { key: key.clone() });
+    let call = kick_call(q.identifier.as_deref().unwrap_or_default());
+    let Fleetwide { nodes, peers } = state.fleet_command(scope.scope, kind, call).await;
     let kicked: u64 = nodes.iter().filter_map(|n| n.count).sum();
     tracing::info!(account = %redact(&key), sessions = kicked, "admin: sessions kicked");
-    Ok(Json(CommandResult { normalized: Some(key), nodes }))
+    Ok(Json(CommandResult { normalized: Some(key), nodes, peers }))
 }
 
-async fn delay(State(state): State<ApiState>, Query(q): Query<Target>) -> Result<Json<CommandResult>> {
+async fn delay(
+    State(state): State<ApiState>,
+    Query(q): Query<Target>,
+    Query(scope): Query<ScopeQuery>,
+) -> Result<Json<CommandResult>> {
     let key = state.required_key(q.identifier.as_deref())?;
     let seconds = q.seconds.ok_or_else(|| Error::BadRequest("seconds is required (0 releases)".into()))?;
     if seconds > MAX_DELAY_SECONDS {
         return Err(Error::BadRequest(format!("seconds must be at most {MAX_DELAY_SECONDS}")));
     }
-    let nodes = state.send(pb::command::Kind::Delay(pb::Delay { key: key.clone(), seconds })).await;
+    let kind = pb::command::Kind::Delay(pb::Delay { key: key.clone(), seconds });
+    let call = delay_call(q.identifier.as_deref().unwrap_or_default(), seconds);
+    let Fleetwide { nodes, peers } = state.fleet_command(scope.scope, kind, call).await;
     tracing::info!(account = %redact(&key), seconds, "admin: login delay set");
-    Ok(Json(CommandResult { normalized: Some(key), nodes }))
+    Ok(Json(CommandResult { normalized: Some(key), nodes, peers }))
 }

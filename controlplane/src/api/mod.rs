@@ -1,4 +1,8 @@
 //! The management HTTP API: one module per resource, bearer-token auth as middleware.
+//!
+//! Every fleet view and fleet action answers for the whole fleet: this replica's nodes,
+//! and those of every peer in `[cluster] peers`, gathered from them (see [`crate::cluster`]).
+//! `?scope=local` limits a request to this replica's nodes.
 
 mod commands;
 mod destinations;
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -23,6 +27,7 @@ use subtle::ConstantTimeEq;
 use lockout::Lockout;
 pub use stats::fleet_stats;
 
+use crate::cluster::{Cluster, PeerStatus};
 use crate::state::Shared;
 
 /// Shortest admin token accepted: shorter ones are guessable.
@@ -31,15 +36,22 @@ pub const MIN_TOKEN_LEN: usize = 32;
 #[derive(Clone)]
 pub struct ApiState {
     pub shared: Arc<Shared>,
+    /// The other replicas, asked for their part of every fleet request.
+    pub cluster: Arc<Cluster>,
     token: Arc<String>,
     lockout: Arc<Lockout>,
 }
 
-/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the lockout keys on
-/// the peer address.
+/// The API of a replica on its own (`[cluster] peers` is not read): tests.
 pub fn router(shared: Arc<Shared>, token: String) -> Router {
+    router_in_cluster(shared, Arc::new(Cluster::standalone()), token)
+}
+
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the lockout keys on
+/// the peer address. Peers call it with the same admin token.
+pub fn router_in_cluster(shared: Arc<Shared>, cluster: Arc<Cluster>, token: String) -> Router {
     let lockout = Arc::new(Lockout::new(&shared.config.api));
-    let state = ApiState { shared, token: Arc::new(token), lockout };
+    let state = ApiState { shared, cluster, token: Arc::new(token), lockout };
     let protected = Router::new()
         .merge(stats::routes())
         .merge(commands::routes())
@@ -79,6 +91,36 @@ fn locked_out(retry_after: Duration) -> Response {
     let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let body = axum::Json(serde_json::json!({ "error": "too many failed token attempts; retry later" }));
     (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, seconds.to_string())], body).into_response()
+}
+
+/// For the answers that are JSON arrays (`/nodes`, `/destinations`): the peers' statuses
+/// travel in a `Switchyard-Peers` header (a JSON array) instead of a `peers` field.
+fn peers_header(peers: &[PeerStatus]) -> Option<(header::HeaderName, HeaderValue)> {
+    if peers.is_empty() {
+        return None;
+    }
+    let json = serde_json::to_string(peers).ok()?;
+    Some((header::HeaderName::from_static("switchyard-peers"), HeaderValue::from_str(&json).ok()?))
+}
+
+/// A node no replica knows: 404 when every peer answered, 503 when one that did not
+/// might know it.
+fn unknown_node(id: &str, peers: Vec<PeerStatus>) -> Response {
+    let silent: Vec<&str> = peers.iter().filter(|p| !p.ok).map(|p| p.peer.as_str()).collect();
+    let (code, error) = if silent.is_empty() {
+        (StatusCode::NOT_FOUND, format!("unknown node {id:?}"))
+    } else {
+        let silent = silent.join(", ");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {id:?} is unknown to the replicas that answered; no answer from {silent}"),
+        )
+    };
+    let mut body = serde_json::json!({ "error": error });
+    if !peers.is_empty() {
+        body["peers"] = serde_json::json!(peers);
+    }
+    (code, axum::Json(body)).into_response()
 }
 
 /// Seconds with millisecond precision, for `*_age_s` fields.

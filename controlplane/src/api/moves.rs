@@ -3,16 +3,19 @@
 //! Delay its new logins fleet-wide → write the new mapping → wait until every connected
 //! node acked the revision → kick its old sessions → release the delay. A login that
 //! arrives during the move waits on its node and then lands on the new destination; no
-//! login reaches the old destination once the move reports complete.
+//! login reaches the old destination once the move reports complete. Every step covers
+//! the nodes of every replica; a peer that does not answer leaves the move incomplete.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use dataplane::routekey::redact;
 use serde::{Deserialize, Serialize};
 use switchyard_proto::v1 as pb;
 
+use super::commands::{delay_call, kick_call, Fleetwide};
 use super::ApiState;
+use crate::cluster::{PeerStatus, ScopeQuery};
 use crate::error::{Error, Result};
 use crate::fleet::{NodeOutcome, NodeResult};
 
@@ -36,6 +39,8 @@ struct Step {
     #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<u64>,
     nodes: Vec<NodeResult>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<PeerStatus>,
 }
 
 #[derive(Serialize)]
@@ -47,39 +52,46 @@ struct MoveReport {
     steps: Vec<Step>,
 }
 
-fn step(step: &'static str, revision: Option<u64>, nodes: Vec<NodeResult>) -> Step {
-    let ok = nodes.iter().all(|n| n.result == NodeOutcome::Applied);
-    Step { step, ok, revision, nodes }
+/// A step is ok when every node applied it and every peer answered for its nodes.
+fn step(step: &'static str, revision: Option<u64>, done: Fleetwide) -> Step {
+    let ok = done.nodes.iter().all(|n| n.result == NodeOutcome::Applied) && done.peers.iter().all(|p| p.ok);
+    Step { step, ok, revision, nodes: done.nodes, peers: done.peers }
 }
 
 async fn move_account(
     State(state): State<ApiState>,
     Path(identifier): Path<String>,
+    Query(scope): Query<ScopeQuery>,
     Json(body): Json<MoveBody>,
 ) -> Result<Json<MoveReport>> {
+    let scope = scope.scope;
     let key = super::mappings::key_of(&state, &identifier)?;
     if !state.shared.is_declared(&body.destination) {
         return Err(Error::BadRequest(format!("destination {:?} is not declared", body.destination)));
     }
     let account = redact(&key);
     tracing::info!(account = %account, destination = %body.destination, "admin: move started");
-    let delay = |seconds| pb::command::Kind::Delay(pb::Delay { key: key.clone(), seconds });
-    let mut steps = vec![step("delay", None, state.send(delay(MOVE_DELAY_SECONDS)).await)];
+    let delay = |seconds| {
+        let kind = pb::command::Kind::Delay(pb::Delay { key: key.clone(), seconds });
+        state.fleet_command(scope, kind, delay_call(&identifier, seconds))
+    };
+    let mut steps = vec![step("delay", None, delay(MOVE_DELAY_SECONDS).await)];
 
-    let written = match state.shared.write(&key, Some(&body.destination)).await {
+    let written = match state.fleet_write(scope, &key, Some(&body.destination)).await {
         Ok(written) => written.ok_or_else(|| Error::Config("store did not return a revision".into()))?,
         Err(e) => {
             // Nothing changed: let the held logins go to where they were going.
-            state.send(delay(0)).await;
+            delay(0).await;
             return Err(e);
         }
     };
-    let write = step("write", Some(written.revision), written.nodes);
+    let write = step("write", Some(written.revision), Fleetwide { nodes: written.nodes, peers: written.peers });
     let all_applied = write.ok;
     steps.push(write);
-    steps.push(step("kick", None, state.send(pb::command::Kind::Kick(pb::Kick { key: key.clone() })).await));
+    let kick = pb::command::Kind::Kick(pb::Kick { key: key.clone() });
+    steps.push(step("kick", None, state.fleet_command(scope, kick, kick_call(&identifier)).await));
     if all_applied {
-        steps.push(step("release", None, state.send(delay(0)).await));
+        steps.push(step("release", None, delay(0).await));
     } else {
         // A node that did not ack may still route to the old destination: its delay is
         // left to expire on its own rather than released early.

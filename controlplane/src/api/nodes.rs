@@ -1,14 +1,16 @@
-//! `GET /nodes`: every node the control plane has seen, connected or not.
+//! `GET /nodes`: every node the fleet's replicas have seen, connected or not, each once;
+//! `GET /nodes/{id}/healthz`: a live probe through whichever replica holds its stream.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::{seconds, ApiState};
-use crate::error::{Error, Result};
-use crate::fleet::NodeOutcome;
+use super::{peers_header, seconds, unknown_node, ApiState};
+use crate::cluster::{gather, merge_nodes, NodeEntry, PeerCall, PeerStatus, Scope, ScopeQuery};
+use crate::fleet::{NodeOutcome, NodeView};
 use switchyard_proto::v1 as pb;
 
 pub fn routes() -> Router<ApiState> {
@@ -18,31 +20,68 @@ pub fn routes() -> Router<ApiState> {
 /// How long a probe waits for the node's answer.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct ProbeResult {
     node_id: String,
     result: NodeOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     rtt_ms: Option<f64>,
+    /// The peer that holds the node's stream (absent: the replica asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    peers: Vec<PeerStatus>,
 }
 
 /// A live round trip through the node's stream: 200 with the time, 503 without an answer.
-async fn probe(State(state): State<ApiState>, Path(id): Path<String>) -> Result<(StatusCode, Json<ProbeResult>)> {
-    if !state.shared.fleet.knows(&id) {
-        return Err(Error::NotFound(format!("unknown node {id:?}")));
-    }
-    let started = tokio::time::Instant::now();
-    let results = state.shared.fleet.command(pb::command::Kind::Probe(pb::Probe {}), Some(&id), PROBE_TIMEOUT).await;
-    let rtt = started.elapsed();
-    let result = results.first().map(|r| r.result).unwrap_or(NodeOutcome::NotConnected);
-    let (code, rtt_ms) = match result {
-        NodeOutcome::Applied => (StatusCode::OK, Some(rtt.as_micros() as f64 / 1000.0)),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, None),
+/// Asked here first; the peers only when the node is not connected here.
+async fn probe(State(state): State<ApiState>, Path(id): Path<String>, Query(q): Query<ScopeQuery>) -> Response {
+    let here = state.shared.fleet.views().into_iter().find(|v| v.node_id == id);
+    let local = match &here {
+        Some(_) => Some(probe_here(&state, &id).await),
+        None => None,
     };
-    Ok((code, Json(ProbeResult { node_id: id, result, rtt_ms })))
+    let settled = here.is_some_and(|v| v.connected) || q.scope == Scope::Local;
+    let replies = match settled {
+        true => Vec::new(),
+        false => state.cluster.call(q.scope, &PeerCall::new(Method::GET, &["nodes", &id, "healthz"])).await,
+    };
+    let mut peers = Vec::new();
+    let mut candidates: Vec<ProbeResult> = local.into_iter().collect();
+    for reply in replies {
+        // 404: that replica does not know the node.
+        if reply.is(StatusCode::NOT_FOUND) {
+            peers.push(reply.answered());
+            continue;
+        }
+        let (status, result) =
+            reply.decode_when::<ProbeResult>(|c| c == StatusCode::OK || c == StatusCode::SERVICE_UNAVAILABLE);
+        candidates.extend(result.map(|r| ProbeResult { peer: Some(status.peer.clone()), peers: Vec::new(), ..r }));
+        peers.push(status);
+    }
+    // An answer first, then a replica that holds the stream but got none.
+    let rank = |r: &ProbeResult| match r.result {
+        NodeOutcome::Applied => 2,
+        NodeOutcome::Timeout | NodeOutcome::Rejected => 1,
+        NodeOutcome::NotConnected => 0,
+    };
+    let Some(best) = candidates.into_iter().reduce(|a, b| if rank(&b) > rank(&a) { b } else { a }) else {
+        return unknown_node(&id, peers);
+    };
+    let code = if best.result == NodeOutcome::Applied { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(ProbeResult { peers, ..best })).into_response()
 }
 
-#[derive(Serialize)]
+async fn probe_here(state: &ApiState, id: &str) -> ProbeResult {
+    let started = tokio::time::Instant::now();
+    let results = state.shared.fleet.command(pb::command::Kind::Probe(pb::Probe {}), Some(id), PROBE_TIMEOUT).await;
+    let rtt = started.elapsed();
+    let result = results.first().map(|r| r.result).unwrap_or(NodeOutcome::NotConnected);
+    let rtt_ms = (result == NodeOutcome::Applied).then(|| rtt.as_micros() as f64 / 1000.0);
+    ProbeResult { node_id: id.to_string(), result, rtt_ms, peer: None, peers: Vec::new() }
+}
+
+#[derive(Serialize, Deserialize)]
 struct ListenerView {
     id: String,
     protocol: String,
@@ -50,7 +89,15 @@ struct ListenerView {
     tls: String,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Sync {
+    InSync,
+    Lagging,
+    Disconnected,
+}
+
+#[derive(Serialize, Deserialize)]
 struct NodeInfo {
     node_id: String,
     instance_id: String,
@@ -58,38 +105,61 @@ struct NodeInfo {
     connected: bool,
     stale: bool,
     applied_revision: u64,
-    sync: &'static str,
+    sync: Sync,
     last_report_age_s: Option<f64>,
     listeners: Vec<ListenerView>,
+    /// The peer this entry came from (absent: the replica asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
 }
 
-async fn list(State(state): State<ApiState>) -> Json<Vec<NodeInfo>> {
+impl NodeEntry for NodeInfo {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn connected(&self) -> bool {
+        self.connected
+    }
+
+    fn report_age_s(&self) -> Option<f64> {
+        self.last_report_age_s
+    }
+}
+
+/// The answer is a JSON array; the peers' statuses come in the `Switchyard-Peers` header.
+async fn list(State(state): State<ApiState>, Query(q): Query<ScopeQuery>) -> Response {
+    let replies = state.cluster.call(q.scope, &PeerCall::new(Method::GET, &["nodes"])).await;
     let current = state.shared.store.revision().await.ok();
     let epoch = state.shared.epoch().to_string();
-    let nodes = state
-        .shared
-        .fleet
-        .views()
+    let local = state.shared.fleet.views().into_iter().map(|v| node_info(v, current, &epoch));
+    let (answers, peers) = gather::<Vec<NodeInfo>>(replies);
+    let remote = answers
         .into_iter()
-        .map(|v| NodeInfo {
-            sync: match (v.connected, current) {
-                (false, _) => "disconnected",
-                (true, Some(c)) if v.applied_epoch == epoch && v.applied_revision >= c => "in_sync",
-                (true, _) => "lagging",
-            },
-            node_id: v.node_id,
-            instance_id: v.instance_id,
-            version: v.version,
-            connected: v.connected,
-            stale: v.stale,
-            applied_revision: v.applied_revision,
-            last_report_age_s: v.last_report_age.map(seconds),
-            listeners: v
-                .listeners
-                .into_iter()
-                .map(|l| ListenerView { id: l.id, protocol: l.protocol, bind: l.bind, tls: l.tls })
-                .collect(),
-        })
-        .collect();
-    Json(nodes)
+        .flat_map(|(peer, nodes)| nodes.into_iter().map(move |n| NodeInfo { peer: Some(peer.clone()), ..n }));
+    let nodes = merge_nodes(local.chain(remote).collect::<Vec<_>>());
+    (AppendHeaders(peers_header(&peers)), Json(nodes)).into_response()
+}
+
+fn node_info(v: NodeView, current: Option<u64>, epoch: &str) -> NodeInfo {
+    NodeInfo {
+        sync: match (v.connected, current) {
+            (false, _) => Sync::Disconnected,
+            (true, Some(c)) if v.applied_epoch == epoch && v.applied_revision >= c => Sync::InSync,
+            (true, _) => Sync::Lagging,
+        },
+        node_id: v.node_id,
+        instance_id: v.instance_id,
+        version: v.version,
+        connected: v.connected,
+        stale: v.stale,
+        applied_revision: v.applied_revision,
+        last_report_age_s: v.last_report_age.map(seconds),
+        listeners: v
+            .listeners
+            .into_iter()
+            .map(|l| ListenerView { id: l.id, protocol: l.protocol, bind: l.bind, tls: l.tls })
+            .collect(),
+        peer: None,
+    }
 }

@@ -1,0 +1,455 @@
+//! The other control-plane replicas sharing this mapping store, and how the management
+//! API answers for the whole fleet through them.
+//!
+//! Node state is gathered from the peers, not stored in the database: a replica knows
+//! only the nodes whose streams it holds. A fleet view or fleet action asks every peer in
+//! `[cluster] peers` for its own part (`?scope=local`, which is never fanned out again),
+//! all at once and each bounded by `peer_timeout`, and merges the answers with its own.
+//! A peer that does not answer is reported in the response and never fails it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::ClusterConfig;
+use crate::error::{Error, Result};
+use crate::fleet::{NodeOutcome, NodeResult};
+
+/// How far a request reaches: the whole fleet (the default) or only the nodes connected
+/// to the replica asked (`?scope=local`, what replicas ask each other).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Fleet,
+    Local,
+}
+
+/// The `scope` query parameter, read next to each endpoint's own parameters.
+#[derive(Debug, Default, Deserialize)]
+pub struct ScopeQuery {
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// Whether one peer answered, as listed in a response's `peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub peer: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One peer's answer: its status and JSON body, or why there was none.
+#[derive(Debug)]
+pub struct PeerReply {
+    pub peer: String,
+    pub answer: std::result::Result<(StatusCode, Value), String>,
+}
+
+impl PeerReply {
+    /// The body as `T` when the peer answered 2xx with one, and how the peer fared.
+    pub fn decode<T: DeserializeOwned>(self) -> (PeerStatus, Option<T>) {
+        self.decode_when(|code| code.is_success())
+    }
+
+    /// Like [`decode`](Self::decode), for the answers whose status satisfies `carries`.
+    pub fn decode_when<T: DeserializeOwned>(self, carries: impl Fn(StatusCode) -> bool) -> (PeerStatus, Option<T>) {
+        let result = match self.answer {
+            Ok((code, body)) if carries(code) => {
+                serde_json::from_value(body).map_err(|e| format!("unexpected answer: {e}"))
+            }
+            Ok((code, body)) => Err(refusal(code, &body)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(value) => (PeerStatus { peer: self.peer, ok: true, error: None }, Some(value)),
+            Err(error) => (PeerStatus { peer: self.peer, ok: false, error: Some(error) }, None),
+        }
+    }
+
+    /// The peer answered with `code`.
+    pub fn is(&self, code: StatusCode) -> bool {
+        matches!(&self.answer, Ok((c, _)) if *c == code)
+    }
+
+    /// The peer answered, whatever it said.
+    pub fn answered(&self) -> PeerStatus {
+        PeerStatus { peer: self.peer.clone(), ok: true, error: None }
+    }
+}
+
+/// "HTTP 503: <the peer's error message>".
+fn refusal(code: StatusCode, body: &Value) -> String {
+    match body.get("error").and_then(Value::as_str) {
+        Some(message) => format!("HTTP {}: {message}", code.as_u16()),
+        None => format!("HTTP {}: {body}", code.as_u16()),
+    }
+}
+
+/// Decodes every 2xx reply: the bodies by peer, and every peer's status.
+pub fn gather<T: DeserializeOwned>(replies: Vec<PeerReply>) -> (Vec<(String, T)>, Vec<PeerStatus>) {
+    let mut bodies = Vec::new();
+    let mut peers = Vec::new();
+    for reply in replies {
+        let (status, body) = reply.decode();
+        bodies.extend(body.map(|b| (status.peer.clone(), b)));
+        peers.push(status);
+    }
+    (bodies, peers)
+}
+
+/// The same request for every peer; `scope=local` is added to its query.
+#[derive(Debug, Clone)]
+pub struct PeerCall {
+    method: Method,
+    /// Path segments, percent-encoded when the call is made.
+    path: Vec<String>,
+    query: Vec<(String, String)>,
+    body: Option<Value>,
+    /// How long the peer itself may wait (for node acks) on top of `peer_timeout`.
+    waits: Duration,
+}
+
+impl PeerCall {
+    /// `segments` of the path, e.g. `["nodes", id, "healthz"]`.
+    pub fn new(method: Method, segments: &[&str]) -> Self {
+        let path = segments.iter().map(|s| s.to_string()).collect();
+        PeerCall { method, path, query: Vec::new(), body: None, waits: Duration::ZERO }
+    }
+
+    pub fn query(mut self, name: &str, value: impl ToString) -> Self {
+        self.query.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds the parameter only when it has a value.
+    pub fn query_opt(self, name: &str, value: Option<impl ToString>) -> Self {
+        match value {
+            Some(v) => self.query(name, v),
+            None => self,
+        }
+    }
+
+    pub fn json(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// The peer waits up to `d` for its nodes before it answers.
+    pub fn waits(mut self, d: Duration) -> Self {
+        self.waits = d;
+        self
+    }
+
+    /// The call's URL at `peer`, asking for that replica's own nodes only.
+    fn url(&self, peer: &reqwest::Url) -> std::result::Result<reqwest::Url, String> {
+        let mut url = peer.clone();
+        url.path_segments_mut().map_err(|()| format!("{peer} cannot take a path"))?.clear().extend(&self.path);
+        url.query_pairs_mut().extend_pairs(&self.query).append_pair("scope", "local");
+        Ok(url)
+    }
+}
+
+/// The peers and the client that calls them with the shared admin token.
+pub struct Cluster {
+    peers: Vec<reqwest::Url>,
+    client: reqwest::Client,
+    token: String,
+    timeout: Duration,
+}
+
+impl Cluster {
+    /// The client trusts `peer_ca` alone when it is set, the system store otherwise.
+    pub fn new(config: &ClusterConfig, token: &str) -> Result<Cluster> {
+        let mut peers = Vec::new();
+        for peer in &config.peers {
+            let url = reqwest::Url::parse(peer).map_err(|e| Error::Config(format!("cluster.peers: {peer:?}: {e}")))?;
+            peers.push(url);
+        }
+        let mut builder = reqwest::Client::builder().use_rustls_tls().connect_timeout(config.peer_timeout);
+        if let Some(path) = &config.peer_ca {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Config(format!("cluster.peer_ca: cannot read {}: {e}", path.display())))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Config(format!("cluster.peer_ca: {}: {e}", path.display())))?;
+            if certificates.is_empty() {
+                return Err(Error::Config(format!("cluster.peer_ca: {} holds no certificate", path.display())));
+            }
+            builder =
+                certificates.into_iter().fold(builder.tls_built_in_root_certs(false), |b, c| b.add_root_certificate(c));
+        }
+        let client =
+            builder.build().map_err(|e| Error::Config(format!("cluster: cannot build the peer client: {e}")))?;
+        Ok(Cluster { peers, client, token: token.to_string(), timeout: config.peer_timeout })
+    }
+
+    /// A replica on its own: fleet requests are answered from local nodes only.
+    pub fn standalone() -> Cluster {
+        Cluster { peers: Vec::new(), client: reqwest::Client::new(), token: String::new(), timeout: Duration::ZERO }
+    }
+
+    pub fn has_peers(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// Sends `call` to every peer at once; nothing at all for a local-scope request.
+    pub async fn call(&self, scope: Scope, call: &PeerCall) -> Vec<PeerReply> {
+        if scope == Scope::Local {
+            return Vec::new();
+        }
+        futures::future::join_all(self.peers.iter().map(|peer| self.call_one(peer, call))).await
+    }
+
+    async fn call_one(&self, peer: &reqwest::Url, call: &PeerCall) -> PeerReply {
+        let name = peer.as_str().trim_end_matches('/').to_string();
+        let budget = self.timeout + call.waits;
+        let answer = match tokio::time::timeout(budget, self.send(peer, call)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {budget:?}")),
+        };
+        if let Err(error) = &answer {
+            tracing::warn!(peer = %name, path = %call.path.join("/"), %error, "control-plane peer did not answer");
+        }
+        PeerReply { peer: name, answer }
+    }
+
+    async fn send(&self, peer: &reqwest::Url, call: &PeerCall) -> std::result::Result<(StatusCode, Value), String> {
+        let url = call.url(peer)?;
+        let mut request = self.client.request(call.method.clone(), url).bearer_auth(&self.token);
+        if let Some(body) = &call.body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| chain(&e))?;
+        let code = response.status();
+        let text = response.text().await.map_err(|e| chain(&e))?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((code, body))
+    }
+}
+
+/// An error with its causes: reqwest's own message is only "error sending request".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// What the merge rules read from one replica's entry for a node.
+pub trait NodeEntry {
+    fn node_id(&self) -> &str;
+    fn connected(&self) -> bool;
+    /// Seconds since the node's last report, as that replica saw it.
+    fn report_age_s(&self) -> Option<f64>;
+}
+
+/// One entry per node (a node that failed over is known to several replicas): the entry
+/// from the replica it is connected to, then the one with the freshest report; on a tie
+/// the first (this replica's own entries come first). Sorted by node id.
+pub fn merge_nodes<T: NodeEntry>(entries: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut best: BTreeMap<String, T> = BTreeMap::new();
+    for entry in entries {
+        let better = best.get(entry.node_id()).is_none_or(|kept| prefer(&entry, kept));
+        if better {
+            best.insert(entry.node_id().to_string(), entry);
+        }
+    }
+    best.into_values().collect()
+}
+
+fn prefer(candidate: &impl NodeEntry, kept: &impl NodeEntry) -> bool {
+    if candidate.connected() != kept.connected() {
+        return candidate.connected();
+    }
+    match (candidate.report_age_s(), kept.report_age_s()) {
+        (Some(new), Some(old)) => new < old,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// Per-node results of a command or write run by several replicas: one per node, the
+/// best outcome (`applied`, then `rejected`, `timeout`, `not_connected`) first come.
+pub fn merge_results(results: impl IntoIterator<Item = NodeResult>) -> Vec<NodeResult> {
+    let rank = |o: NodeOutcome| match o {
+        NodeOutcome::Applied => 3,
+        NodeOutcome::Rejected => 2,
+        NodeOutcome::Timeout => 1,
+        NodeOutcome::NotConnected => 0,
+    };
+    let mut best: BTreeMap<String, NodeResult> = BTreeMap::new();
+    for result in results {
+        let better = best.get(&result.node_id).is_none_or(|kept| rank(result.result) > rank(kept.result));
+        if better {
+            best.insert(result.node_id.clone(), result);
+        }
+    }
+    best.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Entry {
+        id: &'static str,
+        connected: bool,
+        age: Option<f64>,
+        from: &'static str,
+    }
+
+    impl NodeEntry for Entry {
+        fn node_id(&self) -> &str {
+            self.id
+        }
+
+        fn connected(&self) -> bool {
+            self.connected
+        }
+
+        fn report_age_s(&self) -> Option<f64> {
+            self.age
+        }
+    }
+
+    fn entry(id: &'static str, connected: bool, age: Option<f64>, from: &'static str) -> Entry {
+        Entry { id, connected, age, from }
+    }
+
+    fn picked(entries: Vec<Entry>) -> Vec<(&'static str, &'static str)> {
+        merge_nodes(entries).into_iter().map(|e| (e.id, e.from)).collect()
+    }
+
+    #[test]
+    fn a_node_known_to_several_replicas_is_shown_once_where_it_is_connected() {
+        // dp-1 failed over from A to B: A still remembers it, fresher but disconnected.
+        let entries = vec![
+            entry("dp-2", true, Some(0.2), "a"),
+            entry("dp-1", false, Some(0.1), "a"),
+            entry("dp-1", true, Some(3.0), "b"),
+        ];
+        assert_eq!(picked(entries), [("dp-1", "b"), ("dp-2", "a")]);
+    }
+
+    #[test]
+    fn between_equals_the_freshest_report_wins_and_ties_keep_the_first() {
+        let entries = vec![
+            entry("dp-1", true, Some(2.0), "a"),
+            entry("dp-1", true, Some(0.5), "b"),
+            entry("dp-1", true, None, "c"),
+            entry("dp-2", false, None, "a"),
+            entry("dp-2", false, Some(9.0), "b"),
+            entry("dp-3", true, Some(1.0), "a"),
+            entry("dp-3", true, Some(1.0), "b"),
+            entry("dp-4", false, None, "a"),
+            entry("dp-4", false, None, "b"),
+        ];
+        assert_eq!(picked(entries), [("dp-1", "b"), ("dp-2", "b"), ("dp-3", "a"), ("dp-4", "a")]);
+    }
+
+    fn result(id: &str, outcome: NodeOutcome, count: Option<u64>) -> NodeResult {
+        NodeResult { node_id: id.into(), result: outcome, count }
+    }
+
+    #[test]
+    fn command_results_count_a_node_once_preferring_applied() {
+        use NodeOutcome::*;
+        let merged = merge_results(vec![
+            result("dp-1", NotConnected, None),
+            result("dp-2", Applied, Some(2)),
+            result("dp-1", Applied, Some(1)),
+            result("dp-3", Timeout, None),
+            result("dp-3", NotConnected, None),
+            result("dp-2", Timeout, None),
+            result("dp-4", NotConnected, None),
+            result("dp-5", Timeout, None),
+            result("dp-5", Rejected, None),
+        ]);
+        let got: Vec<_> = merged.iter().map(|r| (r.node_id.as_str(), r.result, r.count)).collect();
+        assert_eq!(
+            got,
+            [
+                ("dp-1", Applied, Some(1)),
+                ("dp-2", Applied, Some(2)),
+                ("dp-3", Timeout, None),
+                ("dp-4", NotConnected, None),
+                ("dp-5", Rejected, None),
+            ]
+        );
+        let kicked: u64 = merged.iter().filter_map(|r| r.count).sum();
+        assert_eq!(kicked, 3, "a node that answered through two replicas is not counted twice");
+    }
+
+    fn reply(answer: std::result::Result<(StatusCode, Value), String>) -> PeerReply {
+        PeerReply { peer: "http://10.0.0.2:7480".into(), answer }
+    }
+
+    #[test]
+    fn peer_answers_decode_or_say_why_not() {
+        let ok = reply(Ok((StatusCode::OK, serde_json::json!({"nodes": []}))));
+        let (status, body) = ok.decode::<Value>();
+        assert!(status.ok && status.error.is_none());
+        assert_eq!(body, Some(serde_json::json!({"nodes": []})));
+
+        let refused = reply(Ok((StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "store down"}))));
+        let (status, body) = refused.decode::<Value>();
+        assert_eq!((status.ok, status.error.as_deref(), body), (false, Some("HTTP 503: store down"), None));
+
+        let garbled = reply(Ok((StatusCode::OK, Value::String("<html>".into()))));
+        let (status, body) = garbled.decode::<Vec<u32>>();
+        assert!(!status.ok && status.error.unwrap().starts_with("unexpected answer"), "{body:?}");
+
+        let silent = reply(Err("no answer within 1s".into()));
+        assert!(!silent.is(StatusCode::NOT_FOUND));
+        let (status, _) = silent.decode::<Value>();
+        assert_eq!(serde_json::to_value(&status).unwrap()["error"], "no answer within 1s");
+
+        let unknown = reply(Ok((StatusCode::NOT_FOUND, Value::Null)));
+        assert!(unknown.is(StatusCode::NOT_FOUND) && unknown.answered().ok);
+    }
+
+    #[test]
+    fn a_peer_call_asks_for_local_scope_with_its_path_encoded() {
+        let peer = reqwest::Url::parse("https://10.0.0.2:7480").unwrap();
+        let call = PeerCall::new(Method::GET, &["nodes", "dp 1/x", "healthz"]).query("identifier", "a&b@example.test");
+        let url = call.url(&peer).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://10.0.0.2:7480/nodes/dp%201%2Fx/healthz?identifier=a%26b%40example.test&scope=local"
+        );
+        let bare = PeerCall::new(Method::GET, &["stats"]).query_opt("node", None::<&str>);
+        assert_eq!(bare.url(&peer).unwrap().as_str(), "https://10.0.0.2:7480/stats?scope=local");
+    }
+
+    #[test]
+    fn the_peer_client_trusts_peer_ca_and_refuses_a_file_without_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["peer.test".into()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        let config = |peer_ca| ClusterConfig {
+            peers: vec!["https://127.0.0.1:7480".into()],
+            peer_ca,
+            peer_timeout: Duration::from_secs(1),
+        };
+        let cluster = Cluster::new(&config(Some(good)), "token").unwrap();
+        assert!(cluster.has_peers());
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let e = Cluster::new(&config(Some(empty)), "token").err().unwrap();
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+        let e = Cluster::new(&config(Some(dir.path().join("missing.pem"))), "token").err().unwrap();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        assert!(Cluster::new(&config(None), "token").is_ok(), "system roots");
+    }
+}
