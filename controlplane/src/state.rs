@@ -252,3 +252,39 @@ fn fleet_settings(config: &Config) -> pb::FleetSettings {
         heartbeat_interval_ms: ms(config.server.heartbeat_interval),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(revision: u64, key: &str, destination: Option<&str>) -> Change {
+        Change { revision, key: key.into(), destination: destination.map(Into::into) }
+    }
+
+    #[test]
+    fn an_update_carries_key_changes_in_order_and_its_last_revision() {
+        let update = route_update("e", vec![change(4, "alice", Some("new")), change(5, "bob", None)]);
+        assert_eq!((update.revision, update.flush), (5, false));
+        assert_eq!(update.changes.len(), 2);
+        assert_eq!(update.changes[0].change, Some(pb::route_change::Change::Upsert("new".into())));
+        assert_eq!(update.changes[1].change, Some(pb::route_change::Change::Remove(true)));
+    }
+
+    #[test]
+    fn a_bulk_change_becomes_a_flush_that_covers_everything_before_it() {
+        let update = route_update(
+            "e",
+            vec![
+                change(4, "alice", Some("new")),
+                change(5, crate::store::BULK_KEY, None),
+                change(6, "bob", Some("legacy")),
+                change(7, crate::store::BULK_KEY, None),
+                change(8, "carol", None),
+            ],
+        );
+        assert!(update.flush);
+        assert_eq!(update.revision, 8);
+        let keys: Vec<_> = update.changes.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["carol"], "only what came after the last bulk change");
+    }
+}
