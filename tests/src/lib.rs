@@ -43,5 +43,6 @@ pub use sieve::{sieve_status, SieveClient};
 pub use tools::{curl, run_client, swaks, ClientTls, TlsTrust};
 pub use util::{eventually, find_binary, free_port, real_servers_required, require_or_skip, wait_for_port};
 pub mod procs;
+pub mod redis;
 pub mod simnodes;
 pub mod store_contract;

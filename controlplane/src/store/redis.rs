@@ -1,54 +1,474 @@
-//! The Redis mapping store. Being written (issue 7).
+//! The Redis mapping store: a hash of mappings, a sorted set for keyset paging, a revision
+//! counter and a change stream whose entry ids are the revisions, all under `key_prefix`.
+//!
+//! Every write is one Lua script, so the mapping, the counter and the change entry move
+//! together and the revision order is the order Redis ran the scripts, whichever
+//! control-plane replica sent them. Every command is bounded by `connect_timeout`: an
+//! unreachable Redis is an error ([`StoreError::Unavailable`]), never a hang.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisResult, Script};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Change, Mapping, Progress, StoreError};
-use crate::config::RedisConfig;
+use super::{Change, Mapping, Progress, StoreError, BULK_KEY};
+use crate::config::{load_store_url, RedisConfig};
 
+/// Mappings per pipelined round trip of an import.
+const IMPORT_CHUNK: usize = 10_000;
+/// Keys per HMGET when a listed page is resolved to destinations.
+const LIST_CHUNK: usize = 10_000;
+/// How long one `XREAD` of the watcher blocks before it checks the stream again.
+const WATCH_BLOCK: Duration = Duration::from_secs(5);
+/// Backoff of the watcher's reconnects.
+const WATCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect attempts the connection manager makes per failure before it reports it;
+/// the next command starts a new round, so a long outage never wedges the store.
+const RECONNECT_RETRIES: usize = 2;
+
+// The scripts compute the next revision and XADD first: XADD refuses an id at or below
+// the stream's newest, and a script's earlier writes would stay if a later command
+// failed. KEYS: map, keys, rev, changes.
+
+/// ARGV: key, destination, history. Returns the new revision.
+static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local rev = (tonumber(redis.call('GET', KEYS[3])) or 0) + 1
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], string.format('%d-1', rev),
+    'key', ARGV[1], 'destination', ARGV[2])
+redis.call('SET', KEYS[3], string.format('%d', rev))
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return rev
+",
+    )
+});
+
+/// ARGV: key, history. Returns the new revision, or nil when the key was not mapped.
+static DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return false end
+local rev = (tonumber(redis.call('GET', KEYS[3])) or 0) + 1
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], string.format('%d-1', rev), 'key', ARGV[1])
+redis.call('SET', KEYS[3], string.format('%d', rev))
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return rev
+",
+    )
+});
+
+/// KEYS: rev, changes. ARGV: bulk key, history. Records one bulk change (no destination).
+static BULK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local rev = (tonumber(redis.call('GET', KEYS[1])) or 0) + 1
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-1', rev), 'key', ARGV[1])
+redis.call('SET', KEYS[1], string.format('%d', rev))
+return rev
+",
+    )
+});
+
+/// The Redis keys of one store, all starting with `key_prefix`.
+#[derive(Debug)]
+struct Keys {
+    /// Hash: route key → destination.
+    map: String,
+    /// Sorted set of route keys, all with score 0, so they sort by bytes (ZRANGEBYLEX).
+    keys: String,
+    /// Counter: the revision of the latest write.
+    rev: String,
+    /// Stream: one entry per write, id `<revision>-1`, fields `key` and `destination`.
+    changes: String,
+    /// Set once (SET NX) by the first control plane to open the store.
+    epoch: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        Keys {
+            map: format!("{prefix}map"),
+            keys: format!("{prefix}keys"),
+            rev: format!("{prefix}rev"),
+            changes: format!("{prefix}changes"),
+            epoch: format!("{prefix}epoch"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    history: u64,
+    timeout: Duration,
+    /// `host:port`, for error messages (the URL may hold a password).
+    server: String,
+    epoch: String,
+}
+
+/// Cheap to clone: clones share one auto-reconnecting connection.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
-    epoch: Arc<str>,
+    inner: Arc<Inner>,
 }
 
 impl RedisStore {
-    pub async fn open(_config: &RedisConfig) -> Result<RedisStore, StoreError> {
-        Err(StoreError::Unavailable("not built yet".into()))
+    /// Connects (bounded by `connect_timeout`) and reads the epoch, creating it if this is
+    /// the first control plane to use `key_prefix` on this server.
+    pub async fn open(config: &RedisConfig) -> Result<RedisStore, StoreError> {
+        let url = load_store_url(config.url.as_deref(), config.url_file.as_deref(), &config.url_env)
+            .map_err(|e| StoreError::Unavailable(format!("redis: {e}")))?;
+        let client = Client::open(url.as_str()).map_err(|e| StoreError::Unavailable(format!("redis URL: {e}")))?;
+        let server = client.get_connection_info().addr().to_string();
+        let timeout = config.connect_timeout;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(timeout.min(Duration::from_secs(1)));
+        let connect = ConnectionManager::new_with_config(client.clone(), manager);
+        let mut conn = bounded(&server, timeout, "connecting", connect).await?;
+        let keys = Keys::new(&config.key_prefix);
+        let fresh = uuid::Uuid::new_v4().to_string();
+        let mut read_epoch = redis::pipe();
+        read_epoch.atomic().cmd("SET").arg(&keys.epoch).arg(&fresh).arg("NX").ignore().cmd("GET").arg(&keys.epoch);
+        let (epoch,): (String,) =
+            bounded(&server, timeout, "reading the epoch", read_epoch.query_async(&mut conn)).await?;
+        let inner = Inner { client, conn, keys, history: config.history, timeout, server, epoch };
+        Ok(RedisStore { inner: Arc::new(inner) })
     }
 
-    pub async fn get(&self, _key: &str) -> Result<Option<String>, StoreError> {
-        unimplemented!()
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.query("reading a mapping", redis::cmd("HGET").arg(&self.inner.keys.map).arg(key)).await
     }
 
-    pub async fn put(&self, _key: &str, _destination: &str) -> Result<u64, StoreError> {
-        unimplemented!()
+    pub async fn put(&self, key: &str, destination: &str) -> Result<u64, StoreError> {
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let mut put = PUT.key(&k.map);
+        put.key(&k.keys).key(&k.rev).key(&k.changes).arg(key).arg(destination).arg(self.inner.history);
+        self.bounded("writing a mapping", put.invoke_async(&mut conn)).await
     }
 
-    pub async fn delete(&self, _key: &str) -> Result<Option<u64>, StoreError> {
-        unimplemented!()
+    pub async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let mut delete = DELETE.key(&k.map);
+        delete.key(&k.keys).key(&k.rev).key(&k.changes).arg(key).arg(self.inner.history);
+        self.bounded("deleting a mapping", delete.invoke_async(&mut conn)).await
     }
 
-    pub async fn list(&self, _after: Option<&str>, _limit: usize) -> Result<Vec<Mapping>, StoreError> {
-        unimplemented!()
+    /// Keys from the sorted set, then their destinations. Not one snapshot: a key deleted
+    /// in between is left out, one rewritten in between shows its new destination.
+    pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Mapping>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let min = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let count = isize::try_from(limit).unwrap_or(isize::MAX);
+        let mut range = redis::cmd("ZRANGEBYLEX");
+        range.arg(&k.keys).arg(min).arg("+").arg("LIMIT").arg(0).arg(count);
+        let keys: Vec<String> = self.bounded("listing mappings", range.query_async(&mut conn)).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for chunk in keys.chunks(LIST_CHUNK) {
+            pipe.cmd("HMGET").arg(&k.map).arg(chunk);
+        }
+        let destinations: Vec<Vec<Option<String>>> =
+            self.bounded("listing mappings", pipe.query_async(&mut conn)).await?;
+        let mappings = keys
+            .into_iter()
+            .zip(destinations.into_iter().flatten())
+            .filter_map(|(key, destination)| Some(Mapping { key, destination: destination? }))
+            .collect();
+        Ok(mappings)
     }
 
     pub async fn revision(&self) -> Result<u64, StoreError> {
-        unimplemented!()
+        let revision: Option<u64> =
+            self.query("reading the revision", redis::cmd("GET").arg(&self.inner.keys.rev)).await?;
+        Ok(revision.unwrap_or(0))
     }
 
-    pub async fn changes_since(&self, _revision: u64, _limit: usize) -> Result<Option<Vec<Change>>, StoreError> {
-        unimplemented!()
+    /// The counter, the oldest kept change and the changes after `revision`, read in one
+    /// MULTI so that they agree with each other.
+    pub async fn changes_since(&self, revision: u64, limit: usize) -> Result<Option<Vec<Change>>, StoreError> {
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let mut read = redis::pipe();
+        read.atomic()
+            .cmd("GET")
+            .arg(&k.rev)
+            .cmd("XRANGE")
+            .arg(&k.changes)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&k.changes)
+            .arg(format!("({revision}-1"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1));
+        let (current, oldest, after): (Option<u64>, StreamRangeReply, StreamRangeReply) =
+            self.bounded("reading changes", read.query_async(&mut conn)).await?;
+        let current = current.unwrap_or(0);
+        if revision > current {
+            return Ok(None);
+        }
+        if revision == current {
+            return Ok(Some(Vec::new()));
+        }
+        let oldest = oldest.ids.first().map(|entry| revision_of(&entry.id)).transpose()?;
+        if oldest.is_none_or(|o| o > revision + 1) {
+            return Ok(None);
+        }
+        let mut changes = after.ids.iter().map(change_of).collect::<Result<Vec<_>, _>>()?;
+        changes.truncate(limit);
+        Ok(Some(changes))
     }
 
     pub fn epoch(&self) -> &str {
-        &self.epoch
+        &self.inner.epoch
     }
 
-    pub async fn import(&self, _mappings: &[Mapping], _progress: Progress<'_>) -> Result<u64, StoreError> {
-        unimplemented!()
+    /// Upserts in pipelined chunks of 10,000 mappings (each chunk one MULTI of HSET and
+    /// ZADD), then records ONE bulk change, after the last chunk. Unlike SQL stores, an
+    /// import into Redis is NOT atomic: readers see chunks land one by one, and an import
+    /// that fails halfway leaves the chunks written so far without a bulk change (nodes
+    /// keep cached routes for them until their cache expires or the import is rerun).
+    /// An empty import writes nothing and returns the current revision.
+    pub async fn import(&self, mappings: &[Mapping], progress: Progress<'_>) -> Result<u64, StoreError> {
+        if mappings.is_empty() {
+            return self.revision().await;
+        }
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
+        let mut written = 0;
+        for chunk in mappings.chunks(IMPORT_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.atomic().cmd("HSET").arg(&k.map);
+            for m in chunk {
+                pipe.arg(&m.key).arg(&m.destination);
+            }
+            pipe.ignore().cmd("ZADD").arg(&k.keys);
+            for m in chunk {
+                pipe.arg(0).arg(&m.key);
+            }
+            pipe.ignore();
+            self.bounded("importing mappings", pipe.query_async::<()>(&mut conn)).await?;
+            written += chunk.len() as u64;
+            progress(written);
+        }
+        let mut bulk = BULK.key(&k.rev);
+        bulk.key(&k.changes).arg(BULK_KEY).arg(self.inner.history);
+        self.bounded("recording the import", bulk.invoke_async(&mut conn)).await
     }
 
-    pub fn watch(&self, _wake: Arc<Notify>, _shutdown: CancellationToken) {}
+    /// Follows the change stream on a connection of its own (a blocking XREAD would hold
+    /// up every command queued behind it on the shared one) and wakes `wake` on every new
+    /// entry, and after every (re)connect since changes may have been missed meanwhile.
+    pub fn watch(&self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = store.follow(&wake) => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// Reconnects with backoff forever; only cancellation ends it.
+    async fn follow(&self, wake: &Notify) {
+        let mut backoff = WATCH_BACKOFF_MIN;
+        let mut failing = false;
+        loop {
+            let error = match self.connect_stream().await {
+                Ok((conn, last)) => {
+                    if failing {
+                        tracing::info!(server = %self.inner.server, "redis change stream followed again");
+                    }
+                    failing = false;
+                    backoff = WATCH_BACKOFF_MIN;
+                    wake.notify_one();
+                    match self.tail(conn, last, wake).await {
+                        Err(e) => e,
+                        Ok(never) => match never {},
+                    }
+                }
+                Err(e) => e,
+            };
+            if !failing {
+                tracing::warn!(error = %error, "cannot follow the redis change stream; reconnecting");
+                failing = true;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(WATCH_BACKOFF_MAX);
+        }
+    }
+
+    async fn connect_stream(&self) -> Result<(MultiplexedConnection, String), StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.inner.timeout))
+            .set_response_timeout(Some(WATCH_BLOCK + self.inner.timeout));
+        let connect = self.inner.client.get_multiplexed_async_connection_with_config(&config);
+        let mut conn = self.bounded("connecting for the change stream", connect).await?;
+        let last = self.stream_top(&mut conn).await?;
+        Ok((conn, last))
+    }
+
+    /// Blocks on the stream after `last` until an error. When a read returns, `last` jumps
+    /// to the stream's newest id: the feed reads the changes from the store itself, so the
+    /// watcher only needs to know that there are some. A newest id that moved without an
+    /// entry arriving (the stream was trimmed away or recreated) wakes the feed too.
+    async fn tail(
+        &self,
+        mut conn: MultiplexedConnection,
+        mut last: String,
+        wake: &Notify,
+    ) -> Result<Infallible, StoreError> {
+        let block = WATCH_BLOCK.as_millis() as u64;
+        // The connection's own response timeout is as long (see `connect_stream`).
+        let deadline = WATCH_BLOCK + self.inner.timeout;
+        loop {
+            let mut read = redis::cmd("XREAD");
+            read.arg("COUNT").arg(1).arg("BLOCK").arg(block).arg("STREAMS").arg(&self.inner.keys.changes).arg(&last);
+            let read = read.query_async::<Option<StreamReadReply>>(&mut conn);
+            let reply = bounded(&self.inner.server, deadline, "following changes", read).await?;
+            let arrived = reply.is_some_and(|r| r.keys.iter().any(|k| !k.ids.is_empty()));
+            let top = self.stream_top(&mut conn).await?;
+            if arrived || top != last {
+                wake.notify_one();
+            }
+            last = top;
+        }
+    }
+
+    /// The id of the stream's newest entry, `0-0` when there is none.
+    async fn stream_top(&self, conn: &mut MultiplexedConnection) -> Result<String, StoreError> {
+        let mut newest = redis::cmd("XREVRANGE");
+        newest.arg(&self.inner.keys.changes).arg("+").arg("-").arg("COUNT").arg(1);
+        let newest: StreamRangeReply = self.bounded("reading the newest change", newest.query_async(conn)).await?;
+        Ok(newest.ids.into_iter().next().map_or_else(|| "0-0".to_string(), |entry| entry.id))
+    }
+
+    /// One command on the shared connection, bounded by the timeout.
+    async fn query<T: FromRedisValue>(&self, what: &str, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        self.bounded(what, cmd.query_async(&mut conn)).await
+    }
+
+    async fn bounded<T>(&self, what: &str, call: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        bounded(&self.inner.server, self.inner.timeout, what, call).await
+    }
+}
+
+/// Runs one Redis call with a deadline; every failure becomes [`StoreError::Unavailable`].
+async fn bounded<T>(
+    server: &str,
+    timeout: Duration,
+    what: &str,
+    call: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!("redis at {server}: {what}: {e}"))),
+        Err(_) => Err(StoreError::Unavailable(format!("redis at {server}: {what}: no answer within {timeout:?}"))),
+    }
+}
+
+/// The revision in a change-stream id (`<revision>-1`).
+fn revision_of(id: &str) -> Result<u64, StoreError> {
+    id.split_once('-')
+        .and_then(|(revision, _)| revision.parse().ok())
+        .ok_or_else(|| StoreError::Unavailable(format!("redis change stream: malformed entry id {id:?}")))
+}
+
+fn change_of(entry: &StreamId) -> Result<Change, StoreError> {
+    let key = entry
+        .get::<String>("key")
+        .ok_or_else(|| StoreError::Unavailable(format!("redis change stream: entry {} has no key field", entry.id)))?;
+    Ok(Change { revision: revision_of(&entry.id)?, key, destination: entry.get("destination") })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use redis::Value;
+
+    use super::*;
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> StreamId {
+        let map: HashMap<String, Value> =
+            fields.iter().map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec()))).collect();
+        StreamId { id: id.into(), map, ..StreamId::default() }
+    }
+
+    #[test]
+    fn stream_entries_become_changes() {
+        let put = entry("42-1", &[("key", "alice@example.test"), ("destination", "new")]);
+        let change = change_of(&put).unwrap();
+        assert_eq!(change, Change { revision: 42, key: "alice@example.test".into(), destination: Some("new".into()) });
+        let removal = change_of(&entry("43-1", &[("key", "alice@example.test")])).unwrap();
+        assert_eq!(removal.destination, None);
+        let bulk = change_of(&entry("44-1", &[("key", "")])).unwrap();
+        assert!(bulk.is_bulk() && bulk.destination.is_none());
+    }
+
+    #[test]
+    fn malformed_entries_are_errors_not_panics() {
+        assert!(matches!(change_of(&entry("x-1", &[("key", "a")])), Err(StoreError::Unavailable(_))));
+        assert!(matches!(change_of(&entry("7", &[("key", "a")])), Err(StoreError::Unavailable(_))));
+        assert!(matches!(change_of(&entry("7-1", &[("destination", "a")])), Err(StoreError::Unavailable(_))));
+    }
+
+    #[test]
+    fn keys_share_the_prefix() {
+        let keys = Keys::new("tenant-a:");
+        for key in [&keys.map, &keys.keys, &keys.rev, &keys.changes, &keys.epoch] {
+            assert!(key.starts_with("tenant-a:"), "{key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_unavailable_within_the_timeout() {
+        // A port nobody listens on: bind one, note it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = RedisConfig {
+            url: Some(format!("redis://127.0.0.1:{port}/")),
+            connect_timeout: Duration::from_millis(300),
+            ..RedisConfig::default()
+        };
+        let started = std::time::Instant::now();
+        let err = RedisStore::open(&config).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_missing_url_is_reported() {
+        let config = RedisConfig { url_env: "SWITCHYARD_TEST_REDIS_URL_UNSET".into(), ..RedisConfig::default() };
+        let err = RedisStore::open(&config).await.unwrap_err();
+        assert!(err.to_string().contains("SWITCHYARD_TEST_REDIS_URL_UNSET"), "{err}");
+    }
 }

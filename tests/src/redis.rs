@@ -1,0 +1,190 @@
+//! A real, throwaway `redis-server` per test: its own temp dir and a free port on
+//! 127.0.0.1, no persistence, stopped on drop, and restartable on the same port (to test
+//! what a store does while its server is away).
+//!
+//! ```ignore
+//! if !require_or_skip("redis-server") { return Ok(()); }
+//! let mut redis = Redis::start()?;
+//! let config = RedisConfig { url: Some(redis.url()), ..RedisConfig::default() };
+//! redis.stop()?;
+//! redis.restart()?;
+//! ```
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+use crate::util::{find_binary, free_port};
+
+/// How long a fresh server may take to answer PING (it usually needs a few ms).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts at binding a freshly chosen port (start) or the same port again (restart).
+const START_ATTEMPTS: usize = 3;
+const RESTART_ATTEMPTS: usize = 5;
+
+/// A running (or stopped) Redis. Dropping it kills the server and deletes its directory.
+pub struct Redis {
+    binary: PathBuf,
+    port: u16,
+    server: Option<Child>,
+    // Last field so it is deleted only after `Drop` has stopped the server.
+    dir: TempDir,
+}
+
+impl Redis {
+    /// Starts a server on a free port; returns once it answers PING. Fails when
+    /// `redis-server` is not installed (check with `require_or_skip("redis-server")` first).
+    pub fn start() -> Result<Redis> {
+        let binary = find_binary("redis-server").context("redis-server is not installed (scripts/install-deps.sh)")?;
+        let dir = tempfile::Builder::new().prefix("switchyard-redis-").tempdir()?;
+        let mut last_err = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            match launch(&binary, &dir, port) {
+                Ok(server) => return Ok(Redis { binary, port, server: Some(server), dir }),
+                // Someone took the port between our probe and Redis's bind: another port.
+                Err(err) if is_bind_race(&err) => last_err = Some(err),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_err.expect("START_ATTEMPTS > 0"))
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Kills the server (its data is gone: it never saves) and waits for it to exit. A
+    /// no-op when already stopped. SIGKILL also ends a frozen server.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut server) = self.server.take() {
+            server.kill().context("killing redis-server")?;
+            server.wait().context("waiting for redis-server to exit")?;
+        }
+        Ok(())
+    }
+
+    /// Suspends the server (SIGSTOP): connections stay open and commands hang unanswered,
+    /// like a server stuck under load or behind a dead network path.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(rustix::process::Signal::STOP)
+    }
+
+    /// Resumes a frozen server (SIGCONT); it answers what was queued meanwhile.
+    pub fn thaw(&self) -> Result<()> {
+        self.signal(rustix::process::Signal::CONT)
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) -> Result<()> {
+        let server = self.server.as_ref().context("redis-server is not running")?;
+        let pid = rustix::process::Pid::from_child(server);
+        rustix::process::kill_process(pid, signal).with_context(|| format!("sending {signal:?} to redis-server"))
+    }
+
+    /// Starts an empty server again on the same port (stopping it first if needed).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        let mut last_err = None;
+        for _ in 0..RESTART_ATTEMPTS {
+            match launch(&self.binary, &self.dir, self.port) {
+                Ok(server) => {
+                    self.server = Some(server);
+                    return Ok(());
+                }
+                Err(err) if is_bind_race(&err) => {
+                    last_err = Some(err);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last_err.expect("RESTART_ATTEMPTS > 0"))
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Spawns the server and waits for PONG; on failure the child is killed and the error
+/// carries the server's log.
+fn launch(binary: &Path, dir: &TempDir, port: u16) -> Result<Child> {
+    let log_path = dir.path().join("redis.log");
+    let log = File::create(&log_path)?;
+    let mut server = Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawning {}", binary.display()))?;
+    match wait_ready(&mut server, port) {
+        Ok(()) => Ok(server),
+        Err(err) => {
+            let _ = server.kill();
+            let _ = server.wait();
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            Err(err.context(format!("redis-server did not become ready on port {port}.\nlog:\n{log}")))
+        }
+    }
+}
+
+/// Polls with PING until PONG, with a short backoff; fails early if the server exits.
+fn wait_ready(server: &mut Child, port: u16) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut backoff = Duration::from_millis(5);
+    let mut last = String::from("no connection attempt yet");
+    while Instant::now() < deadline {
+        if let Some(status) = server.try_wait()? {
+            bail!("redis-server exited with {status} before answering ({last})");
+        }
+        match ping(addr) {
+            Ok(()) => return Ok(()),
+            Err(err) => last = format!("{err:#}"),
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_millis(100));
+    }
+    bail!("no PONG from {addr} within {READY_TIMEOUT:?} ({last})")
+}
+
+fn ping(addr: SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply)?;
+    if &reply != b"+PONG\r\n" {
+        bail!("unexpected reply {:?}", String::from_utf8_lossy(&reply));
+    }
+    Ok(())
+}
+
+/// Whether the server failed because its port was taken (the log says so).
+fn is_bind_race(err: &anyhow::Error) -> bool {
+    format!("{err:#}").contains("Address already in use")
+}
