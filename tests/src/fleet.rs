@@ -1,5 +1,6 @@
-//! A fleet on ephemeral ports, in this process: one control plane (SQLite store in a temp
-//! dir) and data-plane nodes, started through the same `bind` + `run` the binaries use.
+//! A fleet on ephemeral ports, in this process: control planes (by default a SQLite store
+//! in a temp dir; any mapping store, and replicas that list each other as cluster peers)
+//! and data-plane nodes, started through the same `bind` + `run` the binaries use.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub struct ControlPlane {
     task: Option<JoinHandle<()>>,
     dir: tempfile::TempDir,
     config: String,
+    /// The other replicas' API base URLs (`[cluster] peers`), kept across a restart.
+    peers: Vec<String>,
 }
 
 /// A destination on 127.0.0.1 with plain endpoints `(protocol, port)` (cleartext allowed:
@@ -40,6 +43,22 @@ pub fn controlplane_toml(db: &std::path::Path, destinations: &[(&str, u16)], def
 
 /// A control-plane config with destination tables written by the caller.
 pub fn controlplane_toml_with(db: &std::path::Path, destination_tables: &str, default: &str) -> String {
+    controlplane_toml_store(&sqlite_mapping(db), destination_tables, default)
+}
+
+/// The `[mapping]` tables of a SQLite store in `db` (several control planes may share it).
+pub fn sqlite_mapping(db: &std::path::Path) -> String {
+    format!("[mapping.sqlite]\npath = \"{}\"\n", db.display())
+}
+
+/// The `[mapping]` tables of a PostgreSQL store at `url`.
+pub fn postgres_mapping(url: &str) -> String {
+    format!("[mapping]\nsource = \"postgres\"\n[mapping.postgres]\nurl = \"{url}\"\n")
+}
+
+/// A control-plane config with the mapping store's tables (e.g. [`postgres_mapping`]) and
+/// the destination tables written by the caller.
+pub fn controlplane_toml_store(mapping_tables: &str, destination_tables: &str, default: &str) -> String {
     let mut toml = format!(
         r#"[server]
 metrics_interval = "1s"
@@ -52,15 +71,12 @@ bind = "127.0.0.1:0"
 ack_timeout = "3s"
 [routing]
 default_destination = "{default}"
-[mapping.sqlite]
-path = "{}"
 [breaker]
 failure_threshold = 2
 cooldown = "5m"
 connect_timeout = "2s"
 connect_retries = 0
-"#,
-        db.display()
+{mapping_tables}"#
     );
     toml.push_str(destination_tables);
     toml
@@ -91,9 +107,50 @@ impl ControlPlane {
         Self::start_with(dir, config).await
     }
 
+    /// With a whole config (e.g. from [`controlplane_toml_store`]).
+    pub async fn start_config(config: String) -> Result<Self> {
+        Self::start_with(tempfile::tempdir()?, config).await
+    }
+
     async fn start_with(dir: tempfile::TempDir, config: String) -> Result<Self> {
-        let parsed = controlplane::config::Config::from_toml_str(&config)?;
+        let (parsed, bound) = Self::bind(&config).await?;
+        Self::launch(parsed, bound, dir, config, Vec::new())
+    }
+
+    /// Replicas of one control plane, one per config (they should share a mapping store):
+    /// every API is bound first, then each replica starts with the others as its peers.
+    pub async fn start_replicas(configs: Vec<String>) -> Result<Vec<Self>> {
+        let mut bound = Vec::new();
+        for config in configs {
+            let (parsed, b) = Self::bind(&config).await?;
+            let url = format!("http://{}", b.api_addr()?);
+            bound.push((parsed, b, config, url));
+        }
+        let urls: Vec<String> = bound.iter().map(|(.., url)| url.clone()).collect();
+        let mut replicas = Vec::new();
+        for (parsed, b, config, url) in bound {
+            let peers = urls.iter().filter(|u| **u != url).cloned().collect();
+            replicas.push(Self::launch(parsed, b, tempfile::tempdir()?, config, peers)?);
+        }
+        Ok(replicas)
+    }
+
+    async fn bind(config: &str) -> Result<(controlplane::config::Config, controlplane::Bound)> {
+        let parsed = controlplane::config::Config::from_toml_str(config)?;
         let bound = controlplane::bind(&parsed).await?;
+        Ok((parsed, bound))
+    }
+
+    fn launch(
+        mut parsed: controlplane::config::Config,
+        bound: controlplane::Bound,
+        dir: tempfile::TempDir,
+        config: String,
+        peers: Vec<String>,
+    ) -> Result<Self> {
+        if !peers.is_empty() {
+            parsed.cluster.peers.clone_from(&peers);
+        }
         let (api, grpc) = (bound.api_addr()?, bound.grpc_addr()?);
         let secrets = controlplane::Secrets { node_token: NODE_TOKEN.into(), admin_token: ADMIN_TOKEN.into() };
         let shutdown = CancellationToken::new();
@@ -103,7 +160,7 @@ impl ControlPlane {
                 eprintln!("control plane stopped: {e}");
             }
         });
-        Ok(Self { api, grpc, shutdown, task: Some(task), dir, config })
+        Ok(Self { api, grpc, shutdown, task: Some(task), dir, config, peers })
     }
 
     pub fn endpoint(&self) -> String {
@@ -121,9 +178,8 @@ impl ControlPlane {
         }
     }
 
-    /// Starts a new control plane on the same store (new ports).
-    /// Stops and starts again on the same store and the same ports, as a restarted
-    /// process would (nodes keep their endpoint).
+    /// Stops and starts again on the same store, the same ports and with the same peers,
+    /// as a restarted process would (nodes and peers keep their endpoint).
     pub async fn restart(mut self) -> Result<Self> {
         self.stop().await;
         let config = self.config.replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{}\"", self.grpc), 1).replacen(
@@ -132,7 +188,13 @@ impl ControlPlane {
             1,
         );
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
-        Self::start_with(dir, config).await
+        let (parsed, bound) = Self::bind(&config).await?;
+        Self::launch(parsed, bound, dir, config, std::mem::take(&mut self.peers))
+    }
+
+    /// The management API's base URL, as peers name this replica.
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
     }
 
     /// The mapping store, opened directly (for changes made while the control plane is down).

@@ -91,7 +91,7 @@ struct ListenerView {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Sync {
+enum SyncState {
     InSync,
     Lagging,
     Disconnected,
@@ -105,7 +105,7 @@ struct NodeInfo {
     connected: bool,
     stale: bool,
     applied_revision: u64,
-    sync: Sync,
+    sync: SyncState,
     last_report_age_s: Option<f64>,
     listeners: Vec<ListenerView>,
     /// The peer this entry came from (absent: the replica asked).
@@ -144,9 +144,9 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ScopeQuery>) -> Res
 fn node_info(v: NodeView, current: Option<u64>, epoch: &str) -> NodeInfo {
     NodeInfo {
         sync: match (v.connected, current) {
-            (false, _) => Sync::Disconnected,
-            (true, Some(c)) if v.applied_epoch == epoch && v.applied_revision >= c => Sync::InSync,
-            (true, _) => Sync::Lagging,
+            (false, _) => SyncState::Disconnected,
+            (true, Some(c)) if v.applied_epoch == epoch && v.applied_revision >= c => SyncState::InSync,
+            (true, _) => SyncState::Lagging,
         },
         node_id: v.node_id,
         instance_id: v.instance_id,
