@@ -159,7 +159,8 @@ impl PeerCall {
 /// The peers and the client that calls them with the shared admin token.
 pub struct Cluster {
     peers: Vec<reqwest::Url>,
-    client: reqwest::Client,
+    /// Built only when there are peers: it reads the system trust store.
+    client: Option<reqwest::Client>,
     token: String,
     timeout: Duration,
 }
@@ -172,26 +173,13 @@ impl Cluster {
             let url = reqwest::Url::parse(peer).map_err(|e| Error::Config(format!("cluster.peers: {peer:?}: {e}")))?;
             peers.push(url);
         }
-        let mut builder = reqwest::Client::builder().use_rustls_tls().connect_timeout(config.peer_timeout);
-        if let Some(path) = &config.peer_ca {
-            let pem = std::fs::read(path)
-                .map_err(|e| Error::Config(format!("cluster.peer_ca: cannot read {}: {e}", path.display())))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Config(format!("cluster.peer_ca: {}: {e}", path.display())))?;
-            if certificates.is_empty() {
-                return Err(Error::Config(format!("cluster.peer_ca: {} holds no certificate", path.display())));
-            }
-            builder =
-                certificates.into_iter().fold(builder.tls_built_in_root_certs(false), |b, c| b.add_root_certificate(c));
-        }
-        let client =
-            builder.build().map_err(|e| Error::Config(format!("cluster: cannot build the peer client: {e}")))?;
+        let client = if peers.is_empty() { None } else { Some(client(config)?) };
         Ok(Cluster { peers, client, token: token.to_string(), timeout: config.peer_timeout })
     }
 
     /// A replica on its own: fleet requests are answered from local nodes only.
     pub fn standalone() -> Cluster {
-        Cluster { peers: Vec::new(), client: reqwest::Client::new(), token: String::new(), timeout: Duration::ZERO }
+        Cluster { peers: Vec::new(), client: None, token: String::new(), timeout: Duration::ZERO }
     }
 
     pub fn has_peers(&self) -> bool {
@@ -200,16 +188,16 @@ impl Cluster {
 
     /// Sends `call` to every peer at once; nothing at all for a local-scope request.
     pub async fn call(&self, scope: Scope, call: &PeerCall) -> Vec<PeerReply> {
-        if scope == Scope::Local {
+        let Some(client) = self.client.as_ref().filter(|_| scope == Scope::Fleet) else {
             return Vec::new();
-        }
-        futures::future::join_all(self.peers.iter().map(|peer| self.call_one(peer, call))).await
+        };
+        futures::future::join_all(self.peers.iter().map(|peer| self.call_one(client, peer, call))).await
     }
 
-    async fn call_one(&self, peer: &reqwest::Url, call: &PeerCall) -> PeerReply {
+    async fn call_one(&self, client: &reqwest::Client, peer: &reqwest::Url, call: &PeerCall) -> PeerReply {
         let name = peer.as_str().trim_end_matches('/').to_string();
         let budget = self.timeout + call.waits;
-        let answer = match tokio::time::timeout(budget, self.send(peer, call)).await {
+        let answer = match tokio::time::timeout(budget, self.send(client, peer, call)).await {
             Ok(answer) => answer,
             Err(_) => Err(format!("no answer within {budget:?}")),
         };
@@ -219,9 +207,14 @@ impl Cluster {
         PeerReply { peer: name, answer }
     }
 
-    async fn send(&self, peer: &reqwest::Url, call: &PeerCall) -> std::result::Result<(StatusCode, Value), String> {
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        peer: &reqwest::Url,
+        call: &PeerCall,
+    ) -> std::result::Result<(StatusCode, Value), String> {
         let url = call.url(peer)?;
-        let mut request = self.client.request(call.method.clone(), url).bearer_auth(&self.token);
+        let mut request = client.request(call.method.clone(), url).bearer_auth(&self.token);
         if let Some(body) = &call.body {
             request = request.json(body);
         }
@@ -231,6 +224,23 @@ impl Cluster {
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((code, body))
     }
+}
+
+/// The HTTP client for the peers: `peer_ca` alone when set, the system trust store otherwise.
+fn client(config: &ClusterConfig) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().use_rustls_tls().connect_timeout(config.peer_timeout);
+    if let Some(path) = &config.peer_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Config(format!("cluster.peer_ca: cannot read {}: {e}", path.display())))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Config(format!("cluster.peer_ca: {}: {e}", path.display())))?;
+        if certificates.is_empty() {
+            return Err(Error::Config(format!("cluster.peer_ca: {} holds no certificate", path.display())));
+        }
+        builder =
+            certificates.into_iter().fold(builder.tls_built_in_root_certs(false), |b, c| b.add_root_certificate(c));
+    }
+    builder.build().map_err(|e| Error::Config(format!("cluster: cannot build the peer client: {e}")))
 }
 
 /// An error with its causes: reqwest's own message is only "error sending request".

@@ -17,6 +17,7 @@ pub const NODE_TOKEN: &str = "test-node-token-abcdef";
 pub struct ControlPlane {
     pub api: SocketAddr,
     pub grpc: SocketAddr,
+    url: String,
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
     dir: tempfile::TempDir,
@@ -123,7 +124,7 @@ impl ControlPlane {
         let mut bound = Vec::new();
         for config in configs {
             let (parsed, b) = Self::bind(&config).await?;
-            let url = format!("http://{}", b.api_addr()?);
+            let url = api_url(&parsed, b.api_addr()?);
             bound.push((parsed, b, config, url));
         }
         let urls: Vec<String> = bound.iter().map(|(.., url)| url.clone()).collect();
@@ -152,6 +153,7 @@ impl ControlPlane {
             parsed.cluster.peers.clone_from(&peers);
         }
         let (api, grpc) = (bound.api_addr()?, bound.grpc_addr()?);
+        let url = api_url(&parsed, api);
         let secrets = controlplane::Secrets { node_token: NODE_TOKEN.into(), admin_token: ADMIN_TOKEN.into() };
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -160,7 +162,7 @@ impl ControlPlane {
                 eprintln!("control plane stopped: {e}");
             }
         });
-        Ok(Self { api, grpc, shutdown, task: Some(task), dir, config, peers })
+        Ok(Self { api, grpc, url, shutdown, task: Some(task), dir, config, peers })
     }
 
     pub fn endpoint(&self) -> String {
@@ -192,9 +194,9 @@ impl ControlPlane {
         Self::launch(parsed, bound, dir, config, std::mem::take(&mut self.peers))
     }
 
-    /// The management API's base URL, as peers name this replica.
+    /// The management API's base URL (`https://` with `[api]` TLS), as peers name it.
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.api)
+        self.url.clone()
     }
 
     /// The mapping store, opened directly (for changes made while the control plane is down).
@@ -202,6 +204,12 @@ impl ControlPlane {
         let config = controlplane::config::Config::from_toml_str(&self.config)?;
         Ok(controlplane::store::Store::open(&config.mapping).await?)
     }
+}
+
+/// `http://ADDR`, or `https://ADDR` when the config gives the API a certificate.
+fn api_url(config: &controlplane::config::Config, addr: SocketAddr) -> String {
+    let scheme = if config.api.tls_cert.is_some() { "https" } else { "http" };
+    format!("{scheme}://{addr}")
 }
 
 impl Drop for ControlPlane {
