@@ -164,6 +164,22 @@ async fn prefixes_on_one_server_do_not_see_each_other() -> Result<()> {
 }
 
 #[tokio::test]
+async fn unbounded_limits_are_accepted() -> Result<()> {
+    let Some(redis) = server()? else { return Ok(()) };
+    let store = open(&redis, &unique_prefix("limits")).await?;
+    for key in ["c@example.test", "a@example.test", "b@example.test"] {
+        store.put(key, "new").await?;
+    }
+    let all: Vec<String> = store.list(None, usize::MAX).await?.into_iter().map(|m| m.key).collect();
+    ensure!(all == ["a@example.test", "b@example.test", "c@example.test"], "listed {all:?}");
+    ensure!(store.list(None, 0).await?.is_empty());
+    let history = store.changes_since(0, usize::MAX).await?.context("the whole history")?;
+    ensure!(history.len() == 3, "history {history:?}");
+    ensure!(store.changes_since(0, 0).await? == Some(vec![]), "a zero limit reads nothing");
+    Ok(())
+}
+
+#[tokio::test]
 async fn history_is_trimmed_to_about_its_configured_length() -> Result<()> {
     let Some(redis) = server()? else { return Ok(()) };
     const HISTORY: u64 = 1000;

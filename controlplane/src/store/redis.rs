@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisResult, Script};
@@ -22,6 +23,8 @@ use crate::config::{load_store_url, RedisConfig};
 
 /// Mappings per pipelined round trip of an import.
 const IMPORT_CHUNK: usize = 10_000;
+/// Import chunks sent before the first one's reply is awaited.
+const IMPORT_IN_FLIGHT: usize = 4;
 /// Keys per HMGET when a listed page is resolved to destinations.
 const LIST_CHUNK: usize = 10_000;
 /// How long one `XREAD` of the watcher blocks before it checks the stream again.
@@ -172,25 +175,40 @@ impl RedisStore {
     }
 
     /// Keys from the sorted set, then their destinations. Not one snapshot: a key deleted
-    /// in between is left out, one rewritten in between shows its new destination.
+    /// in between is left out, one rewritten in between shows its new destination. A page
+    /// is empty only at the end, even if every key of a range was deleted meanwhile.
     pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Mapping>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let k = &self.inner.keys;
-        let mut conn = self.inner.conn.clone();
-        let min = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
-        let count = isize::try_from(limit).unwrap_or(isize::MAX);
-        let mut range = redis::cmd("ZRANGEBYLEX");
-        range.arg(&k.keys).arg(min).arg("+").arg("LIMIT").arg(0).arg(count);
-        let keys: Vec<String> = self.bounded("listing mappings", range.query_async(&mut conn)).await?;
-        if keys.is_empty() {
-            return Ok(Vec::new());
+        let mut cursor = after.map(str::to_string);
+        loop {
+            let keys = self.key_range(cursor.as_deref(), limit).await?;
+            let Some(last) = keys.last().cloned() else { return Ok(Vec::new()) };
+            let mappings = self.resolve(keys).await?;
+            if !mappings.is_empty() {
+                return Ok(mappings);
+            }
+            cursor = Some(last);
         }
+    }
+
+    /// Up to `limit` keys after `after`, in byte order.
+    async fn key_range(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, StoreError> {
+        let min = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let count = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut range = redis::cmd("ZRANGEBYLEX");
+        range.arg(&self.inner.keys.keys).arg(min).arg("+").arg("LIMIT").arg(0).arg(count);
+        self.query("listing mappings", &range).await
+    }
+
+    /// The mappings of `keys`, leaving out keys deleted since they were listed.
+    async fn resolve(&self, keys: Vec<String>) -> Result<Vec<Mapping>, StoreError> {
         let mut pipe = redis::pipe();
         for chunk in keys.chunks(LIST_CHUNK) {
-            pipe.cmd("HMGET").arg(&k.map).arg(chunk);
+            pipe.cmd("HMGET").arg(&self.inner.keys.map).arg(chunk);
         }
+        let mut conn = self.inner.conn.clone();
         let destinations: Vec<Vec<Option<String>>> =
             self.bounded("listing mappings", pipe.query_async(&mut conn)).await?;
         let mappings = keys
@@ -227,7 +245,7 @@ impl RedisStore {
             .arg(format!("({revision}-1"))
             .arg("+")
             .arg("COUNT")
-            .arg(limit.max(1));
+            .arg(limit.clamp(1, i64::MAX as usize));
         let (current, oldest, after): (Option<u64>, StreamRangeReply, StreamRangeReply) =
             self.bounded("reading changes", read.query_async(&mut conn)).await?;
         let current = current.unwrap_or(0);
@@ -260,27 +278,39 @@ impl RedisStore {
         if mappings.is_empty() {
             return self.revision().await;
         }
-        let k = &self.inner.keys;
-        let mut conn = self.inner.conn.clone();
+        // A few chunks in flight, so that encoding the next one overlaps Redis applying
+        // the previous ones; the replies still arrive in order.
+        let mut chunks =
+            futures::stream::iter(mappings.chunks(IMPORT_CHUNK)).map(|c| self.upsert(c)).buffered(IMPORT_IN_FLIGHT);
         let mut written = 0;
-        for chunk in mappings.chunks(IMPORT_CHUNK) {
-            let mut pipe = redis::pipe();
-            pipe.atomic().cmd("HSET").arg(&k.map);
-            for m in chunk {
-                pipe.arg(&m.key).arg(&m.destination);
-            }
-            pipe.ignore().cmd("ZADD").arg(&k.keys);
-            for m in chunk {
-                pipe.arg(0).arg(&m.key);
-            }
-            pipe.ignore();
-            self.bounded("importing mappings", pipe.query_async::<()>(&mut conn)).await?;
-            written += chunk.len() as u64;
+        while let Some(rows) = chunks.try_next().await? {
+            written += rows as u64;
             progress(written);
         }
+        let k = &self.inner.keys;
+        let mut conn = self.inner.conn.clone();
         let mut bulk = BULK.key(&k.rev);
         bulk.key(&k.changes).arg(BULK_KEY).arg(self.inner.history);
         self.bounded("recording the import", bulk.invoke_async(&mut conn)).await
+    }
+
+    /// One chunk of an import as one MULTI: HSET of every mapping, ZADD of every key.
+    /// Returns the number of mappings written.
+    async fn upsert(&self, chunk: &[Mapping]) -> Result<usize, StoreError> {
+        let k = &self.inner.keys;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HSET").arg(&k.map);
+        for m in chunk {
+            pipe.arg(&m.key).arg(&m.destination);
+        }
+        pipe.ignore().cmd("ZADD").arg(&k.keys);
+        for m in chunk {
+            pipe.arg(0).arg(&m.key);
+        }
+        pipe.ignore();
+        let mut conn = self.inner.conn.clone();
+        self.bounded("importing mappings", pipe.query_async::<()>(&mut conn)).await?;
+        Ok(chunk.len())
     }
 
     /// Follows the change stream on a connection of its own (a blocking XREAD would hold
