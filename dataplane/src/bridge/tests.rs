@@ -272,3 +272,57 @@ async fn a_tls_client_leg_relays_and_ends_with_close_notify() {
     assert_eq!(got_down, (down, sent_down));
     assert_eq!(relay.await.unwrap(), Moved { from_client: up as u64, to_client: down as u64 });
 }
+
+/// A relay between two loopback socket pairs; the test holds the far ends.
+async fn tcp_rig(pool: &'static BufferPool) -> (TcpStream, TcpStream, JoinHandle<(io::Result<()>, Moved)>) {
+    let (client_far, mut client_near) = socket_pair().await;
+    let (mut backend_near, backend_far) = socket_pair().await;
+    let relay = tokio::spawn(async move {
+        let mut moved = Moved::default();
+        let result = relay(&mut client_near, &mut backend_near, pool, &Activity::new(), &mut moved).await;
+        (result, moved)
+    });
+    (client_far, backend_far, relay)
+}
+
+#[tokio::test]
+async fn over_tcp_half_close_either_way_and_no_buffer_held_while_idle() {
+    let pool = leaked_pool();
+    let (mut client, mut backend, relay) = tcp_rig(pool).await;
+    for round in 0..3u8 {
+        client.write_all(&[round; 100]).await.unwrap();
+        assert_eq!(read_exactly(&mut backend, 100).await, [round; 100]);
+        backend.write_all(&[round; 3000]).await.unwrap();
+        assert_eq!(read_exactly(&mut client, 3000).await, [round; 3000]);
+        // The relay task ran until its reads would block before this one read the reply.
+        assert_eq!(pool.lent(), 0, "round {round}: both directions idle, no buffer lent");
+    }
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    backend.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "the backend sees the client's EOF");
+    backend.write_all(b"* BYE\r\n").await.unwrap();
+    assert_eq!(read_exactly(&mut client, 7).await, b"* BYE\r\n", "and can still answer");
+    backend.shutdown().await.unwrap();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    let (result, moved) = relay.await.unwrap();
+    result.unwrap();
+    assert_eq!(moved, Moved { from_client: 300, to_client: 9007 });
+}
+
+#[tokio::test]
+async fn over_tcp_the_backends_half_close_reaches_the_client_first() {
+    let (mut client, mut backend, relay) = tcp_rig(leaked_pool()).await;
+    backend.write_all(b"* BYE going away\r\n").await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut seen = Vec::new();
+    client.read_to_end(&mut seen).await.unwrap();
+    assert_eq!(seen, b"* BYE going away\r\n");
+    client.write_all(b"a LOGOUT\r\n").await.unwrap();
+    assert_eq!(read_exactly(&mut backend, 10).await, b"a LOGOUT\r\n");
+    drop(client);
+    let (result, moved) = relay.await.unwrap();
+    result.unwrap();
+    assert_eq!(moved, Moved { from_client: 10, to_client: 18 });
+}
