@@ -41,12 +41,25 @@ impl DataRelay {
     /// follows is the client's next command.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         out.reserve(input.len());
-        for (i, &byte) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::Mid {
+                // Inside a line only CR and LF change the state: copy the run before the
+                // next one whole (a message is mostly such runs).
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                out.extend_from_slice(&input[i..i + run]);
+                i += run;
+                if i == input.len() {
+                    break;
+                }
+            }
+            let byte = input[i];
             if byte == b'\n' && !matches!(self.state, State::Cr | State::DotCr) {
                 self.emit(b'\r', out);
             }
+            i += 1;
             if self.emit(byte, out) {
-                return Some(i + 1);
+                return Some(i);
             }
         }
         None

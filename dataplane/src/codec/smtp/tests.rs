@@ -234,3 +234,40 @@ fn data_terminator_across_every_chunk_boundary() {
         }
     }
 }
+
+/// The relay byte by byte, as the state machine is specified: the fast path of
+/// [`DataRelay::feed`] must send exactly this.
+fn relay_reference(input: &[u8]) -> (Vec<u8>, Option<usize>) {
+    let mut relay = DataRelay::new();
+    let mut out = Vec::new();
+    for (i, byte) in input.iter().enumerate() {
+        if relay.feed(std::slice::from_ref(byte), &mut out).is_some() {
+            return (out, Some(i + 1));
+        }
+    }
+    (out, None)
+}
+
+#[test]
+fn data_long_runs_match_the_byte_by_byte_relay_in_any_chunking() {
+    // Long lines with every special sequence sprinkled in: CR alone, bare LF, dot lines,
+    // dot-stuffing, and the terminator at the very end.
+    let mut input = Vec::new();
+    let pieces: [&[u8]; 8] =
+        [b"plain text ", b"\r\n", b"..stuffed\r\n", b"cr\ralone ", b"bare\n", b".x", b"\r\r\n", b"\n.\r\n"];
+    let mut seed = 7u32;
+    while input.len() < 200_000 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let piece = pieces[(seed >> 16) as usize % (pieces.len() - 1)];
+        input.extend_from_slice(piece);
+        input.extend(std::iter::repeat_n(b'a', (seed >> 8) as usize % 300));
+    }
+    input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
+    let (want, end) = relay_reference(&input);
+    let end = end.expect("the terminator is found");
+    for chunk in [1, 2, 3, 5, 64, 1000, 4096, 65_536, input.len()] {
+        let (out, rest) = relay(&input, chunk);
+        assert_eq!(out, want, "chunks of {chunk}");
+        assert_eq!(rest.as_deref(), Some(&input[end..]), "chunks of {chunk}");
+    }
+}

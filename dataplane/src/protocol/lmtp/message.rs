@@ -2,7 +2,7 @@
 //! memory, then the backend's replies relayed (LMTP: one per accepted recipient, in order).
 
 use super::delivery::Delivery;
-use super::{Flavor, Next, Session, Transaction, READ_CHUNK, UNAVAILABLE};
+use super::{Flavor, Next, Session, Transaction, MESSAGE_CHUNK, UNAVAILABLE};
 use crate::codec::smtp::DataRelay;
 use crate::error::{Error, Result};
 
@@ -60,10 +60,13 @@ impl Session {
     /// on the way (the client's message is still read to its end to stay in step).
     async fn stream_message(&mut self, delivery: &mut Delivery) -> Result<bool> {
         let mut relay = DataRelay::new();
-        let mut out = Vec::with_capacity(READ_CHUNK * 2);
+        // What the parser already holds is the message's start; later reads land in the
+        // same buffer, so a message of any size costs two buffers of MESSAGE_CHUNK.
+        let mut input = self.parser.take_remaining();
+        input.reserve(MESSAGE_CHUNK);
+        let mut out = Vec::with_capacity(MESSAGE_CHUNK * 2);
         let mut backend_ok = true;
         loop {
-            let input = self.parser.take_remaining();
             out.clear();
             let end = relay.feed(&input, &mut out);
             self.bytes += end.unwrap_or(input.len()) as u64;
@@ -78,7 +81,8 @@ impl Session {
                 self.parser.push(&input[used..]);
                 return Ok(backend_ok);
             }
-            if !self.fill(self.ctx.listener.idle_timeout).await? {
+            input.clear();
+            if self.read_within(self.ctx.listener.idle_timeout, &mut input).await? == 0 {
                 return Err(Error::Client("the client left during the message".into()));
             }
         }
