@@ -24,15 +24,33 @@ pub struct ControlPlane {
     pub grpc: SocketAddr,
 }
 
-/// Destination tables: `(id, imap port)` on 127.0.0.1, plain, cleartext allowed (loopback).
-fn destinations_toml(destinations: &[(&str, u16)]) -> String {
+/// A destination on 127.0.0.1: its IMAP port and, for the delivery scenario, its LMTP port.
+#[derive(Clone, Copy)]
+pub struct Dest<'a> {
+    pub id: &'a str,
+    pub imap: u16,
+    pub lmtp: Option<u16>,
+}
+
+impl<'a> From<&(&'a str, u16)> for Dest<'a> {
+    fn from(&(id, imap): &(&'a str, u16)) -> Self {
+        Dest { id, imap, lmtp: None }
+    }
+}
+
+/// Destination tables, plain, cleartext allowed (loopback).
+fn destinations_toml(destinations: &[Dest<'_>]) -> String {
     destinations
         .iter()
-        .map(|(id, port)| {
-            format!(
+        .map(|Dest { id, imap, lmtp }| {
+            let mut table = format!(
                 "[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = true\n\
-                 [destination.{id}.protocol.imap]\nport = {port}\ntls = \"plain\"\n"
-            )
+                 [destination.{id}.protocol.imap]\nport = {imap}\ntls = \"plain\"\n"
+            );
+            if let Some(lmtp) = lmtp {
+                table.push_str(&format!("[destination.{id}.protocol.lmtp]\nport = {lmtp}\ntls = \"plain\"\n"));
+            }
+            table
         })
         .collect()
 }
@@ -43,6 +61,17 @@ impl ControlPlane {
     pub async fn start(
         dir: &Path,
         destinations: &[(&str, u16)],
+        default: &str,
+        cpu: Option<usize>,
+    ) -> Result<ControlPlane> {
+        let destinations: Vec<Dest<'_>> = destinations.iter().map(Dest::from).collect();
+        Self::start_with(dir, &destinations, default, cpu).await
+    }
+
+    /// [`ControlPlane::start`] with destinations that may have an LMTP endpoint too.
+    pub async fn start_with(
+        dir: &Path,
+        destinations: &[Dest<'_>],
         default: &str,
         cpu: Option<usize>,
     ) -> Result<ControlPlane> {
@@ -63,10 +92,11 @@ impl ControlPlane {
     }
 }
 
-/// A data-plane node process with one plain IMAP listener.
+/// A data-plane node process with one plain IMAP and one LMTP listener.
 pub struct Node {
     pub proc: Proc,
     pub imap: SocketAddr,
+    pub lmtp: SocketAddr,
 }
 
 impl Node {
@@ -76,7 +106,8 @@ impl Node {
         let toml = format!(
             "[node]\nid = \"bench-node\"\n[control]\nendpoints = [\"http://{grpc}\"]\n[health]\nbind = \"127.0.0.1:0\"\n\
              [listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n\
-             max_connections = 100000\n"
+             max_connections = 100000\n\
+             [listener.lmtp]\nprotocol = \"lmtp\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\n"
         );
         let config = dir.join("dataplane.toml");
         std::fs::write(&config, toml)?;
@@ -84,10 +115,11 @@ impl Node {
         let program = binary("dataplane")?;
         let mut proc = Proc::spawn("dataplane", &program, &["--config", &config], &TOKENS, dir, None)?;
         let imap = proc.bound(&["listening", "listener=imap"]).await?;
+        let lmtp = proc.bound(&["listening", "listener=lmtp"]).await?;
         let health = proc.bound(&["health endpoint listening"]).await?;
         proc.wait_for(&["connected to the control plane"]).await?;
         wait_ready(health).await?;
-        Ok(Node { proc, imap })
+        Ok(Node { proc, imap, lmtp })
     }
 }
 
@@ -117,6 +149,11 @@ pub async fn start_backend(dir: &Path, fetch_size: usize) -> Result<(Proc, Socke
     let mut proc = Proc::spawn("backend", &exe, &["backend", "--fetch-size", &size], &[], dir, None)?;
     let addr = proc.bound(&["backend listening"]).await?;
     Ok((proc, addr))
+}
+
+/// The scripted backend's LMTP responder (same process as its IMAP server).
+pub async fn backend_lmtp(backend: &mut Proc) -> Result<SocketAddr> {
+    backend.bound(&["lmtp backend listening"]).await
 }
 
 /// Maps each of `accounts` to `destination` (every node acks before the API answers).

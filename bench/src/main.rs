@@ -9,6 +9,7 @@ mod client;
 mod control;
 mod fleet;
 mod idle;
+mod lmtp;
 mod load;
 mod login;
 mod peers;
@@ -34,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The scripted IMAP backend (started by the bench itself as a child process).
+    /// The scripted IMAP backend and LMTP responder (started by the bench itself as a
+    /// child process).
     Backend {
         #[arg(long, default_value_t = 4096)]
         fetch_size: usize,
@@ -81,7 +83,10 @@ fn main() -> Result<()> {
     let nofile = procs::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Some(Command::Backend { fetch_size }) => runtime.block_on(backend::serve(fetch_size)),
+        Some(Command::Backend { fetch_size }) => runtime.block_on(async move {
+            tokio::spawn(lmtp::serve());
+            backend::serve(fetch_size).await
+        }),
         None => runtime.block_on(run(cli.run, nofile)),
     }
 }

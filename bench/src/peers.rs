@@ -1,6 +1,7 @@
 //! The peers an operator would pick instead, in front of the same backend: nginx's mail
 //! proxy (Debian `nginx` + `libnginx-mod-mail`) with a minimal `auth_http` responder in
-//! this process, and HAProxy in TCP mode (no per-account routing: the floor for a hop).
+//! this process, and HAProxy in TCP mode (no per-account routing: the floor for a hop),
+//! which also stands in front of LMTP.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -52,7 +53,17 @@ pub async fn start(dir: &Path, backend: SocketAddr) -> Result<Peers> {
     let auth_addr = auth.local_addr()?;
     peers.auth = Some(tokio::spawn(auth_http(auth, backend)));
     peers.list.push(nginx(dir, auth_addr).await?);
-    peers.list.push(haproxy(dir, backend).await?);
+    peers.list.push(haproxy(dir, "imap", backend, "* OK").await?);
+    Ok(peers)
+}
+
+/// HAProxy alone in front of an LMTP `backend` (nginx's mail module has no LMTP), when
+/// installed.
+pub async fn start_lmtp(dir: &Path, backend: SocketAddr) -> Result<Peers> {
+    let mut peers = Peers { list: Vec::new(), auth: None };
+    if Path::new(HAPROXY).exists() {
+        peers.list.push(haproxy(dir, "lmtp", backend, "220").await?);
+    }
     Ok(peers)
 }
 
@@ -76,32 +87,35 @@ async fn nginx(dir: &Path, auth: SocketAddr) -> Result<Peer> {
     let err = format!("{d}/nginx-error.log");
     let proc = Proc::spawn("nginx", Path::new(NGINX), &["-c", &path, "-e", &err], &[], dir, None)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_greeting(addr, "nginx").await?;
+    wait_greeting(addr, "nginx", "* OK").await?;
     Ok(Peer { name: "nginx mail", proc, addr })
 }
 
-async fn haproxy(dir: &Path, backend: SocketAddr) -> Result<Peer> {
+/// HAProxy in TCP mode in front of `backend`, whose greeting starts with `greeting`;
+/// `tag` names its files in `dir`.
+async fn haproxy(dir: &Path, tag: &str, backend: SocketAddr, greeting: &str) -> Result<Peer> {
     let port = free_port()?;
     let conf = format!(
         "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n\
-         frontend imap\n  bind 127.0.0.1:{port}\n  default_backend imap\nbackend imap\n  server s1 {backend}\n"
+         frontend front\n  bind 127.0.0.1:{port}\n  default_backend back\nbackend back\n  server s1 {backend}\n"
     );
-    let path = dir.join("haproxy.cfg");
+    let path = dir.join(format!("haproxy-{tag}.cfg"));
     std::fs::write(&path, conf)?;
     let path = path.to_string_lossy().into_owned();
-    let proc = Proc::spawn("haproxy", Path::new(HAPROXY), &["-f", &path, "-db"], &[], dir, None)?;
+    let name = format!("haproxy-{tag}");
+    let proc = Proc::spawn(&name, Path::new(HAPROXY), &["-f", &path, "-db"], &[], dir, None)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_greeting(addr, "haproxy").await?;
+    wait_greeting(addr, &name, greeting).await?;
     Ok(Peer { name: "HAProxy TCP", proc, addr })
 }
 
-/// Polls until `addr` answers with an IMAP greeting.
-async fn wait_greeting(addr: SocketAddr, name: &str) -> Result<()> {
+/// Polls until `addr` answers with a greeting starting with `greeting`.
+async fn wait_greeting(addr: SocketAddr, name: &str, greeting: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut s) = TcpStream::connect(addr).await {
             let mut buf = [0u8; 64];
-            if matches!(s.read(&mut buf).await, Ok(n) if n > 4 && buf.starts_with(b"* OK")) {
+            if matches!(s.read(&mut buf).await, Ok(n) if n > 4 && buf.starts_with(greeting.as_bytes())) {
                 return Ok(());
             }
         }
