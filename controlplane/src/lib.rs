@@ -6,6 +6,8 @@
 
 pub mod admission;
 pub mod api;
+pub mod bulk;
+pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod config;

@@ -104,8 +104,43 @@ impl SqliteStore {
         Ok(revision as u64)
     }
 
-    pub async fn import(&self, _mappings: &[Mapping], _progress: super::Progress<'_>) -> Result<u64, StoreError> {
-        unimplemented!()
+    /// One transaction: the bulk change row (its revision stamps every row), then the
+    /// rows in multi-row upserts. Nothing of it is visible before the commit, so the
+    /// order inside does not matter to readers; nodes see one change and flush once.
+    /// An empty import writes nothing and returns the current revision.
+    pub async fn import(&self, mappings: &[Mapping], progress: super::Progress<'_>) -> Result<u64, StoreError> {
+        if mappings.is_empty() {
+            return self.revision().await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let revision: i64 =
+            sqlx::query_scalar("INSERT INTO changes (key, destination) VALUES (?, NULL) RETURNING revision")
+                .bind(super::BULK_KEY)
+                .fetch_one(&mut *tx)
+                .await?;
+        // sqlx caches prepared statements by their text: every full batch reuses one,
+        // only a last, shorter batch prepares another.
+        let full_len = IMPORT_BATCH.min(mappings.len());
+        let full = upsert_statement(full_len);
+        let mut written = 0;
+        for batch in mappings.chunks(IMPORT_BATCH) {
+            let last;
+            let sql = if batch.len() == full_len {
+                &full
+            } else {
+                last = upsert_statement(batch.len());
+                &last
+            };
+            let mut query = sqlx::query(sql).bind(revision);
+            for m in batch {
+                query = query.bind(&m.key).bind(&m.destination);
+            }
+            query.execute(&mut *tx).await?;
+            written += batch.len() as u64;
+            progress(written);
+        }
+        tx.commit().await?;
+        Ok(revision as u64)
     }
 
     pub async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
@@ -188,6 +223,25 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Rows per upsert statement of an import. Binding looks every parameter up by position
+/// (`sqlite3_bind_parameter_name` walks the statement's parameter list), so a
+/// statement's bind cost grows with the square of its rows: measured on 1M rows, 50 rows
+/// per statement took ~1.1 s, 1,000 took 5–11 s and 5,000 took 23 s.
+const IMPORT_BATCH: usize = 50;
+
+/// `INSERT … VALUES (?2, ?3, ?1), (?4, ?5, ?1), … ON CONFLICT DO UPDATE` for `rows` rows;
+/// `?1` is the import's revision.
+fn upsert_statement(rows: usize) -> String {
+    let values: Vec<String> = (0..rows).map(|i| format!("(?{}, ?{}, ?1)", 2 * i + 2, 2 * i + 3)).collect();
+    format!(
+        "INSERT INTO mappings (key, destination, updated_revision) VALUES {}
+         ON CONFLICT (key) DO UPDATE SET
+             destination = excluded.destination,
+             updated_revision = excluded.updated_revision",
+        values.join(", ")
+    )
 }
 
 /// The `meta` value for `name`, storing `initial` first if there is none yet.
