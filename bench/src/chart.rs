@@ -122,8 +122,8 @@ fn panels(rows: &[Row]) -> Vec<Panel> {
         bulk.iter().map(ratio).collect()
     };
     let transfer = Panel {
-        title: "Bulk FETCH MB/s, proxy / direct (1 client)",
-        groups: bulk.iter().map(|r| r.scenario.rsplit(" · ").next().unwrap_or_default().to_string()).collect(),
+        title: "Bulk FETCH / LMTP MB/s, proxy / direct (1 client)",
+        groups: bulk.iter().map(|r| bulk_group(&r.scenario)).collect(),
         series: keep_drawn(vec![
             ("Switchyard", BLUE, bulk.iter().map(|r| r.ratio).collect()),
             ("nginx mail", ORANGE, peer_ratio("nginx mail")),
@@ -255,4 +255,11 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, labels: b
 
 fn fmt_bar(v: f64) -> String {
     crate::report::fmt_num(v)
+}
+
+/// "2 bulk LMTP 20 × 5 MB · Dovecot" → "LMTP Dovecot".
+fn bulk_group(scenario: &str) -> String {
+    let kind = scenario.split_whitespace().nth(2).unwrap_or_default();
+    let backend = scenario.rsplit(" · ").next().unwrap_or_default();
+    format!("{kind} {backend}")
 }
