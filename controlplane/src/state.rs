@@ -49,10 +49,7 @@ pub struct Written {
 impl Shared {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
         let settings = fleet_settings(&config);
-        let rule = RouteKeyRule {
-            master_user_separators: config.routing.master_user_separators.clone(),
-            lowercase: config.mapping.normalize == crate::config::Normalize::Lowercase,
-        };
+        let rule = config.route_key_rule();
         let fleet = Fleet::new(config.server.heartbeat_interval);
         let admission = Admission::new(config.grpc.session_rate, config.grpc.session_burst);
         Arc::new(Self {

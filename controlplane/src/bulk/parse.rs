@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use dataplane::routekey::RouteKeyRule;
 
 use super::Format;
-use crate::config::{Config, Normalize};
+use crate::config::Config;
 
 /// The longest route key the management API accepts.
 const MAX_KEY_LEN: usize = 1024;
@@ -31,11 +31,7 @@ pub(super) struct Checker {
 
 impl Checker {
     pub(super) fn new(config: &Config) -> Checker {
-        let rule = RouteKeyRule {
-            master_user_separators: config.routing.master_user_separators.clone(),
-            lowercase: config.mapping.normalize == Normalize::Lowercase,
-        };
-        Checker { rule, destinations: config.destination.keys().cloned().collect() }
+        Checker { rule: config.route_key_rule(), destinations: config.destination.keys().cloned().collect() }
     }
 
     /// The entry for one record, or every problem with it. Problems name destinations

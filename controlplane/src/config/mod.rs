@@ -36,6 +36,14 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Self::from_toml_str(&read_file(path)?)
     }
+
+    /// How identifiers become route keys: the API, the resolver and bulk imports agree.
+    pub fn route_key_rule(&self) -> dataplane::routekey::RouteKeyRule {
+        dataplane::routekey::RouteKeyRule {
+            master_user_separators: self.routing.master_user_separators.clone(),
+            lowercase: self.mapping.normalize == Normalize::Lowercase,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

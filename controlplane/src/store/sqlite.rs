@@ -162,10 +162,11 @@ impl SqliteStore {
 
     pub async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Mapping>, StoreError> {
         let rows = sqlx::query(
-            "SELECT key, destination FROM mappings
-             WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2",
+            // `key > ''` for the first page (no key is empty): a plain range the primary-key
+            // index answers by seeking, where `?1 IS NULL OR key > ?1` scanned every page.
+            "SELECT key, destination FROM mappings WHERE key > ?1 ORDER BY key LIMIT ?2",
         )
-        .bind(after)
+        .bind(after.unwrap_or(""))
         .bind(to_i64(limit))
         .fetch_all(&self.pool)
         .await?;
