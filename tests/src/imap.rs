@@ -160,6 +160,23 @@ impl ImapClient {
 }
 
 /// The status word of a tagged line: `"OK"`, `"NO"`, `"BAD"` (or `""` if there is none).
+/// Logs in at `addr`, reads the subjects in INBOX and logs out: `Ok(subjects)`, or the
+/// tagged answer of a refused login as `Err` (which server a client reached, in one call).
+pub async fn inbox_subjects(
+    addr: impl ToSocketAddrs + Debug + Copy,
+    user: &str,
+    password: &str,
+) -> Result<std::result::Result<Vec<String>, String>> {
+    let mut imap = ImapClient::connect(addr).await?;
+    let tagged = imap.login(user, password).await?;
+    if status(&tagged) != "OK" {
+        return Ok(Err(tagged));
+    }
+    let subjects = imap.subjects_in_inbox().await?;
+    imap.logout().await?;
+    Ok(Ok(subjects))
+}
+
 pub fn status(tagged: &str) -> &str {
     tagged.split(' ').nth(1).unwrap_or("")
 }

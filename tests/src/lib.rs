@@ -35,7 +35,7 @@ mod wire;
 
 pub use certs::{first_certificate_der, leaf_sha256_hex, TestPki};
 pub use dovecot::{Dovecot, DovecotOptions};
-pub use imap::{quote, status, ImapClient};
+pub use imap::{inbox_subjects, quote, status, ImapClient};
 pub use postfix::{Postfix, PostfixOptions, TEST_DOMAIN};
 pub use python::{python_imap, python_imap_login};
 pub use python_mail::{python_lmtp_send, python_pop3, python_smtp_submit};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 use switchyard_tests::fleet::{ControlPlane, Node, NODE_TOKEN};
-use switchyard_tests::{eventually, python_imap_login, require_or_skip, status, Dovecot, ImapClient};
+use switchyard_tests::{eventually, python_imap_login, require_or_skip, Dovecot};
 
 const USERS: &[(&str, &str)] =
     &[("alice@example.test", "alicepw"), ("bob@example.test", "bobpw"), ("carol@example.test", "carolpw")];
@@ -53,14 +53,7 @@ async fn fixture() -> Result<Fixture> {
 
 /// Logs in through `node` and returns the inbox subjects (or the tagged refusal).
 async fn login(node: &Node, user: &str, pass: &str) -> Result<Result<Vec<String>, String>> {
-    let mut imap = ImapClient::connect(node.imap).await?;
-    let tagged = imap.login(user, pass).await?;
-    if status(&tagged) != "OK" {
-        return Ok(Err(tagged));
-    }
-    let subjects = imap.subjects_in_inbox().await?;
-    imap.logout().await?;
-    Ok(Ok(subjects))
+    switchyard_tests::inbox_subjects(node.imap, user, pass).await
 }
 
 fn on(server: &str) -> Result<Vec<String>, String> {

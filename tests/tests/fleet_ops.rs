@@ -25,14 +25,7 @@ async fn two_dovecots() -> Result<(Dovecot, Dovecot)> {
 }
 
 async fn subjects(node: &Node, user: &str) -> Result<Result<Vec<String>, String>> {
-    let mut imap = ImapClient::connect(node.imap).await?;
-    let tagged = imap.login(user, "pw").await?;
-    if status(&tagged) != "OK" {
-        return Ok(Err(tagged));
-    }
-    let subjects = imap.subjects_in_inbox().await?;
-    imap.logout().await?;
-    Ok(Ok(subjects))
+    switchyard_tests::inbox_subjects(node.imap, user, "pw").await
 }
 
 fn on(server: &str) -> Result<Vec<String>, String> {

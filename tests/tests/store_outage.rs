@@ -9,22 +9,15 @@ use anyhow::{ensure, Result};
 use serde_json::json;
 use switchyard_tests::fleet::{controlplane_toml_store, destination_toml, ControlPlane, Node, NODE_TOKEN};
 use switchyard_tests::postgres::Postgres;
-use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient};
+use switchyard_tests::{eventually, require_or_skip, Dovecot};
 
 const USERS: &[(&str, &str)] =
     &[("alice@example.test", "pw"), ("bob@example.test", "pw"), ("carol@example.test", "pw")];
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The tagged answer to a login and, when it succeeded, the subjects in the inbox.
-async fn login(node: &Node, user: &str) -> Result<(String, Vec<String>)> {
-    let mut imap = ImapClient::connect(node.imap).await?;
-    let tagged = imap.login(user, "pw").await?;
-    if status(&tagged) != "OK" {
-        return Ok((tagged, Vec::new()));
-    }
-    let subjects = imap.subjects_in_inbox().await?;
-    imap.logout().await?;
-    Ok((tagged, subjects))
+/// The subjects in the inbox, or the tagged answer of a refused login.
+async fn login(node: &Node, user: &str) -> Result<Result<Vec<String>, String>> {
+    switchyard_tests::inbox_subjects(node.imap, user, "pw").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,8 +50,8 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
 
     let (code, body) = api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
     ensure!(code == 200, "{code} {body}");
-    let (tagged, subjects) = login(&node, "alice@example.test").await?;
-    ensure!(subjects == ["on new"], "alice before the outage: {tagged} {subjects:?}");
+    let alice = login(&node, "alice@example.test").await?;
+    ensure!(alice == Ok(vec!["on new".into()]), "alice before the outage: {alice:?}");
     ensure!(api.get("/readyz").await?.0 == 200);
 
     pg.stop()?;
@@ -72,10 +65,10 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
     let message = body["error"].as_str().unwrap_or_default();
     ensure!(code == 503 && message.contains("mapping store unavailable"), "a write without the store: {code} {body}");
     // Cached: still routed where the store said. Uncached: a temporary failure, not legacy.
-    let (tagged, subjects) = login(&node, "alice@example.test").await?;
-    ensure!(subjects == ["on new"], "alice during the outage: {tagged} {subjects:?}");
-    let (tagged, subjects) = login(&node, "carol@example.test").await?;
-    ensure!(tagged.contains("NO [UNAVAILABLE]") && subjects.is_empty(), "carol during the outage: {tagged}");
+    let alice = login(&node, "alice@example.test").await?;
+    ensure!(alice == Ok(vec!["on new".into()]), "alice during the outage: {alice:?}");
+    let carol = login(&node, "carol@example.test").await?;
+    ensure!(carol.as_ref().is_err_and(|t| t.contains("NO [UNAVAILABLE]")), "carol during the outage: {carol:?}");
 
     pg.restart()?;
     eventually(WAIT, || async {
@@ -86,9 +79,9 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
     .await?;
     let (code, body) = api.put("/mappings/bob@example.test", json!({"destination": "new"})).await?;
     ensure!(code == 200 && body["nodes"][0]["result"] == "applied", "a write after the outage: {code} {body}");
-    let (tagged, subjects) = login(&node, "bob@example.test").await?;
-    ensure!(subjects == ["on new"], "bob after the outage: {tagged} {subjects:?}");
-    let (tagged, subjects) = login(&node, "carol@example.test").await?;
-    ensure!(subjects == ["on legacy"], "carol (unmapped) after the outage: {tagged} {subjects:?}");
+    let bob = login(&node, "bob@example.test").await?;
+    ensure!(bob == Ok(vec!["on new".into()]), "bob after the outage: {bob:?}");
+    let carol = login(&node, "carol@example.test").await?;
+    ensure!(carol == Ok(vec!["on legacy".into()]), "carol (unmapped) after the outage: {carol:?}");
     Ok(())
 }
