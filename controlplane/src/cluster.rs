@@ -218,9 +218,9 @@ impl Cluster {
         if let Some(body) = &call.body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| chain(&e))?;
+        let response = request.send().await.map_err(|e| dataplane::error::chain(&e))?;
         let code = response.status();
-        let text = response.text().await.map_err(|e| chain(&e))?;
+        let text = response.text().await.map_err(|e| dataplane::error::chain(&e))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((code, body))
     }
@@ -241,18 +241,6 @@ fn client(config: &ClusterConfig) -> Result<reqwest::Client> {
             certificates.into_iter().fold(builder.tls_built_in_root_certs(false), |b, c| b.add_root_certificate(c));
     }
     builder.build().map_err(|e| Error::Config(format!("cluster: cannot build the peer client: {e}")))
-}
-
-/// An error with its causes: reqwest's own message is only "error sending request".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// What the merge rules read from one replica's entry for a node.

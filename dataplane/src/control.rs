@@ -173,7 +173,7 @@ impl Link {
         if target.uri().scheme_str() == Some("https") {
             target = target.tls_config(self.tls.client_config()?).map_err(|e| Error::Control(format!("tls: {e}")))?;
         }
-        let channel = target.connect().await.map_err(|e| Error::Control(format!("connect: {}", chain(&e))))?;
+        let channel = target.connect().await.map_err(|e| Error::Control(format!("connect: {}", crate::error::chain(&e))))?;
         let client = ControlClient::with_interceptor(channel, self.auth.clone());
         let (tx, rx) = mpsc::channel(64);
         let (epoch, last_revision) = self.node.revision();
@@ -308,19 +308,6 @@ fn heartbeat() -> pb::node_message::Kind {
 
 async fn send(tx: &mpsc::Sender<pb::NodeMessage>, kind: pb::node_message::Kind) -> Result<()> {
     tx.send(pb::NodeMessage { kind: Some(kind) }).await.map_err(|_| Error::Control("session stream closed".into()))
-}
-
-/// An error with its causes: tonic's own message is only "transport error", the TLS
-/// reason (unknown CA, certificate required) is further down.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 fn status_error(status: tonic::Status) -> Error {
