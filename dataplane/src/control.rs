@@ -173,7 +173,8 @@ impl Link {
         if target.uri().scheme_str() == Some("https") {
             target = target.tls_config(self.tls.client_config()?).map_err(|e| Error::Control(format!("tls: {e}")))?;
         }
-        let channel = target.connect().await.map_err(|e| Error::Control(format!("connect: {}", crate::error::chain(&e))))?;
+        let channel =
+            target.connect().await.map_err(|e| Error::Control(format!("connect: {}", crate::error::chain(&e))))?;
         let client = ControlClient::with_interceptor(channel, self.auth.clone());
         let (tx, rx) = mpsc::channel(64);
         let (epoch, last_revision) = self.node.revision();
