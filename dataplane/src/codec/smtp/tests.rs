@@ -235,39 +235,110 @@ fn data_terminator_across_every_chunk_boundary() {
     }
 }
 
-/// The relay byte by byte, as the state machine is specified: the fast path of
-/// [`DataRelay::feed`] must send exactly this.
+/// The relay as specified, one byte at a time and independent of [`DataRelay`]: a bare
+/// LF gets a CR, and `.` CR LF at a line start ends the message. Returns what is sent on
+/// and how many input bytes the message took.
 fn relay_reference(input: &[u8]) -> (Vec<u8>, Option<usize>) {
-    let mut relay = DataRelay::new();
+    #[derive(Clone, Copy, PartialEq)]
+    enum S {
+        LineStart,
+        Mid,
+        Cr,
+        Dot,
+        DotCr,
+    }
+    let mut state = S::LineStart;
     let mut out = Vec::new();
-    for (i, byte) in input.iter().enumerate() {
-        if relay.feed(std::slice::from_ref(byte), &mut out).is_some() {
-            return (out, Some(i + 1));
+    for (i, &byte) in input.iter().enumerate() {
+        let repaired: &[u8] = if byte == b'\n' && !matches!(state, S::Cr | S::DotCr) { b"\r\n" } else { &[byte][..] };
+        for &b in repaired {
+            out.push(b);
+            state = match (state, b) {
+                (S::DotCr, b'\n') => return (out, Some(i + 1)),
+                (S::Cr, b'\n') => S::LineStart,
+                (S::LineStart, b'.') => S::Dot,
+                (S::Dot, b'\r') => S::DotCr,
+                (_, b'\r') => S::Cr,
+                _ => S::Mid,
+            };
         }
     }
     (out, None)
 }
 
-#[test]
-fn data_long_runs_match_the_byte_by_byte_relay_in_any_chunking() {
-    // Long lines with every special sequence sprinkled in: CR alone, bare LF, dot lines,
-    // dot-stuffing, and the terminator at the very end.
-    let mut input = Vec::new();
+/// Feeds `input` in `chunk`-sized pieces through [`DataRelay::relay`] (the copy-free
+/// path); returns what was sent on and where the message ended.
+fn relay_borrowed(input: &[u8], chunk: usize) -> (Vec<u8>, Option<usize>) {
+    let mut relay = DataRelay::new();
+    let (mut sent, mut scratch) = (Vec::new(), Vec::new());
+    for (i, piece) in input.chunks(chunk).enumerate() {
+        let (send, end) = relay.relay(piece, &mut scratch);
+        sent.extend_from_slice(send);
+        if let Some(used) = end {
+            return (sent, Some(i * chunk + used));
+        }
+    }
+    (sent, None)
+}
+
+/// Long lines with every special sequence sprinkled in (CR alone, bare LF, dot lines,
+/// dot-stuffing), `seed` choosing which, then the terminator and a command.
+fn message_with_specials(seed: u32, clean: bool) -> Vec<u8> {
     let pieces: [&[u8]; 8] =
-        [b"plain text ", b"\r\n", b"..stuffed\r\n", b"cr\ralone ", b"bare\n", b".x", b"\r\r\n", b"\n.\r\n"];
-    let mut seed = 7u32;
-    while input.len() < 200_000 {
+        [b"plain text ", b"\r\n", b"..stuffed\r\n", b"cr\ralone ", b"\r\r\n", b".x", b"bare\n", b"\n.\r\n"];
+    // Without bare LFs (and so without an early terminator) when `clean`.
+    let usable = if clean { 6 } else { pieces.len() - 1 };
+    let mut input = Vec::new();
+    let mut seed = seed;
+    while input.len() < 100_000 {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        let piece = pieces[(seed >> 16) as usize % (pieces.len() - 1)];
-        input.extend_from_slice(piece);
+        input.extend_from_slice(pieces[(seed >> 16) as usize % usable]);
         input.extend(std::iter::repeat_n(b'a', (seed >> 8) as usize % 300));
     }
     input.extend_from_slice(b"\r\n.\r\nQUIT\r\n");
-    let (want, end) = relay_reference(&input);
-    let end = end.expect("the terminator is found");
-    for chunk in [1, 2, 3, 5, 64, 1000, 4096, 65_536, input.len()] {
-        let (out, rest) = relay(&input, chunk);
-        assert_eq!(out, want, "chunks of {chunk}");
-        assert_eq!(rest.as_deref(), Some(&input[end..]), "chunks of {chunk}");
+    input
+}
+
+#[test]
+fn data_fast_paths_match_the_byte_by_byte_relay_in_any_chunking() {
+    for (seed, clean) in [(7, false), (8, false), (9, true), (10, true)] {
+        let input = message_with_specials(seed, clean);
+        let (want, end) = relay_reference(&input);
+        let end = end.expect("the terminator is found");
+        if clean {
+            assert_eq!(want, &input[..end], "nothing to repair");
+        }
+        for chunk in [1, 2, 3, 5, 64, 1000, 4096, 65_536, input.len()] {
+            let (out, rest) = relay(&input, chunk);
+            assert_eq!(out, want, "feed, seed {seed}, chunks of {chunk}");
+            assert_eq!(rest.as_deref(), Some(&input[end..]), "feed, seed {seed}, chunks of {chunk}");
+            assert_eq!(
+                relay_borrowed(&input, chunk),
+                (want.clone(), Some(end)),
+                "relay, seed {seed}, chunks of {chunk}"
+            );
+        }
+    }
+}
+
+#[test]
+fn data_cases_through_the_copy_free_path() {
+    let cases: [(&[u8], &[u8], Option<usize>); 5] = [
+        (b"Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n", b"Subject: x\r\n\r\nbody\r\n.\r\n", Some(23)),
+        (b"a\nb\n.\nMAIL", b"a\r\nb\r\n.\r\n", Some(6)),
+        (b"\n\n.\n", b"\r\n\r\n.\r\n", Some(4)),
+        (b"x.\r\n\r.\r\n", b"x.\r\n\r.\r\n", None),
+        (b"..\r\n.x\r\n.\r\n", b"..\r\n.x\r\n.\r\n", Some(11)),
+    ];
+    for (input, sent, end) in cases {
+        assert_eq!(relay_reference(input), (sent.to_vec(), end), "reference on {:?}", String::from_utf8_lossy(input));
+        for chunk in 1..=input.len() {
+            assert_eq!(
+                relay_borrowed(input, chunk),
+                (sent.to_vec(), end),
+                "{:?} in chunks of {chunk}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 }

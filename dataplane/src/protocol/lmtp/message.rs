@@ -61,17 +61,17 @@ impl Session {
     async fn stream_message(&mut self, delivery: &mut Delivery) -> Result<bool> {
         let mut relay = DataRelay::new();
         // What the parser already holds is the message's start; later reads land in the
-        // same buffer, so a message of any size costs two buffers of MESSAGE_CHUNK.
+        // same buffer, so a message of any size costs one buffer of MESSAGE_CHUNK.
         let mut input = self.parser.take_remaining();
         input.reserve(MESSAGE_CHUNK);
-        let mut out = Vec::with_capacity(MESSAGE_CHUNK * 2);
+        // Only a piece with a bare LF to repair is copied (into `repaired`).
+        let mut repaired = Vec::new();
         let mut backend_ok = true;
         loop {
-            out.clear();
-            let end = relay.feed(&input, &mut out);
+            let (send, end) = relay.relay(&input, &mut repaired);
             self.bytes += end.unwrap_or(input.len()) as u64;
             if backend_ok {
-                if let Err(e) = delivery.send(&out).await {
+                if let Err(e) = delivery.send(send).await {
                     let destination = delivery.destination();
                     tracing::warn!(destination, error = %e, "backend failed during the message");
                     backend_ok = false;
