@@ -3,7 +3,7 @@
 # its mail module, HAProxy) if needed, builds the control plane, the data plane and the
 # harness in release mode, and runs every scenario on loopback. Writes
 # bench/results/latest.md and bench/results/latest.png.
-#   scripts/bench.sh            full run (3 runs per figure, 10 s phases; ~15 min on 2 cores)
+#   scripts/bench.sh            full run (3 runs per figure, 10 s phases; ~25 min on 2 cores)
 #   scripts/bench.sh --quick    smoke run (1 run, 2 s phases; ~1.5 min)
 # Other arguments go to switchyard-bench (e.g. --runs 5, --scenarios 1,5, --no-dovecot).
 set -euo pipefail
