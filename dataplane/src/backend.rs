@@ -90,6 +90,18 @@ pub struct Verdict {
     pub lines: Vec<Vec<u8>>,
 }
 
+impl Verdict {
+    /// The lines as the client gets them, each ended by CRLF.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.len() + 2).sum());
+        for line in &self.lines {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+}
+
 /// A protocol's side of the backend conversation.
 pub trait Dialect: Sync {
     /// Reads the greeting (and does whatever must precede authentication). An error means

@@ -22,6 +22,7 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod pipeline;
+pub mod preauth;
 pub mod protocol;
 pub mod route;
 pub mod routekey;

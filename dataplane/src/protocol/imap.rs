@@ -15,6 +15,7 @@ use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::identity::{Identity, Upstream};
 use crate::pipeline::{Route, SessionCtx};
+use crate::preauth::{self, End, PreAuth};
 use crate::tls::MaybeTls;
 use backend::Imap;
 
@@ -26,32 +27,13 @@ const MAX_BAD_COMMANDS: u32 = 10;
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
     let span = identity.span();
-    converse(ctx, stream, identity).instrument(span).await
+    preauth::converse(start(ctx, stream, identity)).instrument(span).await
 }
 
-async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
+/// The session in its first state, before the greeting.
+fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 };
-    loop {
-        match session.run().await {
-            Ok(End::Authenticated(route, backend)) => {
-                let Session { ctx, client, mut parser, .. } = session;
-                let (stream, pending) = backend.into_parts();
-                ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
-                return;
-            }
-            Ok(End::StartTls) => match session.upgrade().await {
-                Ok(upgraded) => session = upgraded,
-                Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
-            },
-            Ok(End::Closed) => {
-                // An orderly close, so a TLS client gets its close_notify.
-                let _ = session.client.shutdown().await;
-                return;
-            }
-            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
-        }
-    }
+    Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 }
 }
 
 fn parser(ctx: &SessionCtx) -> ImapParser {
@@ -69,14 +51,6 @@ struct Session {
     bad: u32,
 }
 
-/// How the pre-auth conversation ended.
-enum End {
-    Authenticated(Route, BackendConn),
-    /// The client asked for TLS and was told to go ahead.
-    StartTls,
-    Closed,
-}
-
 /// What a login attempt ended in.
 enum Outcome {
     Authenticated(Route, BackendConn),
@@ -85,7 +59,7 @@ enum Outcome {
     Closed,
 }
 
-impl Session {
+impl PreAuth for Session {
     /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
     async fn run(&mut self) -> Result<End> {
         // After STARTTLS the client re-issues CAPABILITY itself; no second greeting.
@@ -152,15 +126,22 @@ impl Session {
         }
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
-    }
-
     /// Completes STARTTLS: the handshake, then a fresh parser, so nothing the client
     /// pipelined in plaintext after the command survives into the encrypted session.
     async fn upgrade(self) -> Result<Session> {
         let client = self.ctx.accept_tls(self.client).await?;
         Ok(Session { client, parser: parser(&self.ctx), ..self })
+    }
+
+    fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
+        let remaining = self.parser.take_remaining();
+        (self.ctx, self.client, remaining)
+    }
+}
+
+impl Session {
+    fn plaintext_allowed(&self) -> bool {
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
     }
 
     fn capabilities(&self) -> String {

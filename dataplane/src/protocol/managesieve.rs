@@ -9,13 +9,14 @@ use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{BackendConn, Login, Verdict};
+use crate::backend::{BackendConn, Login};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::sieve::{self, Arg, Command, SieveParser};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::pipeline::{Route, SessionCtx};
+use crate::preauth::{self, End, PreAuth};
 use crate::tls::MaybeTls;
 use backend::ManageSieve;
 
@@ -30,28 +31,13 @@ const UNAVAILABLE: &[u8] = b"NO (TRYLATER) \"Backend temporarily unavailable, tr
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
     let span = identity.span();
-    converse(ctx, stream, identity).instrument(span).await
+    preauth::converse(start(ctx, stream, identity)).instrument(span).await
 }
 
-async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
+/// The session in its first state, before the greeting.
+fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session = Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 };
-    loop {
-        match session.run().await {
-            Ok(End::Authenticated(route, backend)) => {
-                let Session { ctx, client, mut parser, .. } = session;
-                let (stream, pending) = backend.into_parts();
-                ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
-                return;
-            }
-            Ok(End::StartTls) => match session.upgrade().await {
-                Ok(upgraded) => session = upgraded,
-                Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
-            },
-            Ok(End::Closed) => return session.close().await,
-            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
-        }
-    }
+    Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 }
 }
 
 fn parser(ctx: &SessionCtx) -> SieveParser {
@@ -71,14 +57,6 @@ struct Session {
     bad: u32,
 }
 
-/// How the non-authenticated state ended.
-enum End {
-    Authenticated(Route, BackendConn),
-    /// The client asked for TLS and was told to go ahead.
-    StartTls,
-    Closed,
-}
-
 /// What a command ended in.
 enum Outcome {
     Authenticated(Route, BackendConn),
@@ -88,7 +66,7 @@ enum Outcome {
     Closed,
 }
 
-impl Session {
+impl PreAuth for Session {
     /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
     async fn run(&mut self) -> Result<End> {
         // RFC 5804 §2.2: after STARTTLS the server MUST send its capabilities again (now
@@ -142,10 +120,6 @@ impl Session {
         }
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
-    }
-
     /// Completes STARTTLS: the handshake, then a fresh parser, so nothing the client
     /// pipelined in plaintext after the command survives into the encrypted session.
     async fn upgrade(self) -> Result<Session> {
@@ -153,10 +127,15 @@ impl Session {
         Ok(Session { client, parser: parser(&self.ctx), ..self })
     }
 
-    /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
-    /// §6.1), without which a client cannot tell the end from a truncation.
-    async fn close(mut self) {
-        let _ = self.client.shutdown().await;
+    fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
+        let remaining = self.parser.take_remaining();
+        (self.ctx, self.client, remaining)
+    }
+}
+
+impl Session {
+    fn plaintext_allowed(&self) -> bool {
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
     }
 
     /// RFC 5804 §1.7 capability lines (the status line is the caller's).
@@ -275,11 +254,11 @@ impl Session {
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
         match self.ctx.login(&ManageSieve::default(), &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
-                self.relay(&verdict).await?;
+                self.send(&verdict.to_wire()).await?;
                 Ok(Outcome::Authenticated(route, backend))
             }
             Ok(Login::Rejected(verdict)) => {
-                self.relay(&verdict).await?;
+                self.send(&verdict.to_wire()).await?;
                 Ok(Outcome::Rejected)
             }
             Err(Error::Client(why)) => {
@@ -293,15 +272,6 @@ impl Session {
                 Ok(Outcome::Rejected)
             }
         }
-    }
-
-    async fn relay(&mut self, verdict: &Verdict) -> Result<()> {
-        let mut out = Vec::new();
-        for line in &verdict.lines {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.send(&out).await
     }
 }
 

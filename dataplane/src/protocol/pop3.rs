@@ -9,13 +9,14 @@ use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{BackendConn, Login, Verdict};
+use crate::backend::{BackendConn, Login};
 use crate::codec::line::LineBuffer;
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::identity::{self, Identity, Upstream};
 use crate::pipeline::{Route, SessionCtx};
+use crate::preauth::{self, End, PreAuth};
 use crate::tls::MaybeTls;
 use backend::Pop3;
 
@@ -32,29 +33,14 @@ const CLEARTEXT_REFUSED: &[u8] = b"-ERR Plaintext authentication disallowed on n
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
     let span = identity.span();
-    converse(ctx, stream, identity).instrument(span).await
+    preauth::converse(start(ctx, stream, identity)).instrument(span).await
 }
 
-async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
+/// The session in its first state, before the greeting.
+fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session =
-        Session { lines: lines(&ctx), ctx, client: stream, identity, deadline, user: None, failures: 0, bad: 0 };
-    loop {
-        match session.run().await {
-            Ok(End::Authenticated(route, backend)) => {
-                let Session { ctx, client, mut lines, .. } = session;
-                let (stream, pending) = backend.into_parts();
-                ctx.bridge(&route, client, lines.take_remaining(), stream, pending).await;
-                return;
-            }
-            Ok(End::StartTls) => match session.upgrade().await {
-                Ok(upgraded) => session = upgraded,
-                Err(e) => return tracing::debug!(error = %e, "STLS failed"),
-            },
-            Ok(End::Closed) => return session.close().await,
-            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
-        }
-    }
+
+    Session { lines: lines(&ctx), ctx, client: stream, identity, deadline, user: None, failures: 0, bad: 0 }
 }
 
 fn lines(ctx: &SessionCtx) -> LineBuffer {
@@ -76,14 +62,6 @@ struct Session {
     bad: u32,
 }
 
-/// How the AUTHORIZATION state ended.
-enum End {
-    Authenticated(Route, BackendConn),
-    /// The client asked for TLS and was told to go ahead.
-    StartTls,
-    Closed,
-}
-
 /// What an authentication command ended in.
 enum Outcome {
     Authenticated(Route, BackendConn),
@@ -93,7 +71,7 @@ enum Outcome {
     Closed,
 }
 
-impl Session {
+impl PreAuth for Session {
     /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
     async fn run(&mut self) -> Result<End> {
         // After STLS the client asks CAPA again itself; no second greeting (RFC 2595 §4).
@@ -146,10 +124,6 @@ impl Session {
         }
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
-    }
-
     /// Completes STLS: the handshake, then a fresh line buffer and no pending USER, so
     /// nothing the client sent in plaintext after the command survives into the encrypted
     /// session.
@@ -158,10 +132,15 @@ impl Session {
         Ok(Session { client, lines: lines(&self.ctx), user: None, ..self })
     }
 
-    /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
-    /// §6.1), without which a client cannot tell the end from a truncation.
-    async fn close(mut self) {
-        let _ = self.client.shutdown().await;
+    fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
+        let remaining = self.lines.take_remaining();
+        (self.ctx, self.client, remaining)
+    }
+}
+
+impl Session {
+    fn plaintext_allowed(&self) -> bool {
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
     }
 
     fn capabilities(&self) -> String {
@@ -311,11 +290,11 @@ impl Session {
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
         match self.ctx.login(&Pop3::default(), &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
-                self.relay(&verdict).await?;
+                self.send(&verdict.to_wire()).await?;
                 Ok(Outcome::Authenticated(route, backend))
             }
             Ok(Login::Rejected(verdict)) => {
-                self.relay(&verdict).await?;
+                self.send(&verdict.to_wire()).await?;
                 Ok(Outcome::Rejected)
             }
             Err(Error::Client(why)) => {
@@ -329,15 +308,6 @@ impl Session {
                 Ok(Outcome::Rejected)
             }
         }
-    }
-
-    async fn relay(&mut self, verdict: &Verdict) -> Result<()> {
-        let mut out = Vec::new();
-        for line in &verdict.lines {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.send(&out).await
     }
 }
 

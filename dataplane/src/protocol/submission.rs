@@ -11,13 +11,14 @@ use tokio::time::{timeout_at, Instant};
 use tracing::Instrument;
 
 use crate::auth::{self, SaslChannel, SaslOutcome};
-use crate::backend::{BackendConn, Login, Verdict};
+use crate::backend::{BackendConn, Login};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::smtp::{self, Command, CommandParser, Hello};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::identity::Identity;
 use crate::pipeline::{Route, SessionCtx};
+use crate::preauth::{self, End, PreAuth};
 use crate::tls::MaybeTls;
 use backend::Submission;
 
@@ -33,29 +34,14 @@ const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try agai
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
     let span = identity.span();
-    converse(ctx, stream, identity).instrument(span).await
+    preauth::converse(start(ctx, stream, identity)).instrument(span).await
 }
 
-async fn converse(ctx: SessionCtx, stream: MaybeTls, identity: Identity) {
+/// The session in its first state, before the greeting.
+fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-    let mut session =
-        Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, greeted: false, failures: 0, bad: 0 };
-    loop {
-        match session.run().await {
-            Ok(End::Authenticated(route, backend)) => {
-                let Session { ctx, client, mut parser, .. } = session;
-                let (stream, pending) = backend.into_parts();
-                ctx.bridge(&route, client, parser.take_remaining(), stream, pending).await;
-                return;
-            }
-            Ok(End::StartTls) => match session.upgrade().await {
-                Ok(upgraded) => session = upgraded,
-                Err(e) => return tracing::debug!(error = %e, "STARTTLS failed"),
-            },
-            Ok(End::Closed) => return session.close().await,
-            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
-        }
-    }
+
+    Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, greeted: false, failures: 0, bad: 0 }
 }
 
 fn parser(ctx: &SessionCtx) -> CommandParser {
@@ -77,14 +63,6 @@ struct Session {
     bad: u32,
 }
 
-/// How the conversation before authentication ended.
-enum End {
-    Authenticated(Route, BackendConn),
-    /// The client asked for TLS and was told to go ahead.
-    StartTls,
-    Closed,
-}
-
 /// What an AUTH command ended in.
 enum Outcome {
     Authenticated(Route, BackendConn),
@@ -95,7 +73,7 @@ enum Outcome {
     Closed,
 }
 
-impl Session {
+impl PreAuth for Session {
     /// The pre-auth conversation; ends authenticated, asking for TLS, or closed.
     async fn run(&mut self) -> Result<End> {
         // RFC 3207 §4.2: after STARTTLS the client starts over with EHLO; no new greeting.
@@ -155,10 +133,6 @@ impl Session {
         }
     }
 
-    fn credentials_allowed(&self) -> bool {
-        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
-    }
-
     /// Completes STARTTLS: the handshake, then a fresh parser and no EHLO (RFC 3207 §4.2:
     /// the server forgets what the client said before), so nothing pipelined in plaintext
     /// after the command survives into the encrypted session.
@@ -167,10 +141,15 @@ impl Session {
         Ok(Session { client, parser: parser(&self.ctx), greeted: false, ..self })
     }
 
-    /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
-    /// §6.1), without which a client cannot tell the end from a truncation.
-    async fn close(mut self) {
-        let _ = self.client.shutdown().await;
+    fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
+        let remaining = self.parser.take_remaining();
+        (self.ctx, self.client, remaining)
+    }
+}
+
+impl Session {
+    fn credentials_allowed(&self) -> bool {
+        auth::credentials_allowed(&self.ctx.listener, self.client.is_tls())
     }
 
     /// PIPELINING holds: commands are answered strictly in order from the buffer.
@@ -212,11 +191,11 @@ impl Session {
         let dialect = Submission::new(self.ctx.node.id.clone());
         match self.ctx.login(&dialect, &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
-                self.relay(&verdict).await?;
+                self.send(&verdict.to_wire()).await?;
                 Ok(Outcome::Authenticated(route, backend))
             }
             Ok(Login::Rejected(verdict)) => {
-                self.relay(&verdict).await?;
+                self.send(&verdict.to_wire()).await?;
                 // A backend closing with 421 takes the client session with it.
                 let closing = verdict.lines.first().is_some_and(|l| l.starts_with(b"421"));
                 Ok(if closing { Outcome::Closed } else { Outcome::Rejected })
@@ -232,15 +211,6 @@ impl Session {
                 Ok(Outcome::Closed)
             }
         }
-    }
-
-    async fn relay(&mut self, verdict: &Verdict) -> Result<()> {
-        let mut out = Vec::new();
-        for line in &verdict.lines {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.send(&out).await
     }
 
     async fn answer(&mut self, reply: &[u8]) -> Result<Outcome> {
