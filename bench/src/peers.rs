@@ -67,60 +67,87 @@ pub async fn start_lmtp(dir: &Path, backend: SocketAddr) -> Result<Peers> {
     Ok(peers)
 }
 
-/// A port that was free a moment ago (nginx and HAProxy do not report what they bound).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 async fn nginx(dir: &Path, auth: SocketAddr) -> Result<Peer> {
-    let port = free_port()?;
-    let d = dir.display();
-    // Worker count = cores, as Switchyard's runtime; one auth_http request per login.
-    let conf = format!(
-        "load_module {NGINX_MAIL};\nworker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-         worker_rlimit_nofile 20000;\nevents {{ worker_connections 10000; }}\n\
-         mail {{\n  auth_http {auth}/auth;\n  imap_auth plain login;\n  server {{\n    listen 127.0.0.1:{port};\n    protocol imap;\n  }}\n}}\n"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let path = path.to_string_lossy().into_owned();
+    let d = dir.display().to_string();
     let err = format!("{d}/nginx-error.log");
-    let proc = Proc::spawn("nginx", Path::new(NGINX), &["-c", &path, "-e", &err], &[], dir, None)?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_greeting(addr, "nginx", "* OK").await?;
+    let spawn = |port: u16| {
+        // Worker count = cores, as Switchyard's runtime; one auth_http request per login.
+        let conf = format!(
+            "load_module {NGINX_MAIL};\nworker_processes auto;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {err} warn;\n\
+             worker_rlimit_nofile 20000;\nevents {{ worker_connections 10000; }}\n\
+             mail {{\n  auth_http {auth}/auth;\n  imap_auth plain login;\n  server {{\n    listen 127.0.0.1:{port};\n    protocol imap;\n  }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let path = path.to_string_lossy().into_owned();
+        Proc::spawn("nginx", Path::new(NGINX), &["-c", &path, "-e", &err], &[], dir, None)
+    };
+    let (proc, addr) = serve_on_free_port(spawn, "* OK").await?;
     Ok(Peer { name: "nginx mail", proc, addr })
 }
 
 /// HAProxy in TCP mode in front of `backend`, whose greeting starts with `greeting`;
 /// `tag` names its files in `dir`.
 async fn haproxy(dir: &Path, tag: &str, backend: SocketAddr, greeting: &str) -> Result<Peer> {
-    let port = free_port()?;
-    let conf = format!(
-        "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n\
-         frontend front\n  bind 127.0.0.1:{port}\n  default_backend back\nbackend back\n  server s1 {backend}\n"
-    );
-    let path = dir.join(format!("haproxy-{tag}.cfg"));
-    std::fs::write(&path, conf)?;
-    let path = path.to_string_lossy().into_owned();
-    let name = format!("haproxy-{tag}");
-    let proc = Proc::spawn(&name, Path::new(HAPROXY), &["-f", &path, "-db"], &[], dir, None)?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_greeting(addr, &name, greeting).await?;
+    let spawn = |port: u16| {
+        let conf = format!(
+            "global\n  maxconn 9000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n\
+             frontend front\n  bind 127.0.0.1:{port}\n  default_backend back\nbackend back\n  server s1 {backend}\n"
+        );
+        let path = dir.join(format!("haproxy-{tag}.cfg"));
+        std::fs::write(&path, conf)?;
+        let path = path.to_string_lossy().into_owned();
+        Proc::spawn(&format!("haproxy-{tag}"), Path::new(HAPROXY), &["-f", &path, "-db"], &[], dir, None)
+    };
+    let (proc, addr) = serve_on_free_port(spawn, greeting).await?;
     Ok(Peer { name: "HAProxy TCP", proc, addr })
 }
 
-/// Polls until `addr` answers with a greeting starting with `greeting`.
-async fn wait_greeting(addr: SocketAddr, name: &str, greeting: &str) -> Result<()> {
+/// A port that was free a moment ago.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts a peer on a port that was free a moment ago (nginx and HAProxy do not report
+/// what they bound) and waits for the backend's greeting through it. The load client's
+/// own connections take ports from the same range, so a peer that lost its port to one
+/// is started again on another.
+async fn serve_on_free_port(spawn: impl Fn(u16) -> Result<Proc>, greeting: &str) -> Result<(Proc, SocketAddr)> {
+    const ATTEMPTS: usize = 3;
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut proc = spawn(port)?;
+        match wait_greeting(addr, &mut proc, greeting).await {
+            Ok(()) => return Ok((proc, addr)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    bail!("{last}")
+}
+
+/// Polls until `addr` answers with a greeting starting with `greeting`, while `proc` runs.
+async fn wait_greeting(addr: SocketAddr, proc: &mut Proc, greeting: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(mut s) = TcpStream::connect(addr).await {
-            let mut buf = [0u8; 64];
-            if matches!(s.read(&mut buf).await, Ok(n) if n > 4 && buf.starts_with(greeting.as_bytes())) {
-                return Ok(());
+        // What the last try saw, for the error message.
+        let seen = match TcpStream::connect(addr).await {
+            Ok(mut s) => {
+                let mut buf = [0u8; 64];
+                match s.read(&mut buf).await {
+                    Ok(n) if n > 4 && buf.starts_with(greeting.as_bytes()) => return Ok(()),
+                    Ok(n) => format!("read {:?}", String::from_utf8_lossy(&buf[..n])),
+                    Err(e) => format!("read: {e}"),
+                }
             }
+            Err(e) => format!("connect: {e}"),
+        };
+        if let Some(exit) = proc.exited() {
+            bail!("{exit}");
         }
         if Instant::now() > deadline {
-            bail!("{name} did not greet on {addr} within 10 s");
+            bail!("{} did not greet on {addr} within 10 s (last try: {seen}):\n{}", proc.name, proc.log_tail());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -103,6 +103,17 @@ impl Proc {
         }
     }
 
+    /// Whether the process has exited, with its status and the end of its log.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok()??;
+        Some(format!("{} exited ({status}):\n{}", self.name, tail(&self.log_text())))
+    }
+
+    /// The end of the log, for an error message.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log_text())
+    }
+
     /// The `addr=` field of the first log line containing every one of `needles`.
     pub async fn bound(&mut self, needles: &[&str]) -> Result<SocketAddr> {
         let mut all = needles.to_vec();

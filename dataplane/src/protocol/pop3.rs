@@ -39,7 +39,6 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
 /// The session in its first state, before the greeting.
 fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-
     Session { lines: lines(&ctx), ctx, client: stream, identity, deadline, user: None, failures: 0, bad: 0 }
 }
 

@@ -40,7 +40,6 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
 /// The session in its first state, before the greeting.
 fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
     let deadline = Instant::now() + ctx.listener.preauth_timeout;
-
     Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, greeted: false, failures: 0, bad: 0 }
 }
 
