@@ -18,10 +18,10 @@ const SELECTED: &[u8] = b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft
 /// Longest command line accepted; the load client never sends more than a few hundred bytes.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Serves on `127.0.0.1:0` forever; logs `backend listening addr=…` on stderr for the bench.
+/// Serves on `127.0.0.1:0` forever; logs `imap backend listening addr=…` on stderr for the bench.
 pub async fn serve(fetch_size: usize) -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    eprintln!("backend listening addr={}", listener.local_addr()?);
+    eprintln!("imap backend listening addr={}", listener.local_addr()?);
     let body: Arc<[u8]> = message(fetch_size).into();
     loop {
         let (stream, _) = listener.accept().await?;

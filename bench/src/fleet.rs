@@ -147,7 +147,8 @@ pub async fn start_backend(dir: &Path, fetch_size: usize) -> Result<(Proc, Socke
     let exe = std::path::PathBuf::from(exe.to_string_lossy().trim_end_matches(" (deleted)"));
     let size = fetch_size.to_string();
     let mut proc = Proc::spawn("backend", &exe, &["backend", "--fetch-size", &size], &[], dir, None)?;
-    let addr = proc.bound(&["backend listening"]).await?;
+    // Both servers log "… backend listening" in either order: match the protocol too.
+    let addr = proc.bound(&["imap backend listening"]).await?;
     Ok((proc, addr))
 }
 
