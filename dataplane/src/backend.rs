@@ -93,12 +93,7 @@ pub struct Verdict {
 impl Verdict {
     /// The lines as the client gets them, each ended by CRLF.
     pub fn to_wire(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.len() + 2).sum());
-        for line in &self.lines {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-        out
+        crate::codec::line::join_crlf(&self.lines)
     }
 }
 

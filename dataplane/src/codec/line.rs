@@ -3,6 +3,16 @@
 
 use super::CodecError;
 
+/// `lines` as they go on the wire: each one ended by CRLF.
+pub fn join_crlf(lines: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 2).sum());
+    for line in lines {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// How many leading bytes of an over-long line are kept, enough for an IMAP tag so the
 /// error can still be answered as `TAG BAD`.
 const OVERFLOW_HEAD: usize = 64;

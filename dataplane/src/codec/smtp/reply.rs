@@ -24,12 +24,7 @@ impl Reply {
 
     /// The reply as it goes on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.len() + 2).sum());
-        for line in &self.lines {
-            out.extend_from_slice(line);
-            out.extend_from_slice(b"\r\n");
-        }
-        out
+        crate::codec::line::join_crlf(&self.lines)
     }
 
     /// The first line, shortened and printable, for error messages.
