@@ -109,22 +109,13 @@ fn free_port() -> Result<u16> {
 }
 
 /// Starts a peer on a port that was free a moment ago (nginx and HAProxy do not report
-/// what they bound) and waits for the backend's greeting through it. The load client's
-/// own connections take ports from the same range, so a peer that lost its port to one
-/// is started again on another.
+/// what they bound) and waits for the backend's greeting through it.
 async fn serve_on_free_port(spawn: impl Fn(u16) -> Result<Proc>, greeting: &str) -> Result<(Proc, SocketAddr)> {
-    const ATTEMPTS: usize = 3;
-    let mut last = String::new();
-    for _ in 0..ATTEMPTS {
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut proc = spawn(port)?;
-        match wait_greeting(addr, &mut proc, greeting).await {
-            Ok(()) => return Ok((proc, addr)),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    bail!("{last}")
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut proc = spawn(port)?;
+    wait_greeting(addr, &mut proc, greeting).await?;
+    Ok((proc, addr))
 }
 
 /// Polls until `addr` answers with a greeting starting with `greeting`, while `proc` runs.
