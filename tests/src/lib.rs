@@ -24,6 +24,7 @@ mod dovecot;
 mod dovecot_conf;
 pub mod fleet;
 mod imap;
+pub mod node_proc;
 mod postfix;
 mod postfix_conf;
 mod python;
