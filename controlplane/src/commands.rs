@@ -1,5 +1,9 @@
 //! Commands sent recently, kept until they expire so that a node which was disconnected
 //! (or reconnects before acking) still gets them when it comes back.
+//!
+//! Login delays are state, not events: the latest delay command for an account supersedes
+//! the earlier ones, and a release (`seconds = 0`) is kept as long as a delay it ends could
+//! still hold logins on a node that missed it.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -17,7 +21,10 @@ struct Logged {
     id: String,
     kind: pb::command::Kind,
     only: Option<String>,
+    /// Replayed until then.
     expires: Instant,
+    /// A delay's end (the moment it was given, for a release): a replay carries what is left.
+    ends: Option<Instant>,
     acked: HashSet<String>,
 }
 
@@ -27,15 +34,25 @@ pub struct CommandLog {
 }
 
 impl CommandLog {
-    /// Remembers a command; a delay lives as long as the delay itself.
+    /// Remembers a command. A delay supersedes the account's earlier delays and lives as long
+    /// as the longest of them or itself, so a release reaches every node still held.
     pub fn record(&self, id: &str, kind: &pb::command::Kind, only: Option<&str>) {
-        let ttl = match kind {
-            pb::command::Kind::Delay(d) => Duration::from_secs(d.seconds),
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (expires, ends) = match kind {
             // A probe is a question for now, not an instruction to replay.
             pb::command::Kind::Probe(_) => return,
-            _ => COMMAND_TTL,
+            pb::command::Kind::Delay(d) => {
+                let ends = now + Duration::from_secs(d.seconds);
+                let outlived = supersede_delays(&mut entries, &d.key, only);
+                (outlived.map_or(ends, |o| o.max(ends)), Some(ends))
+            }
+            _ => (now + COMMAND_TTL, None),
         };
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if expires <= now {
+            // A release of a delay no node can still hold: nothing to replay.
+            return;
+        }
         if entries.len() == CAPACITY {
             entries.pop_front();
         }
@@ -43,7 +60,8 @@ impl CommandLog {
             id: id.to_string(),
             kind: kind.clone(),
             only: only.map(str::to_string),
-            expires: Instant::now() + ttl,
+            expires,
+            ends,
             acked: HashSet::new(),
         });
     }
@@ -65,17 +83,40 @@ impl CommandLog {
             .iter()
             .filter(|e| !e.acked.contains(node_id) && e.only.as_deref().is_none_or(|o| o == node_id))
             .map(|e| {
-                let kind = match &e.kind {
-                    pb::command::Kind::Delay(d) => pb::command::Kind::Delay(pb::Delay {
+                let kind = match (&e.kind, e.ends) {
+                    (pb::command::Kind::Delay(d), Some(ends)) => pb::command::Kind::Delay(pb::Delay {
                         key: d.key.clone(),
-                        seconds: e.expires.saturating_duration_since(now).as_secs().max(1),
+                        seconds: whole_seconds(ends.saturating_duration_since(now)),
                     }),
-                    other => other.clone(),
+                    (other, _) => other.clone(),
                 };
                 pb::Command { id: e.id.clone(), kind: Some(kind) }
             })
             .collect()
     }
+}
+
+/// Drops the delays of `key` that a delay aimed at `only` replaces (a fleet-wide one replaces
+/// every target's); returns how long the longest delay of `key` it ends on those nodes was to
+/// be replayed (a release for one node also ends a fleet-wide delay there).
+fn supersede_delays(entries: &mut VecDeque<Logged>, key: &str, only: Option<&str>) -> Option<Instant> {
+    let mut outlived = None;
+    entries.retain(|e| {
+        if !matches!(&e.kind, pb::command::Kind::Delay(d) if d.key == key) {
+            return true;
+        }
+        let same_target = only.is_none() || e.only.as_deref() == only;
+        if same_target || e.only.is_none() {
+            outlived = outlived.max(Some(e.expires));
+        }
+        !same_target
+    });
+    outlived
+}
+
+/// Seconds rounded up, so a delay with 300 ms left is not replayed as a release.
+fn whole_seconds(left: Duration) -> u64 {
+    left.as_secs() + u64::from(left.subsec_nanos() > 0)
 }
 
 #[cfg(test)]
@@ -110,5 +151,59 @@ mod tests {
         assert_eq!(d.seconds, 15);
         tokio::time::advance(Duration::from_secs(16)).await;
         assert!(log.pending_for("dp-1").is_empty());
+    }
+
+    fn delay(key: &str, seconds: u64) -> pb::command::Kind {
+        pb::command::Kind::Delay(pb::Delay { key: key.into(), seconds })
+    }
+
+    /// (id, seconds) of every delay `node` would be replayed.
+    fn delays_for(log: &CommandLog, node: &str) -> Vec<(String, u64)> {
+        let delays = log.pending_for(node).into_iter().filter_map(|c| match c.kind {
+            Some(pb::command::Kind::Delay(d)) => Some((c.id, d.seconds)),
+            _ => None,
+        });
+        delays.collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_replaces_the_delay_and_is_replayed_while_the_delay_could_hold() {
+        let log = CommandLog::default();
+        log.record("d", &delay("alice", 60), None);
+        log.record("b", &delay("bob", 60), None);
+        log.acked("d", "dp-1");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        log.record("r", &delay("alice", 0), None);
+        assert_eq!(delays_for(&log, "dp-1"), [("b".into(), 50), ("r".into(), 0)], "bob's delay is untouched");
+        assert_eq!(delays_for(&log, "dp-2"), [("b".into(), 50), ("r".into(), 0)], "never the superseded delay");
+        tokio::time::advance(Duration::from_secs(49)).await;
+        assert_eq!(delays_for(&log, "dp-1"), [("b".into(), 1), ("r".into(), 0)], "the 60 s are not over yet");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(delays_for(&log, "dp-1").is_empty(), "no node can still hold alice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_with_no_delay_to_end_is_not_kept_and_a_shorter_delay_ends_a_longer_one() {
+        let log = CommandLog::default();
+        log.record("r", &delay("alice", 0), None);
+        assert!(delays_for(&log, "dp-1").is_empty());
+        log.record("long", &delay("alice", 300), None);
+        log.record("short", &delay("alice", 5), None);
+        assert_eq!(delays_for(&log, "dp-1"), [("short".into(), 5)]);
+        tokio::time::advance(Duration::from_millis(5300)).await;
+        // Past its own end the short delay is still replayed, as a release: a node that got
+        // only the long one must not keep it.
+        assert_eq!(delays_for(&log, "dp-1"), [("short".into(), 0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_for_one_node_leaves_the_fleet_wide_delay_for_the_others() {
+        let log = CommandLog::default();
+        log.record("d", &delay("alice", 60), None);
+        log.record("r", &delay("alice", 0), Some("dp-2"));
+        assert_eq!(delays_for(&log, "dp-1"), [("d".into(), 60)]);
+        assert_eq!(delays_for(&log, "dp-2"), [("d".into(), 60), ("r".into(), 0)]);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(delays_for(&log, "dp-1"), [("d".into(), 59)], "rounded up, never a release early");
     }
 }
