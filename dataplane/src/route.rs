@@ -198,3 +198,6 @@ impl RouteCache {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod interleavings;
