@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use base64::Engine;
 use serde_json::json;
 use switchyard_tests::fleet::{
-    controlplane_toml_store, destination_toml, listener_toml, ControlPlane, Node, NODE_TOKEN,
+    controlplane_toml_store, destination_toml, listener_toml, sqlite_mapping, ControlPlane, Node, NODE_TOKEN,
 };
 use switchyard_tests::{
     eventually, python_lmtp_send, require_or_skip, sieve_status, status, Dovecot, DovecotOptions, ImapClient, Postfix,
@@ -40,6 +40,7 @@ struct Fixture {
     new: Server,
     cp: ControlPlane,
     node: Node,
+    _dir: tempfile::TempDir,
 }
 
 /// How a fixture is built.
@@ -47,16 +48,19 @@ struct Fixture {
 struct Setup<'a> {
     master_users: bool,
     postfix: bool,
-    /// The `[mapping]` tables; `None` is the harness's SQLite store with alice → new.
+    /// The `[mapping]` tables; `None` is a SQLite store with alice → new.
     mapping: Option<&'a str>,
+    /// Extra `[routing]` keys, one per line.
+    routing: &'a str,
 }
 
 fn server(setup: Setup<'_>, name: &str) -> Result<Server> {
     let masters = [MASTER];
-    // Dovecot's default auth_username_chars refuses `%`; a%b is a legal local part.
+    // Dovecot's default auth_username_chars refuses `%` (a%b is a legal local part); `-`
+    // as a second delimiter serves the test of a configured routing.recipient_delimiter.
     let options = DovecotOptions {
         master_users: if setup.master_users { &masters } else { &[] },
-        extra_conf: "auth_username_chars =",
+        extra_conf: "auth_username_chars =\nrecipient_delimiter = +-",
         ..Default::default()
     };
     let dovecot = Dovecot::start_with_options(USERS, &options)?;
@@ -83,10 +87,14 @@ async fn fixture(setup: Setup<'_>) -> Result<Fixture> {
         ]
     };
     let tables = destination_toml("legacy", &endpoints(&legacy), "") + &destination_toml("new", &endpoints(&new), "");
-    let cp = match setup.mapping {
-        Some(mapping) => ControlPlane::start_config(controlplane_toml_store(mapping, &tables, "legacy")).await?,
-        None => ControlPlane::start_destinations(&tables, "legacy").await?,
-    };
+    let dir = tempfile::tempdir()?;
+    let mapping = setup.mapping.map_or_else(|| sqlite_mapping(&dir.path().join("mappings.db")), str::to_owned);
+    let config = controlplane_toml_store(&mapping, &tables, "legacy").replacen(
+        "[routing]\n",
+        &format!("[routing]\n{}\n", setup.routing),
+        1,
+    );
+    let cp = ControlPlane::start_config(config).await?;
     let listeners: String = [("imap", "imap"), ("pop3", "pop3"), ("sieve", "managesieve"), ("lmtp", "lmtp")]
         .iter()
         .chain(&[("submission", "submission")])
@@ -103,7 +111,7 @@ async fn fixture(setup: Setup<'_>) -> Result<Fixture> {
         let (code, put) = cp.api().put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
         ensure!(code == 200, "{put}");
     }
-    Ok(Fixture { legacy, new, cp, node })
+    Ok(Fixture { legacy, new, cp, node, _dir: dir })
 }
 
 /// A SASL PLAIN message (RFC 4616), base64: `authzid NUL authcid NUL password`.
@@ -315,11 +323,29 @@ async fn an_lmtp_subaddress_follows_its_accounts_route() -> Result<()> {
     }
     let f = fixture(Setup::default()).await?;
     let port = f.node.addr("lmtp").port();
-    // Dovecot's own recipient_delimiter (default "+") files alice+tag under alice.
+    // Dovecot's own recipient_delimiter files alice+tag under alice.
     let (ok, text) = python_lmtp_send(port, "sender@example.org", &["alice+tag@example.test"], "tagged").await?;
     assert!(ok, "{text}");
     let (on_new, on_legacy) = (inbox(&f.new, ALICE.0).await?, inbox(&f.legacy, ALICE.0).await?);
     assert_eq!((on_new, on_legacy), (strings(&["on new", "tagged"]), strings(&["on legacy"])), "(new, legacy)");
+    Ok(())
+}
+
+/// The control plane's `routing.recipient_delimiter` reaches the node in the fleet
+/// settings: with `"-"`, `alice-list` is alice's while `alice+tag` is an address of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_recipient_delimiter_is_the_one_nodes_cut_at() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    let f = fixture(Setup { routing: "recipient_delimiter = \"-\"", ..Setup::default() }).await?;
+    let port = f.node.addr("lmtp").port();
+    for (rcpt, subject) in [("alice-list@example.test", "dash"), ("alice+tag@example.test", "plus")] {
+        let (ok, text) = python_lmtp_send(port, "sender@example.org", &[rcpt], subject).await?;
+        assert!(ok, "{text}");
+    }
+    let (on_new, on_legacy) = (inbox(&f.new, ALICE.0).await?, inbox(&f.legacy, ALICE.0).await?);
+    assert_eq!((on_new, on_legacy), (strings(&["on new", "dash"]), strings(&["on legacy", "plus"])), "(new, legacy)");
     Ok(())
 }
 
