@@ -97,7 +97,7 @@ pub async fn import(config: &Config, options: &ImportOptions<'_>) -> Result<Impo
     reading.finish_and_clear();
     let entries = parsed.map_err(|problems| refused(file, problems))?;
 
-    let store = Store::open(&config.mapping).await?;
+    let store = Store::open(&config.mapping, &config.route_key_rule()).await?;
     if !options.dry_run && !store.is_writable() {
         return Err(StoreError::ReadOnly.into());
     }
@@ -246,7 +246,7 @@ mod tests {
     async fn dry_run_then_import_writes_only_the_difference_as_one_change() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let store = Store::open(&config.mapping).await.unwrap();
+        let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
         store.put("bob@x", "legacy").await.unwrap();
         store.put("carol@x", "new").await.unwrap();
         let file = dir.path().join("m.tsv");
@@ -289,7 +289,7 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("line 22:") && !err.contains("line 23:") && err.ends_with("… and 5 more"), "{err}");
-        let store = Store::open(&config.mapping).await.unwrap();
+        let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
         assert_eq!(store.revision().await.unwrap(), 0);
         assert!(store.get("alice@x").await.unwrap().is_none());
     }
@@ -298,7 +298,7 @@ mod tests {
     async fn export_then_import_round_trips_in_both_formats() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let store = Store::open(&config.mapping).await.unwrap();
+        let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
         for (key, destination) in [("a,b@x", "new"), ("q\"uote@x", "legacy"), ("#hash@x", "new"), ("plain@x", "legacy")]
         {
             store.put(key, destination).await.unwrap();

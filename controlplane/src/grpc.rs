@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::state::Shared;
 
 /// Route keys are account names; anything longer is not one.
-const MAX_KEY_LEN: usize = 1024;
+const MAX_KEY_LEN: usize = dataplane::routekey::MAX_KEY_LEN;
 
 pub struct ControlService {
     shared: Arc<Shared>,

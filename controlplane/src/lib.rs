@@ -96,7 +96,7 @@ impl Secrets {
 pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: CancellationToken) -> Result<()> {
     // Peers are called with the same admin token; node state is gathered from them.
     let cluster = Arc::new(cluster::Cluster::new(&config.cluster, &secrets.admin_token)?);
-    let store = Store::open(&config.mapping).await?;
+    let store = Store::open(&config.mapping, &config.route_key_rule()).await?;
     let revision = store.revision().await?;
     tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision, "mapping store open");
     let metrics_interval = config.server.metrics_interval;

@@ -232,6 +232,7 @@ fn fleet_settings(config: &Config) -> pb::FleetSettings {
             .collect(),
         default_destination: config.routing.default_destination.clone(),
         master_user_separators: config.routing.master_user_separators.clone(),
+        recipient_delimiter: Some(config.routing.recipient_delimiter.clone()),
         normalize: config.mapping.normalize.as_str().to_string(),
         cache: Some(pb::CacheSettings {
             positive_ttl_ms: ms(config.cache.positive_ttl),

@@ -16,7 +16,7 @@ use crate::config::{Forwarding, ListenerConfig, Protocol, TlsMode};
 use crate::error::{Error, Result};
 use crate::idle::Activity;
 use crate::node::Node;
-use crate::routekey::redact;
+use crate::routekey::{redact, Identifier};
 use crate::settings::{Destination, Endpoint};
 use crate::tls::{Connector, MaybeTls, TlsAcceptor};
 
@@ -55,14 +55,15 @@ impl SessionCtx {
     }
 
     /// Steps 4–5: route key, login delay, cache/control plane, declared destination.
-    pub async fn route(&self, identifier: &str) -> Result<Route> {
+    pub async fn route(&self, identifier: &Identifier) -> Result<Route> {
         self.resolve(identifier, true).await
     }
 
     /// [`Self::route`] for a session that replays no credentials (delivery by recipient):
     /// the destination's `allow_plaintext_auth` guards credentials, so it does not apply.
-    pub async fn route_delivery(&self, identifier: &str) -> Result<Route> {
-        self.resolve(identifier, false).await
+    /// Keyed as a recipient: cut at the recipient delimiter, never at a master-user separator.
+    pub async fn route_delivery(&self, recipient: &str) -> Result<Route> {
+        self.resolve(&Identifier::Recipient(recipient.to_owned()), false).await
     }
 
     /// A route to one named destination without a lookup (a listener's fixed
@@ -80,15 +81,17 @@ impl SessionCtx {
         Ok(Route { key, destination, endpoint })
     }
 
-    async fn resolve(&self, identifier: &str, credentials: bool) -> Result<Route> {
+    async fn resolve(&self, identifier: &Identifier, credentials: bool) -> Result<Route> {
         let settings = self
             .node
             .settings()
             .ok_or_else(|| Error::Routing("no fleet settings from the control plane yet".into()))?;
-        let key = settings.route_key.key(identifier);
-        if key.is_empty() {
-            return Err(Error::Client("empty account identifier".into()));
-        }
+        // The control plane refuses such a key; asking it would only turn the client's
+        // mistake into a temporary failure.
+        let key = settings
+            .route_key
+            .checked_key(identifier)
+            .ok_or_else(|| Error::Client("the account identifier gives an empty or too long route key".into()))?;
         self.node.honour_delay(&key).await;
         let routes = self.node.routes().ok_or_else(|| Error::Routing("no route cache yet".into()))?;
         let resolved = routes.lookup(&key).await.map_err(|e| Error::Routing(e.to_string()))?;

@@ -1,39 +1,100 @@
-//! The route key rule (master-user cut + normalization) and log redaction of identifiers.
+//! The route key rule (what an identifier is, how it is cut, normalization) and log
+//! redaction of identifiers.
 //!
 //! Both sides of the fleet use this module: nodes to key their route cache, the control
-//! plane to key the mapping store. A single implementation keeps the two in agreement.
+//! plane to key the API, bulk imports and every mapping store. A single implementation
+//! keeps them in agreement (SPEC §2.1 step 4).
+
+use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
-/// How a login identifier becomes the key the mapping store and route cache use.
+/// The longest route key a node resolves or a store holds, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// Where an identifier came from, which decides how it is cut. There is no way to key a
+/// bare string: a caller has to say which kind it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identifier {
+    /// A login name (IMAP `LOGIN`, a SASL authcid without authzid, an OAuth user, an
+    /// operator's account name in the API, a bulk import or the file store): cut at the
+    /// first master-user separator, as `alice%admin` opens alice's mailbox.
+    Login(String),
+    /// A SASL PLAIN authorization id: the account the backend opens (the authcid is then
+    /// the master user), taken whole.
+    Authzid(String),
+    /// An SMTP/LMTP recipient address: its local part cut at the first recipient
+    /// delimiter (`alice+tag@x` is alice's mail), never at a master-user separator
+    /// (`a%b@x` is a legal local part).
+    Recipient(String),
+}
+
+/// How an identifier becomes the key the mapping store and route cache use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteKeyRule {
     pub master_user_separators: Vec<String>,
+    /// Each character is a delimiter, as Postfix's `recipient_delimiter`; empty: none.
+    pub recipient_delimiter: String,
     pub lowercase: bool,
 }
 
 impl Default for RouteKeyRule {
     fn default() -> Self {
-        Self { master_user_separators: vec!["%".to_string()], lowercase: true }
+        Self { master_user_separators: vec!["%".to_string()], recipient_delimiter: "+".to_string(), lowercase: true }
     }
 }
 
 impl RouteKeyRule {
-    /// Cuts `identifier` at the first master-user separator, then normalizes it.
-    /// `alice%admin` logs in as alice through the master user admin: alice's route applies.
-    pub fn key(&self, identifier: &str) -> String {
+    /// The account `identifier` names, normalized.
+    pub fn key(&self, identifier: &Identifier) -> String {
+        let account = match identifier {
+            Identifier::Login(login) => Cow::Borrowed(self.cut_master_user(login)),
+            Identifier::Authzid(authzid) => Cow::Borrowed(authzid.as_str()),
+            Identifier::Recipient(address) => self.cut_subaddress(address),
+        };
+        self.normalize(account.trim())
+    }
+
+    /// [`Self::key`], or `None` when that is empty or longer than [`MAX_KEY_LEN`]: a key
+    /// no store holds and no node resolves.
+    pub fn checked_key(&self, identifier: &Identifier) -> Option<String> {
+        Some(self.key(identifier)).filter(|key| !key.is_empty() && key.len() <= MAX_KEY_LEN)
+    }
+
+    /// The user part of `user%master`: up to the earliest of the separators.
+    fn cut_master_user<'a>(&self, login: &'a str) -> &'a str {
         let cut = self
             .master_user_separators
             .iter()
             .filter(|sep| !sep.is_empty())
-            .filter_map(|sep| identifier.find(sep.as_str()))
+            .filter_map(|sep| login.find(sep.as_str()))
             .min()
-            .unwrap_or(identifier.len());
-        let user = identifier[..cut].trim();
+            .unwrap_or(login.len());
+        &login[..cut]
+    }
+
+    /// `user+detail@domain` → `user@domain` (only the local part, before the last `@`).
+    /// Left whole: a local part that starts with a delimiter (`+tag@x` has no user to
+    /// follow) and a quoted one (`"a+b c"@x` cut would not be an address).
+    fn cut_subaddress<'a>(&self, address: &'a str) -> Cow<'a, str> {
+        let (local, domain) = address.rsplit_once('@').map_or((address, None), |(l, d)| (l, Some(d)));
+        if local.starts_with('"') {
+            return Cow::Borrowed(address);
+        }
+        match local.find(|c| self.recipient_delimiter.contains(c)) {
+            Some(cut) if cut > 0 => match domain {
+                Some(domain) => Cow::Owned(format!("{}@{domain}", &local[..cut])),
+                None => Cow::Borrowed(&local[..cut]),
+            },
+            _ => Cow::Borrowed(address),
+        }
+    }
+
+    fn normalize(&self, account: &str) -> String {
         if self.lowercase {
-            user.to_lowercase()
+            account.to_lowercase()
         } else {
-            user.to_string()
+            account.to_string()
         }
     }
 }
@@ -47,53 +108,4 @@ pub fn redact(identifier: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(seps: &[&str], lowercase: bool) -> RouteKeyRule {
-        RouteKeyRule { master_user_separators: seps.iter().map(|s| s.to_string()).collect(), lowercase }
-    }
-
-    #[test]
-    fn cuts_at_the_first_separator_and_lowercases() {
-        let r = RouteKeyRule::default();
-        assert_eq!(r.key("Alice@Example.TEST"), "alice@example.test");
-        assert_eq!(r.key("Alice@example.test%Admin"), "alice@example.test");
-        assert_eq!(r.key("a%b%c"), "a");
-        assert_eq!(r.key("%master"), "");
-    }
-
-    #[test]
-    fn several_separators_use_the_earliest() {
-        let r = rule(&["*", "%"], true);
-        assert_eq!(r.key("bob%x*y"), "bob");
-        assert_eq!(r.key("bob*x%y"), "bob");
-        assert_eq!(r.key("bob"), "bob");
-    }
-
-    #[test]
-    fn normalize_none_keeps_case() {
-        let r = rule(&["%"], false);
-        assert_eq!(r.key("Alice%Admin"), "Alice");
-    }
-
-    #[test]
-    fn multibyte_identifiers_are_cut_on_char_boundaries() {
-        let r = RouteKeyRule::default();
-        assert_eq!(r.key("ÄRGER%x"), "ärger");
-        assert!(redact("ÄRGER").starts_with("ÄR…#"));
-    }
-
-    #[test]
-    fn redaction_is_stable_and_hides_the_rest() {
-        let a = redact("alice@example.test");
-        assert_eq!(a, redact("alice@example.test"));
-        assert!(a.starts_with("al…#"));
-        assert!(!a.contains("example"));
-        assert_eq!(a.len(), "al…#".len() + 8);
-        // SHA-256("alice@example.test") starts with these bytes on every platform and version.
-        let expected = hex::encode(&Sha256::digest(b"alice@example.test")[..4]);
-        assert!(a.ends_with(&expected));
-        assert_ne!(a, redact("alicia@example.test"));
-    }
-}
+mod tests;

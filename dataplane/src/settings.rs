@@ -191,6 +191,9 @@ impl TryFrom<pb::FleetSettings> for FleetSettings {
             default_destination: s.default_destination,
             route_key: RouteKeyRule {
                 master_user_separators: s.master_user_separators,
+                recipient_delimiter: s
+                    .recipient_delimiter
+                    .unwrap_or_else(|| RouteKeyRule::default().recipient_delimiter),
                 lowercase: s.normalize != "none",
             },
             cache: CacheSettings {
@@ -244,6 +247,7 @@ pub(crate) mod tests {
             }),
             report_interval_ms: 10_000,
             heartbeat_interval_ms: 5_000,
+            recipient_delimiter: Some("+".into()),
         }
     }
 
@@ -258,6 +262,22 @@ pub(crate) mod tests {
         );
         assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
         assert!(s.route_key.lowercase);
+        assert_eq!(s.route_key.recipient_delimiter, "+");
+    }
+
+    /// An older control plane does not send the field: the default `+` applies, as it
+    /// does for a current one without the key; an explicit empty string cuts nothing.
+    #[test]
+    fn recipient_delimiter_unset_is_the_default_and_empty_disables() {
+        let mut m = sample();
+        m.recipient_delimiter = None;
+        assert_eq!(FleetSettings::try_from(m).unwrap().route_key.recipient_delimiter, "+");
+        let mut m = sample();
+        m.recipient_delimiter = Some(String::new());
+        assert_eq!(FleetSettings::try_from(m).unwrap().route_key.recipient_delimiter, "");
+        let mut m = sample();
+        m.recipient_delimiter = Some("+-".into());
+        assert_eq!(FleetSettings::try_from(m).unwrap().route_key.recipient_delimiter, "+-");
     }
 
     #[test]

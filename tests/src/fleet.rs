@@ -202,7 +202,7 @@ impl ControlPlane {
     /// The mapping store, opened directly (for changes made while the control plane is down).
     pub async fn open_store(&self) -> Result<controlplane::store::Store> {
         let config = controlplane::config::Config::from_toml_str(&self.config)?;
-        Ok(controlplane::store::Store::open(&config.mapping).await?)
+        Ok(controlplane::store::Store::open(&config.mapping, &config.route_key_rule()).await?)
     }
 }
 

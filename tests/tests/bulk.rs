@@ -73,7 +73,7 @@ impl Cli {
 
     async fn revision(&self) -> Result<u64> {
         let config = controlplane::config::Config::load(&self.config)?;
-        Ok(controlplane::store::Store::open(&config.mapping).await?.revision().await?)
+        Ok(controlplane::store::Store::open(&config.mapping, &config.route_key_rule()).await?.revision().await?)
     }
 }
 

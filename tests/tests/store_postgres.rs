@@ -48,7 +48,7 @@ async fn postgres_keeps_the_store_contract_in_byte_order_whatever_the_collation(
     // en-US sorts "a" before "B": listing must still follow byte order, like the other stores.
     let url = pg.fresh_database_icu("contract", "en-US")?;
     let mapping = MappingConfig { source: MappingSource::Postgres, postgres: Some(config(&url)), ..Default::default() };
-    let store = Store::open(&mapping).await?;
+    let store = Store::open(&mapping, &dataplane::routekey::RouteKeyRule::default()).await?;
     store_contract::check(&store).await?;
 
     for key in ["b", "B", "_x", "Z", "a"] {

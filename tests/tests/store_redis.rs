@@ -46,7 +46,7 @@ fn config(redis: &Redis, prefix: &str) -> RedisConfig {
 
 async fn open_with(redis_config: RedisConfig) -> Result<Store> {
     let mapping = MappingConfig { source: MappingSource::Redis, redis: Some(redis_config), ..MappingConfig::default() };
-    Ok(Store::open(&mapping).await?)
+    Ok(Store::open(&mapping, &dataplane::routekey::RouteKeyRule::default()).await?)
 }
 
 async fn open(redis: &Redis, prefix: &str) -> Result<Store> {

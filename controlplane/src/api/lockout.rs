@@ -232,7 +232,7 @@ mod router_tests {
             dir.path().join("m.db").display().to_string()
         );
         let config = Config::from_toml_str(&toml).unwrap();
-        let store = Store::open(&config.mapping).await.unwrap();
+        let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
         (super::super::router(Shared::new(config, store), TOKEN.into()), dir)
     }
 

@@ -10,7 +10,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dataplane::routekey::redact;
+use dataplane::routekey::{redact, Identifier, MAX_KEY_LEN};
 use serde::{Deserialize, Serialize};
 
 use super::commands::PeerNodes;
@@ -96,12 +96,14 @@ struct Resolution {
     log_tag: String,
 }
 
+/// The route key of an operator's identifier: an account name, keyed by the login rule
+/// (`alice%admin` is alice; `alice+tag` is not cut, as a login name keeps its `+`).
 pub(super) fn key_of(state: &ApiState, identifier: &str) -> Result<String> {
-    let key = state.shared.rule.key(identifier);
-    if key.is_empty() || key.len() > 1024 {
-        return Err(Error::BadRequest("identifier must give a route key of 1..=1024 bytes".into()));
-    }
-    Ok(key)
+    state
+        .shared
+        .rule
+        .checked_key(&Identifier::Login(identifier.to_owned()))
+        .ok_or_else(|| Error::BadRequest(format!("identifier must give a route key of 1..={MAX_KEY_LEN} bytes")))
 }
 
 async fn show(State(state): State<ApiState>, Path(identifier): Path<String>) -> Result<Json<Resolution>> {

@@ -40,7 +40,7 @@ port = 143
         db.display()
     );
     let config = Config::from_toml_str(&toml).unwrap();
-    let store = Store::open(&config.mapping).await.unwrap();
+    let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
     Shared::new(config, store)
 }
 

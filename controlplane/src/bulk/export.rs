@@ -13,7 +13,7 @@ use crate::store::Store;
 /// the end, so a failed export leaves no half file) or to stdout. Returns the count.
 pub async fn export(config: &Config, file: Option<&Path>, format: Option<Format>) -> Result<u64> {
     let format = format.unwrap_or_else(|| Format::for_path(file));
-    let store = Store::open(&config.mapping).await?;
+    let store = Store::open(&config.mapping, &config.route_key_rule()).await?;
     let Some(path) = file else {
         return write_all(&store, format, BufWriter::new(std::io::stdout())).await;
     };

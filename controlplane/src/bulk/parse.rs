@@ -10,13 +10,10 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use dataplane::routekey::RouteKeyRule;
+use dataplane::routekey::{Identifier, RouteKeyRule, MAX_KEY_LEN};
 
 use super::Format;
 use crate::config::Config;
-
-/// The longest route key the management API accepts.
-const MAX_KEY_LEN: usize = 1024;
 
 /// A problem and the line it is on.
 pub(super) type Problem = (usize, String);
@@ -38,12 +35,13 @@ impl Checker {
     /// but never identifiers: the line number is enough to find them.
     fn check(&self, identifier: &str, destination: &str) -> Result<(String, u32), Vec<String>> {
         let mut problems = Vec::new();
-        let key = self.rule.key(identifier);
+        // An operator's account name: the login rule, as the API and the file store.
+        let key = self.rule.checked_key(&Identifier::Login(identifier.to_owned()));
         if identifier.trim().is_empty() {
             problems.push("empty identifier".to_string());
         } else if identifier.chars().any(char::is_control) {
             problems.push("identifier contains a control character".to_string());
-        } else if key.is_empty() || key.len() > MAX_KEY_LEN {
+        } else if key.is_none() {
             problems.push(format!("identifier must give a route key of 1..={MAX_KEY_LEN} bytes"));
         }
         let destination = destination.trim();
@@ -54,8 +52,8 @@ impl Checker {
             let shown: String = destination.chars().take(40).collect();
             problems.push(format!("destination {shown:?} is not declared in the config"));
         }
-        match index {
-            Ok(i) if problems.is_empty() => Ok((key, i as u32)),
+        match (index, key) {
+            (Ok(i), Some(key)) if problems.is_empty() => Ok((key, i as u32)),
             _ => Err(problems),
         }
     }
@@ -232,7 +230,7 @@ mod tests {
     use super::*;
 
     fn checker() -> Checker {
-        let rule = RouteKeyRule { master_user_separators: vec!["%".into()], lowercase: true };
+        let rule = RouteKeyRule::default();
         Checker { rule, destinations: vec!["legacy".into(), "new".into()] }
     }
 

@@ -39,10 +39,12 @@ impl Config {
         Self::from_toml_str(&read_file(path)?)
     }
 
-    /// How identifiers become route keys: the API, the resolver and bulk imports agree.
+    /// How identifiers become route keys: nodes (pushed in the fleet settings), the API,
+    /// bulk imports and every store agree.
     pub fn route_key_rule(&self) -> dataplane::routekey::RouteKeyRule {
         dataplane::routekey::RouteKeyRule {
             master_user_separators: self.routing.master_user_separators.clone(),
+            recipient_delimiter: self.routing.recipient_delimiter.clone(),
             lowercase: self.mapping.normalize == Normalize::Lowercase,
         }
     }
@@ -149,11 +151,18 @@ pub struct RoutingConfig {
     /// value is reported together with everything else).
     pub default_destination: String,
     pub master_user_separators: Vec<String>,
+    /// Characters that start a recipient's subaddress (`alice+tag@x` → `alice@x`), each
+    /// one a delimiter as in Postfix; `""` cuts nothing.
+    pub recipient_delimiter: String,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
-        RoutingConfig { default_destination: String::new(), master_user_separators: vec!["%".into()] }
+        RoutingConfig {
+            default_destination: String::new(),
+            master_user_separators: vec!["%".into()],
+            recipient_delimiter: "+".into(),
+        }
     }
 }
 
@@ -228,7 +237,7 @@ impl Default for ClusterConfig {
     }
 }
 
-/// How an identifier becomes a route key after the master-user cut.
+/// How an identifier becomes a route key after its cut (applied by `RouteKeyRule`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Normalize {
@@ -242,13 +251,6 @@ impl Normalize {
         match self {
             Normalize::Lowercase => "lowercase",
             Normalize::None => "none",
-        }
-    }
-
-    pub fn apply(self, key: &str) -> String {
-        match self {
-            Normalize::Lowercase => key.to_lowercase(),
-            Normalize::None => key.to_owned(),
         }
     }
 }

@@ -102,6 +102,8 @@ fn defaults_are_applied() {
     assert_eq!(c.api.bearer_token_env, "SWITCHYARD_ADMIN_TOKEN");
     assert_eq!(c.api.ack_timeout, Duration::from_secs(5));
     assert_eq!(c.routing.master_user_separators, ["%"]);
+    assert_eq!(c.routing.recipient_delimiter, "+");
+    assert_eq!(c.route_key_rule(), dataplane::routekey::RouteKeyRule::default());
     assert_eq!(c.mapping.source, MappingSource::Sqlite);
     assert_eq!(c.mapping.normalize, Normalize::Lowercase);
     assert_eq!(c.mapping.sqlite.path, Path::new("switchyard-mappings.db"));
@@ -129,11 +131,15 @@ fn durations_and_enums_parse() {
     assert_eq!(c.cache.positive_ttl, Duration::from_secs(7500));
     assert_eq!(c.cache.negative_ttl, Duration::from_millis(1500));
     assert_eq!((c.mapping.source, c.mapping.normalize), (MappingSource::File, Normalize::None));
-    assert_eq!(c.mapping.file.unwrap().path, Path::new("m.tsv"));
+    assert_eq!(c.mapping.file.as_ref().unwrap().path, Path::new("m.tsv"));
     assert_eq!(c.destination["legacy"].forwarding.as_str(), "xclient");
     assert_eq!(c.destination["legacy"].protocol["pop3"].tls, TlsMode::Implicit);
-    assert_eq!(Normalize::Lowercase.apply("Alice@EXAMPLE.test"), "alice@example.test");
-    assert_eq!(Normalize::None.apply("Alice"), "Alice");
+    let rule = c.route_key_rule();
+    assert!(!rule.lowercase);
+    let delimiters = Config::from_toml_str(&with("[routing]\nrecipient_delimiter = \"+-\"\n")).unwrap();
+    assert_eq!(delimiters.route_key_rule().recipient_delimiter, "+-");
+    let none = Config::from_toml_str(&with("[routing]\nrecipient_delimiter = \"\"\n")).unwrap();
+    assert_eq!(none.route_key_rule().recipient_delimiter, "");
 }
 
 #[test]
@@ -183,6 +189,8 @@ fn each_rule_reports_its_own_problem() {
             "[routing]\nmaster_user_separators = [\"%\", \"\"]".into(),
             "routing.master_user_separators[1]: must not be empty",
         ),
+        ("[routing]\nrecipient_delimiter = \"+@\"".into(), "routing.recipient_delimiter: '@' cannot be a recipient"),
+        ("[routing]\nrecipient_delimiter = \"+ \"".into(), "routing.recipient_delimiter: ' ' cannot be a recipient"),
         ("[mapping]\nsource = \"file\"".into(), "mapping.file: [mapping.file] path is required when source = \"file\""),
         ("[mapping]\nsource = \"postgres\"".into(), "mapping.postgres: [mapping.postgres] is required"),
         ("[mapping]\nsource = \"redis\"".into(), "mapping.redis: [mapping.redis] is required"),

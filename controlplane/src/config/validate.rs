@@ -104,6 +104,13 @@ fn check_routing(config: &Config, p: &mut Problems) {
             p.push(format!("routing.master_user_separators[{i}]"), "must not be empty");
         }
     }
+    // `@` ends the local part and `"` quotes it: as delimiters they would cut addresses
+    // apart; whitespace and control characters are never in an address.
+    if let Some(c) =
+        routing.recipient_delimiter.chars().find(|c| matches!(c, '@' | '"') || c.is_whitespace() || c.is_control())
+    {
+        p.push("routing.recipient_delimiter", format!("{c:?} cannot be a recipient delimiter"));
+    }
 }
 
 fn check_mapping(config: &Config, p: &mut Problems) {

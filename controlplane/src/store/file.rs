@@ -1,5 +1,6 @@
 //! The read-only file mapping store: TSV lines `identifier<TAB>destination`, `#` comments
-//! and blank lines ignored, loaded once at start.
+//! and blank lines ignored, loaded once at start. Each identifier is keyed by the same
+//! route key rule as logins and the API (`Alice%admin` is alice's line).
 //!
 //! It has no history: its revision is always 0 and its epoch is a hash of the path and
 //! contents, so a restart with an unchanged file keeps node caches while an edited file
@@ -11,8 +12,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use dataplane::routekey::{Identifier, RouteKeyRule, MAX_KEY_LEN};
+
 use super::{Change, Mapping, StoreError};
-use crate::config::Normalize;
 
 /// Beyond this, listing more malformed lines would only bury the first ones (a file in
 /// the wrong format has a problem on every line).
@@ -25,12 +27,12 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    pub async fn open(path: &Path, normalize: Normalize) -> Result<FileStore, StoreError> {
+    pub async fn open(path: &Path, rule: &RouteKeyRule) -> Result<FileStore, StoreError> {
         let text = tokio::fs::read_to_string(path)
             .await
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let mappings =
-            parse(&text, normalize).map_err(|problems| StoreError::Malformed { path: path.to_owned(), problems })?;
+            parse(&text, rule).map_err(|problems| StoreError::Malformed { path: path.to_owned(), problems })?;
         let mut hash = Sha256::new();
         hash.update(path.as_os_str().as_encoded_bytes());
         hash.update([0]);
@@ -73,7 +75,7 @@ impl FileStore {
 
 /// Parses the whole file, collecting every malformed line. Messages name lines, never
 /// identifiers: account names stay out of logs.
-fn parse(text: &str, normalize: Normalize) -> Result<BTreeMap<String, String>, Vec<String>> {
+fn parse(text: &str, rule: &RouteKeyRule) -> Result<BTreeMap<String, String>, Vec<String>> {
     let mut mappings = BTreeMap::new();
     let mut first_line: BTreeMap<String, usize> = BTreeMap::new();
     let mut problems = Vec::new();
@@ -96,8 +98,7 @@ fn parse(text: &str, normalize: Normalize) -> Result<BTreeMap<String, String>, V
             problems.push(format!("line {n}: empty destination"));
         } else if destination.contains(char::is_whitespace) {
             problems.push(format!("line {n}: destination contains whitespace"));
-        } else {
-            let key = normalize.apply(identifier);
+        } else if let Some(key) = rule.checked_key(&Identifier::Login(identifier.to_owned())) {
             // The same account twice is harmless if both lines agree.
             match mappings.get(&key) {
                 Some(existing) if existing != destination => problems.push(format!(
@@ -110,6 +111,8 @@ fn parse(text: &str, normalize: Normalize) -> Result<BTreeMap<String, String>, V
                     mappings.insert(key, destination.to_owned());
                 }
             }
+        } else {
+            problems.push(format!("line {n}: identifier must give a route key of 1..={MAX_KEY_LEN} bytes"));
         }
     }
     if problems.len() > MAX_REPORTED {
@@ -127,8 +130,12 @@ fn parse(text: &str, normalize: Normalize) -> Result<BTreeMap<String, String>, V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{FileConfig, MappingConfig, MappingSource};
+    use crate::config::{FileConfig, MappingConfig, MappingSource, Normalize};
     use crate::store::Store;
+
+    fn rule(normalize: Normalize) -> RouteKeyRule {
+        RouteKeyRule { lowercase: normalize == Normalize::Lowercase, ..RouteKeyRule::default() }
+    }
 
     async fn store_with(text: &str, normalize: Normalize) -> Result<Store, StoreError> {
         let dir = tempfile::tempdir().unwrap();
@@ -140,7 +147,7 @@ mod tests {
             file: Some(FileConfig { path }),
             ..MappingConfig::default()
         };
-        Store::open(&config).await
+        Store::open(&config, &rule(normalize)).await
     }
 
     const GOOD: &str = "# accounts moved so far\n\nAlice@Example.test\tnew\r\n  bob@example.test \t legacy  \n#carol@example.test\tnew\nalice@example.test\tnew\n";
@@ -160,6 +167,36 @@ mod tests {
         let store = store_with(GOOD, Normalize::None).await.unwrap();
         assert_eq!(store.get("Alice@Example.test").await.unwrap().as_deref(), Some("new"));
         assert_eq!(store.list(None, 10).await.unwrap().len(), 3);
+    }
+
+    /// The file holds what operators write, as the API does: a master-user login is the
+    /// account's line, and the key is the one a login computes.
+    #[tokio::test]
+    async fn keys_follow_the_route_key_rule() {
+        let text = "Alice@Example.TEST%admin\tnew\nbob+list@example.test\tnew\n";
+        let store = store_with(text, Normalize::Lowercase).await.unwrap();
+        let rule = rule(Normalize::Lowercase);
+        let login = |s: &str| rule.key(&Identifier::Login(s.into()));
+        assert_eq!(store.get(&login("alice@example.test%admin")).await.unwrap().as_deref(), Some("new"));
+        assert_eq!(store.get("alice@example.test").await.unwrap().as_deref(), Some("new"));
+        // A login name keeps its `+` (only recipients are cut at the delimiter).
+        assert_eq!(store.get("bob+list@example.test").await.unwrap().as_deref(), Some("new"));
+        assert_eq!(store.list(None, 10).await.unwrap().len(), 2);
+        // Two spellings of one account that disagree are caught like a duplicate.
+        let err = store_with("alice%x\tnew\nALICE\tlegacy\n", Normalize::Lowercase).await.unwrap_err();
+        assert!(err.to_string().contains("line 2: identifier already mapped"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn identifiers_without_a_usable_key_are_malformed_lines() {
+        let long = "a".repeat(MAX_KEY_LEN + 1);
+        let text = format!("%admin\tnew\n{long}\tnew\nok\tnew\n");
+        let err = store_with(&text, Normalize::Lowercase).await.unwrap_err();
+        let StoreError::Malformed { problems, .. } = &err else {
+            panic!("{err}");
+        };
+        let bad = format!("identifier must give a route key of 1..={MAX_KEY_LEN} bytes");
+        assert_eq!(problems, &[format!("line 1: {bad}"), format!("line 2: {bad}")]);
     }
 
     #[tokio::test]
@@ -183,11 +220,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.tsv");
         std::fs::write(&path, GOOD).unwrap();
-        let first = FileStore::open(&path, Normalize::Lowercase).await.unwrap();
-        let again = FileStore::open(&path, Normalize::Lowercase).await.unwrap();
+        let first = FileStore::open(&path, &rule(Normalize::Lowercase)).await.unwrap();
+        let again = FileStore::open(&path, &rule(Normalize::Lowercase)).await.unwrap();
         assert_eq!(first.epoch(), again.epoch());
         std::fs::write(&path, "x\ty\n").unwrap();
-        let edited = FileStore::open(&path, Normalize::Lowercase).await.unwrap();
+        let edited = FileStore::open(&path, &rule(Normalize::Lowercase)).await.unwrap();
         assert_ne!(first.epoch(), edited.epoch());
         assert_eq!(edited.len(), 1);
     }
@@ -215,7 +252,7 @@ mod tests {
     #[test]
     fn caps_the_report_for_a_file_in_the_wrong_format() {
         let text = "a,b\n".repeat(60);
-        let problems = parse(&text, Normalize::None).unwrap_err();
+        let problems = parse(&text, &rule(Normalize::None)).unwrap_err();
         assert_eq!(problems.len(), MAX_REPORTED + 1);
         assert_eq!(problems[MAX_REPORTED], "... and 10 more malformed lines");
     }
@@ -223,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_file_is_unavailable() {
         let dir = tempfile::tempdir().unwrap();
-        let err = FileStore::open(&dir.path().join("absent.tsv"), Normalize::None).await.unwrap_err();
+        let err = FileStore::open(&dir.path().join("absent.tsv"), &rule(Normalize::None)).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     }
 }

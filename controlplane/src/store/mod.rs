@@ -1,8 +1,8 @@
 //! The mapping store (SPEC §3.2): route key → destination id, plus the revision history
 //! that nodes follow (every write bumps the revision; `changes_since` replays it).
 //!
-//! Keys are stored as given: callers normalize them (the file store normalizes what it
-//! reads, since the file holds raw identifiers). Destination ids are not checked here;
+//! Keys are stored as given: callers key them with the route key rule (the file store
+//! keys what it reads with the same rule, since the file holds raw identifiers). Destination ids are not checked here;
 //! the API refuses undeclared ones and resolution treats them as unmapped.
 
 mod file;
@@ -19,6 +19,8 @@ pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use dataplane::routekey::RouteKeyRule;
 
 use crate::config::{MappingConfig, MappingSource};
 
@@ -82,7 +84,9 @@ pub enum Store {
 impl Store {
     /// Opens the source named by the config. SQLite creates its file, parent directory
     /// and schema on first start; the file source reads and checks the whole file.
-    pub async fn open(config: &MappingConfig) -> Result<Store, StoreError> {
+    /// `rule` is [`crate::config::Config::route_key_rule`]: the file store keys its lines
+    /// with it.
+    pub async fn open(config: &MappingConfig, rule: &RouteKeyRule) -> Result<Store, StoreError> {
         match config.source {
             MappingSource::Sqlite => Ok(Store::Sqlite(SqliteStore::open(&config.sqlite.path).await?)),
             MappingSource::File => {
@@ -90,7 +94,7 @@ impl Store {
                     .file
                     .as_ref()
                     .ok_or_else(|| StoreError::Unavailable("mapping.file.path is not set".into()))?;
-                Ok(Store::File(FileStore::open(&file.path, config.normalize).await?))
+                Ok(Store::File(FileStore::open(&file.path, rule).await?))
             }
             MappingSource::Postgres => {
                 let pg = config.postgres.clone().unwrap_or_default();

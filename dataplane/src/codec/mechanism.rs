@@ -11,6 +11,7 @@ use base64::Engine;
 
 use super::sasl::{self, Credentials, OAuthCredentials};
 use super::CodecError;
+use crate::routekey::Identifier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mechanism {
@@ -63,18 +64,22 @@ impl Credential {
         Credential::Password(Credentials { authzid: String::new(), authcid: user.into(), password: password.into() })
     }
 
-    /// The account the login is for: the PLAIN/LOGIN user, the OAuth `a=`/`user=` field,
-    /// else the token's claims (read without checking the signature: the backend still
+    /// The account the login is for: a PLAIN authzid (the authcid is then the master user
+    /// who opens it), else the PLAIN/LOGIN user, the OAuth `a=`/`user=` field, else the
+    /// token's claims (read without checking the signature: the backend still
     /// authenticates the token, the proxy only needs to know where to send it).
     ///
     /// `None` for a password credential with a NUL in it (an IMAP LOGIN literal, a POP3
     /// PASS line): replayed as PLAIN, the NUL would split it into other fields than the
     /// account the proxy routed on.
-    pub fn identifier(&self) -> Option<String> {
+    pub fn identifier(&self) -> Option<Identifier> {
         match self {
             Credential::Password(c) if [&c.authzid, &c.authcid, &c.password].iter().any(|f| f.contains('\0')) => None,
-            Credential::Password(c) => Some(c.authcid.clone()),
-            Credential::Bearer { creds, .. } => creds.user.clone().or_else(|| jwt_subject(&creds.token)),
+            Credential::Password(c) if !c.authzid.is_empty() => Some(Identifier::Authzid(c.authzid.clone())),
+            Credential::Password(c) => Some(Identifier::Login(c.authcid.clone())),
+            Credential::Bearer { creds, .. } => {
+                creds.user.clone().or_else(|| jwt_subject(&creds.token)).map(Identifier::Login)
+            }
         }
     }
 
