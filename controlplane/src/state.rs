@@ -311,4 +311,53 @@ mod tests {
         let keys: Vec<_> = update.changes.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["carol"], "only what came after the last bulk change");
     }
+
+    /// A control plane declaring `legacy` (the default) only, on a SQLite file in `dir`.
+    async fn legacy_only(dir: &std::path::Path) -> Arc<Shared> {
+        let toml = format!(
+            "[routing]\ndefault_destination = \"legacy\"\n[mapping.sqlite]\npath = \"{}\"\n\
+             [destination.legacy]\nhost = \"127.0.0.1\"\n[destination.legacy.protocol.imap]\nport = 143\n",
+            dir.join("m.db").display()
+        );
+        let config = Config::from_toml_str(&toml).unwrap();
+        let store = Store::open(&config.mapping).await.unwrap();
+        Shared::new(config, store)
+    }
+
+    #[tokio::test]
+    async fn a_mapping_to_an_undeclared_destination_resolves_to_unavailable_never_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = legacy_only(dir.path()).await;
+        shared.store.put("alice", "ghost").await.unwrap();
+        shared.store.put("bob", "legacy").await.unwrap();
+
+        let status = tonic::Status::from(shared.resolve("alice").await.unwrap_err());
+        assert_eq!(status.code(), tonic::Code::Unavailable, "the node answers a temporary failure: {status:?}");
+        assert!(status.message().contains("\"ghost\""), "{status:?}");
+        let shown = shared.lookup("alice").await.unwrap();
+        assert_eq!((shown.destination.as_str(), shown.mapped, shown.declared), ("ghost", true, false));
+
+        let bob = shared.resolve("bob").await.unwrap();
+        assert_eq!((bob.destination.as_str(), bob.mapped, bob.declared), ("legacy", true, true));
+        let carol = shared.resolve("carol").await.unwrap();
+        assert_eq!(
+            (carol.destination.as_str(), carol.mapped),
+            ("legacy", false),
+            "only the unmapped go to the default"
+        );
+        let counted = shared.undeclared.summary();
+        assert_eq!(counted, [crate::undeclared::UndeclaredCount { destination: "ghost".into(), accounts: 1 }]);
+    }
+
+    #[tokio::test]
+    async fn a_pushed_change_to_an_undeclared_destination_is_counted_until_remapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = legacy_only(dir.path()).await;
+        shared.store.put("alice", "ghost").await.unwrap();
+        shared.catch_up().await.unwrap();
+        assert_eq!(shared.undeclared.summary().len(), 1);
+        shared.commit("alice", Some("legacy")).await.unwrap();
+        assert_eq!(shared.undeclared.summary(), []);
+        assert!(matches!(shared.commit("alice", Some("ghost")).await, Err(Error::BadRequest(_))));
+    }
 }

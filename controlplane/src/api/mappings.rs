@@ -91,11 +91,12 @@ struct WaitQuery {
 #[derive(Serialize, Deserialize)]
 struct Acks {
     nodes: Vec<NodeResult>,
-    #[serde(default = "yes")]
+    #[serde(default = "declared_unless_said")]
     declared: bool,
 }
 
-fn yes() -> bool {
+/// An older replica does not say: it is not known to lack the destination.
+fn declared_unless_said() -> bool {
     true
 }
 

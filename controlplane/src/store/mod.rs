@@ -3,7 +3,8 @@
 //!
 //! Keys are stored as given: callers normalize them (the file store normalizes what it
 //! reads, since the file holds raw identifiers). Destination ids are not checked here;
-//! the API refuses undeclared ones and resolution treats them as unmapped.
+//! the API refuses undeclared ones, and resolution answers a temporary failure for one
+//! (never the default destination: see `Shared::resolve`).
 
 mod file;
 mod postgres;
