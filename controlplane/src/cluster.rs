@@ -277,9 +277,12 @@ fn prefer(candidate: &impl NodeEntry, kept: &impl NodeEntry) -> bool {
 }
 
 /// Per-node results of a command or write run by several replicas: one per node, the
-/// best outcome (`applied`, then `rejected`, `timeout`, `not_connected`) first come.
+/// best outcome (`undeclared` — a replica holding its stream says it cannot route the
+/// write, which no other answer hides — then `applied`, `rejected`, `timeout`,
+/// `not_connected`) first come.
 pub fn merge_results(results: impl IntoIterator<Item = NodeResult>) -> Vec<NodeResult> {
     let rank = |o: NodeOutcome| match o {
+        NodeOutcome::Undeclared => 4,
         NodeOutcome::Applied => 3,
         NodeOutcome::Rejected => 2,
         NodeOutcome::Timeout => 1,

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::store::StoreError;
+use crate::undeclared::Conflict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,6 +15,10 @@ pub enum Error {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// A mapping names a destination a control plane does not declare: a node's `Resolve`
+    /// gets a temporary failure; a write naming it is refused, with the replicas that lack it.
+    #[error("{message}")]
+    Undeclared { message: String, conflicts: Vec<Conflict> },
     #[error("{0}")]
     Config(String),
     #[error(transparent)]
@@ -27,6 +32,8 @@ impl From<Error> for tonic::Status {
         match e {
             Error::BadRequest(m) => tonic::Status::invalid_argument(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
+            // Not the default destination: the node answers its client with a temporary failure.
+            Error::Undeclared { message, .. } => tonic::Status::unavailable(message),
             // A node that gets `unavailable` answers its client with a temporary failure.
             other => tonic::Status::unavailable(other.to_string()),
         }
@@ -36,12 +43,17 @@ impl From<Error> for tonic::Status {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = match &self {
+            Error::Undeclared { .. } => StatusCode::CONFLICT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Store(StoreError::ReadOnly) => StatusCode::CONFLICT,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
+        let mut body = serde_json::json!({ "error": self.to_string() });
+        if let Error::Undeclared { conflicts, .. } = &self {
+            body["conflicts"] = serde_json::json!(conflicts);
+        }
+        (status, Json(body)).into_response()
     }
 }

@@ -50,6 +50,9 @@ pub enum NodeOutcome {
     NotConnected,
     Timeout,
     Rejected,
+    /// Applied a route to a destination its fleet settings do not declare: the node answers
+    /// the account with a temporary failure (only in a write's answer).
+    Undeclared,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod undeclared;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, NodeResult};
 use crate::store::{Change, Store};
+use crate::undeclared::Undeclared;
 
 pub struct Shared {
     pub config: Config,
@@ -29,6 +30,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Bounds how fast node Sessions are admitted.
     pub admission: Admission,
+    /// The accounts this replica's nodes cannot route: their mapping names a destination
+    /// this config does not declare.
+    pub undeclared: Undeclared,
 }
 
 /// How one identifier resolves.
@@ -37,6 +41,8 @@ pub struct Resolution {
     pub key: String,
     pub destination: String,
     pub mapped: bool,
+    /// Whether this control plane's config declares `destination` (the default always is).
+    pub declared: bool,
 }
 
 /// A mapping change and how far it reached.
@@ -52,7 +58,9 @@ impl Shared {
         let rule = config.route_key_rule();
         let fleet = Fleet::new(config.server.heartbeat_interval);
         let admission = Admission::new(config.grpc.session_rate, config.grpc.session_burst);
+        let undeclared = Undeclared::new(config.destination.keys().cloned());
         Arc::new(Self {
+            undeclared,
             config,
             store,
             fleet,
@@ -72,18 +80,33 @@ impl Shared {
         self.config.destination.contains_key(destination)
     }
 
-    /// Answers for a route key. A store error is an error, never the default destination.
-    pub async fn resolve(&self, key: &str) -> Result<Resolution> {
-        let default = &self.config.routing.default_destination;
-        let (destination, mapped) = match self.store.get(key).await? {
-            Some(d) if self.is_declared(&d) => (d, true),
-            Some(d) => {
-                tracing::warn!(account = %redact(key), destination = %d, "mapping store names an undeclared destination; using the default");
-                (default.clone(), false)
+    /// What the store says for a route key, and whether this config declares it (the API's
+    /// view). A store error is an error, never the default destination.
+    pub async fn lookup(&self, key: &str) -> Result<Resolution> {
+        let key = key.to_string();
+        Ok(match self.store.get(&key).await? {
+            Some(destination) => {
+                Resolution { declared: self.is_declared(&destination), key, destination, mapped: true }
             }
-            None => (default.clone(), false),
-        };
-        Ok(Resolution { key: key.to_string(), destination, mapped })
+            None => {
+                let destination = self.config.routing.default_destination.clone();
+                Resolution { key, destination, mapped: false, declared: true }
+            }
+        })
+    }
+
+    /// Answers a node's `Resolve`. A mapping naming a destination this config does not
+    /// declare is an error (the node answers its client with a temporary failure), never the
+    /// default destination: that would misroute an account in the middle of a migration.
+    pub async fn resolve(&self, key: &str) -> Result<Resolution> {
+        let answer = self.lookup(key).await?;
+        self.undeclared.resolved(key, answer.mapped.then_some(answer.destination.as_str()));
+        if !answer.declared {
+            tracing::warn!(account = %redact(key), destination = %answer.destination, "mapping names a destination this control plane does not declare; answering a temporary failure");
+            let message = format!("destination {:?} is not declared by this control plane", answer.destination);
+            return Err(Error::Undeclared { message, conflicts: Vec::new() });
+        }
+        Ok(answer)
     }
 
     /// Writes (or with `None` removes) one mapping, pushes it to every node and waits for
@@ -131,9 +154,13 @@ impl Shared {
             }
             let changes = self.store.changes_since(*pushed, BATCH).await?.filter(|c| !c.is_empty());
             let update = match changes {
-                Some(changes) => route_update(self.epoch(), changes),
+                Some(changes) => {
+                    self.undeclared.pushed(&changes);
+                    route_update(self.epoch(), changes)
+                }
                 // The history no longer reaches back that far: every node starts afresh.
                 None => {
+                    self.undeclared.flushed();
                     pb::RouteUpdate { epoch: self.epoch().to_string(), revision: current, changes: vec![], flush: true }
                 }
             };
@@ -284,5 +311,54 @@ mod tests {
         assert_eq!(update.revision, 8);
         let keys: Vec<_> = update.changes.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["carol"], "only what came after the last bulk change");
+    }
+
+    /// A control plane declaring `legacy` (the default) only, on a SQLite file in `dir`.
+    async fn legacy_only(dir: &std::path::Path) -> Arc<Shared> {
+        let toml = format!(
+            "[routing]\ndefault_destination = \"legacy\"\n[mapping.sqlite]\npath = \"{}\"\n\
+             [destination.legacy]\nhost = \"127.0.0.1\"\n[destination.legacy.protocol.imap]\nport = 143\n",
+            dir.join("m.db").display()
+        );
+        let config = Config::from_toml_str(&toml).unwrap();
+        let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
+        Shared::new(config, store)
+    }
+
+    #[tokio::test]
+    async fn a_mapping_to_an_undeclared_destination_resolves_to_unavailable_never_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = legacy_only(dir.path()).await;
+        shared.store.put("alice", "ghost").await.unwrap();
+        shared.store.put("bob", "legacy").await.unwrap();
+
+        let status = tonic::Status::from(shared.resolve("alice").await.unwrap_err());
+        assert_eq!(status.code(), tonic::Code::Unavailable, "the node answers a temporary failure: {status:?}");
+        assert!(status.message().contains("\"ghost\""), "{status:?}");
+        let shown = shared.lookup("alice").await.unwrap();
+        assert_eq!((shown.destination.as_str(), shown.mapped, shown.declared), ("ghost", true, false));
+
+        let bob = shared.resolve("bob").await.unwrap();
+        assert_eq!((bob.destination.as_str(), bob.mapped, bob.declared), ("legacy", true, true));
+        let carol = shared.resolve("carol").await.unwrap();
+        assert_eq!(
+            (carol.destination.as_str(), carol.mapped),
+            ("legacy", false),
+            "only the unmapped go to the default"
+        );
+        let counted = shared.undeclared.summary();
+        assert_eq!(counted, [crate::undeclared::UndeclaredCount { destination: "ghost".into(), accounts: 1 }]);
+    }
+
+    #[tokio::test]
+    async fn a_pushed_change_to_an_undeclared_destination_is_counted_until_remapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = legacy_only(dir.path()).await;
+        shared.store.put("alice", "ghost").await.unwrap();
+        shared.catch_up().await.unwrap();
+        assert_eq!(shared.undeclared.summary().len(), 1);
+        shared.commit("alice", Some("legacy")).await.unwrap();
+        assert_eq!(shared.undeclared.summary(), []);
+        assert!(matches!(shared.commit("alice", Some("ghost")).await, Err(Error::BadRequest(_))));
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::idle::Activity;
 use crate::node::Node;
 use crate::routekey::{redact, Identifier};
-use crate::settings::{Destination, Endpoint};
+use crate::settings::{Destination, Endpoint, FleetSettings};
 use crate::tls::{Connector, MaybeTls, TlsAcceptor};
 
 /// Everything a protocol session needs to know about where it runs.
@@ -95,18 +95,7 @@ impl SessionCtx {
         self.node.honour_delay(&key).await;
         let routes = self.node.routes().ok_or_else(|| Error::Routing("no route cache yet".into()))?;
         let resolved = routes.lookup(&key).await.map_err(|e| Error::Routing(e.to_string()))?;
-        let destination = match settings.destination(&resolved.destination) {
-            Some(d) => Arc::clone(d),
-            None => {
-                // The control plane already maps undeclared names to the default; a node
-                // with older settings may still see one.
-                tracing::warn!(destination = %resolved.destination, "route names an undeclared destination; using the default");
-                settings
-                    .destination(&settings.default_destination)
-                    .cloned()
-                    .ok_or_else(|| Error::Routing("default destination is not declared".into()))?
-            }
-        };
+        let destination = declared(&settings, &key, &resolved.destination)?;
         tracing::debug!(
             account = %redact(&key),
             destination = %destination.id,
@@ -250,5 +239,23 @@ impl SessionCtx {
             end = %how,
             "session closed"
         );
+    }
+}
+
+/// The destination a route names, if the fleet settings this node holds declare it. A
+/// mapping to one they do not declare (settings lagging the control plane, or a replica
+/// whose config lacks it) is a temporary failure, never the default destination: sending an
+/// explicitly mapped account to the default is the misroute of a migration (SPEC §2.2).
+fn declared(settings: &FleetSettings, key: &str, destination: &str) -> Result<Arc<Destination>> {
+    match settings.destination(destination) {
+        Some(d) => Ok(Arc::clone(d)),
+        None => {
+            tracing::warn!(
+                account = %redact(key),
+                destination = %destination,
+                "route names a destination this node's fleet settings do not declare; answering a temporary failure"
+            );
+            Err(Error::unavailable(destination, "not declared in this node's fleet settings"))
+        }
     }
 }

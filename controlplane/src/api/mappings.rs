@@ -3,7 +3,9 @@
 //!
 //! A write happens once, in the store, through the replica asked. Every replica's feed
 //! pushes it to that replica's nodes; the replica asked waits for its own nodes' acks and,
-//! through `/fleet/wait`, for every peer's.
+//! through `/fleet/wait`, for every peer's. A write naming a destination some replica does
+//! not declare is refused first ([`super::declared`]); should one slip through anyway (a
+//! peer silent at the check), that peer's nodes are reported `undeclared`, not `applied`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
@@ -13,11 +15,11 @@ use axum::{Json, Router};
 use dataplane::routekey::{redact, Identifier, MAX_KEY_LEN};
 use serde::{Deserialize, Serialize};
 
-use super::commands::PeerNodes;
 use super::ApiState;
 use crate::cluster::{gather, merge_results, PeerCall, PeerStatus, Scope, ScopeQuery};
 use crate::error::{Error, Result};
-use crate::fleet::NodeResult;
+use crate::fleet::{NodeOutcome, NodeResult};
+use crate::undeclared::Conflict;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -31,6 +33,8 @@ pub struct FleetWritten {
     pub revision: u64,
     pub nodes: Vec<NodeResult>,
     pub peers: Vec<PeerStatus>,
+    /// Peers that acked a destination they do not declare: their nodes cannot route it.
+    pub conflicts: Vec<Conflict>,
 }
 
 impl ApiState {
@@ -49,24 +53,51 @@ impl ApiState {
         let call = PeerCall::new(Method::POST, &["fleet", "wait"])
             .query("epoch", epoch)
             .query("revision", revision)
+            .query_opt("destination", destination)
             .waits(timeout);
         let here = self.shared.fleet.wait_applied(epoch, revision, timeout);
         let (here, replies) = tokio::join!(here, self.cluster.call(scope, &call));
-        let (answers, peers) = gather::<PeerNodes>(replies);
+        let (answers, peers) = gather::<Acks>(replies);
+        let conflicts = conflicts(destination, &answers);
         let nodes = merge_results(here.into_iter().chain(answers.into_iter().flat_map(|(_, a)| a.nodes)));
-        Ok(Some(FleetWritten { revision, nodes, peers }))
+        Ok(Some(FleetWritten { revision, nodes, peers, conflicts }))
     }
+}
+
+/// The peers whose wait answer says they do not declare `destination`, with their nodes.
+fn conflicts(destination: Option<&str>, answers: &[(String, Acks)]) -> Vec<Conflict> {
+    let Some(destination) = destination else { return Vec::new() };
+    answers
+        .iter()
+        .filter(|(_, acks)| !acks.declared)
+        .map(|(peer, acks)| Conflict {
+            peer: peer.clone(),
+            destination: destination.to_string(),
+            nodes: acks.nodes.iter().map(|n| n.node_id.clone()).collect(),
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
 struct WaitQuery {
     epoch: String,
     revision: u64,
+    /// The destination the write names, when it names one.
+    destination: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A replica's acks for a peer's write (`declared`: whether its config declares the
+/// destination written; absent from an older replica's answer).
+#[derive(Serialize, Deserialize)]
 struct Acks {
     nodes: Vec<NodeResult>,
+    #[serde(default = "declared_unless_said")]
+    declared: bool,
+}
+
+/// An older replica does not say: it is not known to lack the destination.
+fn declared_unless_said() -> bool {
+    true
 }
 
 /// Waits until this replica's nodes acked `revision` (a peer's write): pushes what the
@@ -82,16 +113,29 @@ async fn wait(State(state): State<ApiState>, Query(q): Query<WaitQuery>) -> Resu
         return Ok((StatusCode::CONFLICT, Json(serde_json::json!({ "error": error }))).into_response());
     }
     shared.catch_up().await?;
-    let nodes = shared.fleet.wait_applied(&q.epoch, q.revision, shared.config.api.ack_timeout).await;
-    Ok(Json(Acks { nodes }).into_response())
+    let mut nodes = shared.fleet.wait_applied(&q.epoch, q.revision, shared.config.api.ack_timeout).await;
+    let declared = q.destination.as_deref().is_none_or(|d| shared.is_declared(d));
+    if !declared {
+        // They hold this replica's settings: the new route is applied but not routable.
+        for node in nodes.iter_mut().filter(|n| n.result == NodeOutcome::Applied) {
+            node.result = NodeOutcome::Undeclared;
+        }
+    }
+    Ok(Json(Acks { nodes, declared }).into_response())
 }
 
 #[derive(Serialize)]
 struct Resolution {
     identifier: String,
     normalized: String,
+    /// What the store says (the default for an unmapped account).
     destination: String,
     routed_to_default: bool,
+    /// Whether this control plane's config declares `destination`; when it does not, its
+    /// nodes answer the account with a temporary failure (`warning` says so).
+    declared: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
     /// How this account appears in logs.
     log_tag: String,
 }
@@ -108,13 +152,21 @@ pub(super) fn key_of(state: &ApiState, identifier: &str) -> Result<String> {
 
 async fn show(State(state): State<ApiState>, Path(identifier): Path<String>) -> Result<Json<Resolution>> {
     let key = key_of(&state, &identifier)?;
-    let r = state.shared.resolve(&key).await?;
+    let r = state.shared.lookup(&key).await?;
+    let warning = (!r.declared).then(|| {
+        format!(
+            "destination {:?} is not declared in this control plane's config: its nodes answer this account with a temporary failure",
+            r.destination
+        )
+    });
     Ok(Json(Resolution {
         identifier,
         log_tag: redact(&key),
         normalized: key,
         destination: r.destination,
         routed_to_default: !r.mapped,
+        declared: r.declared,
+        warning,
     }))
 }
 
@@ -132,6 +184,8 @@ struct WriteResult {
     nodes: Vec<NodeResult>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     peers: Vec<PeerStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    conflicts: Vec<Conflict>,
 }
 
 async fn put(
@@ -141,16 +195,12 @@ async fn put(
     Json(body): Json<PutBody>,
 ) -> Result<Json<WriteResult>> {
     let key = key_of(&state, &identifier)?;
+    state.check_declared(&body.destination).await?;
     let written = state.fleet_write(scope.scope, &key, Some(&body.destination)).await?;
     let written = written.ok_or_else(|| Error::Config("store did not return a revision".into()))?;
     tracing::info!(account = %redact(&key), destination = %body.destination, revision = written.revision, "admin: mapping set");
-    Ok(Json(WriteResult {
-        normalized: key,
-        destination: Some(body.destination),
-        revision: written.revision,
-        nodes: written.nodes,
-        peers: written.peers,
-    }))
+    let FleetWritten { revision, nodes, peers, conflicts } = written;
+    Ok(Json(WriteResult { normalized: key, destination: Some(body.destination), revision, nodes, peers, conflicts }))
 }
 
 async fn remove(
@@ -163,8 +213,8 @@ async fn remove(
         return Err(Error::NotFound(format!("no mapping for {identifier:?}")));
     };
     tracing::info!(account = %redact(&key), revision = written.revision, "admin: mapping removed");
-    let FleetWritten { revision, nodes, peers } = written;
-    Ok(Json(WriteResult { normalized: key, destination: None, revision, nodes, peers }))
+    let FleetWritten { revision, nodes, peers, conflicts } = written;
+    Ok(Json(WriteResult { normalized: key, destination: None, revision, nodes, peers, conflicts }))
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@
 //! `?scope=local` limits a request to this replica's nodes.
 
 mod commands;
+mod declared;
 mod destinations;
 mod health;
 mod lockout;
@@ -55,6 +56,7 @@ pub fn router_in_cluster(shared: Arc<Shared>, cluster: Arc<Cluster>, token: Stri
     let protected = Router::new()
         .merge(stats::routes())
         .merge(commands::routes())
+        .merge(declared::routes())
         .merge(destinations::routes())
         .merge(nodes::routes())
         .merge(mappings::routes())

@@ -66,9 +66,8 @@ async fn move_account(
 ) -> Result<Json<MoveReport>> {
     let scope = scope.scope;
     let key = super::mappings::key_of(&state, &identifier)?;
-    if !state.shared.is_declared(&body.destination) {
-        return Err(Error::BadRequest(format!("destination {:?} is not declared", body.destination)));
-    }
+    // Before anything is delayed: a destination some replica lacks is refused outright.
+    state.check_declared(&body.destination).await?;
     let account = redact(&key);
     tracing::info!(account = %account, destination = %body.destination, "admin: move started");
     let delay = |seconds| {
@@ -86,6 +85,9 @@ async fn move_account(
         }
     };
     let write = step("write", Some(written.revision), Fleetwide { nodes: written.nodes, peers: written.peers });
+    if !written.conflicts.is_empty() {
+        tracing::warn!(account = %account, destination = %body.destination, "move written but a replica does not declare the destination");
+    }
     let all_applied = write.ok;
     steps.push(write);
     let kick = pb::command::Kind::Kick(pb::Kick { key: key.clone() });

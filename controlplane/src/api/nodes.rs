@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{peers_header, seconds, unknown_node, ApiState};
 use crate::cluster::{gather, merge_nodes, NodeEntry, PeerCall, PeerStatus, Scope, ScopeQuery};
 use crate::fleet::{NodeOutcome, NodeView};
+use crate::undeclared::UndeclaredCount;
 use switchyard_proto::v1 as pb;
 
 pub fn routes() -> Router<ApiState> {
@@ -62,7 +63,7 @@ async fn probe(State(state): State<ApiState>, Path(id): Path<String>, Query(q): 
     // An answer first, then a replica that holds the stream but got none.
     let rank = |r: &ProbeResult| match r.result {
         NodeOutcome::Applied => 2,
-        NodeOutcome::Timeout | NodeOutcome::Rejected => 1,
+        NodeOutcome::Timeout | NodeOutcome::Rejected | NodeOutcome::Undeclared => 1,
         NodeOutcome::NotConnected => 0,
     };
     let Some(best) = candidates.into_iter().reduce(|a, b| if rank(&b) > rank(&a) { b } else { a }) else {
@@ -108,6 +109,11 @@ struct NodeInfo {
     sync: SyncState,
     last_report_age_s: Option<f64>,
     listeners: Vec<ListenerView>,
+    /// Destinations named by mappings this node was sent that the fleet settings it holds
+    /// (its replica's config) do not declare: it answers those accounts with a temporary
+    /// failure. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    undeclared: Vec<UndeclaredCount>,
     /// The peer this entry came from (absent: the replica asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     peer: Option<String>,
@@ -132,7 +138,8 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ScopeQuery>) -> Res
     let replies = state.cluster.call(q.scope, &PeerCall::new(Method::GET, &["nodes"])).await;
     let current = state.shared.store.revision().await.ok();
     let epoch = state.shared.epoch().to_string();
-    let local = state.shared.fleet.views().into_iter().map(|v| node_info(v, current, &epoch));
+    let undeclared = state.shared.undeclared.summary();
+    let local = state.shared.fleet.views().into_iter().map(|v| node_info(v, current, &epoch, &undeclared));
     let (answers, peers) = gather::<Vec<NodeInfo>>(replies);
     let remote = answers
         .into_iter()
@@ -141,8 +148,10 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ScopeQuery>) -> Res
     (AppendHeaders(peers_header(&peers)), Json(nodes)).into_response()
 }
 
-fn node_info(v: NodeView, current: Option<u64>, epoch: &str) -> NodeInfo {
+/// `undeclared`: this replica's, which only a node connected to it holds settings for.
+fn node_info(v: NodeView, current: Option<u64>, epoch: &str, undeclared: &[UndeclaredCount]) -> NodeInfo {
     NodeInfo {
+        undeclared: if v.connected { undeclared.to_vec() } else { Vec::new() },
         sync: match (v.connected, current) {
             (false, _) => SyncState::Disconnected,
             (true, Some(c)) if v.applied_epoch == epoch && v.applied_revision >= c => SyncState::InSync,

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::router;
+
+mod undeclared;
 use crate::config::Config;
 use crate::state::Shared;
 use crate::store::Store;

@@ -89,6 +89,19 @@ fn command_results_count_a_node_once_preferring_applied() {
     assert_eq!(kicked, 3, "a node that answered through two replicas is not counted twice");
 }
 
+#[test]
+fn a_write_one_replica_reports_undeclared_is_never_merged_into_applied() {
+    use NodeOutcome::*;
+    let merged = merge_results(vec![
+        result("dp-1", Applied, None),
+        result("dp-1", Undeclared, None),
+        result("dp-2", NotConnected, None),
+        result("dp-2", Undeclared, None),
+    ]);
+    let got: Vec<_> = merged.iter().map(|r| (r.node_id.as_str(), r.result)).collect();
+    assert_eq!(got, [("dp-1", Undeclared), ("dp-2", Undeclared)]);
+}
+
 fn reply(answer: std::result::Result<(StatusCode, Value), String>) -> PeerReply {
     PeerReply { peer: "http://10.0.0.2:7480".into(), answer }
 }

@@ -1,9 +1,10 @@
 //! The mapping store (SPEC §3.2): route key → destination id, plus the revision history
 //! that nodes follow (every write bumps the revision; `changes_since` replays it).
 //!
-//! Keys are stored as given: callers key them with the route key rule (the file store
-//! keys what it reads with the same rule, since the file holds raw identifiers). Destination ids are not checked here;
-//! the API refuses undeclared ones and resolution treats them as unmapped.
+//! Keys are stored as given: callers key them with the route-key rule (the file store keys
+//! what it reads with the same rule, since the file holds raw identifiers). Destination ids
+//! are not checked here; the API refuses undeclared ones, and resolution answers a temporary
+//! failure for one (never the default destination: see `Shared::resolve`).
 
 mod file;
 mod postgres;

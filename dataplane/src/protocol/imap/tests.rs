@@ -273,6 +273,16 @@ async fn an_uncached_account_gets_unavailable_when_the_control_plane_is_down() {
 }
 
 #[tokio::test]
+async fn a_mapping_to_an_undeclared_destination_is_unavailable_never_the_default() {
+    let (port, logins) = backend().await;
+    let table = HashMap::from([("alice".to_string(), "ghost".to_string())]);
+    let (_n, mut c) = session(port, Some(table), true).await;
+    say(&mut c, "a LOGIN alice secret\r\n").await;
+    assert_eq!(read(&mut c).await, "a NO [UNAVAILABLE] Backend temporarily unavailable, try again later\r\n");
+    assert_eq!(logins.load(std::sync::atomic::Ordering::SeqCst), 0, "the default backend was never asked");
+}
+
+#[tokio::test]
 async fn cleartext_login_is_refused_unless_the_listener_allows_it() {
     let (port, _) = backend().await;
     let (_n, mut c) = session(port, Some(HashMap::new()), false).await;

@@ -119,7 +119,11 @@ async fn session(port: u16, control_plane_up: bool, allow_plaintext: bool) -> (A
 }
 
 fn node(port: u16, control_plane_up: bool) -> Arc<Node> {
-    let node = Node::new("t".into(), Arc::new(Table(control_plane_up)), CancellationToken::new());
+    node_resolving(port, Arc::new(Table(control_plane_up)))
+}
+
+fn node_resolving(port: u16, resolver: Arc<dyn Resolver>) -> Arc<Node> {
+    let node = Node::new("t".into(), resolver, CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
     for d in &mut settings.destinations {
@@ -299,6 +303,29 @@ async fn an_unavailable_backend_or_control_plane_is_421_and_close() {
     ask(&mut c, "EHLO c\r\n").await;
     assert_eq!(ask(&mut c, &auth).await, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
     assert_eq!(logins.load(Ordering::SeqCst), 0, "never the default backend");
+}
+
+/// Every account mapped to `ghost`, which the node's fleet settings do not declare.
+struct Ghost;
+
+impl Resolver for Ghost {
+    fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
+        async { Ok(Resolved { destination: "ghost".into(), mapped: true }) }.boxed()
+    }
+}
+
+#[tokio::test]
+async fn a_mapping_to_an_undeclared_destination_is_421_never_the_default() {
+    let (port, logins) = backend().await;
+    let node = node_resolving(port, Arc::new(Ghost));
+    let addr = serve(&node, listener(TlsMode::Plain, true), None).await;
+    let mut c = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    read(&mut c).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    let auth = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "secret"));
+    assert_eq!(ask(&mut c, &auth).await, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
+    assert!(closed(&mut c).await);
+    assert_eq!(logins.load(Ordering::SeqCst), 0, "the default destination's backend was never asked");
 }
 
 #[tokio::test]
