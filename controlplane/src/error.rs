@@ -10,6 +10,10 @@ use crate::store::StoreError;
 pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store's history was lost or went back and the new epoch is not set up (or a
+    /// write was refused while it was being set up): temporary, retry.
+    #[error("{0}")]
+    HistoryLost(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -39,7 +43,7 @@ impl IntoResponse for Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Store(StoreError::ReadOnly) => StatusCode::CONFLICT,
-            Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Store(_) | Error::HistoryLost(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
