@@ -236,3 +236,71 @@ async fn a_postgres_restored_to_an_older_revision_starts_a_new_epoch() -> Result
     ensure!(epoch_after != epoch_before, "the store still has epoch {epoch_before} after the rewind");
     fleet.check_recovered().await
 }
+
+/// Two replicas on one PostgreSQL database, each holding one node's stream: after the
+/// restore both notice (the write through A, and B's feed or the new epoch A set up), they
+/// end on one new epoch, both nodes flush, and the write is applied by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_a_restored_postgres_agree_on_one_new_epoch() -> Result<()> {
+    if !servers(false) {
+        return Ok(());
+    }
+    let pg = Postgres::start()?;
+    let url = pg.fresh_database("replicated")?;
+    let mapping = postgres_mapping(&url).replace("[mapping.postgres]", "poll_interval = \"200ms\"\n[mapping.postgres]");
+    let legacy = Dovecot::start(USERS)?;
+    let new = Dovecot::start(USERS)?;
+    for (user, _) in USERS {
+        legacy.deliver(user, "on legacy")?;
+        new.deliver(user, "on new")?;
+    }
+    let destinations = destination_toml("legacy", &[("imap", legacy.imap_port())], "")
+        + &destination_toml("new", &[("imap", new.imap_port())], "");
+    let config = controlplane_toml_store(&mapping, &destinations, "legacy");
+    let replicas = ControlPlane::start_replicas(vec![config.clone(), config]).await?;
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let nodes = [
+        Node::start("dp-1", &[a.endpoint()], Some(NODE_TOKEN)).await?,
+        Node::start("dp-2", &[b.endpoint()], Some(NODE_TOKEN)).await?,
+    ];
+    let routed = |node: &Node, user: &'static str| {
+        let addr = node.imap;
+        async move {
+            Ok::<_, anyhow::Error>(match switchyard_tests::inbox_subjects(addr, user, "pw").await? {
+                Ok(subjects) => subjects.join(","),
+                Err(tagged) => tagged,
+            })
+        }
+    };
+    let put = |user: &'static str, destination: &'static str| {
+        let api = a.api();
+        async move {
+            let (code, body) = api.put(&format!("/mappings/{user}"), json!({ "destination": destination })).await?;
+            ensure!(code == 200 && results(&body) == ["applied", "applied"], "PUT {user}: {code} {body}");
+            Ok(())
+        }
+    };
+    eventually(WAIT, || put("carol@example.test", "legacy")).await?;
+    let epoch_before = a.open_store().await?.epoch().to_string();
+    let dump = pg.dump("replicated")?;
+    put("alice@example.test", "new").await?;
+    for node in &nodes {
+        ensure!(routed(node, "alice@example.test").await? == "on new");
+        ensure!(routed(node, "carol@example.test").await? == "on legacy");
+    }
+
+    pg.restore("replicated", &dump)?;
+    eventually(WAIT, || put("carol@example.test", "new")).await?;
+    for node in &nodes {
+        let (carol, alice) = (routed(node, "carol@example.test").await?, routed(node, "alice@example.test").await?);
+        ensure!(carol == "on new" && alice == "on legacy", "{}: carol {carol}, alice {alice}", node.id);
+    }
+    let epoch = a.open_store().await?.epoch().to_string();
+    ensure!(epoch != epoch_before, "still epoch {epoch_before}");
+    for replica in [a, b] {
+        let (code, body) = replica.api().post(&format!("/fleet/wait?epoch={epoch}&revision=0")).await?;
+        ensure!(code == 200, "replica {} does not follow the store's epoch {epoch}: {code} {body}", replica.api_url());
+        ensure!(replica.api().without_token().get("/readyz").await?.0 == 200);
+    }
+    Ok(())
+}
