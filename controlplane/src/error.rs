@@ -11,6 +11,10 @@ use crate::undeclared::Conflict;
 pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store's history was lost or went back and the new epoch is not set up (or a
+    /// write was refused while it was being set up): temporary, retry.
+    #[error("{0}")]
+    HistoryLost(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -47,7 +51,7 @@ impl IntoResponse for Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Store(StoreError::ReadOnly) => StatusCode::CONFLICT,
-            Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Store(_) | Error::HistoryLost(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut body = serde_json::json!({ "error": self.to_string() });

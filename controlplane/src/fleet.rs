@@ -33,11 +33,11 @@ struct NodeEntry {
 impl NodeEntry {
     /// Sends the node's merged route changes if it acked what was in flight.
     fn flush(&mut self) {
-        let (Some(tx), Some(update)) = (&self.tx, self.outbox.ready(self.applied.1)) else { return };
+        let (Some(tx), Some(update)) = (&self.tx, self.outbox.ready(&self.applied)) else { return };
         let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update.clone())) };
         if tx.try_send(Ok(message)).is_err() {
             // The stream is full or gone: keep the changes for the next ack or resync.
-            self.outbox.requeue(update, self.applied.1);
+            self.outbox.requeue(update);
         }
     }
 }
@@ -130,8 +130,8 @@ impl Fleet {
         entry.tx = Some(tx);
         entry.connected_at = now;
         entry.last_seen = now;
+        entry.outbox = Outbox::new(&applied.0, in_flight);
         entry.applied = applied;
-        entry.outbox = Outbox::new(in_flight);
         stream_id
     }
 

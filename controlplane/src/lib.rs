@@ -15,6 +15,7 @@ pub mod error;
 pub mod feed;
 pub mod fleet;
 pub mod grpc;
+pub mod history;
 pub mod metrics;
 pub mod outbox;
 pub mod state;
@@ -99,7 +100,7 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     let cluster = Arc::new(cluster::Cluster::new(&config.cluster, &secrets.admin_token)?);
     let store = Store::open(&config.mapping, &config.route_key_rule()).await?;
     let revision = store.revision().await?;
-    tracing::info!(source = config.mapping.source.as_str(), epoch = store.epoch(), revision, "mapping store open");
+    tracing::info!(source = config.mapping.source.as_str(), epoch = %store.epoch(), revision, "mapping store open");
     let metrics_interval = config.server.metrics_interval;
     let poll_interval = config.mapping.poll_interval;
     let shared = Shared::new(config, store);

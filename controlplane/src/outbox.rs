@@ -1,6 +1,8 @@
 //! Route updates waiting for one node: at most one update is in flight per node; changes
 //! pushed while it is unacked are merged (latest per key) and sent as one update when
 //! the ack arrives, so a slow node costs the control plane one pending map, not a queue.
+//! Revisions are compared within one epoch only: an update of a new epoch replaces
+//! whatever was pending (and flushes), and only an ack of the in-flight epoch releases it.
 
 use std::collections::BTreeMap;
 
@@ -8,8 +10,8 @@ use switchyard_proto::v1 as pb;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
-    /// The revision of the update sent last and not yet acked (0: none in flight).
-    in_flight: u64,
+    /// The epoch and revision of the update sent last and not yet acked.
+    in_flight: Option<(String, u64)>,
     epoch: String,
     revision: u64,
     /// key → new destination, `None` for a removal.
@@ -20,14 +22,21 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// A fresh outbox for a node that has an update (the Welcome's replay) in flight.
-    pub fn new(in_flight: u64) -> Self {
-        Outbox { in_flight, ..Default::default() }
+    /// A fresh outbox for a node that has an update (the Welcome's replay, revision
+    /// `in_flight` of `epoch`; 0: none) in flight.
+    pub fn new(epoch: &str, in_flight: u64) -> Self {
+        Outbox { in_flight: (in_flight > 0).then(|| (epoch.to_string(), in_flight)), ..Default::default() }
     }
 
-    /// Adds an update's changes; later ones for the same key win.
+    /// Adds an update's changes; later ones for the same key win. Revisions of another
+    /// epoch mean nothing here: a new epoch starts over with a flush.
     pub fn add(&mut self, update: &pb::RouteUpdate) {
-        self.epoch.clone_from(&update.epoch);
+        if self.epoch != update.epoch {
+            self.epoch.clone_from(&update.epoch);
+            self.revision = update.revision;
+            self.flush = true;
+            self.changes.clear();
+        }
         self.revision = self.revision.max(update.revision);
         if update.flush {
             self.flush = true;
@@ -42,12 +51,14 @@ impl Outbox {
         }
     }
 
-    /// The merged update to send now, if the node acked everything in flight.
-    pub fn ready(&mut self, acked: u64) -> Option<pb::RouteUpdate> {
-        if (self.changes.is_empty() && !self.flush) || acked < self.in_flight {
+    /// The merged update to send now, if the node acked (`(epoch, revision)` it applied)
+    /// everything in flight.
+    pub fn ready(&mut self, acked: &(String, u64)) -> Option<pb::RouteUpdate> {
+        let waiting = self.in_flight.as_ref().is_some_and(|(epoch, revision)| *epoch != acked.0 || acked.1 < *revision);
+        if (self.changes.is_empty() && !self.flush) || waiting {
             return None;
         }
-        self.in_flight = self.revision;
+        self.in_flight = Some((self.epoch.clone(), self.revision));
         let changes = std::mem::take(&mut self.changes)
             .into_iter()
             .map(|(key, destination)| pb::RouteChange {
@@ -64,8 +75,8 @@ impl Outbox {
 
     /// Forgets an update that could not be queued, so the next ack does not wait for it;
     /// its changes go back in with anything newer.
-    pub fn requeue(&mut self, update: pb::RouteUpdate, acked: u64) {
-        self.in_flight = acked;
+    pub fn requeue(&mut self, update: pb::RouteUpdate) {
+        self.in_flight = None;
         let newer = std::mem::take(&mut self.changes);
         let newer_flush = std::mem::take(&mut self.flush);
         self.add(&update);
@@ -80,6 +91,10 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn acked(revision: u64) -> (String, u64) {
+        ("e".to_string(), revision)
+    }
 
     fn update(revision: u64, key: &str, dest: Option<&str>) -> pb::RouteUpdate {
         let change = match dest {
@@ -96,49 +111,69 @@ mod tests {
 
     #[test]
     fn a_bulk_change_supersedes_earlier_keys_and_keeps_later_ones() {
-        let mut out = Outbox::new(0);
+        let mut out = Outbox::new("e", 0);
         out.add(&update(1, "alice", Some("new")));
-        let _ = out.ready(0).unwrap();
+        let _ = out.ready(&acked(0)).unwrap();
         out.add(&update(2, "bob", Some("new")));
         out.add(&pb::RouteUpdate { epoch: "e".into(), revision: 3, changes: vec![], flush: true });
         out.add(&update(4, "carol", Some("legacy")));
-        let merged = out.ready(1).unwrap();
+        let merged = out.ready(&acked(1)).unwrap();
         assert!(merged.flush);
         assert_eq!(merged.revision, 4);
         assert_eq!(merged.changes.len(), 1, "bob's change is covered by the flush, carol's comes after it");
         assert_eq!(merged.changes[0].key, "carol");
         out.add(&update(5, "dave", None));
-        assert!(!out.ready(4).unwrap().flush, "the flush is sent once");
+        assert!(!out.ready(&acked(4)).unwrap().flush, "the flush is sent once");
     }
 
     #[test]
     fn one_update_in_flight_and_the_rest_merged_until_the_ack() {
-        let mut out = Outbox::new(0);
+        let mut out = Outbox::new("e", 0);
         out.add(&update(1, "alice", Some("new")));
-        let first = out.ready(0).unwrap();
+        let first = out.ready(&acked(0)).unwrap();
         assert_eq!(first.revision, 1);
         out.add(&update(2, "alice", Some("legacy")));
         out.add(&update(3, "bob", Some("new")));
         out.add(&update(4, "alice", None));
-        assert!(out.ready(0).is_none(), "revision 1 is not acked yet");
-        let merged = out.ready(1).unwrap();
+        assert!(out.ready(&acked(0)).is_none(), "revision 1 is not acked yet");
+        let merged = out.ready(&acked(1)).unwrap();
         assert_eq!(merged.revision, 4);
         assert_eq!(merged.changes.len(), 2, "alice once (her latest change) and bob");
         assert_eq!(merged.changes[0].key, "alice");
         assert_eq!(merged.changes[0].change, Some(pb::route_change::Change::Remove(true)));
-        assert!(out.ready(4).is_none(), "nothing left");
+        assert!(out.ready(&acked(4)).is_none(), "nothing left");
     }
 
     #[test]
     fn a_replay_in_flight_holds_later_pushes_and_requeue_keeps_newer_changes() {
-        let mut out = Outbox::new(7);
+        let mut out = Outbox::new("e", 7);
         out.add(&update(8, "carol", Some("new")));
-        assert!(out.ready(6).is_none());
-        let sent = out.ready(7).unwrap();
+        assert!(out.ready(&acked(6)).is_none());
+        let sent = out.ready(&acked(7)).unwrap();
         out.add(&update(9, "carol", Some("legacy")));
-        out.requeue(sent, 7);
-        let again = out.ready(7).unwrap();
+        out.requeue(sent);
+        let again = out.ready(&acked(7)).unwrap();
         assert_eq!(again.revision, 9);
         assert_eq!(again.changes[0].change, Some(pb::route_change::Change::Upsert("legacy".into())));
+    }
+
+    #[test]
+    fn a_new_epoch_starts_over_and_only_an_ack_of_the_epoch_in_flight_releases_it() {
+        let mut out = Outbox::new("e", 0);
+        out.add(&update(57, "alice", Some("new")));
+        let _ = out.ready(&acked(56)).unwrap();
+        out.add(&update(58, "bob", Some("new")));
+        // The store lost its history: revisions restart low under a new epoch.
+        out.add(&pb::RouteUpdate { epoch: "f".into(), revision: 0, changes: vec![], flush: true });
+        out.add(&pb::RouteUpdate { epoch: "f".into(), revision: 1, ..update(1, "carol", Some("legacy")) });
+        let merged = out.ready(&acked(57)).unwrap();
+        assert_eq!((merged.epoch.as_str(), merged.revision, merged.flush), ("f", 1, true), "not revision 58 of e");
+        assert_eq!(merged.changes.len(), 1, "bob's change of the old epoch is dropped, carol's kept");
+        out.add(&pb::RouteUpdate { epoch: "f".into(), revision: 2, ..update(2, "dave", None) });
+        assert!(out.ready(&acked(57)).is_none(), "an ack of the old epoch does not release the new one");
+        assert!(out.ready(&("f".to_string(), 1)).is_some());
+        // An update of a new epoch always flushes, even if it does not say so.
+        out.add(&pb::RouteUpdate { epoch: "g".into(), ..update(1, "erin", Some("new")) });
+        assert!(out.ready(&("f".to_string(), 2)).unwrap().flush);
     }
 }

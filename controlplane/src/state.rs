@@ -12,7 +12,8 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::fleet::{Fleet, NodeResult};
-use crate::store::{Change, Store};
+use crate::history::HistoryGuard;
+use crate::store::{Change, Store, StoreError};
 use crate::undeclared::Undeclared;
 
 pub struct Shared {
@@ -33,6 +34,8 @@ pub struct Shared {
     /// The accounts this replica's nodes cannot route: their mapping names a destination
     /// this config does not declare.
     pub undeclared: Undeclared,
+    /// Set while the store's history is lost and the new epoch is not set up yet.
+    pub history: HistoryGuard,
 }
 
 /// How one identifier resolves.
@@ -52,6 +55,14 @@ pub struct Written {
     pub nodes: Vec<NodeResult>,
 }
 
+/// A committed write: the epoch it was pushed under and its revision. Acks count only
+/// for this epoch, so a node that still follows an older history never satisfies them.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub epoch: Arc<str>,
+    pub revision: u64,
+}
+
 impl Shared {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
         let settings = fleet_settings(&config);
@@ -69,10 +80,12 @@ impl Shared {
             writes: Mutex::new(0),
             shutdown: CancellationToken::new(),
             admission,
+            history: HistoryGuard::default(),
         })
     }
 
-    pub fn epoch(&self) -> &str {
+    /// The epoch followed now; it changes when the store's history is lost or goes back.
+    pub fn epoch(&self) -> Arc<str> {
         self.store.epoch()
     }
 
@@ -99,6 +112,11 @@ impl Shared {
     /// declare is an error (the node answers its client with a temporary failure), never the
     /// default destination: that would misroute an account in the middle of a migration.
     pub async fn resolve(&self, key: &str) -> Result<Resolution> {
+        // A store that lost its history answers "unmapped" for every account it lost: that
+        // would send them to the default destination.
+        if let Some(problem) = self.history.problem() {
+            return Err(Error::HistoryLost(format!("mapping store history lost or went back: {problem}")));
+        }
         let answer = self.lookup(key).await?;
         self.undeclared.resolved(key, answer.mapped.then_some(answer.destination.as_str()));
         if !answer.declared {
@@ -112,28 +130,32 @@ impl Shared {
     /// Writes (or with `None` removes) one mapping, pushes it to every node and waits for
     /// their acks, so their caches no longer hold the old answer when this returns.
     pub async fn write(&self, key: &str, destination: Option<&str>) -> Result<Option<Written>> {
-        let Some(revision) = self.commit(key, destination).await? else {
+        let Some(Committed { epoch, revision }) = self.commit(key, destination).await? else {
             return Ok(None);
         };
-        let nodes = self.fleet.wait_applied(self.epoch(), revision, self.config.api.ack_timeout).await;
+        let nodes = self.fleet.wait_applied(&epoch, revision, self.config.api.ack_timeout).await;
         Ok(Some(Written { revision, nodes }))
     }
 
     /// Writes (or removes) one mapping and pushes it to this replica's nodes without
     /// waiting for their acks; returns the new revision (`None`: nothing to remove).
-    pub async fn commit(&self, key: &str, destination: Option<&str>) -> Result<Option<u64>> {
+    /// Refused (503) while the store's history is lost and no new epoch is set up.
+    pub async fn commit(&self, key: &str, destination: Option<&str>) -> Result<Option<Committed>> {
         if let Some(d) = destination.filter(|d| !self.is_declared(d)) {
             return Err(Error::BadRequest(format!("destination {d:?} is not declared")));
         }
         let mut pushed = self.writes.lock().await;
-        let revision = match destination {
-            Some(d) => Some(self.store.put(key, d).await?),
-            None => self.store.delete(key).await?,
+        self.before_write(&mut pushed).await?;
+        let written: Result<Option<u64>, StoreError> = match destination {
+            Some(d) => self.store.put(key, d).await.map(Some),
+            None => self.store.delete(key).await,
         };
-        if revision.is_some() {
-            self.push_since(&mut pushed).await?;
+        let Some(revision) = self.refused(&mut pushed, written).await? else { return Ok(None) };
+        if revision <= *pushed {
+            self.reused(&mut pushed, revision).await?;
         }
-        Ok(revision)
+        self.push_since(&mut pushed).await?;
+        Ok(Some(Committed { epoch: self.epoch(), revision }))
     }
 
     /// Pushes every change the nodes have not been sent yet: called after a local write,
@@ -148,20 +170,25 @@ impl Shared {
     async fn push_since(&self, pushed: &mut u64) -> Result<u64> {
         const BATCH: usize = 10_000;
         loop {
-            let current = self.store.revision().await?;
+            let current = self.checked_revision(pushed).await?;
             if current <= *pushed {
                 return Ok(*pushed);
             }
-            let changes = self.store.changes_since(*pushed, BATCH).await?.filter(|c| !c.is_empty());
+            let changes = match self.store.changes_since(*pushed, BATCH).await {
+                // Changed since the check: the next one recovers.
+                Err(StoreError::EpochChanged { .. }) => continue,
+                other => other?.filter(|c| !c.is_empty()),
+            };
+            let epoch = self.epoch();
             let update = match changes {
                 Some(changes) => {
                     self.undeclared.pushed(&changes);
-                    route_update(self.epoch(), changes)
+                    route_update(&epoch, changes)
                 }
                 // The history no longer reaches back that far: every node starts afresh.
                 None => {
                     self.undeclared.flushed();
-                    pb::RouteUpdate { epoch: self.epoch().to_string(), revision: current, changes: vec![], flush: true }
+                    pb::RouteUpdate { epoch: epoch.to_string(), revision: current, changes: vec![], flush: true }
                 }
             };
             *pushed = update.revision;
@@ -180,8 +207,11 @@ impl Shared {
         last: u64,
     ) -> Result<(pb::Welcome, Option<pb::RouteUpdate>)> {
         const MAX_REPLAY: usize = 10_000;
-        let current = self.push_since(pushed).await?;
-        let replay = if epoch == self.epoch() && last <= current {
+        let mut current = self.push_since(pushed).await?;
+        if epoch == &*self.epoch() && last > current {
+            current = self.node_ahead(pushed, last, current).await?;
+        }
+        let replay = if epoch == &*self.epoch() && last <= current {
             // A bulk change in the history cannot be replayed key by key.
             self.store
                 .changes_since(last, MAX_REPLAY)
@@ -199,7 +229,7 @@ impl Shared {
         };
         let update = replay
             .filter(|c| !c.is_empty())
-            .map(|changes| pb::RouteUpdate { revision: current, ..route_update(self.epoch(), changes) });
+            .map(|changes| pb::RouteUpdate { revision: current, ..route_update(&self.epoch(), changes) });
         Ok((welcome, update))
     }
 }

@@ -173,6 +173,35 @@ impl Postgres {
         self.server.is_some()
     }
 
+    /// `database` as a plain SQL dump that drops and recreates every object it holds
+    /// (`pg_dump --clean --if-exists`): restoring it puts the database back as it is now.
+    pub fn dump(&self, database: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args(["-h", HOST, "-p", &self.port.to_string(), "-U", SUPERUSER, "-d", database])
+            .args(["--clean", "--if-exists", "--no-owner"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_dump")?;
+        ensure_success("pg_dump", &out)?;
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Restores a [`Postgres::dump`] into `database` (which may be in use), in one transaction.
+    pub fn restore(&self, database: &str, dump: &str) -> Result<()> {
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-h", HOST, "-p", &self.port.to_string(), "-U", SUPERUSER, "-d", database])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running psql")?;
+        let mut stdin = child.stdin.take().context("psql's stdin")?;
+        std::io::Write::write_all(&mut stdin, dump.as_bytes())?;
+        drop(stdin);
+        ensure_success("restoring the dump with psql", &child.wait_with_output()?)
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()

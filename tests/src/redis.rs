@@ -100,6 +100,21 @@ impl Redis {
         rustix::process::kill_process(pid, signal).with_context(|| format!("sending {signal:?} to redis-server"))
     }
 
+    /// Sends `commands` as one MULTI/EXEC transaction (e.g. `FLUSHALL` together with a
+    /// `CONFIG SET`, so nothing runs between them) and returns the replies as text.
+    pub fn transaction(&self, commands: &[&[&str]]) -> Result<Vec<String>> {
+        let client = redis::Client::open(self.url()).context("redis URL")?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(5)).context("connecting to redis")?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for command in commands {
+            let (name, args) = command.split_first().context("an empty command")?;
+            pipe.cmd(name).arg(args);
+        }
+        let replies: Vec<redis::Value> = pipe.query(&mut conn).context("running the transaction")?;
+        Ok(replies.iter().map(|v| format!("{v:?}")).collect())
+    }
+
     /// Starts an empty server again on the same port (stopping it first if needed).
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;

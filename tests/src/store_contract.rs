@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{ensure, Result};
-use controlplane::store::{Mapping, Store};
+use controlplane::store::{Head, Mapping, Store, StoreError};
 
 /// Runs the contract against `store`, which must be empty and writable.
 pub async fn check(store: &Store) -> Result<()> {
@@ -107,5 +107,46 @@ pub async fn check(store: &Store) -> Result<()> {
     // Writes after an import continue the same sequence.
     let next = store.put("carol@example.test", "new").await?;
     ensure!(next == revision + 1, "after the import: {next}");
+    check_epoch(store, next).await
+}
+
+/// The epoch as the store holds it: read with the revision, renewed by compare-and-set,
+/// and checked by every write.
+async fn check_epoch(store: &Store, revision: u64) -> Result<()> {
+    let old = store.epoch();
+    let head = store.head().await?;
+    ensure!(head == Head { epoch: Some(old.to_string()), revision }, "head {head:?}");
+    let new = store.renew_epoch(&old).await?;
+    ensure!(new != old && store.epoch() == new, "renewing {old} gave {new}");
+    ensure!(store.head().await?.epoch.as_deref() == Some(&*new), "the new epoch is in the store");
+    // A replica still on the old epoch adopts the one the store holds, instead of a third.
+    ensure!(store.renew_epoch(&old).await? == new, "a renewal from a stale epoch adopts the stored one");
+    let next = store.put("dave@example.test", "new").await?;
+    ensure!(next == revision + 1, "the revision goes on under the new epoch: {next}");
+    Ok(())
+}
+
+/// Two replicas sharing a store (`store` and `other`, two handles on one store, on the
+/// same epoch): renewing at once from the same epoch, both end on one new epoch; once one
+/// renewed again, every kind of write through the other is refused and nothing is written.
+pub async fn check_writes_refused_on_another_epoch(store: &Store, other: &Store) -> Result<()> {
+    let old = store.epoch();
+    ensure!(other.epoch() == old, "two handles on one store share its epoch");
+    let (a, b) = tokio::join!(store.renew_epoch(&old), other.renew_epoch(&old));
+    let (a, b) = (a?, b?);
+    ensure!(a == b && a != old, "replicas renewing together disagree: {a} and {b}");
+    let revision = store.put("erin@example.test", "new").await?;
+    other.renew_epoch(&other.epoch()).await?;
+    let refused = |r: Result<(), StoreError>| matches!(r, Err(StoreError::EpochChanged { found: Some(_), .. }));
+    let put = store.put("erin@example.test", "legacy").await;
+    ensure!(refused(put.map(drop)), "put was not refused");
+    let delete = store.delete("erin@example.test").await;
+    ensure!(refused(delete.map(drop)), "delete was not refused");
+    let rows = [Mapping { key: "frank@example.test".into(), destination: "new".into() }];
+    let import = store.import(&rows, &|_| {}).await;
+    ensure!(refused(import.map(drop)), "import was not refused");
+    ensure!(store.revision().await? == revision, "nothing was written");
+    ensure!(store.get("erin@example.test").await?.as_deref() == Some("new"));
+    ensure!(store.get("frank@example.test").await?.is_none());
     Ok(())
 }

@@ -64,6 +64,11 @@ async fn postgres_keeps_the_store_contract_in_byte_order_whatever_the_collation(
     ensure!(store.changes_since(1, 10).await?.is_none(), "revision 2 is gone from the log");
     ensure!(store.changes_since(2, 1).await?.is_some_and(|c| c.len() == 1 && c[0].revision == 3));
     ensure!(store.revision().await? == head, "trimming old changes keeps the head");
+    store_contract::check_writes_refused_on_another_epoch(
+        &store,
+        &Store::open(&mapping, &dataplane::routekey::RouteKeyRule::default()).await?,
+    )
+    .await?;
     Ok(())
 }
 
@@ -183,13 +188,13 @@ async fn reopening_keeps_the_epoch_and_continues_the_revisions() -> Result<()> {
     store.close().await;
 
     let store = open(&url).await?;
-    ensure!(store.epoch() == epoch, "the epoch survives a restart");
+    ensure!(*store.epoch() == *epoch, "the epoch survives a restart");
     ensure!(store.revision().await? == 3);
     ensure!(store.get("a").await?.as_deref() == Some("x"));
     ensure!(store.put("c", "z").await? == 4, "revisions continue after a restart");
     ensure!(store.changes_since(0, 10).await?.is_some_and(|c| c.len() == 4));
     let other = open(&pg.fresh_database("other")?).await?;
-    ensure!(other.epoch() != epoch, "another database is another history");
+    ensure!(*other.epoch() != *epoch, "another database is another history");
     Ok(())
 }
 

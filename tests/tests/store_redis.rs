@@ -63,8 +63,11 @@ async fn woken(wake: &Notify, timeout: Duration, what: &str) -> Result<()> {
 #[tokio::test]
 async fn redis_keeps_the_store_contract() -> Result<()> {
     let Some(redis) = server()? else { return Ok(()) };
-    let store = open(&redis, &unique_prefix("contract")).await?;
+    let prefix = unique_prefix("contract");
+    let store = open(&redis, &prefix).await?;
     switchyard_tests::store_contract::check(&store).await?;
+    let other = open(&redis, &prefix).await?;
+    switchyard_tests::store_contract::check_writes_refused_on_another_epoch(&store, &other).await?;
     Ok(())
 }
 
@@ -231,13 +234,24 @@ async fn a_stopped_server_is_unavailable_in_time_and_the_store_recovers_without_
     ensure!(took < CONNECT_TIMEOUT + TIMING_SLACK, "one get took {took:?}");
     ensure!(err.to_string().contains(&format!("127.0.0.1:{}", redis.port())), "names the server: {err}");
 
-    // The restarted server is empty (it never saves): the same store object works again.
+    // The restarted server is empty (it never saves): the same store object reaches it
+    // again, but refuses to write on a history nobody follows until a new epoch is set up.
     redis.restart()?;
     let restarted = Instant::now();
-    let revision = eventually(Duration::from_secs(10), || async { Ok(store.put("carol@example.test", "new").await?) })
-        .await
-        .context("the store did not reconnect")?;
-    println!("the store wrote again {:?} after the server restarted", restarted.elapsed());
+    let refused = eventually(Duration::from_secs(10), || async {
+        match store.put("carol@example.test", "new").await {
+            Err(e @ StoreError::EpochChanged { found: None, .. }) => Ok(e),
+            other => anyhow::bail!("{other:?}"),
+        }
+    })
+    .await
+    .context("the store did not reconnect")?;
+    println!("the store reached the server again {:?} after it restarted: {refused}", restarted.elapsed());
+    ensure!(store.revision().await? == 0, "the refused write left nothing behind");
+    let old = store.epoch();
+    let epoch = store.renew_epoch(&old).await?;
+    ensure!(epoch != old && store.epoch() == epoch, "a new epoch: {old} -> {epoch}");
+    let revision = store.put("carol@example.test", "new").await?;
     ensure!(revision == 1, "a fresh server starts a fresh history: {revision}");
     ensure!(store.get("carol@example.test").await?.as_deref() == Some("new"));
     ensure!(store.get("alice@example.test").await?.is_none(), "the restarted server lost its data");

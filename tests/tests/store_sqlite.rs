@@ -19,9 +19,11 @@ async fn sqlite_keeps_the_store_contract_and_its_history_across_a_reopen() -> Re
     let (epoch, revision) = (store.epoch().to_string(), store.revision().await?);
     drop(store);
     let reopened = Store::open(&config(&path), &dataplane::routekey::RouteKeyRule::default()).await?;
-    ensure!(reopened.epoch() == epoch, "the epoch survives a restart");
+    ensure!(*reopened.epoch() == *epoch, "the epoch survives a restart");
     ensure!(reopened.revision().await? == revision, "so does the revision");
     let next = reopened.put("dave@example.test", "new").await?;
     ensure!(next == revision + 1, "revisions continue after a restart: {next}");
+    let other = Store::open(&config(&path), &dataplane::routekey::RouteKeyRule::default()).await?;
+    switchyard_tests::store_contract::check_writes_refused_on_another_epoch(&reopened, &other).await?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `/healthz` (the process runs) and `/readyz` (the mapping store answers); no auth.
+//! `/healthz` (the process runs) and `/readyz` (the mapping store answers and holds the
+//! history this control plane follows); no auth.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,7 +13,7 @@ pub fn routes() -> Router<ApiState> {
 }
 
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
-    match state.shared.store.ping().await {
+    match state.shared.readiness().await {
         Ok(_) => (StatusCode::OK, "ready".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
     }

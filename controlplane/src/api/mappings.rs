@@ -19,6 +19,7 @@ use super::ApiState;
 use crate::cluster::{gather, merge_results, PeerCall, PeerStatus, Scope, ScopeQuery};
 use crate::error::{Error, Result};
 use crate::fleet::{NodeOutcome, NodeResult};
+use crate::state::Committed;
 use crate::undeclared::Conflict;
 
 pub fn routes() -> Router<ApiState> {
@@ -46,16 +47,16 @@ impl ApiState {
         key: &str,
         destination: Option<&str>,
     ) -> Result<Option<FleetWritten>> {
-        let Some(revision) = self.shared.commit(key, destination).await? else {
+        let Some(Committed { epoch, revision }) = self.shared.commit(key, destination).await? else {
             return Ok(None);
         };
-        let (epoch, timeout) = (self.shared.epoch(), self.shared.config.api.ack_timeout);
+        let timeout = self.shared.config.api.ack_timeout;
         let call = PeerCall::new(Method::POST, &["fleet", "wait"])
-            .query("epoch", epoch)
+            .query("epoch", &*epoch)
             .query("revision", revision)
             .query_opt("destination", destination)
             .waits(timeout);
-        let here = self.shared.fleet.wait_applied(epoch, revision, timeout);
+        let here = self.shared.fleet.wait_applied(&epoch, revision, timeout);
         let (here, replies) = tokio::join!(here, self.cluster.call(scope, &call));
         let (answers, peers) = gather::<Acks>(replies);
         let conflicts = conflicts(destination, &answers);
@@ -101,10 +102,12 @@ fn declared_unless_said() -> bool {
 }
 
 /// Waits until this replica's nodes acked `revision` (a peer's write): pushes what the
-/// store holds first, since the feed may not have noticed the write yet.
+/// store holds first, since the feed may not have noticed the write yet (nor a new epoch
+/// the peer started, which this replica then adopts before comparing).
 async fn wait(State(state): State<ApiState>, Query(q): Query<WaitQuery>) -> Result<Response> {
     let shared = &state.shared;
-    if q.epoch != shared.epoch() {
+    shared.catch_up().await?;
+    if *q.epoch != *shared.epoch() {
         let error = format!(
             "this replica's mapping store has epoch {}, not {}: replicas must share one store",
             shared.epoch(),
@@ -112,7 +115,6 @@ async fn wait(State(state): State<ApiState>, Query(q): Query<WaitQuery>) -> Resu
         );
         return Ok((StatusCode::CONFLICT, Json(serde_json::json!({ "error": error }))).into_response());
     }
-    shared.catch_up().await?;
     let mut nodes = shared.fleet.wait_applied(&q.epoch, q.revision, shared.config.api.ack_timeout).await;
     let declared = q.destination.as_deref().is_none_or(|d| shared.is_declared(d));
     if !declared {

@@ -60,8 +60,8 @@ impl FileStore {
         (revision == 0).then(Vec::new)
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> Arc<str> {
+        Arc::clone(&self.epoch)
     }
 
     pub fn len(&self) -> usize {

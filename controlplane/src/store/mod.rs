@@ -12,7 +12,7 @@ mod redis;
 mod sqlite;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use file::FileStore;
 pub use postgres::PostgresStore;
@@ -62,6 +62,14 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the mapping store is read-only (mapping.source = \"file\")")]
     ReadOnly,
+    /// The store no longer holds the history this control plane follows: its epoch is
+    /// missing (the data was lost) or another one (a peer already started a new epoch).
+    /// Writes are refused in the store itself, so none lands on a history nobody follows.
+    #[error(
+        "the mapping store's revision history changed under this control plane: its epoch is {}, not {expected}",
+        found.as_deref().unwrap_or("missing")
+    )]
+    EpochChanged { expected: String, found: Option<String> },
     /// The mapping file has malformed lines, one entry per line at fault.
     #[error("{}: malformed mapping file:\n  {}", path.display(), problems.join("\n  "))]
     Malformed { path: PathBuf, problems: Vec<String> },
@@ -70,6 +78,40 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Where a store's history stands: its epoch as stored (`None`: missing, the data was
+/// lost) and its revision, read together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub epoch: Option<String>,
+    pub revision: u64,
+}
+
+/// The epoch a store follows, shared by its clones. It changes only through
+/// [`Store::renew_epoch`]; every write checks it in the store, in the write's transaction.
+#[derive(Debug, Clone)]
+struct EpochCell(Arc<RwLock<Arc<str>>>);
+
+impl EpochCell {
+    fn new(epoch: impl Into<Arc<str>>) -> Self {
+        EpochCell(Arc::new(RwLock::new(epoch.into())))
+    }
+
+    fn get(&self) -> Arc<str> {
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn set(&self, epoch: impl Into<Arc<str>>) -> Arc<str> {
+        let epoch = epoch.into();
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&epoch);
+        epoch
+    }
+
+    /// The refusal of a write that found `found` in the store.
+    fn changed(&self, found: Option<String>) -> StoreError {
+        StoreError::EpochChanged { expected: self.get().to_string(), found }
     }
 }
 
@@ -170,14 +212,39 @@ impl Store {
         }
     }
 
-    /// Names this store's revision history. Revisions from a different epoch are
-    /// meaningless, so a node seeing a new epoch flushes its cache.
-    pub fn epoch(&self) -> &str {
+    /// Names the revision history this control plane follows. Revisions from a different
+    /// epoch are meaningless, so a node seeing a new epoch flushes its cache.
+    pub fn epoch(&self) -> Arc<str> {
         match self {
             Store::Sqlite(s) => s.epoch(),
             Store::File(f) => f.epoch(),
             Store::Postgres(s) => s.epoch(),
             Store::Redis(s) => s.epoch(),
+        }
+    }
+
+    /// The epoch and revision as the store holds them now, read together.
+    pub async fn head(&self) -> Result<Head, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.head().await,
+            Store::File(f) => Ok(Head { epoch: Some(f.epoch().to_string()), revision: 0 }),
+            Store::Postgres(s) => s.head().await,
+            Store::Redis(s) => s.head().await,
+        }
+    }
+
+    /// Starts a new epoch in the store because the history of `old` was lost or went
+    /// backwards, and follows it from now on. A compare-and-set: the store gets a fresh
+    /// epoch only while it still holds `old` (or none); if another replica got there
+    /// first, its epoch is adopted, so replicas detecting the same loss end on one epoch.
+    pub async fn renew_epoch(&self, old: &str) -> Result<Arc<str>, StoreError> {
+        let fresh = uuid::Uuid::new_v4().to_string();
+        match self {
+            Store::Sqlite(s) => s.renew_epoch(old, &fresh).await,
+            // Nothing changes a file store under a running control plane.
+            Store::File(f) => Ok(f.epoch()),
+            Store::Postgres(s) => s.renew_epoch(old, &fresh).await,
+            Store::Redis(s) => s.renew_epoch(old, &fresh).await,
         }
     }
 

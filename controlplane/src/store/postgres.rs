@@ -16,12 +16,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{to_i64, Change, Mapping, Progress, StoreError, BULK_KEY};
+use super::{to_i64, Change, EpochCell, Mapping, Progress, StoreError, BULK_KEY};
 use crate::config::{load_store_url, PostgresConfig};
 
 /// The NOTIFY channel; the payload is the new revision (listeners only need the wake-up).
@@ -43,7 +43,7 @@ pub struct PostgresStore {
     connect_timeout: Duration,
     /// `PostgreSQL host:port/database`, for error messages and logs.
     target: Arc<str>,
-    epoch: Arc<str>,
+    epoch: EpochCell,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -77,10 +77,10 @@ impl PostgresStore {
             options: Arc::new(options),
             connect_timeout: config.connect_timeout,
             target: target.into(),
-            epoch: Arc::from(""),
+            epoch: EpochCell::new(""),
         };
         store.migrate().await?;
-        store.epoch = store.load_epoch().await.map_err(|e| store.unavailable(e))?.into();
+        store.epoch = EpochCell::new(store.load_epoch().await.map_err(|e| store.unavailable(e))?);
         Ok(store)
     }
 
@@ -122,11 +122,11 @@ impl PostgresStore {
     }
 
     pub async fn put(&self, key: &str, destination: &str) -> Result<u64, StoreError> {
-        self.put_tx(key, destination).await.map_err(|e| self.unavailable(e))
+        let tx = self.begin_write().await?;
+        self.put_tx(tx, key, destination).await.map_err(|e| self.unavailable(e))
     }
 
-    async fn put_tx(&self, key: &str, destination: &str) -> sqlx::Result<u64> {
-        let mut tx = self.begin_write().await?;
+    async fn put_tx(&self, mut tx: Transaction<'static, Postgres>, key: &str, destination: &str) -> sqlx::Result<u64> {
         let revision = record_change(&mut tx, key, Some(destination)).await?;
         sqlx::query(
             "INSERT INTO mappings (key, destination, updated_revision) VALUES ($1, $2, $3)
@@ -143,11 +143,11 @@ impl PostgresStore {
     }
 
     pub async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        self.delete_tx(key).await.map_err(|e| self.unavailable(e))
+        let tx = self.begin_write().await?;
+        self.delete_tx(tx, key).await.map_err(|e| self.unavailable(e))
     }
 
-    async fn delete_tx(&self, key: &str) -> sqlx::Result<Option<u64>> {
-        let mut tx = self.begin_write().await?;
+    async fn delete_tx(&self, mut tx: Transaction<'static, Postgres>, key: &str) -> sqlx::Result<Option<u64>> {
         let removed =
             sqlx::query("DELETE FROM mappings WHERE key = $1").bind(key).execute(&mut *tx).await?.rows_affected();
         if removed == 0 {
@@ -222,8 +222,8 @@ impl PostgresStore {
         Ok(Some(changes))
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.get()
     }
 
     /// COPY into a temporary table, then one upsert and one bulk change row, all in one
@@ -233,10 +233,11 @@ impl PostgresStore {
         if mappings.is_empty() {
             return self.revision().await;
         }
-        self.import_tx(mappings, progress).await.map_err(|e| self.unavailable(e))
+        self.import_tx(mappings, progress).await.map_err(|e| self.unavailable(e))?
     }
 
-    async fn import_tx(&self, mappings: &[Mapping], progress: Progress<'_>) -> sqlx::Result<u64> {
+    /// `Ok(Err(_))`: the store holds another epoch; nothing was written.
+    async fn import_tx(&self, mappings: &[Mapping], progress: Progress<'_>) -> sqlx::Result<Result<u64, StoreError>> {
         let order = sorted_last_wins(mappings);
         let mut tx = self.pool.begin().await?;
         sqlx::query("CREATE TEMPORARY TABLE import_rows (key TEXT COLLATE \"C\", destination TEXT) ON COMMIT DROP")
@@ -262,6 +263,9 @@ impl PostgresStore {
         copy.finish().await?;
         // The copy touched nothing shared: API writes only wait behind the upsert below.
         lock_writes(&mut tx).await?;
+        if let Some(found) = self.other_epoch(&mut tx).await? {
+            return Ok(Err(self.epoch.changed(found)));
+        }
         let revision = record_change(&mut tx, BULK_KEY, None).await?;
         // Rows arrive in key order (twice as fast as random order into the primary-key
         // index). Unchanged rows are left alone and keep their revision: re-importing the
@@ -277,7 +281,7 @@ impl PostgresStore {
         .bind(revision)
         .execute(&mut *tx)
         .await?;
-        commit_write(tx, revision).await
+        commit_write(tx, revision).await.map(Ok)
     }
 
     /// Wakes `wake` on every change notification, and after each (re)connection of the
@@ -289,7 +293,7 @@ impl PostgresStore {
             .max_connections(1)
             .acquire_timeout(self.connect_timeout)
             .connect_lazy_with(PgConnectOptions::clone(&self.options));
-        tokio::spawn(listen(pool, Arc::clone(&self.target), wake, shutdown));
+        tokio::spawn(listen::listen(pool, Arc::clone(&self.target), wake, shutdown));
     }
 
     /// Closes the pool, waiting for its connections to finish.
@@ -297,10 +301,20 @@ impl PostgresStore {
         self.pool.close().await;
     }
 
-    async fn begin_write(&self) -> sqlx::Result<Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await?;
-        lock_writes(&mut tx).await?;
-        Ok(tx)
+    /// A write transaction holding the write lock, refused when the store no longer holds
+    /// the epoch this control plane follows (read under the lock: a renewal commits
+    /// either before it or after this write).
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let begin = async {
+            let mut tx = self.pool.begin().await?;
+            lock_writes(&mut tx).await?;
+            let other = self.other_epoch(&mut tx).await?;
+            sqlx::Result::Ok((tx, other))
+        };
+        match begin.await.map_err(|e: sqlx::Error| self.unavailable(e))? {
+            (tx, None) => Ok(tx),
+            (_, Some(found)) => Err(self.epoch.changed(found)),
+        }
     }
 
     fn unavailable(&self, e: impl Into<BoxDynError>) -> StoreError {
@@ -373,55 +387,6 @@ fn push_copy_text(buf: &mut String, value: &str) {
     }
 }
 
-/// The listener task behind [`PostgresStore::watch`]: one warning per outage, then
-/// reconnects with a growing delay until `shutdown`.
-async fn listen(pool: PgPool, target: Arc<str>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut backoff = LISTEN_BACKOFF_MIN;
-    let mut failing = false;
-    loop {
-        let lost = match subscribe(&pool).await {
-            Ok(mut listener) => {
-                if failing {
-                    tracing::info!(store = %target, "listening to mapping change notifications again");
-                }
-                failing = false;
-                backoff = LISTEN_BACKOFF_MIN;
-                wake.notify_one();
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        received = listener.try_recv() => match received {
-                            Ok(Some(_)) => wake.notify_one(),
-                            Ok(None) => break "the connection was closed".to_string(),
-                            Err(e) => break e.to_string(),
-                        },
-                    }
-                }
-            }
-            Err(e) => e.to_string(),
-        };
-        if failing {
-            tracing::debug!(store = %target, error = %lost, "change listener still disconnected");
-        } else {
-            failing = true;
-            tracing::warn!(store = %target, error = %lost, "change listener disconnected; reconnecting");
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
-    }
-}
-
-async fn subscribe(pool: &PgPool) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    // A lost connection is reported to `listen`, which re-subscribes and wakes the feed.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
-
 /// The migrations under `controlplane/migrations/postgres/`, compiled into the binary.
 #[derive(Debug)]
 struct EmbeddedMigrations;
@@ -439,5 +404,7 @@ impl MigrationSource<'static> for EmbeddedMigrations {
     }
 }
 
+mod epoch;
+mod listen;
 #[cfg(test)]
 mod tests;

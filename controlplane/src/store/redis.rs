@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -18,8 +18,9 @@ use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, RedisResult, Scr
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Change, Mapping, Progress, StoreError, BULK_KEY};
+use super::{Change, EpochCell, Head, Mapping, Progress, StoreError, BULK_KEY};
 use crate::config::{load_store_url, RedisConfig};
+use scripts::{BULK, DELETE, EPOCH_REFUSED, PUT, RENEW};
 
 /// Mappings per pipelined round trip of an import.
 const IMPORT_CHUNK: usize = 10_000;
@@ -35,52 +36,6 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Reconnect attempts the connection manager makes per failure before it reports it;
 /// the next command starts a new round, so a long outage never wedges the store.
 const RECONNECT_RETRIES: usize = 2;
-
-// The scripts compute the next revision and XADD first: XADD refuses an id at or below
-// the stream's newest, and a script's earlier writes would stay if a later command
-// failed. KEYS: map, keys, rev, changes.
-
-/// ARGV: key, destination, history. Returns the new revision.
-static PUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local rev = (tonumber(redis.call('GET', KEYS[3])) or 0) + 1
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], string.format('%d-1', rev),
-    'key', ARGV[1], 'destination', ARGV[2])
-redis.call('SET', KEYS[3], string.format('%d', rev))
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return rev
-",
-    )
-});
-
-/// ARGV: key, history. Returns the new revision, or nil when the key was not mapped.
-static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return false end
-local rev = (tonumber(redis.call('GET', KEYS[3])) or 0) + 1
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], string.format('%d-1', rev), 'key', ARGV[1])
-redis.call('SET', KEYS[3], string.format('%d', rev))
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return rev
-",
-    )
-});
-
-/// KEYS: rev, changes. ARGV: bulk key, history. Records one bulk change (no destination).
-static BULK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local rev = (tonumber(redis.call('GET', KEYS[1])) or 0) + 1
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], string.format('%d-1', rev), 'key', ARGV[1])
-redis.call('SET', KEYS[1], string.format('%d', rev))
-return rev
-",
-    )
-});
 
 /// The Redis keys of one store, all starting with `key_prefix`.
 #[derive(Debug)]
@@ -118,7 +73,7 @@ struct Inner {
     timeout: Duration,
     /// `host:port`, for error messages (the URL may hold a password).
     server: String,
-    epoch: String,
+    epoch: EpochCell,
 }
 
 /// Cheap to clone: clones share one auto-reconnecting connection.
@@ -150,7 +105,8 @@ impl RedisStore {
         read_epoch.atomic().cmd("SET").arg(&keys.epoch).arg(&fresh).arg("NX").ignore().cmd("GET").arg(&keys.epoch);
         let (epoch,): (String,) =
             bounded(&server, timeout, "reading the epoch", read_epoch.query_async(&mut conn)).await?;
-        let inner = Inner { client, conn, keys, history: config.history, timeout, server, epoch };
+        let inner =
+            Inner { client, conn, keys, history: config.history, timeout, server, epoch: EpochCell::new(epoch) };
         Ok(RedisStore { inner: Arc::new(inner) })
     }
 
@@ -159,19 +115,40 @@ impl RedisStore {
     }
 
     pub async fn put(&self, key: &str, destination: &str) -> Result<u64, StoreError> {
-        let k = &self.inner.keys;
+        let mut put = self.write_script(&PUT);
+        put.arg(key).arg(destination).arg(self.inner.history);
         let mut conn = self.inner.conn.clone();
-        let mut put = PUT.key(&k.map);
-        put.key(&k.keys).key(&k.rev).key(&k.changes).arg(key).arg(destination).arg(self.inner.history);
-        self.bounded("writing a mapping", put.invoke_async(&mut conn)).await
+        self.checked("writing a mapping", put.invoke_async(&mut conn)).await
     }
 
     pub async fn delete(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let k = &self.inner.keys;
+        let mut delete = self.write_script(&DELETE);
+        delete.arg(key).arg(self.inner.history);
         let mut conn = self.inner.conn.clone();
-        let mut delete = DELETE.key(&k.map);
-        delete.key(&k.keys).key(&k.rev).key(&k.changes).arg(key).arg(self.inner.history);
-        self.bounded("deleting a mapping", delete.invoke_async(&mut conn)).await
+        self.checked("deleting a mapping", delete.invoke_async(&mut conn)).await
+    }
+
+    /// An invocation of a write script with its KEYS and the epoch it must find.
+    fn write_script<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let k = &self.inner.keys;
+        let mut invocation = script.key(&k.map);
+        invocation.key(&k.keys).key(&k.rev).key(&k.changes).key(&k.epoch).arg(&*self.inner.epoch.get());
+        invocation
+    }
+
+    /// Like [`Self::bounded`], with a refusal of [`CHECK_EPOCH`] as [`StoreError::EpochChanged`].
+    async fn checked<T>(&self, what: &str, call: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Err(e)) if e.code() == Some(EPOCH_REFUSED) => {
+                let found = e.detail().and_then(scripts::found_epoch);
+                Err(self.inner.epoch.changed(found))
+            }
+            Ok(result) => bounded(&self.inner.server, self.inner.timeout, what, std::future::ready(result)).await,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis at {}: {what}: no answer within {:?}",
+                self.inner.server, self.inner.timeout
+            ))),
+        }
     }
 
     /// Keys from the sorted set, then their destinations. Not one snapshot: a key deleted
@@ -233,6 +210,8 @@ impl RedisStore {
         let mut read = redis::pipe();
         read.atomic()
             .cmd("GET")
+            .arg(&k.epoch)
+            .cmd("GET")
             .arg(&k.rev)
             .cmd("XRANGE")
             .arg(&k.changes)
@@ -246,8 +225,12 @@ impl RedisStore {
             .arg("+")
             .arg("COUNT")
             .arg(limit.clamp(1, i64::MAX as usize));
-        let (current, oldest, after): (Option<u64>, StreamRangeReply, StreamRangeReply) =
+        let (epoch, current, oldest, after): (Option<String>, Option<u64>, StreamRangeReply, StreamRangeReply) =
             self.bounded("reading changes", read.query_async(&mut conn)).await?;
+        // Revisions of another history (or of none) must not be replayed under ours.
+        if epoch.as_deref() != Some(&*self.inner.epoch.get()) {
+            return Err(self.inner.epoch.changed(epoch));
+        }
         let current = current.unwrap_or(0);
         if revision > current {
             return Ok(None);
@@ -264,8 +247,26 @@ impl RedisStore {
         Ok(Some(changes))
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.inner.epoch
+    pub fn epoch(&self) -> Arc<str> {
+        self.inner.epoch.get()
+    }
+
+    pub async fn head(&self) -> Result<Head, StoreError> {
+        let k = &self.inner.keys;
+        let mut read = redis::pipe();
+        read.atomic().cmd("GET").arg(&k.epoch).cmd("GET").arg(&k.rev);
+        let mut conn = self.inner.conn.clone();
+        let (epoch, revision): (Option<String>, Option<u64>) =
+            self.bounded("reading the epoch and revision", read.query_async(&mut conn)).await?;
+        Ok(Head { epoch, revision: revision.unwrap_or(0) })
+    }
+
+    pub async fn renew_epoch(&self, old: &str, fresh: &str) -> Result<Arc<str>, StoreError> {
+        let mut renew = RENEW.key(&self.inner.keys.epoch);
+        renew.arg(old).arg(fresh);
+        let mut conn = self.inner.conn.clone();
+        let epoch: String = self.bounded("starting a new epoch", renew.invoke_async(&mut conn)).await?;
+        Ok(self.inner.epoch.set(epoch))
     }
 
     /// Upserts in pipelined chunks of 10,000 mappings (each chunk one MULTI of HSET and
@@ -278,6 +279,12 @@ impl RedisStore {
         if mappings.is_empty() {
             return self.revision().await;
         }
+        // The bulk change checks the epoch too, but only after every chunk: refuse before
+        // writing a chunk into a store that already lost the history.
+        let head = self.head().await?;
+        if head.epoch.as_deref() != Some(&*self.inner.epoch.get()) {
+            return Err(self.inner.epoch.changed(head.epoch));
+        }
         // A few chunks in flight, so that encoding the next one overlaps Redis applying
         // the previous ones; the replies still arrive in order.
         let mut chunks =
@@ -287,11 +294,10 @@ impl RedisStore {
             written += rows as u64;
             progress(written);
         }
-        let k = &self.inner.keys;
+        let mut bulk = self.write_script(&BULK);
+        bulk.arg(BULK_KEY).arg(self.inner.history);
         let mut conn = self.inner.conn.clone();
-        let mut bulk = BULK.key(&k.rev);
-        bulk.key(&k.changes).arg(BULK_KEY).arg(self.inner.history);
-        self.bounded("recording the import", bulk.invoke_async(&mut conn)).await
+        self.checked("recording the import", bulk.invoke_async(&mut conn)).await
     }
 
     /// One chunk of an import as one MULTI: HSET of every mapping, ZADD of every key.
@@ -439,5 +445,6 @@ fn change_of(entry: &StreamId) -> Result<Change, StoreError> {
     Ok(Change { revision: revision_of(&entry.id)?, key, destination: entry.get("destination") })
 }
 
+mod scripts;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{to_i64, Change, Mapping, StoreError};
+use super::{to_i64, Change, EpochCell, Head, Mapping, StoreError};
 
 /// `AUTOINCREMENT` keeps revision numbers from being reused even if old changes are ever
 /// trimmed; `meta` holds the epoch and the schema version.
@@ -34,7 +34,7 @@ const SCHEMA_VERSION: &str = "1";
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    epoch: Arc<str>,
+    epoch: EpochCell,
 }
 
 impl SqliteStore {
@@ -68,7 +68,7 @@ impl SqliteStore {
         // Generated once with the database, so a restarted control plane keeps it and
         // nodes keep their caches.
         let epoch = meta(&pool, "epoch", &uuid::Uuid::new_v4().to_string()).await?;
-        Ok(SqliteStore { pool, epoch: epoch.into() })
+        Ok(SqliteStore { pool, epoch: EpochCell::new(epoch) })
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -89,6 +89,7 @@ impl SqliteStore {
                 .bind(destination)
                 .fetch_one(&mut *tx)
                 .await?;
+        self.check_epoch(&mut tx).await?;
         sqlx::query(
             "INSERT INTO mappings (key, destination, updated_revision) VALUES (?, ?, ?)
              ON CONFLICT (key) DO UPDATE SET
@@ -118,6 +119,7 @@ impl SqliteStore {
                 .bind(super::BULK_KEY)
                 .fetch_one(&mut *tx)
                 .await?;
+        self.check_epoch(&mut tx).await?;
         // sqlx caches prepared statements by their text: every full batch reuses one,
         // only a last, shorter batch prepares another.
         let full_len = IMPORT_BATCH.min(mappings.len());
@@ -151,6 +153,7 @@ impl SqliteStore {
             tx.rollback().await?;
             return Ok(None);
         }
+        self.check_epoch(&mut tx).await?;
         let revision: i64 =
             sqlx::query_scalar("INSERT INTO changes (key, destination) VALUES (?, NULL) RETURNING revision")
                 .bind(key)
@@ -216,8 +219,47 @@ impl SqliteStore {
         Ok(Some(changes))
     }
 
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.get()
+    }
+
+    /// Refuses a write whose transaction finds another epoch in `meta` (the file was
+    /// replaced, or a replica sharing it started a new epoch). Called after the write's
+    /// first statement, which took the database's write lock: no epoch change can slip in.
+    async fn check_epoch(&self, tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<(), StoreError> {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'epoch'").fetch_optional(&mut **tx).await?;
+        if found.as_deref() == Some(&*self.epoch.get()) {
+            return Ok(());
+        }
+        Err(self.epoch.changed(found))
+    }
+
+    pub async fn head(&self) -> Result<Head, StoreError> {
+        let (epoch, revision): (Option<String>, i64) = sqlx::query_as(
+            "SELECT (SELECT value FROM meta WHERE name = 'epoch'),
+                    COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Head { epoch, revision: revision as u64 })
+    }
+
+    /// `fresh` replaces the stored epoch only while it is still `old` (or missing).
+    pub async fn renew_epoch(&self, old: &str, fresh: &str) -> Result<Arc<str>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('epoch', ?1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value WHERE meta.value = ?2",
+        )
+        .bind(fresh)
+        .bind(old)
+        .execute(&mut *tx)
+        .await?;
+        let epoch: String =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'epoch'").fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(self.epoch.set(epoch))
     }
 
     /// Closes the pool, waiting for connections to finish (tests reopen the file).
@@ -257,126 +299,4 @@ async fn meta(pool: &SqlitePool, name: &str, initial: &str) -> Result<String, St
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn open(dir: &tempfile::TempDir) -> SqliteStore {
-        SqliteStore::open(&dir.path().join("nested/dir/mappings.db")).await.unwrap()
-    }
-
-    #[tokio::test]
-    async fn put_get_delete_with_monotonic_revisions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        assert_eq!(store.revision().await.unwrap(), 0);
-        assert_eq!(store.get("alice").await.unwrap(), None);
-        assert_eq!(store.put("alice", "new").await.unwrap(), 1);
-        assert_eq!(store.put("bob", "legacy").await.unwrap(), 2);
-        // Rewriting the same value is still a write: it bumps the revision.
-        assert_eq!(store.put("alice", "new").await.unwrap(), 3);
-        assert_eq!(store.put("alice", "legacy").await.unwrap(), 4);
-        assert_eq!(store.get("alice").await.unwrap().as_deref(), Some("legacy"));
-        assert_eq!(store.delete("alice").await.unwrap(), Some(5));
-        assert_eq!(store.delete("alice").await.unwrap(), None);
-        assert_eq!(store.get("alice").await.unwrap(), None);
-        assert_eq!(store.revision().await.unwrap(), 5);
-        // Keys are stored as given; normalizing is the caller's job.
-        store.put("Carol", "new").await.unwrap();
-        assert_eq!(store.get("carol").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn list_pages_by_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        for key in ["d", "a", "c", "e", "b"] {
-            store.put(key, &format!("dest-{key}")).await.unwrap();
-        }
-        let page = store.list(None, 2).await.unwrap();
-        let keys: Vec<&str> = page.iter().map(|m| m.key.as_str()).collect();
-        assert_eq!(keys, ["a", "b"]);
-        assert_eq!(page[1].destination, "dest-b");
-        let page = store.list(Some("b"), 2).await.unwrap();
-        assert_eq!(page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["c", "d"]);
-        let page = store.list(Some("d"), 2).await.unwrap();
-        assert_eq!(page.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["e"]);
-        assert!(store.list(Some("e"), 2).await.unwrap().is_empty());
-        assert!(store.list(None, 0).await.unwrap().is_empty());
-        assert_eq!(store.list(None, usize::MAX).await.unwrap().len(), 5);
-    }
-
-    #[tokio::test]
-    async fn changes_since_replays_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        assert_eq!(store.changes_since(0, 10).await.unwrap(), Some(vec![]));
-        store.put("a", "x").await.unwrap();
-        store.put("b", "y").await.unwrap();
-        store.delete("a").await.unwrap();
-        let change = |revision, key: &str, destination: Option<&str>| Change {
-            revision,
-            key: key.into(),
-            destination: destination.map(Into::into),
-        };
-        assert_eq!(
-            store.changes_since(0, 10).await.unwrap().unwrap(),
-            [change(1, "a", Some("x")), change(2, "b", Some("y")), change(3, "a", None)]
-        );
-        assert_eq!(store.changes_since(1, 1).await.unwrap().unwrap(), [change(2, "b", Some("y"))]);
-        assert_eq!(store.changes_since(3, 10).await.unwrap(), Some(vec![]));
-        // A node ahead of the store follows another history: it must flush.
-        assert_eq!(store.changes_since(4, 10).await.unwrap(), None);
-        // Once the log is trimmed past a node's revision, it must flush too.
-        sqlx::query("DELETE FROM changes WHERE revision <= 2").execute(&store.pool).await.unwrap();
-        assert_eq!(store.changes_since(1, 10).await.unwrap(), None);
-        assert_eq!(store.changes_since(2, 10).await.unwrap().unwrap().len(), 1);
-        assert_eq!(store.revision().await.unwrap(), 3);
-    }
-
-    #[tokio::test]
-    async fn reopening_keeps_epoch_mappings_and_revision() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        store.put("a", "x").await.unwrap();
-        store.put("b", "y").await.unwrap();
-        store.delete("b").await.unwrap();
-        let epoch = store.epoch().to_owned();
-        assert!(!epoch.is_empty());
-        store.close().await;
-
-        let store = open(&dir).await;
-        assert_eq!(store.epoch(), epoch);
-        assert_eq!(store.revision().await.unwrap(), 3);
-        assert_eq!(store.get("a").await.unwrap().as_deref(), Some("x"));
-        assert_eq!(store.put("c", "z").await.unwrap(), 4);
-        assert_eq!(store.changes_since(2, 10).await.unwrap().unwrap().len(), 2);
-
-        let other = tempfile::tempdir().unwrap();
-        assert_ne!(open(&other).await.epoch(), epoch);
-    }
-
-    #[tokio::test]
-    async fn concurrent_writers_get_distinct_revisions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        let writes = (0..20).map(|i| {
-            let store = store.clone();
-            tokio::spawn(async move { store.put(&format!("k{i}"), "d").await.unwrap() })
-        });
-        let mut revisions = Vec::new();
-        for w in writes {
-            revisions.push(w.await.unwrap());
-        }
-        revisions.sort_unstable();
-        assert_eq!(revisions, (1..=20).collect::<Vec<u64>>());
-    }
-
-    #[tokio::test]
-    async fn an_unusable_path_is_unavailable() {
-        let dir = tempfile::tempdir().unwrap();
-        let blocker = dir.path().join("file");
-        std::fs::write(&blocker, "").unwrap();
-        let err = SqliteStore::open(&blocker.join("mappings.db")).await.unwrap_err();
-        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
-    }
-}
+mod tests;
