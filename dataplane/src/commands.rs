@@ -16,10 +16,8 @@ pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionA
             }
             for change in &update.changes {
                 match &change.change {
-                    Some(pb::route_change::Change::Upsert(destination)) => {
-                        routes.upsert(&change.key, destination).await
-                    }
-                    Some(pb::route_change::Change::Remove(_)) | None => routes.remove(&change.key).await,
+                    Some(pb::route_change::Change::Upsert(destination)) => routes.upsert(&change.key, destination),
+                    Some(pb::route_change::Change::Remove(_)) | None => routes.remove(&change.key),
                 }
             }
         }
@@ -49,7 +47,7 @@ pub async fn apply_command(node: &Node, command: pb::Command) -> pb::CommandAck 
                 if inv.key.is_empty() {
                     routes.clear();
                 } else {
-                    routes.remove(&inv.key).await;
+                    routes.remove(&inv.key);
                 }
             }
             (pb::CommandResult::Applied, 0, String::new())
@@ -73,7 +71,7 @@ pub async fn apply_command(node: &Node, command: pb::Command) -> pb::CommandAck 
 /// The node's cumulative counters and destination health.
 pub async fn report(node: &Node) -> pb::Report {
     if let Some(routes) = node.routes() {
-        routes.sync().await;
+        routes.sync();
     }
     let cache = node.cache_stats();
     let active = node.sessions.active();

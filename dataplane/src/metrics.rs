@@ -23,7 +23,7 @@ pub async fn run(node: Arc<Node>, interval: Duration) {
             _ = node.shutdown.cancelled() => return,
         }
         if let Some(routes) = node.routes() {
-            routes.sync().await;
+            routes.sync();
         }
         let cache = node.cache_stats();
         tracing::info!(

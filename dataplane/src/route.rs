@@ -3,16 +3,21 @@
 //! Entries live in moka for their TTL plus `max_stale`: past the TTL an entry is only used
 //! when the control plane cannot be reached, so a node keeps serving through an outage
 //! without ever sending an unknown account to the default destination. Concurrent misses
-//! for one key share one `Resolve`, and a pushed change bumps a generation fence so a
-//! lookup already in flight never writes an older answer back over it.
+//! for one key share one `Resolve`.
+//!
+//! The fence: a lookup's answer is written back only if no change to its key was pushed
+//! while it was on the wire. The flights table is the one lock: a pushed change takes its
+//! key's flight out of it (and updates the cache) while holding it, and a flight checks it
+//! is still there and writes its answer back while holding it, so no change can slip
+//! between the check and the write. A change to one key never touches another key's flight.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use moka::future::Cache;
+use moka::sync::Cache;
 use tokio::time::Instant;
 
 use crate::settings::CacheSettings;
@@ -43,14 +48,33 @@ struct Entry {
     fetched: Instant,
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Resolved, RouteError>>>;
+/// How one `Resolve` in flight ended for the lookups waiting on it.
+#[derive(Debug, Clone)]
+enum Answer {
+    Resolved(Resolved),
+    Failed(RouteError),
+    /// A change to the key was pushed meanwhile: the answer may predate it and was dropped.
+    Superseded,
+}
+
+type Flight = Shared<BoxFuture<'static, Answer>>;
+
+/// A `Resolve` in flight, under an id of its own so a flight started after a change is
+/// not taken for the one the change superseded.
+struct InFlight {
+    id: u64,
+    flight: Flight,
+}
+
+/// How often a lookup starts over when changes keep superseding its `Resolve`.
+const ROUNDS: usize = 3;
 
 pub struct RouteCache {
     entries: Cache<String, Entry>,
     settings: CacheSettings,
     resolver: Arc<dyn Resolver>,
-    inflight: Mutex<HashMap<String, Flight>>,
-    generation: AtomicU64,
+    flights: Mutex<HashMap<String, InFlight>>,
+    next_flight: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -74,8 +98,8 @@ impl RouteCache {
             entries,
             settings,
             resolver,
-            inflight: Mutex::default(),
-            generation: AtomicU64::new(0),
+            flights: Mutex::default(),
+            next_flight: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
@@ -86,26 +110,40 @@ impl RouteCache {
     }
 
     /// The destination for `key`: a fresh cached answer, else the control plane, else a
-    /// stale answer within `max_stale`, else `RouteError::Unavailable`.
+    /// stale answer within `max_stale`, else `RouteError::Unavailable`. A change pushed while
+    /// the control plane was being asked wins: the lookup then answers from it, or asks again
+    /// if it was a removal.
     pub async fn lookup(self: &Arc<Self>, key: &str) -> Result<Resolved, RouteError> {
-        let cached = self.entries.get(key).await;
-        if let Some(entry) = &cached {
-            if entry.fetched.elapsed() < self.ttl(&entry.resolved) {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(entry.resolved.clone());
+        for round in 0..ROUNDS {
+            let cached = self.entries.get(key);
+            if let Some(entry) = &cached {
+                if entry.fetched.elapsed() < self.ttl(&entry.resolved) {
+                    if round == 0 {
+                        self.hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(entry.resolved.clone());
+                }
+            }
+            if round == 0 {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.flight(key).await {
+                Answer::Resolved(resolved) => return Ok(resolved),
+                Answer::Superseded => continue,
+                Answer::Failed(err) => {
+                    return match cached {
+                        Some(entry)
+                            if entry.fetched.elapsed() < self.ttl(&entry.resolved) + self.settings.max_stale =>
+                        {
+                            tracing::debug!(error = %err, "control plane unreachable; serving a stale route");
+                            Ok(entry.resolved)
+                        }
+                        _ => Err(err),
+                    }
+                }
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        match self.flight(key).await {
-            Ok(resolved) => Ok(resolved),
-            Err(err) => match cached {
-                Some(entry) if entry.fetched.elapsed() < self.ttl(&entry.resolved) + self.settings.max_stale => {
-                    tracing::debug!(error = %err, "control plane unreachable; serving a stale route");
-                    Ok(entry.resolved)
-                }
-                _ => Err(err),
-            },
-        }
+        Err(RouteError::Unavailable("the route kept changing while it was looked up".into()))
     }
 
     fn ttl(&self, resolved: &Resolved) -> Duration {
@@ -116,63 +154,77 @@ impl RouteCache {
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, InFlight>> {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Joins the in-flight `Resolve` for `key` or starts one. The fetch runs in its own
     /// task so a client that hangs up does not cancel it for the others waiting.
     fn flight(self: &Arc<Self>, key: &str) -> Flight {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(flight) = inflight.get(key) {
-            return flight.clone();
+        let mut flights = self.lock();
+        if let Some(in_flight) = flights.get(key) {
+            return in_flight.flight.clone();
         }
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         let this = Arc::clone(self);
         let owned = key.to_string();
-        let task = tokio::spawn(async move { this.fetch(owned).await });
+        let task = tokio::spawn(async move { this.fetch(owned, id).await });
+        let this = Arc::clone(self);
+        let owned = key.to_string();
         let flight = async move {
-            task.await.unwrap_or_else(|e| Err(RouteError::Unavailable(format!("resolve task failed: {e}"))))
+            let failed = |e| Err(RouteError::Unavailable(format!("resolve task failed: {e}")));
+            match task.await {
+                Ok(answer) => answer,
+                Err(e) => this.settle(&owned, id, failed(e)),
+            }
         }
         .boxed()
         .shared();
-        inflight.insert(key.to_string(), flight.clone());
+        flights.insert(key.to_string(), InFlight { id, flight: flight.clone() });
         flight
     }
 
-    async fn fetch(self: Arc<Self>, key: String) -> Result<Resolved, RouteError> {
-        // A change for this key may land while Resolve is on the wire; then the answer
-        // may predate it. Ask again (bounded) rather than write an old answer back.
-        let mut result = Err(RouteError::Unavailable("not resolved".into()));
-        for _ in 0..3 {
-            let fence = self.generation.load(Ordering::Acquire);
-            result = self.resolver.resolve(key.clone()).await;
-            if self.generation.load(Ordering::Acquire) == fence {
-                if let Ok(resolved) = &result {
-                    let entry = Entry { resolved: resolved.clone(), fetched: Instant::now() };
-                    self.entries.insert(key.clone(), entry).await;
-                }
-                break;
-            }
+    async fn fetch(self: Arc<Self>, key: String, id: u64) -> Answer {
+        let result = self.resolver.resolve(key.clone()).await;
+        self.settle(&key, id, result)
+    }
+
+    /// Ends flight `id` of `key`: if no change superseded it, writes its answer back (under
+    /// the same lock a change takes, so none can slip in between).
+    fn settle(&self, key: &str, id: u64, result: Result<Resolved, RouteError>) -> Answer {
+        let mut flights = self.lock();
+        if flights.get(key).is_none_or(|f| f.id != id) {
+            return Answer::Superseded;
         }
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        result
+        flights.remove(key);
+        match result {
+            Ok(resolved) => {
+                self.entries.insert(key.to_string(), Entry { resolved: resolved.clone(), fetched: Instant::now() });
+                Answer::Resolved(resolved)
+            }
+            Err(err) => Answer::Failed(err),
+        }
     }
 
-    fn fence(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A pushed route change: the new answer is cached at once.
-    pub async fn upsert(&self, key: &str, destination: &str) {
-        self.fence();
+    /// A pushed route change: the new answer is cached at once, and a lookup of `key` in
+    /// flight answers with it.
+    pub fn upsert(&self, key: &str, destination: &str) {
         let resolved = Resolved { destination: destination.to_string(), mapped: true };
-        self.entries.insert(key.to_string(), Entry { resolved, fetched: Instant::now() }).await;
+        let mut flights = self.lock();
+        flights.remove(key);
+        self.entries.insert(key.to_string(), Entry { resolved, fetched: Instant::now() });
     }
 
-    /// A pushed removal or invalidation: the next lookup asks the control plane.
-    pub async fn remove(&self, key: &str) {
-        self.fence();
-        self.entries.invalidate(key).await;
+    /// A pushed removal or invalidation: the next lookup (and one in flight) asks again.
+    pub fn remove(&self, key: &str) {
+        let mut flights = self.lock();
+        flights.remove(key);
+        self.entries.invalidate(key);
     }
 
     pub fn clear(&self) {
-        self.fence();
+        let mut flights = self.lock();
+        flights.clear();
         self.entries.invalidate_all();
     }
 
@@ -191,8 +243,8 @@ impl RouteCache {
     }
 
     /// Runs moka's pending housekeeping so `entries` is exact (reports, tests).
-    pub async fn sync(&self) {
-        self.entries.run_pending_tasks().await;
+    pub fn sync(&self) {
+        self.entries.run_pending_tasks();
     }
 }
 

@@ -160,8 +160,8 @@ async fn replay(steps: &[Step], change: Change, key_written: &str) {
             },
             Step::Push => {
                 match change {
-                    Change::Upsert => run.cache.upsert(key_written, "new").await,
-                    Change::Remove => run.cache.remove(key_written).await,
+                    Change::Upsert => run.cache.upsert(key_written, "new"),
+                    Change::Remove => run.cache.remove(key_written),
                 }
                 quiesce().await;
             }
@@ -252,7 +252,7 @@ async fn racing_lookups_never_leave_an_older_route_than_the_last_push() {
                     let value = format!("v{v}");
                     store.lock().unwrap().insert(key.clone(), value.clone());
                     tokio::task::yield_now().await;
-                    cache.upsert(&key, &value).await;
+                    cache.upsert(&key, &value);
                 }
             })
         };

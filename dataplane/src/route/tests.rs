@@ -62,7 +62,7 @@ async fn miss_then_hit_and_counters() {
     assert_eq!(cache.lookup("alice").await.unwrap().destination, "new");
     assert_eq!(cache.lookup("alice").await.unwrap().destination, "new");
     assert_eq!(cache.lookup("bob").await.unwrap(), Resolved { destination: "legacy".into(), mapped: false });
-    cache.sync().await;
+    cache.sync();
     assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 2, entries: 2 });
     assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
 }
@@ -127,11 +127,11 @@ async fn a_change_wins_over_a_lookup_in_flight() {
     }
     // The store changes and the push lands while the first Resolve (old answer) is held.
     fake.set("erin", "new");
-    cache.upsert("erin", "new").await;
+    cache.upsert("erin", "new");
     *fake.hold.lock().unwrap() = None;
     gate.notify_waiters();
     let answered = pending.await.unwrap().unwrap();
-    assert_eq!(answered.destination, "new", "the in-flight lookup re-asked after the fence");
+    assert_eq!(answered.destination, "new", "the in-flight lookup answers with the pushed change");
     assert_eq!(cache.lookup("erin").await.unwrap().destination, "new", "no stale write-back");
 }
 
@@ -140,7 +140,7 @@ async fn removal_and_clear_force_a_new_resolve() {
     let (cache, fake) = cache();
     fake.set("frank", "new");
     cache.lookup("frank").await.unwrap();
-    cache.remove("frank").await;
+    cache.remove("frank");
     cache.lookup("frank").await.unwrap();
     assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
     cache.clear();
