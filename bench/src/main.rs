@@ -16,6 +16,7 @@ mod peers;
 mod procs;
 mod report;
 mod resolve;
+mod route_cache;
 mod stats;
 
 use std::path::PathBuf;
@@ -67,7 +68,7 @@ struct RunArgs {
     #[arg(long)]
     requests: Option<usize>,
     /// Scenarios to run, comma-separated.
-    #[arg(long, default_value = "1,2,3,5", value_delimiter = ',')]
+    #[arg(long, default_value = "1,2,3,5,6", value_delimiter = ',')]
     scenarios: Vec<u32>,
     /// Skip the real-Dovecot half of scenario 1.
     #[arg(long)]
@@ -112,6 +113,7 @@ async fn run(args: RunArgs, nofile: u64) -> Result<()> {
         fleet_sizes: [100, 1000],
         runs,
     };
+    let route_cache = route_cache::Opts { duration, runs };
     let bulk = bulk::Opts { messages: 20, message_size: 5_000_000, duration, runs };
     let mut figures: Vec<Vec<report::Figure>> = vec![Vec::new(); runs];
     let mut notes = Vec::new();
@@ -134,7 +136,8 @@ async fn run(args: RunArgs, nofile: u64) -> Result<()> {
             2 => bulk::scenario(&bulk, dovecot, &mut figures).await?,
             3 => idle::scenario(&idle, &mut figures, &mut notes).await?,
             5 => control::scenario(&control, &mut figures).await?,
-            other => anyhow::bail!("no scenario {other} (implemented: 1, 2, 3, 5)"),
+            6 => route_cache::scenario(&route_cache, &mut figures).await?,
+            other => anyhow::bail!("no scenario {other} (implemented: 1, 2, 3, 5, 6)"),
         }
     }
     let rows = report::summarize(&figures);
