@@ -73,6 +73,8 @@ pub struct NodeView {
     pub applied_epoch: String,
     pub last_report_age: Option<Duration>,
     pub report: Option<pb::Report>,
+    /// Messages waiting in the control plane for the node's stream to take them.
+    pub queued: usize,
 }
 
 pub struct Fleet {
@@ -191,6 +193,7 @@ impl Fleet {
                 applied_epoch: e.applied.0.clone(),
                 last_report_age: e.report_at.map(|t| t.elapsed()),
                 report: e.report.clone(),
+                queued: e.tx.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity()),
             })
             .collect();
         views.sort_by(|a, b| a.node_id.cmp(&b.node_id));

@@ -107,6 +107,9 @@ struct NodeInfo {
     applied_revision: u64,
     sync: SyncState,
     last_report_age_s: Option<f64>,
+    /// Messages waiting for the node's stream to take them (a node that does not keep up).
+    #[serde(default)]
+    queued: usize,
     listeners: Vec<ListenerView>,
     /// The peer this entry came from (absent: the replica asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,6 +158,7 @@ fn node_info(v: NodeView, current: Option<u64>, epoch: &str) -> NodeInfo {
         stale: v.stale,
         applied_revision: v.applied_revision,
         last_report_age_s: v.last_report_age.map(seconds),
+        queued: v.queued,
         listeners: v
             .listeners
             .into_iter()
