@@ -16,6 +16,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Config(String),
+    /// A node's Hello names an id a live process already holds.
+    #[error("{0}")]
+    NodeIdInUse(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -27,6 +30,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::BadRequest(m) => tonic::Status::invalid_argument(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
+            Error::NodeIdInUse(m) => tonic::Status::already_exists(m),
             // A node that gets `unavailable` answers its client with a temporary failure.
             other => tonic::Status::unavailable(other.to_string()),
         }
@@ -38,6 +42,7 @@ impl IntoResponse for Error {
         let status = match &self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NodeIdInUse(_) => StatusCode::CONFLICT,
             Error::Store(StoreError::ReadOnly) => StatusCode::CONFLICT,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -195,13 +195,20 @@ async fn two_live_processes_of_one_id_on_two_replicas_are_applied_only_when_both
     assert_ne!(results[0]["result"], "applied", "process B (instance {b_instance}) did not apply it: {stopped}");
     assert_eq!(results[0]["conflict"], true, "{stopped}");
 
-    // `/nodes` of either replica shows both processes.
+    // `/nodes` of either replica shows both processes: one as the entry, the other as
+    // its conflict, and which replica holds each.
+    let a_instance = a.instance_id().await?;
     for replica in [&r1, &r2] {
         let entry = twin_entry(&replica.api()).await?;
         let conflicts = entry["conflicts"].as_array().cloned().unwrap_or_default();
         assert_eq!(conflicts.len(), 1, "{entry}");
         assert_eq!(conflicts[0]["state"], "connected", "{entry}");
-        assert!(conflicts[0]["peer"].is_string(), "the replica that holds the other one: {entry}");
+        let mut instances = [entry["instance_id"].as_str(), conflicts[0]["instance_id"].as_str()];
+        instances.sort();
+        let mut expected = [Some(&*a_instance), Some(&*b_instance)];
+        expected.sort();
+        assert_eq!(instances, expected, "{entry}");
+        assert!(entry["peer"].is_string() != conflicts[0]["peer"].is_string(), "one is the peer's: {entry}");
     }
     // B catches up once it reads again.
     eventually(WAIT, || async {
