@@ -119,6 +119,7 @@ async fn a_second_live_process_with_the_same_id_is_refused_and_never_reported_ap
     let holder = entry["address"].as_str().context("the holder's address")?.to_string();
     let refusal = b.wait_for(&["ERROR", "node id", &holder]).await?;
     assert!(refusal.contains(&a_instance), "{refusal}");
+    eprintln!("B's log: {refusal}\n/nodes: {entry}");
     let (code, ready) = b.readyz().await?;
     assert_eq!((code, ready["status"].as_str()), (503, Some("refused")), "{ready}");
     let via_b = via(&b).await?.unwrap_err();
@@ -216,5 +217,48 @@ async fn two_live_processes_of_one_id_on_two_replicas_are_applied_only_when_both
         Ok(())
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_fell_silent_is_replaced_and_refused_when_it_comes_back() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    let (legacy, new) = two_dovecots().await?;
+    let dir = tempfile::tempdir()?;
+    // Heartbeats every 500 ms: a holder silent for 1.5 s gives the id up.
+    let config =
+        config(&dir.path().join("m.db"), &legacy, &new).replacen(HEARTBEAT, "heartbeat_interval = \"500ms\"", 1);
+    let cp = ControlPlane::start_config(config).await?;
+    let api = cp.api();
+    put(&api, "legacy").await?;
+    let a = NodeProc::start(ID, &[cp.endpoint()]).await?;
+    a.wait_for(&["connected to the control plane"]).await?;
+    assert_eq!(via(&a).await?, on("legacy"), "A routes (and caches) alice on legacy");
+
+    // A stops (SIGSTOP) with its stream open; B, started meanwhile, takes the id over
+    // once A has been silent for three heartbeat intervals.
+    a.stop()?;
+    let b = NodeProc::start(ID, &[cp.endpoint()]).await?;
+    b.wait_for(&["connected to the control plane"]).await?;
+    let results = twin_results(&put(&api, "new").await?);
+    a.resume()?;
+    assert_eq!(results.len(), 1, "{results:?}");
+    let b_instance = b.instance_id().await?;
+    assert_eq!(
+        (results[0]["result"].as_str(), results[0]["instance_id"].as_str()),
+        (Some("applied"), Some(&*b_instance))
+    );
+    assert_eq!(via(&b).await?, on("new"));
+
+    // A comes back, finds its id held by B, and drops the routes nobody updates any more:
+    // a temporary failure, never alice's old destination.
+    let refusal = a.wait_for(&["ERROR", "refused by the control plane"]).await?;
+    eprintln!("A's log: {refusal}");
+    let (code, ready) = a.readyz().await?;
+    assert_eq!((code, ready["status"].as_str()), (503, Some("refused")), "{ready}");
+    let via_a = via(&a).await?;
+    assert!(via_a.as_ref().is_err_and(|e| e.contains("NO [UNAVAILABLE]")), "A after it was replaced: {via_a:?}");
     Ok(())
 }
