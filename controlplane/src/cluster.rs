@@ -249,20 +249,37 @@ pub trait NodeEntry {
     fn connected(&self) -> bool;
     /// Seconds since the node's last report, as that replica saw it.
     fn report_age_s(&self) -> Option<f64>;
+    /// The process behind the entry, for the views that carry it.
+    fn instance_id(&self) -> Option<&str> {
+        None
+    }
+    /// Records `other`, another live process with this node id held by another replica.
+    fn add_conflict(&mut self, _other: &Self) {}
 }
 
 /// One entry per node (a node that failed over is known to several replicas): the entry
 /// from the replica it is connected to, then the one with the freshest report; on a tie
-/// the first (this replica's own entries come first). Sorted by node id.
+/// the first (this replica's own entries come first). Another connected entry for the
+/// same id from a different process is a conflict, recorded on the one kept. Sorted by
+/// node id.
 pub fn merge_nodes<T: NodeEntry>(entries: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut best: BTreeMap<String, T> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, Vec<T>> = BTreeMap::new();
     for entry in entries {
-        let better = best.get(entry.node_id()).is_none_or(|kept| prefer(&entry, kept));
-        if better {
-            best.insert(entry.node_id().to_string(), entry);
+        by_node.entry(entry.node_id().to_string()).or_default().push(entry);
+    }
+    by_node.into_values().filter_map(merge_one_node).collect()
+}
+
+fn merge_one_node<T: NodeEntry>(mut entries: Vec<T>) -> Option<T> {
+    let best = (1..entries.len()).fold(0, |best, i| if prefer(&entries[i], &entries[best]) { i } else { best });
+    let mut kept = entries.swap_remove(best);
+    for other in &entries {
+        let different = matches!((kept.instance_id(), other.instance_id()), (Some(a), Some(b)) if a != b);
+        if kept.connected() && other.connected() && different {
+            kept.add_conflict(other);
         }
     }
-    best.into_values().collect()
+    Some(kept)
 }
 
 fn prefer(candidate: &impl NodeEntry, kept: &impl NodeEntry) -> bool {
@@ -276,26 +293,65 @@ fn prefer(candidate: &impl NodeEntry, kept: &impl NodeEntry) -> bool {
     }
 }
 
-/// Per-node results of a command or write run by several replicas: one per node, the
-/// best outcome (`undeclared` — a replica holding its stream says it cannot route the
-/// write, which no other answer hides — then `applied`, `rejected`, `timeout`,
-/// `not_connected`) first come.
-pub fn merge_results(results: impl IntoIterator<Item = NodeResult>) -> Vec<NodeResult> {
-    let rank = |o: NodeOutcome| match o {
+/// How good one process's outcome is, when the same process answered through several
+/// replicas: `undeclared` first (a replica holding its stream says it cannot route the write,
+/// which no other answer may hide), then `applied`, `rejected`, `timeout`, `not_connected`.
+fn rank(outcome: NodeOutcome) -> u8 {
+    match outcome {
         NodeOutcome::Undeclared => 4,
         NodeOutcome::Applied => 3,
         NodeOutcome::Rejected => 2,
         NodeOutcome::Timeout => 1,
         NodeOutcome::NotConnected => 0,
-    };
-    let mut best: BTreeMap<String, NodeResult> = BTreeMap::new();
-    for result in results {
-        let better = best.get(&result.node_id).is_none_or(|kept| rank(result.result) > rank(kept.result));
-        if better {
-            best.insert(result.node_id.clone(), result);
-        }
     }
-    best.into_values().collect()
+}
+
+/// How bad one of several live processes' outcomes is for the node id they share: anything
+/// but `applied` (`undeclared` included: that process cannot route the write) is worse.
+fn badness(outcome: NodeOutcome) -> u8 {
+    match outcome {
+        NodeOutcome::Applied => 0,
+        NodeOutcome::Undeclared => 1,
+        NodeOutcome::Rejected => 2,
+        NodeOutcome::Timeout => 3,
+        NodeOutcome::NotConnected => 4,
+    }
+}
+
+/// Per-node results of a command or write run by several replicas, one per node id.
+/// A process known to several replicas (it failed over) counts once, with its best
+/// outcome (see [`rank`]). Several live
+/// processes with one id (each on its own replica) give the worst of their outcomes,
+/// marked `conflict`: `applied` only when every one of them applied it.
+pub fn merge_results(results: impl IntoIterator<Item = NodeResult>) -> Vec<NodeResult> {
+    let mut by_node: BTreeMap<String, Vec<NodeResult>> = BTreeMap::new();
+    for result in results {
+        by_node.entry(result.node_id.clone()).or_default().push(result);
+    }
+    by_node.into_values().filter_map(merge_one_result).collect()
+}
+
+fn merge_one_result(results: Vec<NodeResult>) -> Option<NodeResult> {
+    let best_of = |results: Vec<NodeResult>| {
+        results.into_iter().reduce(|a, b| if rank(b.result) > rank(a.result) { b } else { a })
+    };
+    // An older peer does not say which process answered: the best outcome, as before.
+    if results.iter().any(|r| r.instance_id.is_none()) {
+        return best_of(results);
+    }
+    let mut by_instance: BTreeMap<Option<String>, Vec<NodeResult>> = BTreeMap::new();
+    for result in results {
+        by_instance.entry(result.instance_id.clone()).or_default().push(result);
+    }
+    // A process that is not connected anywhere is gone (or restarted under a new instance id).
+    let (live, gone): (Vec<_>, Vec<_>) =
+        by_instance.into_values().filter_map(best_of).partition(|r| r.result != NodeOutcome::NotConnected);
+    if live.len() <= 1 {
+        return live.into_iter().next().or_else(|| gone.into_iter().next());
+    }
+    let count = live.iter().filter_map(|r| r.count).reduce(|a, b| a + b);
+    let worst = live.into_iter().reduce(|a, b| if badness(b.result) > badness(a.result) { b } else { a })?;
+    Some(NodeResult { instance_id: None, count, conflict: true, ..worst })
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub enum Error {
     Undeclared { message: String, conflicts: Vec<Conflict> },
     #[error("{0}")]
     Config(String),
+    /// A node's Hello names an id a live process already holds.
+    #[error("{0}")]
+    NodeIdInUse(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -38,6 +41,7 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => tonic::Status::not_found(m),
             // Not the default destination: the node answers its client with a temporary failure.
             Error::Undeclared { message, .. } => tonic::Status::unavailable(message),
+            Error::NodeIdInUse(m) => tonic::Status::already_exists(m),
             // A node that gets `unavailable` answers its client with a temporary failure.
             other => tonic::Status::unavailable(other.to_string()),
         }
@@ -50,6 +54,7 @@ impl IntoResponse for Error {
             Error::Undeclared { .. } => StatusCode::CONFLICT,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NodeIdInUse(_) => StatusCode::CONFLICT,
             Error::Store(StoreError::ReadOnly) => StatusCode::CONFLICT,
             Error::Store(_) | Error::HistoryLost(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_) | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,

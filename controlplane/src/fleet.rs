@@ -1,26 +1,47 @@
 //! The control plane's view of its nodes: who is connected, what they last reported,
 //! which revision they applied, and the commands waiting for their acks.
+//!
+//! One process holds a node id at a time ([`claim`]). Nothing sent to a node waits on it:
+//! its stream pulls route updates from its outbox when it has room ([`stream`]), a
+//! command waits for room at most until its deadline, and a heartbeat that finds no
+//! room is skipped.
+
+mod claim;
+mod results;
+mod stream;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use switchyard_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::commands::CommandLog;
+use crate::error::Result;
 use crate::outbox::Outbox;
+pub use claim::{Refused, REFUSAL_MEMORY};
+use results::{applied_outcome, applied_result, send_command};
+pub use results::{NodeOutcome, NodeResult};
+pub use stream::Messages;
 
-/// What goes down one node's Session stream.
-pub type Outbound = mpsc::Sender<Result<pb::ControlMessage, tonic::Status>>;
+/// Commands and heartbeats for one node's stream; its route updates wait in its outbox.
+pub type Outbound = mpsc::Sender<pb::ControlMessage>;
 
 struct NodeEntry {
     hello: pb::Hello,
     /// Identifies the current stream, so a late disconnect of an old stream is ignored.
     stream_id: u64,
     tx: Option<Outbound>,
+    /// Where the current stream connects from.
+    address: Option<SocketAddr>,
+    /// Ends the current stream and its pump: the node left, or a newer stream replaced it.
+    stop: CancellationToken,
+    /// Tells the current stream that its outbox may have an update to send.
+    wake: Arc<Notify>,
     connected_at: Instant,
     last_seen: Instant,
     report: Option<pb::Report>,
@@ -28,39 +49,16 @@ struct NodeEntry {
     applied: (String, u64),
     pending: HashMap<String, oneshot::Sender<pb::CommandAck>>,
     outbox: Outbox,
+    /// Processes refused because this id was held.
+    refused: Vec<Refused>,
 }
 
-impl NodeEntry {
-    /// Sends the node's merged route changes if it acked what was in flight.
-    fn flush(&mut self) {
-        let (Some(tx), Some(update)) = (&self.tx, self.outbox.ready(&self.applied)) else { return };
-        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update.clone())) };
-        if tx.try_send(Ok(message)).is_err() {
-            // The stream is full or gone: keep the changes for the next ack or resync.
-            self.outbox.requeue(update);
-        }
-    }
-}
-
-/// One node's result for a fleet-wide command or write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeOutcome {
-    Applied,
-    NotConnected,
-    Timeout,
-    Rejected,
-    /// Applied a route to a destination its fleet settings do not declare: the node answers
-    /// the account with a temporary failure (only in a write's answer).
-    Undeclared,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeResult {
-    pub node_id: String,
-    pub result: NodeOutcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub count: Option<u64>,
+/// A stream the fleet accepted: its id, what ends it, and its outbox's wakeup.
+pub struct Registration {
+    pub stream_id: u64,
+    /// Cancelled when the node disconnects or a newer stream replaces this one.
+    pub stop: CancellationToken,
+    wake: Arc<Notify>,
 }
 
 /// A read-only copy of one node's state for the API and the metrics line.
@@ -70,12 +68,18 @@ pub struct NodeView {
     pub instance_id: String,
     pub version: String,
     pub listeners: Vec<pb::Listener>,
+    /// Where the current (or last) stream connects from.
+    pub address: Option<SocketAddr>,
     pub connected: bool,
     pub stale: bool,
     pub applied_revision: u64,
     pub applied_epoch: String,
     pub last_report_age: Option<Duration>,
     pub report: Option<pb::Report>,
+    /// Messages waiting in the control plane for the node's stream to take them.
+    pub queued: usize,
+    /// Other processes with this node id, refused while this one held it.
+    pub refused: Vec<Refused>,
 }
 
 pub struct Fleet {
@@ -103,16 +107,47 @@ impl Fleet {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a node's new stream; a new instance id starts its counters afresh.
-    /// `in_flight` is the revision of a replay already queued on `tx` (0: none).
-    pub fn connect(&self, hello: pb::Hello, applied: (String, u64), in_flight: u64, tx: Outbound) -> u64 {
-        let stream_id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let now = Instant::now();
+    fn silence(&self) -> Duration {
+        self.heartbeat_interval * 3
+    }
+
+    /// Refuses a Hello whose node id a live process holds (see [`claim`]), before any
+    /// work is done for it; [`connect`](Self::connect) checks again.
+    pub fn check_claim(&self, hello: &pb::Hello, address: Option<SocketAddr>) -> Result<()> {
+        match self.lock().get_mut(&hello.node_id) {
+            Some(entry) => entry.admit(hello, address, self.silence()).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Registers a node's new stream (replacing the same process's old one, or a silent
+    /// holder's), or refuses it while another live process holds the id. A new instance
+    /// id starts its counters afresh. `in_flight` is the revision of a replay queued
+    /// ahead of the stream (0: none).
+    pub fn connect(
+        &self,
+        hello: pb::Hello,
+        address: Option<SocketAddr>,
+        applied: (String, u64),
+        in_flight: u64,
+        tx: Outbound,
+    ) -> Result<Registration> {
+        let silence = self.silence();
         let mut nodes = self.lock();
+        if let Some(entry) = nodes.get_mut(&hello.node_id) {
+            let claim = entry.admit(&hello, address, silence)?;
+            entry.supersede(claim, &hello);
+        }
+        let stream_id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let registration = Registration { stream_id, stop: CancellationToken::new(), wake: Arc::new(Notify::new()) };
+        let now = Instant::now();
         let entry = nodes.entry(hello.node_id.clone()).or_insert_with(|| NodeEntry {
             hello: hello.clone(),
             stream_id,
             tx: None,
+            address,
+            stop: registration.stop.clone(),
+            wake: Arc::clone(&registration.wake),
             connected_at: now,
             last_seen: now,
             report: None,
@@ -120,30 +155,49 @@ impl Fleet {
             applied: applied.clone(),
             pending: HashMap::new(),
             outbox: Outbox::default(),
+            refused: Vec::new(),
         });
         if entry.hello.instance_id != hello.instance_id {
             entry.report = None;
             entry.report_at = None;
         }
+        entry.refused.retain(|r| r.instance_id != hello.instance_id);
         entry.hello = hello;
         entry.stream_id = stream_id;
         entry.tx = Some(tx);
+        entry.address = address;
+        entry.stop = registration.stop.clone();
+        entry.wake = Arc::clone(&registration.wake);
         entry.connected_at = now;
         entry.last_seen = now;
         entry.outbox = Outbox::new(&applied.0, in_flight);
         entry.applied = applied;
-        stream_id
+        Ok(registration)
     }
 
     pub fn disconnect(&self, node_id: &str, stream_id: u64) {
         let mut nodes = self.lock();
         if let Some(entry) = nodes.get_mut(node_id).filter(|e| e.stream_id == stream_id) {
             entry.tx = None;
+            entry.stop.cancel();
             // Dropping the senders makes every waiting command see "not connected".
             entry.pending.clear();
         }
         drop(nodes);
         self.changed.notify_waiters();
+    }
+
+    /// Whether a newer stream of `node_id` replaced `stream_id`.
+    fn superseded(&self, node_id: &str, stream_id: u64) -> bool {
+        self.lock().get(node_id).is_some_and(|e| e.stream_id != stream_id && e.tx.is_some())
+    }
+
+    /// The node's merged route changes, if its stream is `stream_id` and it acked what was
+    /// in flight.
+    fn take_update(&self, node_id: &str, stream_id: u64) -> Option<pb::RouteUpdate> {
+        let mut nodes = self.lock();
+        let entry = nodes.get_mut(node_id).filter(|e| e.stream_id == stream_id && e.tx.is_some())?;
+        entry.outbox.ready(&entry.applied)
     }
 
     /// Records one message from a node's stream.
@@ -161,7 +215,7 @@ impl Fleet {
             }
             Kind::RevisionAck(ack) => {
                 entry.applied = (ack.epoch, ack.revision);
-                entry.flush();
+                entry.wake.notify_one();
             }
             Kind::CommandAck(ack) => {
                 self.log.acked(&ack.command_id, node_id);
@@ -176,7 +230,7 @@ impl Fleet {
     }
 
     fn is_stale(&self, entry: &NodeEntry) -> bool {
-        entry.last_seen.elapsed() > self.heartbeat_interval * 3
+        entry.last_seen.elapsed() > self.silence()
     }
 
     pub fn views(&self) -> Vec<NodeView> {
@@ -188,12 +242,15 @@ impl Fleet {
                 instance_id: e.hello.instance_id.clone(),
                 version: e.hello.version.clone(),
                 listeners: e.hello.listeners.clone(),
+                address: e.address,
                 connected: e.tx.is_some(),
                 stale: e.tx.is_none() || self.is_stale(e),
                 applied_revision: e.applied.1,
                 applied_epoch: e.applied.0.clone(),
                 last_report_age: e.report_at.map(|t| t.elapsed()),
                 report: e.report.clone(),
+                queued: e.tx.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity()),
+                refused: e.recent_refusals(),
             })
             .collect();
         views.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -208,12 +265,13 @@ impl Fleet {
         self.lock().values().filter_map(|e| e.tx.clone().map(|tx| (e.hello.node_id.clone(), tx))).collect()
     }
 
-    /// Queues a route update for every connected node (call in revision order): sent at
-    /// once to a node that acked everything, merged into the next update otherwise.
+    /// Queues a route update for every connected node (call in revision order): its stream
+    /// sends it as soon as it has room if the node acked everything before, merged into
+    /// the next update otherwise.
     pub fn push(&self, update: pb::RouteUpdate) {
         for entry in self.lock().values_mut().filter(|e| e.tx.is_some()) {
             entry.outbox.add(&update);
-            entry.flush();
+            entry.wake.notify_one();
         }
     }
 
@@ -233,20 +291,14 @@ impl Fleet {
             };
             if !waiting || tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let nodes = self.lock();
-                return targets
-                    .iter()
-                    .map(|id| NodeResult {
-                        node_id: id.clone(),
-                        result: applied_outcome(&nodes, id, epoch, revision),
-                        count: None,
-                    })
-                    .collect();
+                return targets.iter().map(|id| applied_result(&nodes, id, epoch, revision)).collect();
             }
         }
     }
 
-    /// Sends one command to every connected node (or just `only`) and collects the acks.
-    /// Known nodes that are not connected are listed as `not_connected`.
+    /// Sends one command to every connected node (or just `only`) and collects the acks,
+    /// all within `timeout`: a node whose stream has no room for it by then is `timeout`
+    /// too. Known nodes that are not connected are listed as `not_connected`.
     pub async fn command(&self, kind: pb::command::Kind, only: Option<&str>, timeout: Duration) -> Vec<NodeResult> {
         let id = uuid::Uuid::new_v4().to_string();
         self.log.record(&id, &kind, only);
@@ -258,34 +310,20 @@ impl Fleet {
         {
             let mut nodes = self.lock();
             for entry in nodes.values_mut().filter(|e| only.is_none_or(|o| o == e.hello.node_id)) {
-                let node_id = entry.hello.node_id.clone();
+                let result = NodeResult::new(&entry.hello.node_id, &entry.hello.instance_id, NodeOutcome::NotConnected);
                 match &entry.tx {
                     Some(tx) => {
                         let (done, ack) = oneshot::channel();
                         entry.pending.insert(id.clone(), done);
-                        waiting.push((node_id, tx.clone(), ack));
+                        waiting.push((result, tx.clone(), ack));
                     }
-                    None => results.push(NodeResult { node_id, result: NodeOutcome::NotConnected, count: None }),
+                    None => results.push(result),
                 }
             }
         }
         let deadline = Instant::now() + timeout;
-        let acks = waiting.into_iter().map(|(node_id, tx, ack)| {
-            let message = message.clone();
-            async move {
-                if tx.send(Ok(message)).await.is_err() {
-                    return NodeResult { node_id, result: NodeOutcome::NotConnected, count: None };
-                }
-                match tokio::time::timeout_at(deadline, ack).await {
-                    Ok(Ok(ack)) if ack.result == pb::CommandResult::Applied as i32 => {
-                        NodeResult { node_id, result: NodeOutcome::Applied, count: Some(ack.count) }
-                    }
-                    Ok(Ok(_)) => NodeResult { node_id, result: NodeOutcome::Rejected, count: None },
-                    Ok(Err(_)) => NodeResult { node_id, result: NodeOutcome::NotConnected, count: None },
-                    Err(_) => NodeResult { node_id, result: NodeOutcome::Timeout, count: None },
-                }
-            }
-        });
+        let acks =
+            waiting.into_iter().map(|(result, tx, ack)| send_command(result, tx, message.clone(), ack, deadline));
         results.extend(futures::future::join_all(acks).await);
         self.forget(&id);
         results.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -299,11 +337,5 @@ impl Fleet {
     }
 }
 
-/// Where one node stands with `revision` of `epoch`.
-fn applied_outcome(nodes: &HashMap<String, NodeEntry>, id: &str, epoch: &str, revision: u64) -> NodeOutcome {
-    match nodes.get(id) {
-        Some(e) if e.applied.0 == epoch && e.applied.1 >= revision => NodeOutcome::Applied,
-        Some(e) if e.tx.is_some() => NodeOutcome::Timeout,
-        _ => NodeOutcome::NotConnected,
-    }
-}
+#[cfg(test)]
+mod tests;

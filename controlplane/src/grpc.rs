@@ -2,19 +2,17 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::Stream;
 use subtle::ConstantTimeEq;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_server::{Control, ControlServer};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::fleet::{self, Registration};
 use crate::state::Shared;
 
 /// Route keys are account names; anything longer is not one.
@@ -102,7 +100,7 @@ pub fn server(
     ControlServer::with_interceptor(ControlService { shared }, check)
 }
 
-type Outbound = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
+type Outbound = fleet::Messages;
 
 #[tonic::async_trait]
 impl Control for ControlService {
@@ -113,6 +111,7 @@ impl Control for ControlService {
             // The node retries with its jittered backoff; the fleet trickles back in.
             return Err(Status::unavailable("too many nodes connecting at once; retry later"));
         }
+        let address = request.remote_addr();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
             .await
@@ -123,9 +122,11 @@ impl Control for ControlService {
         if hello.node_id.is_empty() {
             return Err(Status::invalid_argument("hello without a node id"));
         }
+        // A duplicate of a live node is turned away before any work is done for it.
+        self.shared.fleet.check_claim(&hello, address)?;
         let (tx, rx) = mpsc::channel(256);
         let shared = Arc::clone(&self.shared);
-        let stream_id = {
+        let (registration, first) = {
             // Held until the node is registered, so no write slips between its replay and
             // its first live update.
             let mut pushed = shared.writes.lock().await;
@@ -138,24 +139,22 @@ impl Control for ControlService {
             let in_flight = replay.as_ref().map_or(0, |u| u.revision);
             let mut first = vec![pb::control_message::Kind::Welcome(welcome)];
             first.extend(replay.map(pb::control_message::Kind::RouteUpdate));
-            for kind in first {
-                tx.try_send(Ok(pb::ControlMessage { kind: Some(kind) }))
-                    .map_err(|_| Status::internal("session buffer full"))?;
-            }
+            let registration = shared.fleet.connect(hello.clone(), address, applied, in_flight, tx.clone())?;
             tracing::info!(node = %hello.node_id, instance = %hello.instance_id, version = %hello.version, "node connected");
-            let stream_id = shared.fleet.connect(hello.clone(), applied, in_flight, tx.clone());
             // Commands this node missed while away; one that does not fit is replayed on
             // its next connect.
             for command in shared.fleet.log.pending_for(&hello.node_id) {
                 let replay = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
-                if tx.try_send(Ok(replay)).is_err() {
+                if tx.try_send(replay).is_err() {
                     break;
                 }
             }
-            stream_id
+            let first = first.into_iter().map(|kind| pb::ControlMessage { kind: Some(kind) }).collect();
+            (registration, first)
         };
-        tokio::spawn(pump(shared, hello.node_id, stream_id, inbound, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let messages = shared.fleet.messages(&hello.node_id, &registration, first, rx);
+        tokio::spawn(pump(shared, hello.node_id, registration, inbound, tx));
+        Ok(Response::new(messages))
     }
 
     async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
@@ -173,14 +172,17 @@ impl Control for ControlService {
     }
 }
 
-/// Reads one node's messages until its stream ends, sending heartbeats meanwhile.
+/// Reads one node's messages until its stream ends, it falls silent or a newer stream
+/// replaces it, sending heartbeats meanwhile. Nothing here waits on the node: a heartbeat
+/// that finds its stream full is skipped (the stream is not idle then).
 async fn pump(
     shared: Arc<Shared>,
     node_id: String,
-    stream_id: u64,
+    registration: Registration,
     mut inbound: Streaming<pb::NodeMessage>,
-    tx: mpsc::Sender<Result<pb::ControlMessage, Status>>,
+    tx: fleet::Outbound,
 ) {
+    let stream_id = registration.stream_id;
     let mut heartbeat = tokio::time::interval(shared.config.server.heartbeat_interval);
     let silence = shared.config.server.heartbeat_interval * 3;
     let mut last_heard = tokio::time::Instant::now();
@@ -197,11 +199,12 @@ async fn pump(
             },
             _ = heartbeat.tick() => {
                 let beat = pb::ControlMessage { kind: Some(pb::control_message::Kind::Heartbeat(pb::Heartbeat::default())) };
-                if tx.send(Ok(beat)).await.is_err() {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(beat) {
                     break "stream closed".to_string();
                 }
             }
             _ = tokio::time::sleep_until(last_heard + silence) => break format!("silent for {silence:?}"),
+            _ = registration.stop.cancelled() => break "replaced by a newer stream with this node id".to_string(),
             _ = shared.shutdown.cancelled() => break "control plane shutting down".to_string(),
         }
     };

@@ -1,5 +1,9 @@
 //! The node's link to the control plane: one long-lived Session stream, reconnected with
-//! jittered backoff across the configured endpoints, plus the `Resolve` client.
+//! jittered backoff across the configured endpoints, plus the `Resolve` client. What the
+//! node sends is queued without waiting ([`outbound`]), so the stream's loop always
+//! notices a control plane that fell silent.
+
+mod outbound;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -10,9 +14,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_client::ControlClient;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -22,6 +24,10 @@ use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::route::{Resolved, Resolver, RouteError};
 use crate::settings::FleetSettings;
+use outbound::Outbound;
+
+/// How long the control plane may take to answer a Session with its Welcome.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Adds the node token to every call.
 #[derive(Clone)]
@@ -152,6 +158,10 @@ impl Link {
             }
             match result {
                 Ok(()) => tracing::info!(endpoint, "control stream closed; reconnecting"),
+                Err(Error::NodeIdInUse(reason)) => {
+                    tracing::error!(endpoint, node = %self.node.id, instance = %self.node.instance_id, %reason, "refused by the control plane: another live process holds this node id; retrying");
+                    self.node.refuse(&reason);
+                }
                 Err(e) => tracing::warn!(endpoint, error = %e, "control plane unreachable"),
             }
             // A session that lived a while was healthy: start the backoff over.
@@ -176,7 +186,15 @@ impl Link {
         let channel =
             target.connect().await.map_err(|e| Error::Control(format!("connect: {}", crate::error::chain(&e))))?;
         let client = ControlClient::with_interceptor(channel, self.auth.clone());
-        let (tx, rx) = mpsc::channel(64);
+        let out = Outbound::new();
+        let result = self.open(client, &out, endpoint, seen).await;
+        // Ends the request stream, which would otherwise wait for messages forever.
+        out.close();
+        result
+    }
+
+    /// Says hello on `client`, takes the Welcome and runs the stream.
+    async fn open(&self, client: Client, out: &Arc<Outbound>, endpoint: &str, seen: &mut SeenCommands) -> Result<()> {
         let (epoch, last_revision) = self.node.revision();
         let hello = pb::Hello {
             node_id: self.node.id.clone(),
@@ -186,21 +204,17 @@ impl Link {
             epoch,
             last_revision,
         };
-        send(&tx, pb::node_message::Kind::Hello(hello)).await?;
-        let mut inbound = client.clone().session(ReceiverStream::new(rx)).await.map_err(status_error)?.into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+        out.queue(pb::node_message::Kind::Hello(hello))?;
+        let (mut inbound, welcome) = tokio::time::timeout(WELCOME_TIMEOUT, welcomed(client.clone(), out))
             .await
-            .map_err(|_| Error::Control("no welcome within 10s".into()))?
-            .map_err(status_error)?;
-        let Some(pb::ControlMessage { kind: Some(pb::control_message::Kind::Welcome(welcome)) }) = first else {
-            return Err(Error::Control("the control plane did not start with a welcome".into()));
-        };
+            .map_err(|_| Error::Control(format!("no welcome within {WELCOME_TIMEOUT:?}")))??;
         let settings = self.welcome(welcome)?;
         self.slot.set(Some(client));
         self.node.connected.store(true, Ordering::Release);
         self.node.synced_once.store(true, Ordering::Release);
+        self.node.accepted();
         tracing::info!(endpoint, node = %self.node.id, "connected to the control plane");
-        self.stream(&tx, &mut inbound, &settings, seen).await
+        self.stream(out, &mut inbound, &settings, seen).await
     }
 
     fn welcome(&self, welcome: pb::Welcome) -> Result<Arc<FleetSettings>> {
@@ -218,7 +232,7 @@ impl Link {
 
     async fn stream(
         &self,
-        tx: &mpsc::Sender<pb::NodeMessage>,
+        out: &Outbound,
         inbound: &mut tonic::Streaming<pb::ControlMessage>,
         settings: &FleetSettings,
         seen: &mut SeenCommands,
@@ -234,12 +248,12 @@ impl Link {
                     let Some(message) = message.map_err(status_error)? else { return Ok(()) };
                     last_heard = Instant::now();
                     if let Some(kind) = message.kind {
-                        self.handle(kind, tx, seen).await?;
+                        self.handle(kind, out, seen).await?;
                     }
                 }
-                _ = report_tick.tick() => send(tx, self.report().await).await?,
-                _ = transitions.notified() => send(tx, self.report().await).await?,
-                _ = heartbeat_tick.tick() => send(tx, heartbeat()).await?,
+                _ = report_tick.tick() => out.queue(self.report().await)?,
+                _ = transitions.notified() => out.queue(self.report().await)?,
+                _ = heartbeat_tick.tick() => out.queue(heartbeat())?,
                 _ = sleep_until(last_heard + silence) => {
                     return Err(Error::Control(format!("control plane silent for {silence:?}")));
                 }
@@ -248,17 +262,12 @@ impl Link {
         }
     }
 
-    async fn handle(
-        &self,
-        kind: pb::control_message::Kind,
-        tx: &mpsc::Sender<pb::NodeMessage>,
-        seen: &mut SeenCommands,
-    ) -> Result<()> {
+    async fn handle(&self, kind: pb::control_message::Kind, out: &Outbound, seen: &mut SeenCommands) -> Result<()> {
         use pb::control_message::Kind;
         match kind {
             Kind::RouteUpdate(update) => {
                 let ack = crate::commands::apply_update(&self.node, update).await;
-                send(tx, pb::node_message::Kind::RevisionAck(ack)).await
+                out.queue(pb::node_message::Kind::RevisionAck(ack))
             }
             Kind::Command(command) => {
                 let ack = match seen.acks.get(&command.id) {
@@ -269,7 +278,7 @@ impl Link {
                         ack
                     }
                 };
-                send(tx, pb::node_message::Kind::CommandAck(ack)).await
+                out.queue(pb::node_message::Kind::CommandAck(ack))
             }
             Kind::Settings(settings) => {
                 let settings = FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;
@@ -307,12 +316,23 @@ fn heartbeat() -> pb::node_message::Kind {
     pb::node_message::Kind::Heartbeat(pb::Heartbeat { sent_unix_ms: now })
 }
 
-async fn send(tx: &mpsc::Sender<pb::NodeMessage>, kind: pb::node_message::Kind) -> Result<()> {
-    tx.send(pb::NodeMessage { kind: Some(kind) }).await.map_err(|_| Error::Control("session stream closed".into()))
+/// Opens the Session with `out` as its request stream and reads the Welcome.
+async fn welcomed(
+    mut client: Client,
+    out: &Arc<Outbound>,
+) -> Result<(tonic::Streaming<pb::ControlMessage>, pb::Welcome)> {
+    let mut inbound = client.session(out.stream()).await.map_err(status_error)?.into_inner();
+    match inbound.message().await.map_err(status_error)? {
+        Some(pb::ControlMessage { kind: Some(pb::control_message::Kind::Welcome(welcome)) }) => Ok((inbound, welcome)),
+        _ => Err(Error::Control("the control plane did not start with a welcome".into())),
+    }
 }
 
 fn status_error(status: tonic::Status) -> Error {
-    Error::Control(format!("{}: {}", status.code(), status.message()))
+    match status.code() {
+        tonic::Code::AlreadyExists => Error::NodeIdInUse(status.message().to_string()),
+        code => Error::Control(format!("{code}: {}", status.message())),
+    }
 }
 
 /// Exponential from 200 ms to 10 s, with jitter so a fleet does not reconnect in lockstep.
@@ -323,28 +343,4 @@ fn backoff(failures: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        for failures in 1..20 {
-            let b = backoff(failures);
-            assert!(b <= Duration::from_secs(10));
-            assert!(b >= Duration::from_millis(200));
-        }
-        assert!(backoff(1) <= Duration::from_millis(400));
-        assert!(backoff(10) >= Duration::from_secs(5));
-    }
-
-    #[test]
-    fn a_replayed_command_id_is_remembered_and_old_ones_forgotten() {
-        let mut seen = SeenCommands::default();
-        for i in 0..=SeenCommands::CAPACITY {
-            seen.remember(pb::CommandAck { command_id: format!("c{i}"), ..Default::default() });
-        }
-        assert!(!seen.acks.contains_key("c0"));
-        assert!(seen.acks.contains_key("c1"));
-        assert_eq!(seen.acks.len(), SeenCommands::CAPACITY);
-    }
-}
+mod tests;

@@ -21,6 +21,9 @@ pub enum Error {
     Unavailable { destination: String, reason: String },
     #[error("control plane: {0}")]
     Control(String),
+    /// The control plane refused this process: another live one holds its node id.
+    #[error("node id in use: {0}")]
+    NodeIdInUse(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }

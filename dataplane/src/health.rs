@@ -23,13 +23,20 @@ struct Readiness {
     control_plane_connected: bool,
     synced_once: bool,
     applied_revision: u64,
+    /// Why the control plane refuses this process (another live one holds its node id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
 }
 
 /// Ready once synced with a control plane; while the control plane is away the node
-/// still serves cached routes, so it stays ready but says it is degraded.
+/// still serves cached routes, so it stays ready but says it is degraded. A process the
+/// control plane refuses (its node id is held by another live one) is not ready: it gets
+/// no route updates.
 async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) {
     let connected = node.connected.load(Ordering::Acquire);
+    let refused = node.refused();
     let (status, code) = match (node.ready(), connected) {
+        _ if refused.is_some() => ("refused", StatusCode::SERVICE_UNAVAILABLE),
         (true, true) => ("ready", StatusCode::OK),
         (true, false) => ("degraded", StatusCode::OK),
         (false, _) => ("not_ready", StatusCode::SERVICE_UNAVAILABLE),
@@ -41,6 +48,7 @@ async fn readyz(State(node): State<Arc<Node>>) -> (StatusCode, Json<Readiness>) 
         control_plane_connected: connected,
         synced_once: node.synced_once.load(Ordering::Acquire),
         applied_revision: node.revision().1,
+        refused,
     };
     (code, Json(body))
 }

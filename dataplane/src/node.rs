@@ -31,6 +31,8 @@ pub struct Node {
     revision: Mutex<(String, u64)>,
     pub connected: AtomicBool,
     pub synced_once: AtomicBool,
+    /// Why the control plane refused this process (another live one holds its node id).
+    refused: Mutex<Option<String>>,
     /// Stops the node's background work (listeners, control link) on shutdown.
     pub shutdown: CancellationToken,
     /// Closes every bridged session: cancelled once the shutdown grace period is over.
@@ -60,6 +62,7 @@ impl Node {
             revision: Mutex::new((String::new(), 0)),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
+            refused: Mutex::new(None),
             shutdown,
             kill_sessions: CancellationToken::new(),
             own: std::sync::OnceLock::new(),
@@ -170,9 +173,30 @@ impl Node {
         }
     }
 
-    /// Ready: synced with a control plane at least once and holding settings.
+    /// Ready: synced with a control plane at least once, holding settings, and not
+    /// refused.
     pub fn ready(&self) -> bool {
-        self.synced_once.load(Ordering::Acquire) && self.settings().is_some()
+        self.synced_once.load(Ordering::Acquire) && self.settings().is_some() && self.refused().is_none()
+    }
+
+    /// The control plane refused this process because another live one holds its node id:
+    /// route updates go to that one now, so the cached routes are dropped rather than
+    /// served stale (misses fail as temporary while the control plane is not connected).
+    pub fn refuse(&self, reason: &str) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        if let Some(routes) = self.routes() {
+            routes.clear();
+        }
+    }
+
+    /// The control plane took this process's stream.
+    pub fn accepted(&self) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Why the control plane refused this process, while it does.
+    pub fn refused(&self) -> Option<String> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -200,5 +224,24 @@ mod tests {
         assert!(!node.is_own_listener("192.0.2.6", 993));
         assert!(!node.is_own_listener("127.0.0.1", 143));
         assert!(!node.is_own_listener("mail.example.test", 1143), "names are not resolved here");
+    }
+
+    #[tokio::test]
+    async fn a_refused_process_drops_its_routes_and_is_not_ready_until_accepted() {
+        let node = Node::new("n".into(), Arc::new(Nowhere), CancellationToken::new());
+        let settings = crate::settings::FleetSettings::try_from(crate::settings::tests::sample()).unwrap();
+        node.apply_settings(settings);
+        node.synced_once.store(true, Ordering::Release);
+        let routes = node.routes().unwrap();
+        routes.upsert("alice", "new");
+        routes.sync();
+        assert!(node.ready());
+        node.refuse("node id \"n\" is held by a live process");
+        assert!(!node.ready());
+        assert_eq!(node.refused().as_deref(), Some("node id \"n\" is held by a live process"));
+        routes.sync();
+        assert_eq!(node.cache_stats().entries, 0, "routes nobody updates any more are not served");
+        node.accepted();
+        assert!(node.ready());
     }
 }

@@ -85,6 +85,12 @@ impl Proc {
         self.child.id()
     }
 
+    /// Sends `signal` (e.g. `Signal::STOP`, `Signal::CONT`) to the process.
+    pub fn signal(&self, signal: rustix::process::Signal) -> Result<()> {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, signal).with_context(|| format!("sending {signal:?} to {}", self.pid()))
+    }
+
     /// Every log line so far.
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use switchyard_tests::fleet::{Api, ControlPlane};
-use switchyard_tests::node_proc::NodeProc;
+use switchyard_tests::nodeproc::NodeProc;
 use switchyard_tests::{eventually, require_or_skip, Dovecot};
 
 const USERS: &[(&str, &str)] = &[("alice@example.test", "pw"), ("bob@example.test", "pw")];
@@ -48,18 +48,19 @@ async fn a_release_given_while_a_node_was_away_reaches_it_when_it_returns() -> R
     let cp = ControlPlane::start(&[("legacy", legacy.imap_port())], "legacy").await?;
     let api = cp.api();
     let node = NodeProc::start("dp-away", &[cp.endpoint()]).await?;
+    node.wait_for(&["connected to the control plane"]).await?;
     let login = || switchyard_tests::inbox_subjects(node.imap, "alice@example.test", "pw");
     ensure!(login().await? == Ok(vec!["on legacy".to_string()]));
 
     let (code, body) = api.post("/connections/delay?identifier=alice@example.test&seconds=60").await?;
     ensure!(code == 200 && results(&body) == [("dp-away".into(), "applied".into())], "{body}");
-    node.freeze()?;
+    node.stop()?;
     // Silent for three heartbeats (500 ms in the test config): the control plane drops it.
     until_connected(&api, "dp-away", false).await?;
     let (code, body) = api.post("/connections/delay?identifier=alice@example.test&seconds=0").await?;
     ensure!(code == 200 && results(&body) == [("dp-away".into(), "not_connected".into())], "{body}");
 
-    node.thaw()?;
+    node.resume()?;
     until_connected(&api, "dp-away", true).await?;
     // Held for the rest of the 60 s without the release; a few seconds with it.
     let subjects = tokio::time::timeout(Duration::from_secs(10), login())

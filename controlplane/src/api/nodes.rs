@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{peers_header, seconds, unknown_node, ApiState};
 use crate::cluster::{gather, merge_nodes, NodeEntry, PeerCall, PeerStatus, Scope, ScopeQuery};
-use crate::fleet::{NodeOutcome, NodeView};
+use crate::fleet::{NodeOutcome, NodeView, Refused};
 use crate::undeclared::UndeclaredCount;
 use switchyard_proto::v1 as pb;
 
@@ -98,22 +98,60 @@ enum SyncState {
     Disconnected,
 }
 
+/// How another process with the same node id shows up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ConflictState {
+    /// It asked to connect and was refused: this id was held.
+    Refused,
+    /// It holds a stream of another replica.
+    Connected,
+}
+
+/// Another process with the same node id as the entry it is listed under.
+#[derive(Clone, Serialize, Deserialize)]
+struct Conflict {
+    instance_id: String,
+    /// Where it connects from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
+    state: ConflictState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refusals: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_refused_age_s: Option<f64>,
+    /// The replica holding its stream (`connected`; absent: the replica asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct NodeInfo {
     node_id: String,
     instance_id: String,
     version: String,
+    /// Where its stream connects from.
+    #[serde(default)]
+    address: Option<String>,
     connected: bool,
     stale: bool,
     applied_revision: u64,
     sync: SyncState,
     last_report_age_s: Option<f64>,
+    /// Messages waiting for the node's stream to take them (a node that does not keep up).
+    #[serde(default)]
+    queued: usize,
     listeners: Vec<ListenerView>,
     /// Destinations named by mappings this node was sent that the fleet settings it holds
     /// (its replica's config) do not declare: it answers those accounts with a temporary
     /// failure. Absent when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     undeclared: Vec<UndeclaredCount>,
+    /// Other processes with this node id: refused while this one held it, or holding a
+    /// stream of another replica at the same time. Two processes with one id would route
+    /// by different caches; give each node its own `[node] id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    conflicts: Vec<Conflict>,
     /// The peer this entry came from (absent: the replica asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     peer: Option<String>,
@@ -130,6 +168,27 @@ impl NodeEntry for NodeInfo {
 
     fn report_age_s(&self) -> Option<f64> {
         self.last_report_age_s
+    }
+
+    fn instance_id(&self) -> Option<&str> {
+        Some(&self.instance_id)
+    }
+
+    fn add_conflict(&mut self, other: &Self) {
+        let live = Conflict {
+            instance_id: other.instance_id.clone(),
+            address: other.address.clone(),
+            state: ConflictState::Connected,
+            refusals: None,
+            last_refused_age_s: None,
+            peer: other.peer.clone(),
+        };
+        // What the other replica refused is a conflict of this id too.
+        for conflict in std::iter::once(live).chain(other.conflicts.iter().cloned()) {
+            if !self.conflicts.iter().any(|c| c.instance_id == conflict.instance_id) {
+                self.conflicts.push(conflict);
+            }
+        }
     }
 }
 
@@ -157,18 +216,32 @@ fn node_info(v: NodeView, current: Option<u64>, epoch: &str, undeclared: &[Undec
             (true, Some(c)) if v.applied_epoch == epoch && v.applied_revision >= c => SyncState::InSync,
             (true, _) => SyncState::Lagging,
         },
+        conflicts: v.refused.iter().map(refused_conflict).collect(),
         node_id: v.node_id,
         instance_id: v.instance_id,
         version: v.version,
+        address: v.address.map(|a| a.to_string()),
         connected: v.connected,
         stale: v.stale,
         applied_revision: v.applied_revision,
         last_report_age_s: v.last_report_age.map(seconds),
+        queued: v.queued,
         listeners: v
             .listeners
             .into_iter()
             .map(|l| ListenerView { id: l.id, protocol: l.protocol, bind: l.bind, tls: l.tls })
             .collect(),
+        peer: None,
+    }
+}
+
+fn refused_conflict(r: &Refused) -> Conflict {
+    Conflict {
+        instance_id: r.instance_id.clone(),
+        address: r.address.map(|a| a.to_string()),
+        state: ConflictState::Refused,
+        refusals: Some(r.refusals),
+        last_refused_age_s: Some(seconds(r.last.elapsed())),
         peer: None,
     }
 }

@@ -57,7 +57,11 @@ fn between_equals_the_freshest_report_wins_and_ties_keep_the_first() {
 }
 
 fn result(id: &str, outcome: NodeOutcome, count: Option<u64>) -> NodeResult {
-    NodeResult { node_id: id.into(), result: outcome, count }
+    NodeResult { node_id: id.into(), instance_id: None, result: outcome, count, conflict: false }
+}
+
+fn of(instance: &str, id: &str, outcome: NodeOutcome, count: Option<u64>) -> NodeResult {
+    NodeResult { instance_id: Some(instance.into()), ..result(id, outcome, count) }
 }
 
 #[test]
@@ -163,4 +167,78 @@ fn the_peer_client_trusts_peer_ca_and_refuses_a_file_without_certificates() {
     let e = Cluster::new(&config(Some(dir.path().join("missing.pem"))), "token").err().unwrap();
     assert!(e.to_string().contains("cannot read"), "{e}");
     assert!(Cluster::new(&config(None), "token").is_ok(), "system roots");
+}
+
+#[test]
+fn two_live_processes_of_one_id_are_applied_only_if_both_applied() {
+    use NodeOutcome::*;
+    let merged = merge_results(vec![
+        // dp-1: one process on replica a, another on b; only the one on a applied.
+        of("i1", "dp-1", Applied, Some(1)),
+        of("i2", "dp-1", Timeout, None),
+        // dp-2: both applied.
+        of("i3", "dp-2", Applied, Some(1)),
+        of("i4", "dp-2", Applied, Some(2)),
+        // dp-3: one process failed over from a to b: a still thinks it is connected.
+        of("i5", "dp-3", Timeout, None),
+        of("i5", "dp-3", Applied, Some(1)),
+        // dp-4: restarted; a remembers the old process, b holds the new one.
+        of("old", "dp-4", NotConnected, None),
+        of("new", "dp-4", Applied, Some(0)),
+    ]);
+    let got: Vec<_> =
+        merged.iter().map(|r| (r.node_id.as_str(), r.result, r.count, r.conflict, r.instance_id.as_deref())).collect();
+    assert_eq!(
+        got,
+        [
+            ("dp-1", Timeout, Some(1), true, None),
+            ("dp-2", Applied, Some(3), true, None),
+            ("dp-3", Applied, Some(1), false, Some("i5")),
+            ("dp-4", Applied, Some(0), false, Some("new")),
+        ]
+    );
+}
+
+struct Seen {
+    id: &'static str,
+    instance: &'static str,
+    connected: bool,
+    conflicts: Vec<&'static str>,
+}
+
+impl NodeEntry for Seen {
+    fn node_id(&self) -> &str {
+        self.id
+    }
+
+    fn connected(&self) -> bool {
+        self.connected
+    }
+
+    fn report_age_s(&self) -> Option<f64> {
+        None
+    }
+
+    fn instance_id(&self) -> Option<&str> {
+        Some(self.instance)
+    }
+
+    fn add_conflict(&mut self, other: &Self) {
+        self.conflicts.push(other.instance);
+    }
+}
+
+#[test]
+fn another_connected_process_of_the_same_id_is_a_conflict_of_the_entry_kept() {
+    let seen = |id, instance, connected| Seen { id, instance, connected, conflicts: Vec::new() };
+    let merged = merge_nodes(vec![
+        seen("dp-1", "i1", true),
+        seen("dp-1", "i2", true),
+        // The same process through two replicas is not a conflict; a gone one neither.
+        seen("dp-2", "i3", true),
+        seen("dp-2", "i3", true),
+        seen("dp-2", "old", false),
+    ]);
+    let got: Vec<_> = merged.iter().map(|e| (e.id, e.instance, e.conflicts.clone())).collect();
+    assert_eq!(got, [("dp-1", "i1", vec!["i2"]), ("dp-2", "i3", vec![])]);
 }

@@ -1,9 +1,10 @@
 //! The detection and recovery rules on a real SQLite store, with one node simulated on
-//! the fleet (its stream is a channel; its acks are sent by hand).
+//! the fleet (its Session stream is read here; its acks are sent by hand).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use sqlx::SqlitePool;
 use switchyard_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -17,7 +18,9 @@ struct Fixture {
     shared: Arc<Shared>,
     /// A second connection to the database, to rewind it behind the store's back.
     db: SqlitePool,
-    node: mpsc::Receiver<Result<pb::ControlMessage, tonic::Status>>,
+    node: crate::fleet::Messages,
+    /// Keeps the node's command channel (and so its stream) open.
+    _commands: crate::fleet::Outbound,
     stream: u64,
     _dir: tempfile::TempDir,
 }
@@ -33,11 +36,12 @@ async fn fixture() -> Fixture {
     let config = Config::from_toml_str(&toml).unwrap();
     let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
     let shared = Shared::new(config, store);
-    let (tx, node) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(16);
     let hello = pb::Hello { node_id: "dp-1".into(), ..Default::default() };
-    let stream = shared.fleet.connect(hello, (shared.epoch().to_string(), 0), 0, tx);
+    let registration = shared.fleet.connect(hello, None, (shared.epoch().to_string(), 0), 0, tx.clone()).unwrap();
+    let node = shared.fleet.messages("dp-1", &registration, Vec::new(), rx);
     let db = SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-    Fixture { shared, db, node, stream, _dir: dir }
+    Fixture { shared, db, node, _commands: tx, stream: registration.stream_id, _dir: dir }
 }
 
 impl Fixture {
@@ -49,7 +53,7 @@ impl Fixture {
     }
 
     async fn sent(&mut self) -> pb::RouteUpdate {
-        let message = tokio::time::timeout(Duration::from_secs(5), self.node.recv()).await.unwrap().unwrap().unwrap();
+        let message = tokio::time::timeout(Duration::from_secs(5), self.node.next()).await.unwrap().unwrap().unwrap();
         match message.kind {
             Some(pb::control_message::Kind::RouteUpdate(update)) => update,
             other => panic!("not a route update: {other:?}"),

@@ -44,10 +44,10 @@ fn router(shared: &Arc<Shared>, peers: &[&str]) -> axum::Router {
 
 /// Registers a connected node `id` that has applied everything up to revision 1000; keep
 /// the receiver alive for as long as it should stay connected.
-fn connect_node(shared: &Shared, id: &str) -> mpsc::Receiver<Result<pb::ControlMessage, tonic::Status>> {
+fn connect_node(shared: &Shared, id: &str) -> mpsc::Receiver<pb::ControlMessage> {
     let (tx, rx) = mpsc::channel(16);
     let hello = pb::Hello { node_id: id.into(), instance_id: format!("{id}-1"), ..Default::default() };
-    shared.fleet.connect(hello, (shared.epoch().to_string(), 1000), 0, tx);
+    shared.fleet.connect(hello, None, (shared.epoch().to_string(), 1000), 0, tx).unwrap();
     rx
 }
 
