@@ -106,7 +106,7 @@ async fn a_write_naming_a_destination_a_peer_does_not_declare_is_refused_naming_
     // Declared by every replica that answers (the dead one cannot say): written.
     let (code, put) = call(&a, "PUT", "/mappings/alice", t, Some(json!({"destination": "legacy"}))).await;
     assert_eq!(code, StatusCode::OK, "{put}");
-    assert_eq!(put["nodes"], json!([{"node_id": "dp-2", "result": "applied"}]), "{put}");
+    assert_eq!(put["nodes"], json!([{"node_id": "dp-2", "instance_id": "dp-2-1", "result": "applied"}]), "{put}");
     assert!(put.get("conflicts").is_none(), "{put}");
     let a_alone = router(&shared_with(&db, &["legacy", "new"]).await, &[&dead]);
     let (code, put) = call(&a_alone, "PUT", "/mappings/alice", t, Some(json!({"destination": "new"}))).await;
@@ -127,7 +127,8 @@ async fn a_peer_that_does_not_declare_the_destination_reports_its_nodes_undeclar
     {
         let (code, acks) = call(&b, "POST", &wait(query), Some(TOKEN), None).await;
         assert_eq!(code, StatusCode::OK, "{acks}");
-        assert_eq!(acks, json!({"nodes": [{"node_id": "dp-2", "result": result}], "declared": declared}), "{query}");
+        let nodes = json!([{"node_id": "dp-2", "instance_id": "dp-2-1", "result": result}]);
+        assert_eq!(acks, json!({"nodes": nodes, "declared": declared}), "{query}");
     }
 }
 
