@@ -46,5 +46,6 @@ pub mod nodeproc;
 pub mod postgres;
 pub mod procs;
 pub mod redis;
+pub mod relay;
 pub mod simnodes;
 pub mod store_contract;
