@@ -16,6 +16,8 @@ use crate::config::{Forwarding, TlsMode};
 use crate::error::{Error, Result};
 use crate::identity::{Forwarded, Identity};
 use crate::pipeline::{BackendTlsError, Route, SessionCtx};
+use crate::sessions::KickHandle;
+use crate::settings::FleetSettings;
 use crate::tls::MaybeTls;
 
 /// The backend's longest acceptable response line (capability lists can be long).
@@ -23,16 +25,24 @@ const MAX_LINE: usize = 64 * 1024;
 /// How long the backend may take to give its verdict on the credentials.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often a login starts over because its account's sessions were kicked (a move)
+/// before the backend's verdict reached the client.
+const LOGIN_ROUNDS: usize = 3;
+
 /// A backend connection while the proxy still speaks to it line by line.
 pub struct BackendConn {
     stream: MaybeTls,
     lines: LineBuffer,
     deadline: Instant,
+    /// The account's session registration, taken before the route was looked up; the
+    /// bridge keeps it, so a kick reaches the session from the lookup to its end. Boxed:
+    /// it would make every login outcome carrying a connection much larger than the others.
+    kick: Box<KickHandle>,
 }
 
 impl BackendConn {
-    fn new(stream: MaybeTls, deadline: Instant) -> Self {
-        Self { stream, lines: LineBuffer::new(MAX_LINE), deadline }
+    fn new(stream: MaybeTls, deadline: Instant, kick: KickHandle) -> Self {
+        Self { stream, lines: LineBuffer::new(MAX_LINE), deadline, kick: Box::new(kick) }
     }
 
     /// The next line without CRLF, before the current step's deadline.
@@ -75,10 +85,11 @@ impl BackendConn {
         Ok(())
     }
 
-    /// The stream and whatever the backend already sent past the verdict.
-    pub fn into_parts(mut self) -> (MaybeTls, Vec<u8>) {
+    /// The stream, whatever the backend already sent past the verdict, and the session's
+    /// registration.
+    pub fn into_parts(mut self) -> (MaybeTls, Vec<u8>, KickHandle) {
         let rest = self.lines.take_remaining();
-        (self.stream, rest)
+        (self.stream, rest, *self.kick)
     }
 }
 
@@ -135,6 +146,11 @@ pub enum Login {
 impl SessionCtx {
     /// Steps 4–6: route the credential's account, establish the backend session as
     /// `identity` and replay the credential. `Err` is a temporary failure for the client.
+    ///
+    /// The account's session is registered before its route is looked up: a kick (the
+    /// last step of a move) that arrives before the backend's verdict drops the attempt,
+    /// closing its backend connection, and the login starts over on the route as it is now;
+    /// one that arrives later closes the bridged session.
     pub async fn login<D: Dialect>(&self, dialect: &D, credential: &Credential, identity: &Identity) -> Result<Login> {
         let identifier =
             credential.identifier().ok_or_else(|| Error::Client("the credential names no account".into()))?;
@@ -142,8 +158,35 @@ impl SessionCtx {
             tracing::warn!(client = %identity.client, "proxy loop: the hop TTL from the upstream proxy ran out");
             return Err(Error::Routing("proxy loop (hop TTL exhausted)".into()));
         }
-        let route = self.route(&identifier).await?;
-        let mut backend = self.establish(&route, dialect, identity).await?;
+        let (settings, key) = self.route_key(&identifier)?;
+        for _ in 0..LOGIN_ROUNDS {
+            let kick = self.node.sessions.register(&key, &self.node.kill_sessions);
+            let kicked = kick.token.clone();
+            tokio::select! {
+                login = self.attempt(&settings, &key, kick, dialect, credential, identity) => return login,
+                // The attempt, its backend connection and its registration are dropped here.
+                _ = kicked.cancelled() => {}
+            }
+            if self.node.kill_sessions.is_cancelled() {
+                return Err(Error::Routing("the node is closing its sessions".into()));
+            }
+            tracing::debug!(account = %crate::routekey::redact(&key), "login restarted: the account's sessions were kicked");
+        }
+        Err(Error::Routing("the account's sessions were kicked again and again during the login".into()))
+    }
+
+    /// One try at steps 5–6 for `key`, registered as `kick`.
+    async fn attempt<D: Dialect>(
+        &self,
+        settings: &FleetSettings,
+        key: &str,
+        kick: KickHandle,
+        dialect: &D,
+        credential: &Credential,
+        identity: &Identity,
+    ) -> Result<Login> {
+        let route = self.route_key_to(settings, key.to_owned(), true).await?;
+        let mut backend = self.establish(&route, kick, dialect, identity).await?;
         backend.deadline = Instant::now() + AUTH_TIMEOUT;
         let verdict = dialect
             .authenticate(&mut backend, credential)
@@ -159,12 +202,18 @@ impl SessionCtx {
 
     /// Connects, greets, for a STARTTLS endpoint upgrades the leg, and forwards the client's
     /// identity; only this part counts for the breaker.
-    async fn establish<D: Dialect>(&self, route: &Route, dialect: &D, identity: &Identity) -> Result<BackendConn> {
+    async fn establish<D: Dialect>(
+        &self,
+        route: &Route,
+        kick: KickHandle,
+        dialect: &D,
+        identity: &Identity,
+    ) -> Result<BackendConn> {
         // A PROXY header names the same client as ID/XCLIENT (a trusted upstream's, if any).
         let seen = SessionCtx { client: identity.client, local: identity.local, ..self.clone() };
         let (stream, permit) = seen.connect(route).await?;
         let wait = self.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(AUTH_TIMEOUT);
-        let mut conn = BackendConn::new(stream, Instant::now() + wait);
+        let mut conn = BackendConn::new(stream, Instant::now() + wait, kick);
         let greeted = match dialect.greet(&mut conn).await {
             Ok(()) if route.endpoint.tls == TlsMode::Starttls => self.starttls(route, dialect, conn).await,
             Ok(()) => Ok(conn),

@@ -1,8 +1,22 @@
 //! What a node does with the control plane's route updates and commands, and what it reports.
 
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
 use switchyard_proto::v1 as pb;
 
 use crate::node::Node;
+
+/// How long a kick waits for the sessions it closed to be gone before it says they are not.
+const KICK_WAIT: Duration = Duration::from_secs(2);
+
+/// A command's ack: at once, or once what the command started is over (a kick: once every
+/// session it closed has closed its connections, so a move never reports `complete` while
+/// one of them could still reach the old server).
+pub enum Acked {
+    Now(pb::CommandAck),
+    Later(BoxFuture<'static, pb::CommandAck>),
+}
 
 /// Applies a route update in order and returns the ack. Updates for another epoch or at
 /// or below the applied revision are acked without being applied again (idempotent).
@@ -33,8 +47,9 @@ pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionA
     pb::RevisionAck { epoch, revision }
 }
 
-/// Runs one command and says what it did.
-pub async fn apply_command(node: &Node, command: pb::Command) -> pb::CommandAck {
+/// Runs one command (its effect takes place before this returns, in the order commands
+/// arrive) and says what it did.
+pub fn apply_command(node: &Node, command: pb::Command) -> Acked {
     use pb::command::Kind;
     let (result, count, detail) = match command.kind {
         Some(Kind::BreakerReset(reset)) => {
@@ -52,11 +67,7 @@ pub async fn apply_command(node: &Node, command: pb::Command) -> pb::CommandAck 
             }
             (pb::CommandResult::Applied, 0, String::new())
         }
-        Some(Kind::Kick(kick)) => {
-            let count = node.sessions.kick(&kick.key);
-            tracing::info!(account = %crate::routekey::redact(&kick.key), sessions = count, "sessions kicked");
-            (pb::CommandResult::Applied, count, String::new())
-        }
+        Some(Kind::Kick(kick)) => return kick_sessions(node, command.id, &kick.key),
         Some(Kind::Delay(delay)) => {
             node.delay(&delay.key, delay.seconds);
             tracing::info!(account = %crate::routekey::redact(&delay.key), seconds = delay.seconds, "login delay set");
@@ -65,7 +76,23 @@ pub async fn apply_command(node: &Node, command: pb::Command) -> pb::CommandAck 
         Some(Kind::Probe(_)) => (pb::CommandResult::Applied, 0, String::new()),
         None => (pb::CommandResult::Rejected, 0, "unknown command".to_string()),
     };
-    pb::CommandAck { command_id: command.id, result: result.into(), count, detail }
+    Acked::Now(pb::CommandAck { command_id: command.id, result: result.into(), count, detail })
+}
+
+/// Closes every session of `key`, opening or bridged; acked once they are all gone.
+fn kick_sessions(node: &Node, command_id: String, key: &str) -> Acked {
+    let kicked = node.sessions.kick(key);
+    let count = kicked.count;
+    tracing::info!(account = %crate::routekey::redact(key), sessions = count, "sessions kicked");
+    let ack = async move {
+        let (result, detail) = if kicked.ended_within(KICK_WAIT).await {
+            (pb::CommandResult::Applied, String::new())
+        } else {
+            (pb::CommandResult::Rejected, format!("a kicked session did not end within {KICK_WAIT:?}"))
+        };
+        pb::CommandAck { command_id, result: result.into(), count, detail }
+    };
+    Acked::Later(ack.boxed())
 }
 
 /// The node's cumulative counters and destination health.

@@ -19,6 +19,7 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::commands::Acked;
 use crate::config::ControlConfig;
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -232,7 +233,7 @@ impl Link {
 
     async fn stream(
         &self,
-        out: &Outbound,
+        out: &Arc<Outbound>,
         inbound: &mut tonic::Streaming<pb::ControlMessage>,
         settings: &FleetSettings,
         seen: &mut SeenCommands,
@@ -262,7 +263,12 @@ impl Link {
         }
     }
 
-    async fn handle(&self, kind: pb::control_message::Kind, out: &Outbound, seen: &mut SeenCommands) -> Result<()> {
+    async fn handle(
+        &self,
+        kind: pb::control_message::Kind,
+        out: &Arc<Outbound>,
+        seen: &mut SeenCommands,
+    ) -> Result<()> {
         use pb::control_message::Kind;
         match kind {
             Kind::RouteUpdate(update) => {
@@ -270,15 +276,22 @@ impl Link {
                 out.queue(pb::node_message::Kind::RevisionAck(ack))
             }
             Kind::Command(command) => {
-                let ack = match seen.acks.get(&command.id) {
-                    Some(ack) => ack.clone(),
-                    None => {
-                        let ack = crate::commands::apply_command(&self.node, command).await;
+                if let Some(ack) = seen.acks.get(&command.id) {
+                    return out.queue(pb::node_message::Kind::CommandAck(ack.clone()));
+                }
+                match crate::commands::apply_command(&self.node, command) {
+                    Acked::Now(ack) => {
                         seen.remember(ack.clone());
-                        ack
+                        out.queue(pb::node_message::Kind::CommandAck(ack))
                     }
-                };
-                out.queue(pb::node_message::Kind::CommandAck(ack))
+                    Acked::Later(ack) => {
+                        // Waiting for it must not hold up the link; a replay re-runs it
+                        // (kicks are idempotent).
+                        let out = Arc::clone(out);
+                        tokio::spawn(async move { out.queue(pb::node_message::Kind::CommandAck(ack.await)) });
+                        Ok(())
+                    }
+                }
             }
             Kind::Settings(settings) => {
                 let settings = FleetSettings::try_from(settings).map_err(|e| Error::Control(e.to_string()))?;

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::idle::Activity;
 use crate::node::Node;
 use crate::routekey::{redact, Identifier};
+use crate::sessions::KickHandle;
 use crate::settings::{Destination, Endpoint, FleetSettings};
 use crate::tls::{Connector, MaybeTls, TlsAcceptor};
 
@@ -82,6 +83,12 @@ impl SessionCtx {
     }
 
     async fn resolve(&self, identifier: &Identifier, credentials: bool) -> Result<Route> {
+        let (settings, key) = self.route_key(identifier)?;
+        self.route_key_to(&settings, key, credentials).await
+    }
+
+    /// The fleet settings this decision is taken with, and the identifier's route key.
+    pub fn route_key(&self, identifier: &Identifier) -> Result<(Arc<FleetSettings>, String)> {
         let settings = self
             .node
             .settings()
@@ -92,10 +99,15 @@ impl SessionCtx {
             .route_key
             .checked_key(identifier)
             .ok_or_else(|| Error::Client("the account identifier gives an empty or too long route key".into()))?;
+        Ok((settings, key))
+    }
+
+    /// Step 5 for a route key: login delay, cache/control plane, declared destination.
+    pub async fn route_key_to(&self, settings: &FleetSettings, key: String, credentials: bool) -> Result<Route> {
         self.node.honour_delay(&key).await;
         let routes = self.node.routes().ok_or_else(|| Error::Routing("no route cache yet".into()))?;
         let resolved = routes.lookup(&key).await.map_err(|e| Error::Routing(e.to_string()))?;
-        let destination = declared(&settings, &key, &resolved.destination)?;
+        let destination = declared(settings, &key, &resolved.destination)?;
         tracing::debug!(
             account = %redact(&key),
             destination = %destination.id,
@@ -201,9 +213,11 @@ impl SessionCtx {
 
     /// Step 7: relays bytes both ways until one side closes, the session is kicked or
     /// nothing moved for the listener's `idle_timeout`, then logs the completed session.
+    /// `kick` is the registration the login took before it looked the route up.
     pub async fn bridge<C, B>(
         &self,
         route: &Route,
+        kick: KickHandle,
         mut client: C,
         to_backend: Vec<u8>,
         mut backend: B,
@@ -213,7 +227,6 @@ impl SessionCtx {
         B: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        let kick = self.node.sessions.register(&route.key, &self.node.kill_sessions);
         let activity = Activity::new();
         let mut moved = Moved::default();
         let relayed = async {

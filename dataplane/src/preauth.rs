@@ -35,8 +35,8 @@ pub async fn converse<S: PreAuth>(mut session: S) {
         match session.run().await {
             Ok(End::Authenticated(route, backend)) => {
                 let (ctx, client, remaining) = session.into_parts();
-                let (stream, pending) = backend.into_parts();
-                ctx.bridge(&route, client, remaining, stream, pending).await;
+                let (stream, pending, kick) = backend.into_parts();
+                ctx.bridge(&route, kick, client, remaining, stream, pending).await;
                 return;
             }
             Ok(End::StartTls) => match session.upgrade().await {
