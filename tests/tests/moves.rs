@@ -197,6 +197,7 @@ async fn a_complete_move_leaves_no_session_of_the_account_on_the_old_server() ->
     let wrong = seen.wrong.lock().unwrap().clone();
     let (logins, reads, closed) =
         (seen.logins.load(Ordering::Relaxed), seen.reads.load(Ordering::Relaxed), seen.closed.load(Ordering::Relaxed));
+    eprintln!("{logins} logins, {reads} mailbox reads, {closed} sessions closed by the moves");
     ensure!(
         wrong.is_empty(),
         "{} of {reads} reads ({logins} logins) on the old server:\n{}",
