@@ -12,22 +12,7 @@ use sha2::{Digest, Sha256};
 /// The longest route key a node resolves or a store holds, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// Where an identifier came from, which decides how it is cut. There is no way to key a
-/// bare string: a caller has to say which kind it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Identifier {
-    /// A login name (IMAP `LOGIN`, a SASL authcid without authzid, an OAuth user, an
-    /// operator's account name in the API, a bulk import or the file store): cut at the
-    /// first master-user separator, as `alice%admin` opens alice's mailbox.
-    Login(String),
-    /// A SASL PLAIN authorization id: the account the backend opens (the authcid is then
-    /// the master user), taken whole.
-    Authzid(String),
-    /// An SMTP/LMTP recipient address: its local part cut at the first recipient
-    /// delimiter (`alice+tag@x` is alice's mail), never at a master-user separator
-    /// (`a%b@x` is a legal local part).
-    Recipient(String),
-}
+pub use crate::codec::identifier::Identifier;
 
 /// How an identifier becomes the key the mapping store and route cache use.
 #[derive(Debug, Clone, PartialEq, Eq)]

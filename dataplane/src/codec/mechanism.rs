@@ -9,9 +9,9 @@ use std::fmt;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 
+use super::identifier::Identifier;
 use super::sasl::{self, Credentials, OAuthCredentials};
 use super::CodecError;
-use crate::routekey::Identifier;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mechanism {
