@@ -297,6 +297,16 @@ bind = "127.0.0.1:0"
         self.listeners.iter().find(|(l, _)| l == id).map(|(_, a)| a[0]).unwrap_or_else(|| panic!("no listener {id}"))
     }
 
+    /// Waits (at most 30 s) until the node holds its fleet settings: `/readyz` says `ready`.
+    pub async fn until_ready(&self) -> Result<()> {
+        crate::eventually(Duration::from_secs(30), || async {
+            let (code, body) = self.readyz().await?;
+            anyhow::ensure!(code == 200 && body["status"] == "ready", "{code} {body}");
+            Ok(())
+        })
+        .await
+    }
+
     /// `GET /readyz` on the node's health listener: (status code, body).
     pub async fn readyz(&self) -> Result<(u16, Value)> {
         let r = reqwest::get(format!("http://{}/readyz", self.health)).await?;

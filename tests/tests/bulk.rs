@@ -288,12 +288,7 @@ async fn a_running_fleet_follows_an_import_into_its_store() -> Result<()> {
     let grpc = cp.bound(&["grpc listening"]).await?;
     let api = Api::new(cp.bound(&["management api listening"]).await?);
     let node = Node::start("dp-bulk", &[format!("http://{grpc}")], Some(NODE_TOKEN)).await?;
-    eventually(Duration::from_secs(10), || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200 && body["status"] == "ready", "{body}");
-        Ok(())
-    })
-    .await?;
+    node.until_ready().await?;
 
     // Alice is mapped to legacy and the node has cached it (positive TTL: 10 minutes).
     let (code, put) = api.put("/mappings/alice@example.test", json!({"destination": "legacy"})).await?;

@@ -41,12 +41,7 @@ async fn fixture() -> Result<Fixture> {
     })
     .await?;
     for node in &nodes {
-        eventually(PROPAGATION, || async {
-            let (code, body) = node.readyz().await?;
-            ensure!(code == 200 && body["status"] == "ready", "{body}");
-            Ok(())
-        })
-        .await?;
+        node.until_ready().await?;
     }
     Ok(Fixture { legacy, new, cp, nodes })
 }
@@ -203,12 +198,7 @@ async fn nodes_and_operators_without_credentials_are_refused() -> Result<()> {
     let intruder = Node::start("intruder", &[cp.endpoint()], Some("not-the-token")).await?;
     let anonymous_node = Node::start("anonymous", &[cp.endpoint()], None).await?;
     let good = Node::start("good", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
-    eventually(PROPAGATION, || async {
-        let (code, body) = good.readyz().await?;
-        ensure!(code == 200 && body["status"] == "ready", "{body}");
-        Ok(())
-    })
-    .await?;
+    good.until_ready().await?;
     let (_, nodes) = api.get("/nodes").await?;
     let ids: Vec<&str> = nodes.as_array().unwrap().iter().filter_map(|n| n["node_id"].as_str()).collect();
     assert_eq!(ids, ["good"]);

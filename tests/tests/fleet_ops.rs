@@ -42,16 +42,6 @@ async fn connected(api: &Api, count: usize) -> Result<Value> {
     .await
 }
 
-/// Waits until the node has its fleet settings (`/readyz` says ready).
-async fn ready(node: &Node) -> Result<()> {
-    eventually(WAIT, || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200 && body["status"] == "ready", "{body}");
-        Ok(())
-    })
-    .await
-}
-
 /// Logins to `user` recorded in a Dovecot's log (`imap-login: Login: user=<...>`).
 fn logins(dovecot: &Dovecot, user: &str) -> usize {
     dovecot.log().lines().filter(|l| l.contains("Login: user=<") && l.contains(user)).count()
@@ -71,7 +61,7 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
     let api = cp.api();
     connected(&api, 2).await?;
     for node in &nodes {
-        ready(node).await?;
+        node.until_ready().await?;
     }
 
     // An open session on legacy, on each node.
@@ -123,7 +113,7 @@ async fn nodes_keep_serving_without_the_control_plane_and_resync_when_it_returns
     let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
     let api = cp.api();
     connected(&api, 1).await?;
-    ready(&node).await?;
+    node.until_ready().await?;
     api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
     assert_eq!(subjects(&node, "alice@example.test").await?, on("new"));
 
@@ -169,7 +159,7 @@ async fn a_restarted_node_is_a_new_instance_with_fresh_counters() -> Result<()> 
     let api = cp.api();
     let mut node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
     let first = connected(&api, 1).await?[0]["instance_id"].clone();
-    ready(&node).await?;
+    node.until_ready().await?;
     for _ in 0..3 {
         assert!(subjects(&node, "carol@example.test").await?.is_ok(), "login through the node");
     }
@@ -308,5 +298,5 @@ async fn a_node_fails_over_to_the_next_control_plane_endpoint() -> Result<()> {
     connected(&cp.api(), 1).await?;
     // Connected on the control plane's side comes a moment before the node has applied
     // its Welcome and calls itself ready.
-    ready(&node).await
+    node.until_ready().await
 }

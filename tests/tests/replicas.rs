@@ -61,7 +61,7 @@ async fn fixture() -> Result<Fixture> {
     connected_here(&a.api(), &["dp-1"]).await?;
     connected_here(&b.api(), &["dp-2"]).await?;
     for node in &nodes {
-        ready(node).await?;
+        node.until_ready().await?;
     }
     Ok(Fixture { a, b, nodes, _legacy: legacy, _new: new, pg })
 }
@@ -79,15 +79,6 @@ async fn connected_here(api: &Api, ids: &[&str]) -> Result<()> {
 fn connected_ids(nodes: &Value) -> Vec<String> {
     let all = nodes.as_array().cloned().unwrap_or_default();
     all.iter().filter(|n| n["connected"] == true).filter_map(|n| n["node_id"].as_str().map(String::from)).collect()
-}
-
-async fn ready(node: &Node) -> Result<()> {
-    eventually(WAIT, || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200 && body["status"] == "ready", "{body}");
-        Ok(())
-    })
-    .await
 }
 
 /// Each node's result, by node id.
@@ -251,7 +242,7 @@ async fn a_stopped_replica_hands_its_node_over_and_catches_up_when_it_returns() 
     let a = a.restart().await?;
     let dp3 = Node::start("dp-3", &[a.endpoint()], Some(NODE_TOKEN)).await?;
     connected_here(&a.api(), &["dp-3"]).await?;
-    ready(&dp3).await?;
+    dp3.until_ready().await?;
     let (_, seen) = a.api().get("/nodes?scope=local").await?;
     assert!(seen[0]["applied_revision"].as_u64() >= Some(revision), "dp-3 welcomed at the current revision: {seen}");
     assert_eq!(subjects(&dp3, "alice@example.test").await?, on("legacy"));

@@ -40,12 +40,7 @@ impl Fleet {
             + &destination_toml("new", &[("imap", new.imap_port())], "");
         let cp = ControlPlane::start_config(controlplane_toml_store(mapping_tables, &destinations, "legacy")).await?;
         let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
-        eventually(WAIT, || async {
-            let (code, body) = node.readyz().await?;
-            ensure!(code == 200 && body["status"] == "ready", "{code} {body}");
-            Ok(())
-        })
-        .await?;
+        node.until_ready().await?;
         Ok(Fleet { node, cp, _legacy: legacy, _new: new })
     }
 

@@ -41,12 +41,7 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
     let cp = ControlPlane::start_config(controlplane_toml_store(&mapping, &destinations, "legacy")).await?;
     let api = cp.api();
     let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
-    eventually(WAIT, || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200 && body["status"] == "ready", "{code} {body}");
-        Ok(())
-    })
-    .await?;
+    node.until_ready().await?;
 
     let (code, body) = api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
     ensure!(code == 200, "{code} {body}");

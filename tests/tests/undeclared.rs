@@ -24,15 +24,6 @@ const USERS: &[(&str, &str)] = &[(ALICE, "pw"), (BOB, "pw")];
 /// Generous: replicas, nodes, PostgreSQL and Dovecots share 2 cores.
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn ready(node: &Node) -> Result<()> {
-    eventually(WAIT, || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200 && body["status"] == "ready", "{body}");
-        Ok(())
-    })
-    .await
-}
-
 /// Waits until every node in `ids` (as `/nodes` through `api` shows them) applied `revision`.
 async fn applied(api: &Api, ids: &[&str], revision: u64) -> Result<Value> {
     eventually(WAIT, || async {
@@ -104,7 +95,7 @@ async fn a_mapping_to_a_destination_the_control_plane_does_not_declare_is_a_temp
         + &listener_toml("sieve", "managesieve", "")
         + &listener_toml("lmtp", "lmtp", "");
     let node = Node::start_listeners("dp-1", &[cp.endpoint()], Some(NODE_TOKEN), &listeners).await?;
-    ready(&node).await?;
+    node.until_ready().await?;
     // Unmapped: the default. The answer is now in dp-1's route cache.
     assert_eq!(imap(&node, "imap", ALICE).await?, "on legacy");
 
@@ -179,7 +170,7 @@ async fn replicas() -> Result<Replicas> {
     connected_here(&a.api(), &["dp-1"]).await?;
     connected_here(&b.api(), &["dp-2"]).await?;
     for node in &nodes {
-        ready(node).await?;
+        node.until_ready().await?;
     }
     Ok(Replicas { a, b, nodes, _legacy: legacy, _new: new, _pg: pg })
 }
