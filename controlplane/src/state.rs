@@ -302,6 +302,7 @@ fn fleet_settings(config: &Config) -> pb::FleetSettings {
             cooldown_ms: ms(config.breaker.cooldown),
             connect_timeout_ms: ms(config.breaker.connect_timeout),
             connect_retries: config.breaker.connect_retries,
+            login_timeout_ms: Some(ms(config.breaker.login_timeout)),
         }),
         report_interval_ms: ms(config.server.report_interval),
         heartbeat_interval_ms: ms(config.server.heartbeat_interval),

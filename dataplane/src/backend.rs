@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout_at, Instant};
 
+use crate::breaker::Permit;
 use crate::codec::line::LineBuffer;
 use crate::codec::mechanism::Credential;
 use crate::config::{Forwarding, TlsMode};
@@ -17,13 +18,11 @@ use crate::error::{Error, Result};
 use crate::identity::{Forwarded, Identity};
 use crate::pipeline::{BackendTlsError, Route, SessionCtx};
 use crate::sessions::KickHandle;
-use crate::settings::FleetSettings;
+use crate::settings::{BreakerSettings, FleetSettings};
 use crate::tls::MaybeTls;
 
 /// The backend's longest acceptable response line (capability lists can be long).
 const MAX_LINE: usize = 64 * 1024;
-/// How long the backend may take to give its verdict on the credentials.
-const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a login starts over because its account's sessions were kicked (a move)
 /// before the backend's verdict reached the client.
@@ -80,8 +79,12 @@ impl BackendConn {
         Ok(())
     }
 
+    /// Writes `bytes` before the current step's deadline: a backend that stops reading
+    /// holds the login no longer than one that stops answering.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.stream.write_all(bytes).await?;
+        timeout_at(self.deadline, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
         Ok(())
     }
 
@@ -186,12 +189,11 @@ impl SessionCtx {
         identity: &Identity,
     ) -> Result<Login> {
         let route = self.route_key_to(settings, key.to_owned(), true).await?;
-        let mut backend = self.establish(&route, kick, dialect, identity).await?;
-        backend.deadline = Instant::now() + AUTH_TIMEOUT;
-        let verdict = dialect
-            .authenticate(&mut backend, credential)
-            .await
-            .map_err(|e| Error::unavailable(&route.destination.id, format!("no verdict: {e}")))?;
+        let (mut backend, permit) = self.establish(&route, &settings.breaker, kick, dialect, identity).await?;
+        let wait = settings.breaker.login_timeout;
+        backend.deadline = Instant::now() + wait;
+        let answer = dialect.authenticate(&mut backend, credential).await;
+        let verdict = settle(permit, answer, wait).map_err(|e| Error::unavailable(&route.destination.id, e))?;
         if verdict.accepted {
             Ok(Login::Accepted { route, backend, verdict })
         } else {
@@ -201,19 +203,20 @@ impl SessionCtx {
     }
 
     /// Connects, greets, for a STARTTLS endpoint upgrades the leg, and forwards the client's
-    /// identity; only this part counts for the breaker.
+    /// identity. A failure here is a breaker failure; on success the permit is returned
+    /// unsettled, for the login's outcome to settle (see [`settle`]).
     async fn establish<D: Dialect>(
         &self,
         route: &Route,
+        breaker: &BreakerSettings,
         kick: KickHandle,
         dialect: &D,
         identity: &Identity,
-    ) -> Result<BackendConn> {
+    ) -> Result<(BackendConn, Permit)> {
         // A PROXY header names the same client as ID/XCLIENT (a trusted upstream's, if any).
         let seen = SessionCtx { client: identity.client, local: identity.local, ..self.clone() };
         let (stream, permit) = seen.connect(route).await?;
-        let wait = self.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(AUTH_TIMEOUT);
-        let mut conn = BackendConn::new(stream, Instant::now() + wait, kick);
+        let mut conn = BackendConn::new(stream, Instant::now() + breaker.connect_timeout, kick);
         let greeted = match dialect.greet(&mut conn).await {
             Ok(()) if route.endpoint.tls == TlsMode::Starttls => self.starttls(route, dialect, conn).await,
             Ok(()) => Ok(conn),
@@ -226,10 +229,7 @@ impl SessionCtx {
             other => other,
         };
         match ready {
-            Ok(conn) => {
-                permit.success();
-                Ok(conn)
-            }
+            Ok(conn) => Ok((conn, permit)),
             Err(BackendTlsError::Node(e)) => Err(e),
             Err(BackendTlsError::Backend(e)) => {
                 permit.failure();
@@ -254,6 +254,28 @@ impl SessionCtx {
         conn.stream = self.backend_tls(route, conn.stream).await?;
         dialect.after_tls(&mut conn).await.map_err(backend)?;
         Ok(conn)
+    }
+}
+
+/// Settles a login's breaker permit by how the login ended, so a half-open breaker's probe
+/// is judged by its login and not just by its greeting. A verdict, whatever it says, is the
+/// backend working (a wrong password included); no verdict within `login_timeout` (`wait`)
+/// is a breaker failure. Any other end (the backend closed or sent something that is no
+/// reply, or the node would not send the credential) settles nothing: a client can provoke
+/// those with what it sends, and must not be able to open a destination's breaker. The
+/// error is the reason for the client's temporary failure.
+fn settle(permit: Permit, answer: Result<Verdict>, wait: Duration) -> Result<Verdict, String> {
+    match answer {
+        Ok(verdict) => {
+            permit.success();
+            Ok(verdict)
+        }
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            permit.failure();
+            Err(format!("no verdict within the login timeout ({wait:?})"))
+        }
+        // Dropped unsettled: a probe lets the next login probe instead.
+        Err(e) => Err(format!("no verdict: {e}")),
     }
 }
 
@@ -290,3 +312,6 @@ pub fn status_is(line: &[u8], word: &[u8]) -> bool {
     line.get(..word.len()).is_some_and(|head| head.eq_ignore_ascii_case(word))
         && matches!(line.get(word.len()), None | Some(b' '))
 }
+
+#[cfg(test)]
+mod tests;

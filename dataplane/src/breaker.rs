@@ -1,8 +1,9 @@
 //! The per-destination circuit breaker: Closed → Open{until} → HalfOpen{one probe}.
 //!
-//! Only failures to establish a backend session count (connect errors, timeouts, a
-//! backend that closes before its greeting); an authentication failure is the backend
-//! working as intended. Time comes from `tokio::time` so tests run with paused time.
+//! Only the backend's failures count: to establish a session (connect errors, timeouts, a
+//! backend that closes before its greeting, a failed TLS upgrade) and to answer a replayed
+//! credential within `login_timeout`. An authentication failure is the backend working as
+//! intended. Time comes from `tokio::time` so tests run with paused time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -242,6 +243,7 @@ mod tests {
             cooldown: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
             connect_retries: 0,
+            login_timeout: Duration::from_secs(30),
         };
         Arc::new(Breaker::new(&settings, Arc::new(Notify::new())))
     }
@@ -308,6 +310,7 @@ mod tests {
             cooldown: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
             connect_retries: 0,
+            login_timeout: Duration::from_secs(30),
         };
         let breakers = Breakers::new(settings);
         let notify = breakers.transitions();

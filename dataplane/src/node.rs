@@ -55,6 +55,7 @@ impl Node {
                 cooldown: Duration::from_secs(30),
                 connect_timeout: Duration::from_secs(10),
                 connect_retries: 1,
+                login_timeout: crate::settings::DEFAULT_LOGIN_TIMEOUT,
             }),
             sessions: Arc::new(Sessions::default()),
             delays: Mutex::default(),

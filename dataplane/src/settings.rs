@@ -73,7 +73,14 @@ pub struct BreakerSettings {
     pub cooldown: Duration,
     pub connect_timeout: Duration,
     pub connect_retries: u32,
+    /// How long the backend may take to answer the replayed credential; no answer in time
+    /// is a breaker failure.
+    pub login_timeout: Duration,
 }
+
+/// The login timeout of a control plane that sends none (older than the setting): the
+/// fixed wait nodes had before it was configurable.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An immutable snapshot of everything the control plane tells a node.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +214,8 @@ impl TryFrom<pb::FleetSettings> for FleetSettings {
                 cooldown: ms(breaker.cooldown_ms),
                 connect_timeout: ms(breaker.connect_timeout_ms),
                 connect_retries: breaker.connect_retries,
+                // Zero would fail every login at once; a control plane validates it away.
+                login_timeout: breaker.login_timeout_ms.filter(|v| *v > 0).map_or(DEFAULT_LOGIN_TIMEOUT, ms),
             },
             report_interval: ms(s.report_interval_ms.max(100)),
             heartbeat_interval: ms(s.heartbeat_interval_ms.max(100)),
@@ -244,6 +253,7 @@ pub(crate) mod tests {
                 cooldown_ms: 30_000,
                 connect_timeout_ms: 10_000,
                 connect_retries: 1,
+                login_timeout_ms: Some(20_000),
             }),
             report_interval_ms: 10_000,
             heartbeat_interval_ms: 5_000,
@@ -263,6 +273,17 @@ pub(crate) mod tests {
         assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
         assert!(s.route_key.lowercase);
         assert_eq!(s.route_key.recipient_delimiter, "+");
+    }
+
+    /// An older control plane sends no login timeout: the 30 s nodes always waited.
+    #[test]
+    fn login_timeout_unset_is_the_old_fixed_wait() {
+        assert_eq!(FleetSettings::try_from(sample()).unwrap().breaker.login_timeout, Duration::from_secs(20));
+        for unusable in [None, Some(0)] {
+            let mut m = sample();
+            m.breaker.as_mut().unwrap().login_timeout_ms = unusable;
+            assert_eq!(FleetSettings::try_from(m).unwrap().breaker.login_timeout, Duration::from_secs(30));
+        }
     }
 
     /// An older control plane does not send the field: the default `+` applies, as it

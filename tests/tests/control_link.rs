@@ -261,6 +261,7 @@ fn scripted_settings() -> pb::FleetSettings {
             cooldown_ms: 30_000,
             connect_timeout_ms: 2_000,
             connect_retries: 0,
+            login_timeout_ms: None,
         }),
         report_interval_ms: 60_000,
         // The node calls the control plane silent after three: 900 ms.

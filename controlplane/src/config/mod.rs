@@ -306,6 +306,10 @@ pub struct BreakerConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     pub connect_retries: u32,
+    /// How long a backend may take to answer the replayed credential; a login without an
+    /// answer in time is a breaker failure.
+    #[serde(with = "humantime_serde")]
+    pub login_timeout: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -315,6 +319,7 @@ impl Default for BreakerConfig {
             cooldown: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             connect_retries: 1,
+            login_timeout: Duration::from_secs(30),
         }
     }
 }

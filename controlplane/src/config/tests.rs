@@ -114,6 +114,7 @@ fn defaults_are_applied() {
     assert_eq!(c.breaker.failure_threshold, 5);
     assert_eq!(c.breaker.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.breaker.connect_retries, 1);
+    assert_eq!(c.breaker.login_timeout, Duration::from_secs(30), "the wait nodes had before the key");
     let legacy = &c.destination["legacy"];
     assert_eq!((legacy.forwarding, legacy.allow_plaintext_auth), (Forwarding::None, false));
     assert_eq!(legacy.protocol["imap"].tls, TlsMode::Starttls);
@@ -229,6 +230,7 @@ fn each_rule_reports_its_own_problem() {
         ("[breaker]\nfailure_threshold = 0".into(), "breaker.failure_threshold: must be at least 1"),
         ("[breaker]\ncooldown = \"0s\"".into(), "breaker.cooldown: must be greater than zero"),
         ("[breaker]\nconnect_timeout = \"0s\"".into(), "breaker.connect_timeout: must be greater than zero"),
+        ("[breaker]\nlogin_timeout = \"0s\"".into(), "breaker.login_timeout: must be greater than zero"),
         (format!("{d}host = \"\""), "destination.legacy.host: is required"),
         (format!("{d}forwarding = \"haproxy\""), "destination.legacy.forwarding: unknown variant `haproxy`"),
         (format!("{imap}port = 0"), "destination.legacy.protocol.imap.port: must be 1..=65535"),

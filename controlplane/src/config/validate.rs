@@ -185,6 +185,7 @@ fn check_cache_and_breaker(config: &Config, p: &mut Problems) {
     }
     check_positive("breaker.cooldown", breaker.cooldown, p);
     check_positive("breaker.connect_timeout", breaker.connect_timeout, p);
+    check_positive("breaker.login_timeout", breaker.login_timeout, p);
 }
 
 /// Destination ids travel in API paths and query strings, metrics and logs, so they are
