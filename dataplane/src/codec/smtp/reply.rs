@@ -107,6 +107,11 @@ impl ReplyParser {
         }
         Ok(None)
     }
+    /// Whether nothing past the last complete reply was received (no byte, no line of a
+    /// reply begun): what a server sent after its go-ahead to STARTTLS was not protected.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.builder.lines.is_empty()
+    }
 }
 
 /// What a server's EHLO/LHLO reply offers, as far as the proxy cares.

@@ -175,6 +175,25 @@ fn multi_line_replies_in_chunks_of_every_size() {
 }
 
 #[test]
+fn a_parser_is_empty_only_with_nothing_past_the_last_reply() {
+    let mut parser = ReplyParser::new(1024);
+    assert!(parser.is_empty());
+    parser.push(b"220 go ahead\r\n");
+    assert!(!parser.is_empty());
+    assert_eq!(parser.next_reply().unwrap().map(|r| r.code), Some(220));
+    assert!(parser.is_empty());
+    // A line of a reply begun, or a byte of the next one, is something.
+    for rest in [&b"250-mx\r\n"[..], b"2"] {
+        let mut parser = ReplyParser::new(1024);
+        parser.push(b"220 go ahead\r\n");
+        parser.push(rest);
+        assert_eq!(parser.next_reply().unwrap().map(|r| r.code), Some(220));
+        assert_eq!(parser.next_reply().unwrap(), None);
+        assert!(!parser.is_empty(), "{rest:?}");
+    }
+}
+
+#[test]
 fn malformed_replies_are_errors() {
     for line in ["", "25", "abc hello", "2500 x", "250+x", "199 too low", "600 too high", "260 bad second digit"] {
         let mut b = ReplyBuilder::default();
