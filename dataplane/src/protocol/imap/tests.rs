@@ -149,10 +149,11 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
                 listener_id: "imap".into(),
                 listener,
                 client,
+                accepted: tokio::time::Instant::now(),
             };
             tokio::spawn(async move {
                 let stream = match ctx.listener.tls {
-                    TlsMode::Implicit => match ctx.accept_tls(stream.into()).await {
+                    TlsMode::Implicit => match ctx.accept_tls(stream.into(), ctx.preauth_deadline()).await {
                         Ok(stream) => stream,
                         Err(_) => return,
                     },

@@ -191,8 +191,16 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx =
-                SessionCtx { local: client, tls, node: Arc::clone(&served), listener_id: "m".into(), listener, client };
+            let accepted = tokio::time::Instant::now();
+            let ctx = SessionCtx {
+                local: client,
+                tls,
+                node: Arc::clone(&served),
+                listener_id: "m".into(),
+                listener,
+                client,
+                accepted,
+            };
             tokio::spawn(super::serve(ctx, stream.into(), flavor));
         }
     });

@@ -148,6 +148,7 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
                 listener_id: "sieve".into(),
                 listener,
                 client,
+                accepted: tokio::time::Instant::now(),
             };
             tokio::spawn(super::serve(ctx, stream.into()));
         }

@@ -140,6 +140,7 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
                 listener_id: "pop3".into(),
                 listener: Arc::clone(&config),
                 client,
+                accepted: tokio::time::Instant::now(),
             };
             tokio::spawn(super::serve(ctx, stream.into()));
         }

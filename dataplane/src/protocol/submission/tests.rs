@@ -160,11 +160,18 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx =
-                SessionCtx { local: client, tls, node: Arc::clone(&served), listener_id: "s".into(), listener, client };
+            let ctx = SessionCtx {
+                local: client,
+                tls,
+                node: Arc::clone(&served),
+                listener_id: "s".into(),
+                listener,
+                client,
+                accepted: tokio::time::Instant::now(),
+            };
             tokio::spawn(async move {
                 let stream = match ctx.listener.tls {
-                    TlsMode::Implicit => match ctx.accept_tls(stream.into()).await {
+                    TlsMode::Implicit => match ctx.accept_tls(stream.into(), ctx.preauth_deadline()).await {
                         Ok(stream) => stream,
                         Err(_) => return,
                     },
