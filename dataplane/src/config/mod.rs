@@ -178,8 +178,9 @@ pub struct ListenerConfig {
     /// it (these listeners take no login, so no pre-auth budget ends them).
     #[serde(default, with = "humantime_serde")]
     pub session_timeout: Option<Duration>,
-    /// smtp and lmtp only: commands that make no progress (NOOP, RSET, VRFY, HELP, a
-    /// repeated greeting) allowed since the session began or its last delivered message.
+    /// smtp and lmtp only: commands that make no progress (all but MAIL, RCPT, DATA, QUIT,
+    /// an accepted STARTTLS and the first greeting) allowed since the session began or its
+    /// last delivered message.
     #[serde(default)]
     pub junk_command_limit: Option<u32>,
 }

@@ -19,6 +19,7 @@ use crate::tls::testing::TestTls;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
+mod bounds;
 mod forwarding;
 
 struct Table(Option<HashMap<String, String>>);

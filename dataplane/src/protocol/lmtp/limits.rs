@@ -1,9 +1,10 @@
 //! The client side of an SMTP/LMTP session and its bounds: every read and reply waits at
 //! most `preauth_timeout` for the client, the whole session ends at `session_timeout`, and
-//! more than `junk_command_limit` commands without progress end it too (Postfix's
-//! `smtpd_junk_command_limit`: NOOP, RSET, VRFY, HELP, a repeated greeting; a delivered
-//! message starts the count again, MAIL, RCPT and DATA do not count). No login ends these
-//! sessions, so nothing else would.
+//! more than `junk_command_limit` commands without progress end it too, as Postfix's
+//! `smtpd_junk_command_limit` does. Junk is every command but MAIL, RCPT, DATA, QUIT, an
+//! accepted STARTTLS and the first greeting of each stream (so NOOP, RSET, VRFY, HELP,
+//! unknown commands and a repeated greeting); a delivered message starts the count again.
+//! No login ends these sessions, so nothing else would.
 
 use std::time::Duration;
 
@@ -32,10 +33,16 @@ impl Session {
     /// listener's limit.
     pub(super) fn over_junk_limit(&mut self, command: &Command) -> bool {
         let junk = match command {
-            Command::Noop | Command::Rset | Command::Vrfy | Command::Help => true,
+            Command::Mail { .. } | Command::Rcpt { .. } | Command::Data | Command::Quit => false,
             // The greeting after STARTTLS is the first of the new stream: not counted.
             Command::Hello { .. } => self.greeted,
-            _ => false,
+            Command::StartTls => !self.ctx.starttls_offered(&self.client),
+            Command::Noop
+            | Command::Rset
+            | Command::Vrfy
+            | Command::Help
+            | Command::Auth { .. }
+            | Command::Unknown(_) => true,
         };
         if junk {
             self.junk += 1;
