@@ -269,9 +269,7 @@ impl SessionCtx {
             "session closed"
         );
     }
-}
 
-impl SessionCtx {
     /// The protocol's goodbye to a bridged client at shutdown, when the client leg is
     /// between two lines; in the middle of one it would corrupt the response being relayed,
     /// so the client only sees the close. (A chunk that happened to end at a line end inside

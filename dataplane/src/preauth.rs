@@ -1,6 +1,7 @@
 //! The loop every login protocol (IMAP, POP3, ManageSieve, submission) runs before
 //! authentication: converse until the client authenticated (then bridge), asked for TLS
-//! (then upgrade and converse again on the new stream) or left.
+//! (then upgrade and converse again on the new stream), left, or the node closes its
+//! sessions at shutdown (then the protocol's goodbye).
 
 use std::future::Future;
 
