@@ -12,8 +12,27 @@ use crate::error::Result;
 /// How a protocol frames one SASL challenge and reads the client's response.
 pub trait SaslChannel: Send {
     /// Sends `challenge` (raw bytes; the channel base64-encodes them) and returns the
-    /// client's response line as sent (base64 text or `*`), or `None` if the client left.
-    fn challenge(&mut self, challenge: &[u8]) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// client's response as sent (base64 text or `*`). A response the parser refused (an
+    /// over-long line) is `Invalid`: the protocol answers it and the session goes on.
+    fn challenge(&mut self, challenge: &[u8]) -> impl Future<Output = Result<Response>> + Send;
+}
+
+/// The client's answer to one challenge.
+#[derive(Debug)]
+pub enum Response {
+    Line(Vec<u8>),
+    Invalid(CodecError),
+    /// The client left (or its pre-auth budget ran out).
+    Closed,
+}
+
+/// What one parser step says about the response: `None` while more input is needed.
+pub fn response(parsed: std::result::Result<Option<Vec<u8>>, CodecError>) -> Option<Response> {
+    match parsed {
+        Ok(Some(line)) => Some(Response::Line(line)),
+        Ok(None) => None,
+        Err(e) => Some(Response::Invalid(e)),
+    }
 }
 
 #[derive(Debug)]
@@ -28,12 +47,16 @@ pub enum SaslOutcome {
 }
 
 /// Runs one exchange; `initial` is the initial response as the client sent it (base64).
+/// A decoded response may carry at most what one line of `max_line` bytes can
+/// ([`sasl::decoded_limit`]).
 pub async fn exchange(
     channel: &mut impl SaslChannel,
     mechanism: Mechanism,
     initial: Option<&[u8]>,
+    max_line: usize,
 ) -> Result<SaslOutcome> {
-    let initial = match initial.map(sasl::decode_base64) {
+    let limit = sasl::decoded_limit(max_line);
+    let initial = match initial.map(|b64| sasl::decode_base64_within(b64, limit)) {
         Some(Ok(data)) => Some(data),
         Some(Err(e)) => return Ok(SaslOutcome::Invalid(e)),
         None => None,
@@ -47,10 +70,12 @@ pub async fn exchange(
             Step::Done(credential) => return Ok(SaslOutcome::Done(credential)),
             Step::Challenge(challenge) => challenge,
         };
-        let Some(response) = channel.challenge(&challenge).await? else {
-            return Ok(SaslOutcome::Closed);
+        let response = match channel.challenge(&challenge).await? {
+            Response::Line(line) => line,
+            Response::Invalid(e) => return Ok(SaslOutcome::Invalid(e)),
+            Response::Closed => return Ok(SaslOutcome::Closed),
         };
-        step = match sasl::decode_base64_line(&response) {
+        step = match sasl::decode_response(&response, limit) {
             Ok(SaslLine::Cancelled) => return Ok(SaslOutcome::Cancelled),
             Ok(SaslLine::Data(data)) => match server.step(&data) {
                 Ok(step) => step,

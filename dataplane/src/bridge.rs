@@ -76,6 +76,9 @@ impl BufferPool {
 pub struct Moved {
     pub from_client: u64,
     pub to_client: u64,
+    /// Nothing is pending towards the client and what it got last ended a line, so the
+    /// node may add a line of its own (a goodbye). [`relay`] starts from the value it finds.
+    pub to_client_between_lines: bool,
 }
 
 /// Relays between `client` and `backend` until both directions have ended (or one
@@ -91,12 +94,13 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut up = Direction::new(pool);
-    let mut down = Direction::new(pool);
+    let mut up = Direction::new(pool, false);
+    let mut down = Direction::new(pool, moved.to_client_between_lines);
     poll_fn(|cx| {
         let to_backend = up.poll(cx, Pin::new(&mut *client), Pin::new(&mut *backend), activity);
         let to_client = down.poll(cx, Pin::new(&mut *backend), Pin::new(&mut *client), activity);
         (moved.from_client, moved.to_client) = (up.moved, down.moved);
+        moved.to_client_between_lines = down.between_lines();
         match (to_backend, to_client) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => Poll::Ready(Err(e)),
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
@@ -125,6 +129,8 @@ struct Direction<'p> {
     /// Written since the last flush (a TLS writer may hold records until flushed).
     unflushed: bool,
     moved: u64,
+    /// The last byte written was a line end.
+    ended_line: bool,
 }
 
 impl Drop for Direction<'_> {
@@ -136,8 +142,13 @@ impl Drop for Direction<'_> {
 }
 
 impl<'p> Direction<'p> {
-    fn new(pool: &'p BufferPool) -> Self {
-        Self { pool, flow: Flow::Open, buf: None, start: 0, unflushed: false, moved: 0 }
+    fn new(pool: &'p BufferPool, ended_line: bool) -> Self {
+        Self { pool, flow: Flow::Open, buf: None, start: 0, unflushed: false, moved: 0, ended_line }
+    }
+
+    /// Everything read was written, and it ended a line.
+    fn between_lines(&self) -> bool {
+        self.ended_line && self.buf.as_ref().is_none_or(|buf| self.start >= buf.len())
     }
 
     fn poll<R, W>(
@@ -212,6 +223,7 @@ impl<'p> Direction<'p> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.start += n;
+            self.ended_line = buf.get(self.start - 1) == Some(&b'\n');
             self.moved += n as u64;
             self.unflushed = true;
             activity.touch();

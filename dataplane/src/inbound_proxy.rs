@@ -20,17 +20,19 @@ const PARTIAL_PAUSE: Duration = Duration::from_millis(10);
 
 /// The client address for a connection from `peer`: from the PROXY header when the
 /// listener expects one and `peer` is trusted, else `peer` itself. Only the header's
-/// bytes are consumed; an error means the connection must be closed.
+/// bytes are consumed; an error means the connection must be closed. The wait for the
+/// header ends with the pre-auth budget (`budget`), which the session goes on drawing on.
 pub async fn client_address(
     stream: &mut TcpStream,
     config: &ListenerConfig,
     peer: SocketAddr,
+    budget: Instant,
 ) -> io::Result<SocketAddr> {
     if !config.proxy_from(peer.ip()) {
         return Ok(peer);
     }
     let required = config.proxy_protocol == ProxyProtocol::Required;
-    let deadline = Instant::now() + if required { config.preauth_timeout } else { OPTIONAL_WAIT };
+    let deadline = if required { budget } else { budget.min(Instant::now() + OPTIONAL_WAIT) };
     let mut buf = [0u8; 640];
     loop {
         let n = match timeout_at(deadline, stream.peek(&mut buf)).await {

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod breaker;
 pub mod bridge;
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod commands;
 pub mod config;
@@ -44,6 +45,10 @@ use crate::control::{ClientSlot, ControlResolver, ControlTls, Link, NodeAuth};
 use crate::error::{Error, Result};
 use crate::listener::BoundListener;
 use crate::node::Node;
+
+/// How long the sessions get to end after the grace period: a goodbye and the close after
+/// it each wait at most [`client::GOODBYE_WAIT`].
+const FINAL_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Every socket the node serves, bound before anything starts.
 pub struct Bound {
@@ -132,7 +137,11 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
     if tokio::time::timeout(config.node.shutdown_grace, sessions.wait()).await.is_err() {
         tracing::info!(live = node.sessions.active_total(), "grace period over; closing the remaining sessions");
         node.kill_sessions.cancel();
-        sessions.wait().await;
+        // Every kind of session ends once told to, within its goodbye's bound; the wait is
+        // bounded all the same, so no session can keep the process from exiting.
+        if tokio::time::timeout(FINAL_WAIT, sessions.wait()).await.is_err() {
+            tracing::warn!(live = node.sessions.active_total(), "sessions still open after their goodbyes; exiting");
+        }
     }
     Ok(())
 }

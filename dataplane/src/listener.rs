@@ -3,12 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::client;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::inbound_proxy;
 use crate::node::Node;
@@ -53,6 +54,7 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAccepto
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        let accepted = Instant::now();
                         let _ = stream.set_nodelay(true);
                         let span = tracing::info_span!(
                             "conn",
@@ -62,7 +64,8 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAccepto
                             via = tracing::field::Empty
                         );
                         let permit = Arc::clone(&shared.limit).try_acquire_owned().ok();
-                        sessions.spawn(connection(shared.clone(), stream, peer, permit).instrument(span));
+                        let accepted = Accepted { stream, peer, at: accepted };
+                        sessions.spawn(connection(shared.clone(), accepted, permit).instrument(span));
                     }
                     Err(e) => tracing::warn!(listener = %shared.id, error = %e, "accept failed"),
                 }
@@ -73,19 +76,46 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAccepto
     accepts.wait().await;
 }
 
+/// A connection as the accept loop took it.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Where the pre-auth budget starts.
+    at: Instant,
+}
+
 /// One client connection: the busy reply past the limit, else PROXY header, implicit TLS
 /// and the protocol's session.
-async fn connection(shared: Shared, mut stream: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
+async fn connection(shared: Shared, mut accepted: Accepted, permit: Option<OwnedSemaphorePermit>) {
     let Some(_permit) = permit else {
         tracing::warn!("connection limit reached; refusing");
-        let _ = stream.write_all(protocol::busy(shared.config.protocol)).await;
-        let _ = stream.shutdown().await;
-        return;
+        return client::goodbye(&mut accepted.stream, protocol::busy(shared.config.protocol)).await;
     };
     let _guard = shared.node.sessions.connection(shared.config.protocol);
-    let client = match inbound_proxy::client_address(&mut stream, &shared.config, peer).await {
+    let closing = shared.node.kill_sessions.clone();
+    // Before the protocol's greeting there is no way to say goodbye: at shutdown the
+    // connection just closes.
+    let opened = tokio::select! {
+        biased;
+        _ = closing.cancelled() => return,
+        opened = open(shared, accepted) => opened,
+    };
+    if let Some((ctx, stream)) = opened {
+        protocol::serve(ctx, stream).await;
+    }
+}
+
+/// The PROXY header and the implicit TLS handshake, both drawing on the pre-auth budget;
+/// `None` when the connection is to be closed.
+async fn open(shared: Shared, accepted: Accepted) -> Option<(SessionCtx, MaybeTls)> {
+    let Accepted { mut stream, peer, at } = accepted;
+    let budget = at + shared.config.preauth_timeout;
+    let client = match inbound_proxy::client_address(&mut stream, &shared.config, peer, budget).await {
         Ok(client) => client,
-        Err(e) => return tracing::warn!(error = %e, "PROXY header from a trusted peer missing or invalid; closing"),
+        Err(e) => {
+            tracing::warn!(error = %e, "PROXY header from a trusted peer missing or invalid; closing");
+            return None;
+        }
     };
     if client != peer {
         // The span's `client` is the load balancer; `via` keeps both visible.
@@ -100,14 +130,18 @@ async fn connection(shared: Shared, mut stream: TcpStream, peer: SocketAddr, per
         client,
         local,
         tls: shared.tls,
+        accepted: at,
     };
     let stream = MaybeTls::Plain(stream);
     let stream = match ctx.listener.tls {
-        TlsMode::Implicit => match ctx.accept_tls(stream).await {
+        TlsMode::Implicit => match ctx.accept_tls(stream, ctx.preauth_deadline()).await {
             Ok(stream) => stream,
-            Err(e) => return tracing::debug!(error = %e, "client TLS handshake failed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "client TLS handshake failed");
+                return None;
+            }
         },
         _ => stream,
     };
-    protocol::serve(ctx, stream).await;
+    Some((ctx, stream))
 }

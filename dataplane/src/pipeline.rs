@@ -11,11 +11,13 @@ use tokio::time::Instant;
 
 use crate::breaker::Permit;
 use crate::bridge::{self, BufferPool, Moved};
+use crate::client;
 use crate::codec::proxy;
 use crate::config::{Forwarding, ListenerConfig, Protocol, TlsMode};
 use crate::error::{Error, Result};
 use crate::idle::Activity;
 use crate::node::Node;
+use crate::protocol;
 use crate::routekey::{redact, Identifier};
 use crate::sessions::KickHandle;
 use crate::settings::{Destination, Endpoint, FleetSettings};
@@ -33,6 +35,8 @@ pub struct SessionCtx {
     pub local: SocketAddr,
     /// The node's certificates, when it has any (implicit TLS and STARTTLS).
     pub tls: Option<TlsAcceptor>,
+    /// When the connection was accepted: the pre-auth budget runs from here.
+    pub accepted: Instant,
 }
 
 /// Why a backend TLS handshake failed: the node's own set-up, or the backend.
@@ -53,6 +57,12 @@ pub struct Route {
 impl SessionCtx {
     pub fn protocol(&self) -> Protocol {
         self.listener.protocol
+    }
+
+    /// The end of the pre-auth budget: one deadline from accept to authenticated that the
+    /// PROXY header, the TLS handshakes and the dialogue before and after STARTTLS share.
+    pub fn preauth_deadline(&self) -> Instant {
+        self.accepted + self.listener.preauth_timeout
     }
 
     /// Steps 4–5: route key, login delay, cache/control plane, declared destination.
@@ -200,11 +210,11 @@ impl SessionCtx {
         self.listener.tls == TlsMode::Starttls && self.tls.is_some() && !client.is_tls()
     }
 
-    /// The client-leg TLS handshake (implicit TLS, or after the STARTTLS go-ahead), bounded
-    /// by the pre-auth timeout.
-    pub async fn accept_tls(&self, client: MaybeTls) -> Result<MaybeTls> {
+    /// The client-leg TLS handshake (implicit TLS, or after the STARTTLS go-ahead), over
+    /// by `deadline` (the pre-auth budget's end, or an SMTP/LMTP session's next step).
+    pub async fn accept_tls(&self, client: MaybeTls, deadline: Instant) -> Result<MaybeTls> {
         let acceptor = self.tls.as_ref().ok_or_else(|| Error::Client("no certificate for TLS".into()))?;
-        match tokio::time::timeout(self.listener.preauth_timeout, client.accept(acceptor)).await {
+        match tokio::time::timeout_at(deadline, client.accept(acceptor)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(Error::Client(format!("TLS handshake: {e}"))),
             Err(_) => Err(Error::Client("TLS handshake timed out".into())),
@@ -228,18 +238,24 @@ impl SessionCtx {
     {
         let started = Instant::now();
         let activity = Activity::new();
-        let mut moved = Moved::default();
+        // The verdict before this ended with its line end.
+        let mut moved = Moved { to_client_between_lines: to_client.is_empty(), ..Moved::default() };
         let relayed = async {
             // What either side sent past the login belongs to the other one.
             backend.write_all(&to_backend).await?;
             client.write_all(&to_client).await?;
+            moved.to_client_between_lines = to_client.last().is_none_or(|b| *b == b'\n');
             bridge::relay(&mut client, &mut backend, BufferPool::shared(), &activity, &mut moved).await
         };
-        let how = tokio::select! {
+        let mut how = tokio::select! {
             result = relayed => if result.is_ok() { "closed" } else { "broken" },
             _ = kick.token.cancelled() => "kicked",
             _ = activity.idle_for(self.listener.idle_timeout) => "idle",
         };
+        if how == "kicked" && self.node.kill_sessions.is_cancelled() {
+            how = "shutdown";
+            self.shutdown_goodbye(&mut client, moved.to_client_between_lines).await;
+        }
         let from_client = moved.from_client + to_backend.len() as u64;
         let to_client_bytes = moved.to_client + to_client.len() as u64;
         self.node.sessions.add_bytes(from_client, to_client_bytes);
@@ -252,6 +268,17 @@ impl SessionCtx {
             end = %how,
             "session closed"
         );
+    }
+
+    /// The protocol's goodbye to a bridged client at shutdown, when the client leg is
+    /// between two lines; in the middle of one it would corrupt the response being relayed,
+    /// so the client only sees the close. (A chunk that happened to end at a line end inside
+    /// an IMAP literal gets the goodbye inside a literal the close cuts short anyway.)
+    async fn shutdown_goodbye<C: AsyncWrite + Unpin>(&self, client: &mut C, between_lines: bool) {
+        match between_lines {
+            true => client::goodbye(client, protocol::shutting_down(self.protocol())).await,
+            false => client::close(client).await,
+        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! The loop every login protocol (IMAP, POP3, ManageSieve, submission) runs before
 //! authentication: converse until the client authenticated (then bridge), asked for TLS
-//! (then upgrade and converse again on the new stream) or left.
+//! (then upgrade and converse again on the new stream), left, or the node closes its
+//! sessions at shutdown (then the protocol's goodbye).
 
 use std::future::Future;
 
-use tokio::io::AsyncWriteExt;
-
 use crate::backend::BackendConn;
+use crate::client;
 use crate::error::Result;
 use crate::pipeline::{Route, SessionCtx};
+use crate::protocol;
 use crate::tls::MaybeTls;
 
 /// How one pre-auth conversation ended.
@@ -25,32 +26,55 @@ pub trait PreAuth: Sized + Send {
     fn run(&mut self) -> impl Future<Output = Result<End>> + Send;
     /// The same session over TLS, with a parser that holds nothing from before.
     fn upgrade(self) -> impl Future<Output = Result<Self>> + Send;
+    /// The session's context.
+    fn ctx(&self) -> &SessionCtx;
     /// The session's context, its client stream and what the client sent past the login.
     fn into_parts(self) -> (SessionCtx, MaybeTls, Vec<u8>);
 }
 
-/// Drives `session` to its end and bridges it once authenticated.
+/// Drives `session` to its end and bridges it once authenticated. When the node closes
+/// its sessions (the shutdown grace period is over), whatever the session waits for (the
+/// client, a login delay, the backend) is dropped and the client gets its goodbye.
 pub async fn converse<S: PreAuth>(mut session: S) {
+    let closing = session.ctx().node.kill_sessions.clone();
     loop {
-        match session.run().await {
-            Ok(End::Authenticated(route, backend)) => {
+        let ran = tokio::select! {
+            biased;
+            _ = closing.cancelled() => None,
+            ran = session.run() => Some(ran),
+        };
+        match ran {
+            None => return shut_down(session).await,
+            Some(Ok(End::Authenticated(route, backend))) => {
                 let (ctx, client, remaining) = session.into_parts();
                 let (stream, pending, kick) = backend.into_parts();
                 ctx.bridge(&route, kick, client, remaining, stream, pending).await;
                 return;
             }
-            Ok(End::StartTls) => match session.upgrade().await {
-                Ok(upgraded) => session = upgraded,
-                Err(e) => return tracing::debug!(error = %e, "TLS upgrade failed"),
-            },
-            Ok(End::Closed) => {
-                // An orderly close, so a TLS client gets its close_notify (RFC 8446 §6.1)
-                // and can tell the end from a truncation.
+            Some(Ok(End::StartTls)) => {
+                // Mid-handshake there is no way to say goodbye: the connection just closes.
+                let upgraded = tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => return,
+                    upgraded = session.upgrade() => upgraded,
+                };
+                match upgraded {
+                    Ok(upgraded) => session = upgraded,
+                    Err(e) => return tracing::debug!(error = %e, "TLS upgrade failed"),
+                }
+            }
+            Some(Ok(End::Closed)) => {
                 let (_, mut client, _) = session.into_parts();
-                let _ = client.shutdown().await;
+                client::close(&mut client).await;
                 return;
             }
-            Err(e) => return tracing::debug!(error = %e, "session ended before authentication"),
+            Some(Err(e)) => return tracing::debug!(error = %e, "session ended before authentication"),
         }
     }
+}
+
+/// The protocol's goodbye at shutdown, then the close.
+async fn shut_down<S: PreAuth>(session: S) {
+    let (ctx, mut client, _) = session.into_parts();
+    client::goodbye(&mut client, protocol::shutting_down(ctx.protocol())).await;
 }

@@ -65,7 +65,7 @@ async fn chunked_input_arrives_whole_and_in_order_both_ways() {
     drop(rig.backend);
     let (result, moved) = rig.relay.await.unwrap();
     result.unwrap();
-    assert_eq!(moved, Moved { from_client: 7 * 10_000, to_client: 7 * 7_000 });
+    assert_eq!((moved.from_client, moved.to_client), (7 * 10_000, 7 * 7_000));
 }
 
 #[tokio::test]
@@ -85,7 +85,7 @@ async fn client_half_close_reaches_the_backend_which_can_still_answer() {
     assert!(rest.is_empty());
     let (result, moved) = rig.relay.await.unwrap();
     result.unwrap();
-    assert_eq!(moved, Moved { from_client: 11, to_client: 14 });
+    assert_eq!((moved.from_client, moved.to_client), (11, 14));
 }
 
 #[tokio::test]
@@ -101,7 +101,7 @@ async fn backend_half_close_reaches_the_client_which_can_still_send() {
     rig.client.shutdown().await.unwrap();
     let (result, moved) = rig.relay.await.unwrap();
     result.unwrap();
-    assert_eq!(moved, Moved { from_client: 6, to_client: 21 });
+    assert_eq!((moved.from_client, moved.to_client), (6, 21));
 }
 
 #[tokio::test]
@@ -179,7 +179,7 @@ async fn a_failing_side_ends_the_relay_with_its_error_and_the_counts_so_far() {
     let (activity, mut moved) = (Activity::new(), Moved::default());
     let result = relay(&mut near_client, &mut Reset { took: 0 }, pool, &activity, &mut moved).await;
     assert_eq!(result.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
-    assert_eq!(moved, Moved { from_client: 17, to_client: 0 });
+    assert_eq!((moved.from_client, moved.to_client), (17, 0));
     assert_eq!(pool.lent(), 0);
 }
 
@@ -241,7 +241,7 @@ async fn a_large_transfer_both_ways_at_once_arrives_intact() {
     assert_eq!(got_up, (up, sent_up), "client → backend");
     assert_eq!(got_down, (down, sent_down), "backend → client");
     let (moved, lent) = relay.await.unwrap();
-    assert_eq!(moved, Moved { from_client: up as u64, to_client: down as u64 });
+    assert_eq!((moved.from_client, moved.to_client), (up as u64, down as u64));
     assert_eq!(lent, 0);
 }
 
@@ -270,7 +270,8 @@ async fn a_tls_client_leg_relays_and_ends_with_close_notify() {
     assert_eq!(got_up, (up, sent_up));
     // A clean EOF on the TLS side: rustls reports a close without close_notify as an error.
     assert_eq!(got_down, (down, sent_down));
-    assert_eq!(relay.await.unwrap(), Moved { from_client: up as u64, to_client: down as u64 });
+    let moved = relay.await.unwrap();
+    assert_eq!((moved.from_client, moved.to_client), (up as u64, down as u64));
 }
 
 /// A relay between two loopback socket pairs; the test holds the far ends.
@@ -308,7 +309,7 @@ async fn over_tcp_half_close_either_way_and_no_buffer_held_while_idle() {
     assert!(rest.is_empty());
     let (result, moved) = relay.await.unwrap();
     result.unwrap();
-    assert_eq!(moved, Moved { from_client: 300, to_client: 9007 });
+    assert_eq!((moved.from_client, moved.to_client), (300, 9007));
 }
 
 #[tokio::test]
@@ -324,5 +325,34 @@ async fn over_tcp_the_backends_half_close_reaches_the_client_first() {
     drop(client);
     let (result, moved) = relay.await.unwrap();
     result.unwrap();
-    assert_eq!(moved, Moved { from_client: 10, to_client: 18 });
+    assert_eq!((moved.from_client, moved.to_client), (10, 18));
+}
+
+/// Relays for a moment, until both pipes have nothing more to move.
+async fn relay_a_while(near: &mut (DuplexStream, DuplexStream), moved: &mut Moved) {
+    let (pool, activity) = (leaked_pool(), Activity::new());
+    let relayed = relay(&mut near.0, &mut near.1, pool, &activity, moved);
+    assert!(tokio::time::timeout(Duration::from_millis(50), relayed).await.is_err(), "the relay ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_relay_knows_whether_the_client_leg_is_between_lines() {
+    let (mut client, near_client) = duplex(32);
+    let (mut backend, near_backend) = duplex(1024);
+    let mut near = (near_client, near_backend);
+    let mut moved = Moved { to_client_between_lines: true, ..Moved::default() };
+    relay_a_while(&mut near, &mut moved).await;
+    assert!(moved.to_client_between_lines, "nothing relayed yet: as the verdict left it");
+    backend.write_all(b"* 1 FETCH (BODY[] {10}\r\n01234").await.unwrap();
+    relay_a_while(&mut near, &mut moved).await;
+    assert_eq!(read_exactly(&mut client, 29).await, b"* 1 FETCH (BODY[] {10}\r\n01234");
+    assert!(!moved.to_client_between_lines, "in the middle of a line");
+    backend.write_all(b"56789)\r\n").await.unwrap();
+    relay_a_while(&mut near, &mut moved).await;
+    assert_eq!(read_exactly(&mut client, 8).await, b"56789)\r\n");
+    assert!(moved.to_client_between_lines);
+    // A client that does not read: the line's end is still on its way.
+    backend.write_all(&[b"x".repeat(60), b"\r\n".to_vec()].concat()).await.unwrap();
+    relay_a_while(&mut near, &mut moved).await;
+    assert!(!moved.to_client_between_lines, "62 bytes cannot all fit a 32-byte pipe");
 }

@@ -14,9 +14,17 @@ use base64::Engine;
 
 use super::CodecError;
 
-/// Largest decoded SASL payload accepted. Far above any real PLAIN message or bearer
-/// token, and checked on the encoded length before anything is decoded.
+/// Largest decoded SASL payload accepted at all. Far above any real PLAIN message or
+/// bearer token, and checked on the encoded length before anything is decoded.
 pub const MAX_DECODED: usize = 16 * 1024;
+
+/// The largest decoded payload a client's SASL response may carry where lines hold at most
+/// `max_line` bytes: what that much base64 decodes to (three quarters), at most
+/// [`MAX_DECODED`]. So the limit is reached by a response line of `max_line` bytes; one in
+/// a literal (IMAP, ManageSieve) may be longer than a line, but carries no more.
+pub fn decoded_limit(max_line: usize) -> usize {
+    (max_line / 4 * 3).min(MAX_DECODED)
+}
 
 /// Clients differ on padding; accepting both costs nothing since the backend re-checks.
 const LENIENT: GeneralPurpose = GeneralPurpose::new(
@@ -70,17 +78,23 @@ impl fmt::Debug for OAuthCredentials {
     }
 }
 
-/// Decodes a base64 payload; `=` is the RFC 4959 empty initial response.
+/// Decodes a base64 payload of at most [`MAX_DECODED`] bytes; `=` is the RFC 4959 empty
+/// initial response.
 pub fn decode_base64(b64: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let too_large = |size| CodecError::PayloadTooLarge { size, limit: MAX_DECODED };
-    if b64.len() > MAX_DECODED.div_ceil(3) * 4 {
+    decode_base64_within(b64, MAX_DECODED)
+}
+
+/// [`decode_base64`] with a payload of at most `limit` bytes (see [`decoded_limit`]).
+pub fn decode_base64_within(b64: &[u8], limit: usize) -> Result<Vec<u8>, CodecError> {
+    let too_large = |size| CodecError::PayloadTooLarge { size, limit };
+    if b64.len() > limit.div_ceil(3) * 4 {
         return Err(too_large(base64::decoded_len_estimate(b64.len())));
     }
     if b64 == b"=" {
         return Ok(Vec::new());
     }
     let data = LENIENT.decode(b64).map_err(|_| CodecError::Base64)?;
-    if data.len() > MAX_DECODED {
+    if data.len() > limit {
         return Err(too_large(data.len()));
     }
     Ok(data)
@@ -88,10 +102,15 @@ pub fn decode_base64(b64: &[u8]) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes one client response line (without CRLF), recognising the `*` cancel.
 pub fn decode_base64_line(line: &[u8]) -> Result<SaslLine, CodecError> {
+    decode_response(line, MAX_DECODED)
+}
+
+/// [`decode_base64_line`] with a payload of at most `limit` bytes.
+pub fn decode_response(line: &[u8], limit: usize) -> Result<SaslLine, CodecError> {
     if line == b"*" {
         return Ok(SaslLine::Cancelled);
     }
-    decode_base64(line).map(SaslLine::Data)
+    decode_base64_within(line, limit).map(SaslLine::Data)
 }
 
 /// Decodes a base64 PLAIN message (initial response or continuation line).

@@ -174,6 +174,15 @@ pub struct ListenerConfig {
     /// Networks (CIDR) whose PROXY headers are believed, e.g. the load balancers.
     #[serde(default)]
     pub proxy_trusted: Vec<ipnet::IpNet>,
+    /// smtp and lmtp only: the longest a session may last, however busy the client keeps
+    /// it (these listeners take no login, so no pre-auth budget ends them).
+    #[serde(default, with = "humantime_serde")]
+    pub session_timeout: Option<Duration>,
+    /// smtp and lmtp only: commands that make no progress (all but MAIL, RCPT, DATA, QUIT,
+    /// an accepted STARTTLS and the first greeting) allowed since the session began or its
+    /// last delivered message.
+    #[serde(default)]
+    pub junk_command_limit: Option<u32>,
 }
 
 /// Whether a listener expects a PROXY protocol header from trusted peers.
@@ -191,10 +200,26 @@ impl ListenerConfig {
     pub fn proxy_from(&self, peer: std::net::IpAddr) -> bool {
         self.proxy_protocol != ProxyProtocol::Off && self.proxy_trusted.iter().any(|net| net.contains(&peer))
     }
+
+    /// `session_timeout`, or its default.
+    pub fn session_timeout(&self) -> Duration {
+        self.session_timeout.unwrap_or(defaults::SESSION_TIMEOUT)
+    }
+
+    /// `junk_command_limit`, or its default.
+    pub fn junk_command_limit(&self) -> u32 {
+        self.junk_command_limit.unwrap_or(defaults::JUNK_COMMAND_LIMIT)
+    }
 }
 
 mod defaults {
     use std::time::Duration;
+
+    /// Long enough for a large message over a slow link; a sender whose session ends here
+    /// reconnects, as it does after any 421.
+    pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+    /// Postfix's `smtpd_junk_command_limit` default.
+    pub const JUNK_COMMAND_LIMIT: u32 = 100;
 
     pub fn max_connections() -> usize {
         8192

@@ -260,3 +260,28 @@ fn mail_delivery_listeners_are_served_and_only_they_take_a_pass_through() {
         ["listener.imap.pass_through: must name a destination id"]
     );
 }
+
+#[test]
+fn smtp_and_lmtp_sessions_have_a_time_limit_and_a_junk_command_limit() {
+    let lmtp = Config::from_toml_str(&with("[listener.imap]\nprotocol = \"lmtp\"")).unwrap();
+    let l = &lmtp.listener["imap"];
+    assert_eq!((l.session_timeout(), l.junk_command_limit()), (Duration::from_secs(600), 100));
+    let set = "[listener.imap]\nprotocol = \"smtp\"\nsession_timeout = \"90s\"\njunk_command_limit = 7";
+    let smtp = Config::from_toml_str(&with(set)).unwrap();
+    let l = &smtp.listener["imap"];
+    assert_eq!((l.session_timeout(), l.junk_command_limit()), (Duration::from_secs(90), 7));
+    assert_eq!(
+        problems(&with("[listener.imap]\nprotocol = \"lmtp\"\nsession_timeout = \"0s\"\njunk_command_limit = 0")),
+        [
+            "listener.imap.junk_command_limit: must be at least 1",
+            "listener.imap.session_timeout: must be greater than zero",
+        ]
+    );
+    assert_eq!(
+        problems(&with("[listener.imap]\nsession_timeout = \"5m\"\njunk_command_limit = 5")),
+        [
+            "listener.imap.junk_command_limit: only smtp and lmtp listeners have it (imap sessions end with their pre-auth budget)",
+            "listener.imap.session_timeout: only smtp and lmtp listeners have it (imap sessions end with their pre-auth budget)",
+        ]
+    );
+}

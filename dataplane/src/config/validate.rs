@@ -52,6 +52,7 @@ fn check_listener(at: &str, l: &ListenerConfig, has_certificates: bool, p: &mut 
         p.push(key("protocol"), format!("protocol {} is not available in this build", l.protocol));
     }
     check_pass_through(&key("pass_through"), l, p);
+    check_session_bounds(at, l, p);
     if l.proxy_protocol != ProxyProtocol::Off && l.proxy_trusted.is_empty() {
         p.push(key("proxy_trusted"), "proxy_protocol needs the trusted networks (CIDR) whose headers are believed");
     }
@@ -89,6 +90,30 @@ fn check_pass_through(at: &str, l: &ListenerConfig, p: &mut Problems) {
     }
     if destination.trim().is_empty() {
         p.push(at, "must name a destination id");
+    }
+}
+
+/// The bounds of a session without a login: only where there is no pre-auth budget.
+fn check_session_bounds(at: &str, l: &ListenerConfig, p: &mut Problems) {
+    let recipient_routed = matches!(l.protocol, Protocol::Smtp | Protocol::Lmtp);
+    let only = |key: &str, p: &mut Problems| {
+        let why =
+            format!("only smtp and lmtp listeners have it ({} sessions end with their pre-auth budget)", l.protocol);
+        p.push(key_path(at, key), why);
+    };
+    if let Some(timeout) = l.session_timeout {
+        if !recipient_routed {
+            only("session_timeout", p);
+        }
+        check_positive(&key_path(at, "session_timeout"), timeout, p);
+    }
+    if let Some(limit) = l.junk_command_limit {
+        if !recipient_routed {
+            only("junk_command_limit", p);
+        }
+        if limit == 0 {
+            p.push(key_path(at, "junk_command_limit"), "must be at least 1");
+        }
     }
 }
 

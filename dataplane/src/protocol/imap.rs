@@ -3,12 +3,12 @@
 //! AUTHENTICATE PLAIN (the backend's side in [`backend`]) and the backend's verdict relayed
 //! under the client's tag. A trusted upstream proxy may state the real client in `ID`.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::auth::{self, Response, SaslChannel, SaslOutcome};
 use crate::backend::{BackendConn, Login, Verdict};
+use crate::client::{self, Read};
 use crate::codec::imap::{Arg, Command, Event, ImapParser};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::config::TlsMode;
@@ -23,6 +23,7 @@ mod backend;
 
 /// Parse errors tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
+const TIMEOUT: &[u8] = b"* BYE Pre-authentication timeout\r\n";
 
 pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
@@ -32,7 +33,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
 
 /// The session in its first state, before the greeting.
 fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
-    let deadline = Instant::now() + ctx.listener.preauth_timeout;
+    let deadline = ctx.preauth_deadline();
     Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 }
 }
 
@@ -46,6 +47,7 @@ struct Session {
     parser: ImapParser,
     /// Who the backend is told the client is; a trusted upstream's `ID` may amend it.
     identity: Identity,
+    /// The pre-auth budget's end, kept across STARTTLS.
     deadline: Instant,
     failures: u32,
     bad: u32,
@@ -129,8 +131,12 @@ impl PreAuth for Session {
     /// Completes STARTTLS: the handshake, then a fresh parser, so nothing the client
     /// pipelined in plaintext after the command survives into the encrypted session.
     async fn upgrade(self) -> Result<Session> {
-        let client = self.ctx.accept_tls(self.client).await?;
+        let client = self.ctx.accept_tls(self.client, self.deadline).await?;
         Ok(Session { client, parser: parser(&self.ctx), ..self })
+    }
+
+    fn ctx(&self) -> &SessionCtx {
+        &self.ctx
     }
 
     fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
@@ -160,13 +166,19 @@ impl Session {
         caps
     }
 
+    /// A write the client must take before the pre-auth budget ends (the reply under way
+    /// when it ends, such as a late verdict or the timeout's goodbye, still gets a moment).
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.client.write_all(bytes).await?;
-        Ok(())
+        client::send(&mut self.client, bytes, client::at_least_goodbye(self.deadline)).await
     }
 
     /// Reads until one complete command; answers parse errors and literal continuations.
+    /// Past the pre-auth deadline nothing more is served, however much was pipelined.
     async fn next_command(&mut self) -> Result<Option<Command>> {
+        if Instant::now() >= self.deadline {
+            self.send(TIMEOUT).await?;
+            return Ok(None);
+        }
         loop {
             match self.parser.next_event() {
                 Ok(Some(Event::Command(c))) => return Ok(Some(c)),
@@ -191,15 +203,14 @@ impl Session {
     /// Reads more client bytes before the pre-auth deadline; false when the client left.
     async fn fill(&mut self) -> Result<bool> {
         let mut buf = [0u8; 4096];
-        match timeout_at(self.deadline, self.client.read(&mut buf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(n)) => {
+        match client::read(&mut self.client, &mut &mut buf[..], self.deadline).await? {
+            Read::Data(n) => {
                 self.parser.push(&buf[..n]);
                 Ok(true)
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                self.send(b"* BYE Pre-authentication timeout\r\n").await?;
+            Read::Closed => Ok(false),
+            Read::TimedOut => {
+                self.send(TIMEOUT).await?;
                 Ok(false)
             }
         }
@@ -236,7 +247,8 @@ impl Session {
             return Ok(None);
         }
         let initial = command.args.get(1).and_then(Arg::as_bytes).map(<[u8]>::to_vec);
-        match auth::exchange(self, mechanism, initial.as_deref()).await? {
+        let max_line = self.ctx.listener.max_line_length;
+        match auth::exchange(self, mechanism, initial.as_deref(), max_line).await? {
             SaslOutcome::Done(credential) => self.replay(&tag, credential).await.map(Some),
             SaslOutcome::Cancelled => {
                 self.send(format!("{tag} BAD Authentication cancelled\r\n").as_bytes()).await?;
@@ -292,17 +304,14 @@ impl Session {
 }
 
 impl SaslChannel for Session {
-    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Response> {
         self.send(&auth::plus_challenge(challenge)).await?;
         loop {
-            match self.parser.next_line() {
-                Ok(Some(line)) => return Ok(Some(line)),
-                Ok(None) => {
-                    if !self.fill().await? {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(Error::Client(e.to_string())),
+            if let Some(response) = auth::response(self.parser.next_line()) {
+                return Ok(response);
+            }
+            if !self.fill().await? {
+                return Ok(Response::Closed);
             }
         }
     }

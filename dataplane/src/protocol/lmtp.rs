@@ -6,14 +6,12 @@
 //! listeners take no credentials.
 
 mod delivery;
+mod limits;
 mod message;
 
-use std::time::Duration;
+use tokio::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout, Instant};
-use tokio_util::bytes::BufMut;
-
+use crate::client;
 use crate::codec::smtp::{self, Command, CommandParser, Hello};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
@@ -38,8 +36,6 @@ impl Flavor {
     }
 }
 
-/// Erroneous commands tolerated before the client is disconnected.
-const MAX_BAD_COMMANDS: u32 = 10;
 const ANOTHER_SERVER: &[u8] = b"451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
 const UNROUTABLE: &[u8] = b"451 4.4.1 Recipient's server temporarily unavailable, try again later\r\n";
 /// 421 tells the client the proxy closes the connection, which it then does.
@@ -54,12 +50,14 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
     let started = Instant::now();
     let session = Session {
         parser: parser(&ctx),
+        deadline: ctx.accepted + ctx.listener.session_timeout(),
         ctx,
         client: stream,
         flavor,
         greeted: false,
         tx: Transaction::Idle,
         bad: 0,
+        junk: 0,
         messages: 0,
         bytes: 0,
     };
@@ -75,13 +73,28 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
 }
 
 /// Runs the conversation through any STARTTLS; returns what the closing log needs
-/// (messages relayed, message bytes received).
+/// (messages relayed, message bytes received). When the node closes its sessions (the
+/// shutdown grace period is over) whatever the session waits for is dropped, an open
+/// transaction with it (its backend sees the connection close, not a message), and the
+/// client gets `421`.
 async fn converse(mut session: Session) -> (SessionCtx, u64, u64) {
+    let closing = session.ctx.node.kill_sessions.clone();
     loop {
-        match session.run().await {
-            Ok(End::StartTls) => {
+        let ran = tokio::select! {
+            biased;
+            _ = closing.cancelled() => None,
+            ran = session.run() => Some(ran),
+        };
+        match ran {
+            None => return session.shut_down().await,
+            Some(Ok(End::StartTls)) => {
                 let (ctx, messages, bytes) = (session.ctx.clone(), session.messages, session.bytes);
-                match session.upgrade().await {
+                let upgraded = tokio::select! {
+                    biased;
+                    _ = closing.cancelled() => return (ctx, messages, bytes),
+                    upgraded = session.upgrade() => upgraded,
+                };
+                match upgraded {
                     Ok(upgraded) => session = upgraded,
                     Err(e) => {
                         tracing::debug!(error = %e, "STARTTLS failed");
@@ -89,8 +102,8 @@ async fn converse(mut session: Session) -> (SessionCtx, u64, u64) {
                     }
                 }
             }
-            Ok(End::Closed) => break,
-            Err(e) => {
+            Some(Ok(End::Closed)) => break,
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "session ended");
                 break;
             }
@@ -115,7 +128,11 @@ struct Session {
     flavor: Flavor,
     greeted: bool,
     tx: Transaction,
+    /// The session's end (`session_timeout` after accept), however busy the client is.
+    deadline: Instant,
     bad: u32,
+    /// Commands without progress since the session began or its last delivered message.
+    junk: u32,
     messages: u64,
     /// Message bytes received from the client.
     bytes: u64,
@@ -160,6 +177,10 @@ impl Session {
             let Some(command) = self.next_command().await? else {
                 return Ok(End::Closed);
             };
+            if self.over_junk_limit(&command) {
+                self.send(limits::TOO_MUCH_JUNK).await?;
+                return Ok(End::Closed);
+            }
             let next = match &command {
                 Command::Hello { verb, .. } => self.hello(*verb).await?,
                 Command::Mail { .. } => self.mail(&command).await?,
@@ -194,14 +215,23 @@ impl Session {
     /// nothing pipelined in plaintext after the command survives into the encrypted session.
     async fn upgrade(mut self) -> Result<Session> {
         self.end_transaction().await;
-        let client = self.ctx.accept_tls(self.client).await?;
+        let deadline = self.step_deadline();
+        let client = self.ctx.accept_tls(self.client, deadline).await?;
         Ok(Session { client, parser: parser(&self.ctx), greeted: false, ..self })
     }
 
     /// Ends a connection the proxy closes: over TLS with a close_notify first (RFC 8446
     /// §6.1), without which a client cannot tell the end from a truncation.
     async fn close(mut self) {
-        let _ = self.client.shutdown().await;
+        client::close(&mut self.client).await;
+    }
+
+    /// At shutdown: the open transaction dropped, `421` and the close.
+    async fn shut_down(mut self) -> (SessionCtx, u64, u64) {
+        // Dropped rather than ended with QUIT: its backend must not wait on a courtesy.
+        self.tx = Transaction::Idle;
+        client::goodbye(&mut self.client, crate::protocol::shutting_down(self.ctx.protocol())).await;
+        (self.ctx, self.messages, self.bytes)
     }
 
     async fn hello(&mut self, verb: Hello) -> Result<Next> {
@@ -348,55 +378,6 @@ impl Session {
     async fn answer(&mut self, reply: &[u8]) -> Result<Next> {
         self.send(reply).await?;
         Ok(Next::Continue)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.client.write_all(bytes).await?;
-        Ok(())
-    }
-
-    /// Reads until one complete command; answers syntax errors itself.
-    async fn next_command(&mut self) -> Result<Option<Command>> {
-        loop {
-            match self.parser.next_command() {
-                Ok(Some(command)) => return Ok(Some(command)),
-                Ok(None) => {
-                    if !self.fill(self.ctx.listener.preauth_timeout).await? {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => {
-                    self.bad += 1;
-                    self.send(&smtp::syntax_reply(&e)).await?;
-                    if self.bad >= MAX_BAD_COMMANDS {
-                        self.send(b"421 4.7.0 Too many errors, closing connection\r\n").await?;
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Reads more client bytes within `wait` (idle clients are dropped: there is no
-    /// authentication to wait for); false when the client left.
-    async fn fill(&mut self, wait: Duration) -> Result<bool> {
-        let mut buf = [0u8; READ_CHUNK];
-        let n = self.read_within(wait, &mut &mut buf[..]).await?;
-        self.parser.push(&buf[..n]);
-        Ok(n > 0)
-    }
-
-    /// Reads what the client sent next into `buf` within `wait`; 0 when it left or timed
-    /// out (then told so with a 421).
-    async fn read_within<B: BufMut + Send>(&mut self, wait: Duration, buf: &mut B) -> Result<usize> {
-        match timeout(wait, self.client.read_buf(buf)).await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                self.send(b"421 4.4.2 Timeout, closing connection\r\n").await?;
-                Ok(0)
-            }
-        }
     }
 }
 

@@ -4,12 +4,12 @@
 //! STARTTLS (§2.2) upgrades the client leg in place and re-sends the capabilities. The
 //! backend's side is in [`backend`].
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::auth::{self, Response, SaslChannel, SaslOutcome};
 use crate::backend::{BackendConn, Login};
+use crate::client::{self, Read};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::sieve::{self, Arg, Command, SieveParser};
 use crate::config::TlsMode;
@@ -25,6 +25,7 @@ mod backend;
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
 const UNAVAILABLE: &[u8] = b"NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n";
+const TIMEOUT: &[u8] = b"BYE \"Pre-authentication timeout\"\r\n";
 
 /// Serves one ManageSieve client: pre-auth conversation (through STARTTLS), then the
 /// bridge to its backend.
@@ -36,7 +37,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
 
 /// The session in its first state, before the greeting.
 fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
-    let deadline = Instant::now() + ctx.listener.preauth_timeout;
+    let deadline = ctx.preauth_deadline();
     Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, failures: 0, bad: 0 }
 }
 
@@ -52,6 +53,7 @@ struct Session {
     parser: SieveParser,
     /// Who the backend is told the client is.
     identity: Identity,
+    /// The pre-auth budget's end, kept across STARTTLS.
     deadline: Instant,
     failures: u32,
     bad: u32,
@@ -123,8 +125,12 @@ impl PreAuth for Session {
     /// Completes STARTTLS: the handshake, then a fresh parser, so nothing the client
     /// pipelined in plaintext after the command survives into the encrypted session.
     async fn upgrade(self) -> Result<Session> {
-        let client = self.ctx.accept_tls(self.client).await?;
+        let client = self.ctx.accept_tls(self.client, self.deadline).await?;
         Ok(Session { client, parser: parser(&self.ctx), ..self })
+    }
+
+    fn ctx(&self) -> &SessionCtx {
+        &self.ctx
     }
 
     fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
@@ -149,9 +155,10 @@ impl Session {
         caps
     }
 
+    /// A write the client must take before the pre-auth budget ends (the reply under way
+    /// when it ends, such as a late verdict or the timeout's goodbye, still gets a moment).
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.client.write_all(bytes).await?;
-        Ok(())
+        client::send(&mut self.client, bytes, client::at_least_goodbye(self.deadline)).await
     }
 
     /// `NO "<why>"`; past the limit a `BYE` instead, and the session ends.
@@ -165,8 +172,13 @@ impl Session {
         Ok(Outcome::Answered)
     }
 
-    /// Reads until one complete command; answers parse errors.
+    /// Reads until one complete command; answers parse errors. Past the pre-auth deadline
+    /// nothing more is served, however much was pipelined.
     async fn next_command(&mut self) -> Result<Option<Command>> {
+        if Instant::now() >= self.deadline {
+            self.send(TIMEOUT).await?;
+            return Ok(None);
+        }
         loop {
             match self.parser.next_command() {
                 Ok(Some(command)) => return Ok(Some(command)),
@@ -187,15 +199,14 @@ impl Session {
     /// Reads more client bytes before the pre-auth deadline; false when the client left.
     async fn fill(&mut self) -> Result<bool> {
         let mut buf = [0u8; 4096];
-        match timeout_at(self.deadline, self.client.read(&mut buf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(n)) => {
+        match client::read(&mut self.client, &mut &mut buf[..], self.deadline).await? {
+            Read::Data(n) => {
                 self.parser.push(&buf[..n]);
                 Ok(true)
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                self.send(b"BYE \"Pre-authentication timeout\"\r\n").await?;
+            Read::Closed => Ok(false),
+            Read::TimedOut => {
+                self.send(TIMEOUT).await?;
                 Ok(false)
             }
         }
@@ -238,13 +249,12 @@ impl Session {
                 .answer(&no(Some("ENCRYPT-NEEDED"), "Authentication is disabled on this connection before TLS"))
                 .await;
         }
-        let why = match auth::exchange(self, mechanism, initial.as_deref()).await {
-            Ok(SaslOutcome::Done(credential)) => return self.replay(credential).await,
-            Ok(SaslOutcome::Closed) => return Ok(Outcome::Closed),
-            Ok(SaslOutcome::Cancelled) => return self.answer(b"NO \"Authentication cancelled\"\r\n").await,
-            Ok(SaslOutcome::Invalid(e)) => e.to_string(),
-            Err(Error::Client(why)) => why,
-            Err(e) => return Err(e),
+        let max_line = self.ctx.listener.max_line_length;
+        let why = match auth::exchange(self, mechanism, initial.as_deref(), max_line).await? {
+            SaslOutcome::Done(credential) => return self.replay(credential).await,
+            SaslOutcome::Closed => return Ok(Outcome::Closed),
+            SaslOutcome::Cancelled => return self.answer(b"NO \"Authentication cancelled\"\r\n").await,
+            SaslOutcome::Invalid(e) => e.to_string(),
         };
         self.send(&no(None, &format!("Invalid SASL response: {why}"))).await?;
         Ok(Outcome::Rejected)
@@ -277,19 +287,16 @@ impl Session {
 
 impl SaslChannel for Session {
     /// RFC 5804 §2.1: the challenge is a base64 string; the client answers with a string.
-    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Response> {
         use base64::Engine;
         let encoded = base64::engine::general_purpose::STANDARD.encode(challenge);
         self.send(&[&sieve::quote(encoded.as_bytes())[..], b"\r\n"].concat()).await?;
         loop {
-            match self.parser.next_response() {
-                Ok(Some(response)) => return Ok(Some(response)),
-                Ok(None) => {
-                    if !self.fill().await? {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(Error::Client(e.to_string())),
+            if let Some(response) = auth::response(self.parser.next_response()) {
+                return Ok(response);
+            }
+            if !self.fill().await? {
+                return Ok(Response::Closed);
             }
         }
     }

@@ -36,3 +36,17 @@ pub fn busy(protocol: Protocol) -> &'static [u8] {
         Protocol::Http => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
     }
 }
+
+/// The protocol's goodbye to a client the node closes because it shuts down: a temporary
+/// condition, so clients reconnect (to another node) rather than report an error.
+pub fn shutting_down(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Imap => b"* BYE [UNAVAILABLE] Server shutting down, try again later\r\n",
+        Protocol::Pop3 => b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n",
+        Protocol::Managesieve => b"BYE (TRYLATER) \"Server shutting down, try again later\"\r\n",
+        Protocol::Submission | Protocol::Smtp | Protocol::Lmtp => {
+            b"421 4.3.2 Service shutting down, closing connection\r\n"
+        }
+        Protocol::Http => b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    }
+}

@@ -4,12 +4,12 @@
 //! STLS (RFC 2595) upgrades the client leg in place. A trusted upstream proxy may state the
 //! real client with Dovecot's `XCLIENT`. The backend's side is in [`backend`].
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::auth::{self, Response, SaslChannel, SaslOutcome};
 use crate::backend::{BackendConn, Login};
+use crate::client::{self, Read};
 use crate::codec::line::LineBuffer;
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::config::TlsMode;
@@ -25,6 +25,7 @@ mod backend;
 /// Erroneous commands tolerated before the client is disconnected.
 const MAX_BAD_COMMANDS: u32 = 10;
 const UNAVAILABLE: &[u8] = b"-ERR [SYS/TEMP] Backend temporarily unavailable, try again later\r\n";
+const TIMEOUT: &[u8] = b"-ERR Pre-authentication timeout\r\n";
 /// No RFC 3206 code fits a policy refusal: `[AUTH]` would make clients ask for a new
 /// password, and `[SYS/PERM]` is untrue when STLS would cure it.
 const CLEARTEXT_REFUSED: &[u8] = b"-ERR Plaintext authentication disallowed on non-secure connection\r\n";
@@ -38,7 +39,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
 
 /// The session in its first state, before the greeting.
 fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
-    let deadline = Instant::now() + ctx.listener.preauth_timeout;
+    let deadline = ctx.preauth_deadline();
     Session { lines: lines(&ctx), ctx, client: stream, identity, deadline, user: None, failures: 0, bad: 0 }
 }
 
@@ -54,6 +55,7 @@ struct Session {
     lines: LineBuffer,
     /// Who the backend is told the client is; a trusted upstream's `XCLIENT` may amend it.
     identity: Identity,
+    /// The pre-auth budget's end, kept across STLS.
     deadline: Instant,
     /// The name from `USER`, waiting for `PASS`.
     user: Option<String>,
@@ -127,8 +129,12 @@ impl PreAuth for Session {
     /// nothing the client sent in plaintext after the command survives into the encrypted
     /// session.
     async fn upgrade(self) -> Result<Session> {
-        let client = self.ctx.accept_tls(self.client).await?;
+        let client = self.ctx.accept_tls(self.client, self.deadline).await?;
         Ok(Session { client, lines: lines(&self.ctx), user: None, ..self })
+    }
+
+    fn ctx(&self) -> &SessionCtx {
+        &self.ctx
     }
 
     fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
@@ -154,9 +160,10 @@ impl Session {
         capa
     }
 
+    /// A write the client must take before the pre-auth budget ends (the reply under way
+    /// when it ends, such as a late verdict or the timeout's goodbye, still gets a moment).
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.client.write_all(bytes).await?;
-        Ok(())
+        client::send(&mut self.client, bytes, client::at_least_goodbye(self.deadline)).await
     }
 
     /// Answers an erroneous command; past the limit the answer also closes the session.
@@ -170,8 +177,13 @@ impl Session {
         Ok(Outcome::Answered)
     }
 
-    /// The next command line; over-long lines are answered here.
+    /// The next command line; over-long lines are answered here. Past the pre-auth
+    /// deadline nothing more is served, however much was pipelined.
     async fn next_line(&mut self) -> Result<Option<Vec<u8>>> {
+        if Instant::now() >= self.deadline {
+            self.send(TIMEOUT).await?;
+            return Ok(None);
+        }
         loop {
             match self.lines.next_line() {
                 Ok(Some(line)) => return Ok(Some(line)),
@@ -192,15 +204,14 @@ impl Session {
     /// Reads more client bytes before the pre-auth deadline; false when the client left.
     async fn fill(&mut self) -> Result<bool> {
         let mut buf = [0u8; 4096];
-        match timeout_at(self.deadline, self.client.read(&mut buf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(n)) => {
+        match client::read(&mut self.client, &mut &mut buf[..], self.deadline).await? {
+            Read::Data(n) => {
                 self.lines.push(&buf[..n]);
                 Ok(true)
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                self.send(b"-ERR Pre-authentication timeout\r\n").await?;
+            Read::Closed => Ok(false),
+            Read::TimedOut => {
+                self.send(TIMEOUT).await?;
                 Ok(false)
             }
         }
@@ -273,13 +284,12 @@ impl Session {
         if !self.plaintext_allowed() {
             return self.answer(CLEARTEXT_REFUSED).await;
         }
-        let reply = match auth::exchange(self, mechanism, initial.as_deref()).await {
-            Ok(SaslOutcome::Done(credential)) => return self.replay(credential).await,
-            Ok(SaslOutcome::Closed) => return Ok(Outcome::Closed),
-            Ok(SaslOutcome::Cancelled) => return self.answer(b"-ERR Authentication cancelled\r\n").await,
-            Ok(SaslOutcome::Invalid(e)) => format!("-ERR Invalid SASL response: {e}\r\n"),
-            Err(Error::Client(why)) => format!("-ERR Invalid SASL response: {why}\r\n"),
-            Err(e) => return Err(e),
+        let max_line = self.ctx.listener.max_line_length;
+        let reply = match auth::exchange(self, mechanism, initial.as_deref(), max_line).await? {
+            SaslOutcome::Done(credential) => return self.replay(credential).await,
+            SaslOutcome::Closed => return Ok(Outcome::Closed),
+            SaslOutcome::Cancelled => return self.answer(b"-ERR Authentication cancelled\r\n").await,
+            SaslOutcome::Invalid(e) => format!("-ERR Invalid SASL response: {e}\r\n"),
         };
         self.send(reply.as_bytes()).await?;
         Ok(Outcome::Rejected)
@@ -311,17 +321,14 @@ impl Session {
 }
 
 impl SaslChannel for Session {
-    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Response> {
         self.send(&auth::plus_challenge(challenge)).await?;
         loop {
-            match self.lines.next_line() {
-                Ok(Some(line)) => return Ok(Some(line)),
-                Ok(None) => {
-                    if !self.fill().await? {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(Error::Client(e.to_string())),
+            if let Some(response) = auth::response(self.lines.next_line()) {
+                return Ok(response);
+            }
+            if !self.fill().await? {
+                return Ok(Response::Closed);
             }
         }
     }

@@ -6,12 +6,12 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::auth::{self, SaslChannel, SaslOutcome};
+use crate::auth::{self, Response, SaslChannel, SaslOutcome};
 use crate::backend::{BackendConn, Login};
+use crate::client::{self, Read};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::smtp::{self, Command, CommandParser, Hello};
 use crate::config::TlsMode;
@@ -28,6 +28,7 @@ mod backend;
 const MAX_BAD_COMMANDS: u32 = 10;
 /// 421 tells the client the proxy closes the connection, which it then does.
 const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try again later\r\n";
+const TIMEOUT: &[u8] = b"421 4.4.2 Timeout before authentication, closing connection\r\n";
 
 /// Serves one submission client: pre-auth conversation (through STARTTLS), then the
 /// bridge to its backend.
@@ -39,7 +40,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
 
 /// The session in its first state, before the greeting.
 fn start(ctx: SessionCtx, stream: MaybeTls, identity: Identity) -> Session {
-    let deadline = Instant::now() + ctx.listener.preauth_timeout;
+    let deadline = ctx.preauth_deadline();
     Session { parser: parser(&ctx), ctx, client: stream, identity, deadline, greeted: false, failures: 0, bad: 0 }
 }
 
@@ -55,6 +56,7 @@ struct Session {
     parser: CommandParser,
     /// Who the backend is told the client is.
     identity: Identity,
+    /// The pre-auth budget's end, kept across STARTTLS.
     deadline: Instant,
     /// EHLO or HELO seen: RFC 4954 §4 allows AUTH only after it.
     greeted: bool,
@@ -136,8 +138,12 @@ impl PreAuth for Session {
     /// the server forgets what the client said before), so nothing pipelined in plaintext
     /// after the command survives into the encrypted session.
     async fn upgrade(self) -> Result<Session> {
-        let client = self.ctx.accept_tls(self.client).await?;
+        let client = self.ctx.accept_tls(self.client, self.deadline).await?;
         Ok(Session { client, parser: parser(&self.ctx), greeted: false, ..self })
+    }
+
+    fn ctx(&self) -> &SessionCtx {
+        &self.ctx
     }
 
     fn into_parts(mut self) -> (SessionCtx, MaybeTls, Vec<u8>) {
@@ -174,7 +180,8 @@ impl Session {
         let Some(mechanism) = Mechanism::from_name(mechanism) else {
             return self.answer(b"504 5.5.4 Unrecognized authentication type\r\n").await;
         };
-        match auth::exchange(self, mechanism, initial.as_deref()).await? {
+        let max_line = self.ctx.listener.max_line_length;
+        match auth::exchange(self, mechanism, initial.as_deref(), max_line).await? {
             SaslOutcome::Done(credential) => self.replay(credential).await,
             SaslOutcome::Cancelled => self.answer(b"501 5.7.0 Authentication cancelled\r\n").await,
             SaslOutcome::Invalid(e) => {
@@ -217,13 +224,19 @@ impl Session {
         Ok(Outcome::Answered)
     }
 
+    /// A write the client must take before the pre-auth budget ends (the reply under way
+    /// when it ends, such as a late verdict or the timeout's goodbye, still gets a moment).
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.client.write_all(bytes).await?;
-        Ok(())
+        client::send(&mut self.client, bytes, client::at_least_goodbye(self.deadline)).await
     }
 
-    /// Reads until one complete command; answers syntax errors itself.
+    /// Reads until one complete command; answers syntax errors itself. Past the pre-auth
+    /// deadline nothing more is served, however much was pipelined.
     async fn next_command(&mut self) -> Result<Option<Command>> {
+        if Instant::now() >= self.deadline {
+            self.send(TIMEOUT).await?;
+            return Ok(None);
+        }
         loop {
             match self.parser.next_command() {
                 Ok(Some(command)) => return Ok(Some(command)),
@@ -247,15 +260,14 @@ impl Session {
     /// Reads more client bytes before the pre-auth deadline; false when the client left.
     async fn fill(&mut self) -> Result<bool> {
         let mut buf = [0u8; 4096];
-        match timeout_at(self.deadline, self.client.read(&mut buf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(n)) => {
+        match client::read(&mut self.client, &mut &mut buf[..], self.deadline).await? {
+            Read::Data(n) => {
                 self.parser.push(&buf[..n]);
                 Ok(true)
             }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => {
-                self.send(b"421 4.4.2 Timeout before authentication, closing connection\r\n").await?;
+            Read::Closed => Ok(false),
+            Read::TimedOut => {
+                self.send(TIMEOUT).await?;
                 Ok(false)
             }
         }
@@ -263,17 +275,14 @@ impl Session {
 }
 
 impl SaslChannel for Session {
-    async fn challenge(&mut self, challenge: &[u8]) -> Result<Option<Vec<u8>>> {
+    async fn challenge(&mut self, challenge: &[u8]) -> Result<Response> {
         self.send(format!("334 {}\r\n", STANDARD.encode(challenge)).as_bytes()).await?;
         loop {
-            match self.parser.next_line() {
-                Ok(Some(line)) => return Ok(Some(line)),
-                Ok(None) => {
-                    if !self.fill().await? {
-                        return Ok(None);
-                    }
-                }
-                Err(e) => return Err(Error::Client(e.to_string())),
+            if let Some(response) = auth::response(self.parser.next_line()) {
+                return Ok(response);
+            }
+            if !self.fill().await? {
+                return Ok(Response::Closed);
             }
         }
     }

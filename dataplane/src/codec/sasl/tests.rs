@@ -134,3 +134,23 @@ fn xoauth2_extracts_user_and_token() {
         assert!(matches!(parse_xoauth2(bad.to_vec()), Err(CodecError::Malformed(_))), "{bad:?}");
     }
 }
+
+#[test]
+fn the_decoded_limit_is_what_one_line_can_carry() {
+    assert_eq!(decoded_limit(1024), 768);
+    assert_eq!(decoded_limit(8190), 6141);
+    assert_eq!(decoded_limit(1 << 20), MAX_DECODED, "capped whatever the line limit");
+    // A full line decodes within the limit; more bytes (in a literal) do not.
+    let limit = decoded_limit(1024);
+    let line = b64(&vec![b'a'; limit]);
+    assert_eq!(line.len(), 1024);
+    assert_eq!(decode_response(&line, limit), Ok(SaslLine::Data(vec![b'a'; limit])));
+    let literal = b64(&vec![b'a'; limit + 1]);
+    let err = decode_response(&literal, limit).unwrap_err();
+    assert!(matches!(err, CodecError::PayloadTooLarge { limit: 768, .. }), "{err:?}");
+    // Unpadded input a few bytes over the limit is measured after decoding.
+    let unpadded = STANDARD.encode(vec![b'a'; limit + 1]).trim_end_matches('=').to_owned();
+    assert_eq!(decode_base64_within(unpadded.as_bytes(), limit + 1).map(|d| d.len()), Ok(limit + 1));
+    assert!(matches!(decode_base64_within(unpadded.as_bytes(), limit), Err(CodecError::PayloadTooLarge { .. })));
+    assert_eq!(decode_response(b"*", limit), Ok(SaslLine::Cancelled));
+}

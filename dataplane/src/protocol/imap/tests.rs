@@ -19,6 +19,7 @@ use crate::tls::testing::TestTls;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
+mod bounds;
 mod forwarding;
 
 struct Table(Option<HashMap<String, String>>);
@@ -149,10 +150,11 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
                 listener_id: "imap".into(),
                 listener,
                 client,
+                accepted: tokio::time::Instant::now(),
             };
             tokio::spawn(async move {
                 let stream = match ctx.listener.tls {
-                    TlsMode::Implicit => match ctx.accept_tls(stream.into()).await {
+                    TlsMode::Implicit => match ctx.accept_tls(stream.into(), ctx.preauth_deadline()).await {
                         Ok(stream) => stream,
                         Err(_) => return,
                     },

@@ -51,6 +51,7 @@ impl Session {
         }
         self.send(&out).await?;
         self.messages += 1;
+        self.progressed();
         // The transaction is over; the next one may belong to another destination.
         delivery.quit().await;
         Ok(Next::Continue)

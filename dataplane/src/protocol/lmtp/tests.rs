@@ -22,6 +22,7 @@ use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
 mod backend_tls;
+mod limits;
 mod tls;
 
 const OTHER_SERVER: &str = "451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
@@ -192,8 +193,16 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx =
-                SessionCtx { local: client, tls, node: Arc::clone(&served), listener_id: "m".into(), listener, client };
+            let accepted = tokio::time::Instant::now();
+            let ctx = SessionCtx {
+                local: client,
+                tls,
+                node: Arc::clone(&served),
+                listener_id: "m".into(),
+                listener,
+                client,
+                accepted,
+            };
             tokio::spawn(super::serve(ctx, stream.into(), flavor));
         }
     });

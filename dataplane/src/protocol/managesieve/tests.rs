@@ -148,6 +148,7 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
                 listener_id: "sieve".into(),
                 listener,
                 client,
+                accepted: tokio::time::Instant::now(),
             };
             tokio::spawn(super::serve(ctx, stream.into()));
         }
@@ -353,4 +354,25 @@ fn literal_sizes_at_line_ends() {
     assert_eq!(literal_size(b"NO \"{12}\""), None);
     assert_eq!(literal_size(b"NO {}"), None);
     assert_eq!(literal_size(b"NO {1x}"), None);
+}
+
+#[tokio::test]
+async fn an_over_long_sasl_response_is_answered_and_the_session_goes_on() {
+    let (port, logins) = backend().await;
+    let mut config = listener(true, "");
+    config.max_line_length = 1024;
+    // Refused responses count as failed attempts; this test makes two before the login.
+    config.max_auth_attempts = 3;
+    let (_node, mut c, _) = session(port, Some(HashMap::new()), config).await;
+    say(&mut c, "AUTHENTICATE \"PLAIN\"\r\n").await;
+    assert_eq!(read(&mut c).await, "\"\"\r\n");
+    say(&mut c, &format!("\"{}\"\r\n", "A".repeat(5000))).await;
+    assert_eq!(read(&mut c).await, "NO \"Invalid SASL response: line exceeds 1024 bytes\"\r\n");
+    // A literal may be longer than a line, but carry no more than a line can (768 bytes).
+    let big = b64("alice", &"y".repeat(800));
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" {{{}+}}\r\n{big}\r\n", big.len())).await;
+    assert_eq!(read(&mut c).await, "NO \"Invalid SASL response: payload of 807 bytes exceeds 768 bytes\"\r\n");
+    say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\n", b64("alice", "secret"))).await;
+    assert_eq!(read(&mut c).await, "OK \"Logged in.\"\r\n");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
 }

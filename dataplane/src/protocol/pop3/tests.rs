@@ -140,6 +140,7 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
                 listener_id: "pop3".into(),
                 listener: Arc::clone(&config),
                 client,
+                accepted: tokio::time::Instant::now(),
             };
             tokio::spawn(super::serve(ctx, stream.into()));
         }
@@ -329,4 +330,19 @@ fn command_lines_split_into_keyword_and_exact_argument() {
     assert_eq!(split_command(b"QUIT"), ("QUIT".into(), None));
     assert_eq!(split_command(b"USER "), ("USER".into(), Some(&b""[..])));
     assert_eq!(split_command(b""), (String::new(), None));
+}
+
+#[tokio::test]
+async fn an_over_long_sasl_response_is_answered_and_the_session_goes_on() {
+    let (port, logins) = backend().await;
+    let mut config = listener(true, "");
+    config.max_line_length = 1024;
+    let (_node, mut c) = session(port, Some(HashMap::new()), config).await;
+    say(&mut c, "AUTH PLAIN\r\n").await;
+    assert_eq!(read(&mut c).await, "+ \r\n");
+    say(&mut c, &format!("{}\r\n", "A".repeat(5000))).await;
+    assert_eq!(read(&mut c).await, "-ERR Invalid SASL response: line exceeds 1024 bytes\r\n");
+    say(&mut c, &format!("AUTH PLAIN {}\r\n", b64("alice", "secret"))).await;
+    assert_eq!(read(&mut c).await, "+OK Logged in.\r\n");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
 }

@@ -160,11 +160,18 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
     tokio::spawn(async move {
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx =
-                SessionCtx { local: client, tls, node: Arc::clone(&served), listener_id: "s".into(), listener, client };
+            let ctx = SessionCtx {
+                local: client,
+                tls,
+                node: Arc::clone(&served),
+                listener_id: "s".into(),
+                listener,
+                client,
+                accepted: tokio::time::Instant::now(),
+            };
             tokio::spawn(async move {
                 let stream = match ctx.listener.tls {
-                    TlsMode::Implicit => match ctx.accept_tls(stream.into()).await {
+                    TlsMode::Implicit => match ctx.accept_tls(stream.into(), ctx.preauth_deadline()).await {
                         Ok(stream) => stream,
                         Err(_) => return,
                     },
@@ -364,4 +371,23 @@ async fn pre_auth_commands_policy_and_bad_input() {
     }
     assert!(ask(&mut c, "MAIL FROM:<\r\n").await.starts_with("501 5.5.4"));
     assert_eq!(read(&mut c).await, "421 4.7.0 Too many errors, closing connection\r\n");
+}
+
+#[tokio::test]
+async fn an_over_long_sasl_response_is_answered_and_the_session_goes_on() {
+    let (port, logins) = backend().await;
+    let node = node(port, true);
+    let mut config = listener(TlsMode::Plain, true);
+    config.max_line_length = 1024;
+    let addr = serve(&node, config, None).await;
+    let mut c = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert_eq!(read(&mut c).await, "220 t ESMTP Switchyard\r\n");
+    assert!(ask(&mut c, "EHLO client.example\r\n").await.starts_with("250-t\r\n"));
+    assert_eq!(ask(&mut c, "AUTH PLAIN\r\n").await, "334 \r\n");
+    let answer = ask(&mut c, &format!("{}\r\n", "A".repeat(5000))).await;
+    assert_eq!(answer, "501 5.5.2 Invalid SASL response: line exceeds 1024 bytes\r\n");
+    assert_eq!(ask(&mut c, "NOOP\r\n").await, "250 2.0.0 Ok\r\n");
+    let credential = plain("alice@example.test", "secret");
+    assert_eq!(ask(&mut c, &format!("AUTH PLAIN {credential}\r\n")).await, "235 2.7.0 Authentication successful\r\n");
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
 }
