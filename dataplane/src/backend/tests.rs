@@ -116,7 +116,15 @@ fn ctx(backend: &Scripted, threshold: u32) -> SessionCtx {
                 [control]\nendpoints = [\"http://127.0.0.1:1\"]\n";
     let listener = crate::config::Config::from_toml_str(toml).unwrap().listener["imap"].clone();
     let addr = "127.0.0.1:1".parse().unwrap();
-    SessionCtx { node, listener_id: "imap".into(), listener: Arc::new(listener), client: addr, local: addr, tls: None }
+    SessionCtx {
+        node,
+        listener_id: "imap".into(),
+        listener: Arc::new(listener),
+        client: addr,
+        local: addr,
+        tls: None,
+        accepted: tokio::time::Instant::now(),
+    }
 }
 
 /// One login; `Ok(true)` for a verdict (always a rejection here), else the error text.
