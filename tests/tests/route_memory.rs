@@ -37,6 +37,8 @@ const PASSWORD: &str = "pw";
 const PEAK_GROWTH_KIB: u64 = 64 * 1024;
 /// …and how far above the baseline it must fall back once the unmapped answers expired.
 const SETTLED_GROWTH_KIB: u64 = 32 * 1024;
+/// The listener's default `max_recipients` and `max_resolves`.
+const DEFAULT_LIMIT: usize = 1000;
 /// Unmapped answers are cached this long (the test's `cache.negative_ttl`).
 const NEGATIVE_TTL: Duration = Duration::from_secs(3);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -107,6 +109,47 @@ async fn a_recipient_spray_keeps_node_memory_bounded_and_mapped_routes_cached() 
     if let Some(panic) = fleet.node.lines().iter().find(|l| l.contains("panicked")) {
         bail!("the node panicked: {panic}");
     }
+    Ok(())
+}
+
+/// The listener's defaults: at most 1000 recipients per transaction (the 1001st gets
+/// `452 4.5.3`) and 1000 lookups that miss the cache per session (then a recipient that
+/// is not cached gets `451 4.7.1`, while a cached one is still delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmtp_limits_recipients_per_transaction_and_lookups_per_session() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    let dovecot = Dovecot::start(&[(&mapped(0), PASSWORD)])?;
+    let fleet = Fleet::start(&dovecot).await?;
+    let (code, body) = fleet.cp.api().put(&format!("/mappings/{}", mapped(0)), json!({"destination": "new"})).await?;
+    ensure!(code == 200, "{body}");
+    // The push puts the mapped account in the node's cache; this delivery shows it arrived.
+    deliver(fleet.lmtp, &mapped(0)).await?;
+
+    let mut lmtp = Lmtp::transaction(fleet.lmtp).await?;
+    for chunk in (0..DEFAULT_LIMIT).collect::<Vec<_>>().chunks(BATCH) {
+        let lines: String = chunk.iter().map(|i| format!("RCPT TO:<{}>\r\n", sprayed(0, *i))).collect();
+        lmtp.writer.write_all(lines.as_bytes()).await?;
+        for i in chunk {
+            let reply = lmtp.reply().await?;
+            ensure!(refusal(&reply) == Refusal::None, "recipient {i} of {DEFAULT_LIMIT} refused: {reply:?}");
+        }
+    }
+    let over = lmtp.command(&format!("RCPT TO:<{}>", sprayed(0, DEFAULT_LIMIT))).await?;
+    println!("recipient {} of one transaction: {over:?}", DEFAULT_LIMIT + 1);
+
+    lmtp.restart().await?;
+    let uncached = lmtp.command(&format!("RCPT TO:<{}>", sprayed(0, DEFAULT_LIMIT + 1))).await?;
+    println!("a new recipient after {DEFAULT_LIMIT} lookups in the session: {uncached:?}");
+    ensure!(over.starts_with("452 4.5.3"), "recipient {} of one transaction answered {over:?}", DEFAULT_LIMIT + 1);
+    ensure!(uncached.starts_with("451 4.7.1"), "a new recipient past the session's lookups answered {uncached:?}");
+    let cached = lmtp.command(&format!("RCPT TO:<{}>", mapped(0))).await?;
+    ensure!(cached.starts_with("250"), "a cached recipient past the session's lookups answered {cached:?}");
+    // A new session has its own lookups.
+    let mut fresh = Lmtp::transaction(fleet.lmtp).await?;
+    let reply = fresh.command(&format!("RCPT TO:<{}>", sprayed(1, 0))).await?;
+    ensure!(refusal(&reply) == Refusal::None, "a new session's first recipient answered {reply:?}");
     Ok(())
 }
 
@@ -320,13 +363,14 @@ impl Lmtp {
         self.reply().await
     }
 
+    /// The reply's last line, the sprayed address in it shortened to its head.
     async fn reply(&mut self) -> Result<String> {
         loop {
             let mut line = String::new();
             let n = timeout(IO_TIMEOUT, self.reader.read_line(&mut line)).await.context("no reply")??;
             ensure!(n > 0, "connection closed");
             if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(line.trim_end().to_string());
+                return Ok(line.trim_end().replace(&"x".repeat(16), ""));
             }
         }
     }
