@@ -66,7 +66,8 @@ async fn a_recipient_spray_keeps_node_memory_bounded_and_mapped_routes_cached() 
     let dovecot = Dovecot::start(&users)?;
     let mut fleet = Fleet::start(&dovecot).await?;
     for i in 0..MAPPED {
-        let (code, body) = fleet.cp.api().put(&format!("/mappings/{}", mapped(i)), json!({"destination": "new"})).await?;
+        let (code, body) =
+            fleet.cp.api().put(&format!("/mappings/{}", mapped(i)), json!({"destination": "new"})).await?;
         ensure!(code == 200, "{body}");
     }
     let baseline = fleet.warm_up().await?;

@@ -21,6 +21,7 @@ use crate::settings::FleetSettings;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
+mod limits;
 mod tls;
 
 const OTHER_SERVER: &str = "451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
