@@ -66,7 +66,8 @@ async fn a_recipient_spray_keeps_node_memory_bounded_and_mapped_routes_cached() 
     let users: Vec<(String, &str)> = (0..MAPPED).map(|i| (mapped(i), PASSWORD)).collect();
     let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), *p)).collect();
     let dovecot = Dovecot::start(&users)?;
-    let mut fleet = Fleet::start(&dovecot).await?;
+    let cache = format!("negative_ttl = \"{}s\"", NEGATIVE_TTL.as_secs());
+    let mut fleet = Fleet::start(&dovecot, &cache).await?;
     for i in 0..MAPPED {
         let (code, body) =
             fleet.cp.api().put(&format!("/mappings/{}", mapped(i)), json!({"destination": "new"})).await?;
@@ -124,7 +125,7 @@ async fn lmtp_limits_recipients_per_transaction_and_lookups_per_session() -> Res
         return Ok(());
     }
     let dovecot = Dovecot::start(&[(&mapped(0), PASSWORD)])?;
-    let fleet = Fleet::start(&dovecot).await?;
+    let fleet = Fleet::start(&dovecot, &format!("negative_ttl = \"{}s\"", NEGATIVE_TTL.as_secs())).await?;
     let (code, body) = fleet.cp.api().put(&format!("/mappings/{}", mapped(0)), json!({"destination": "new"})).await?;
     ensure!(code == 200, "{body}");
     // The push puts the mapped account in the node's cache; this delivery shows it arrived.
@@ -156,6 +157,53 @@ async fn lmtp_limits_recipients_per_transaction_and_lookups_per_session() -> Res
     Ok(())
 }
 
+/// Unmapped answers that outlive the spray (a long `negative_ttl`) are held to
+/// `cache.negative_max_bytes`, here its smallest value: the node reports few entries and
+/// its RSS hardly moves, while the mapped routes beside them stay cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_byte_bound_holds_unmapped_answers_that_outlive_the_spray() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    const BOUND: u64 = 64 * 1024;
+    let users: Vec<(String, &str)> = (0..MAPPED).map(|i| (mapped(i), PASSWORD)).collect();
+    let users: Vec<(&str, &str)> = users.iter().map(|(u, p)| (u.as_str(), *p)).collect();
+    let dovecot = Dovecot::start(&users)?;
+    let mut fleet = Fleet::start(&dovecot, &format!("negative_ttl = \"10m\"\nnegative_max_bytes = {BOUND}")).await?;
+    for i in 0..MAPPED {
+        let (code, body) =
+            fleet.cp.api().put(&format!("/mappings/{}", mapped(i)), json!({"destination": "new"})).await?;
+        ensure!(code == 200, "{body}");
+    }
+    deliver(fleet.lmtp, &mapped(0)).await?;
+    let baseline = fleet.node.rss_kib()?;
+    let sprays: Vec<_> = (0..WORKERS).map(|w| tokio::spawn(spray(fleet.lmtp, w, 1000))).collect();
+    for s in sprays {
+        s.await??;
+    }
+    let grown = fleet.node.rss_kib()?.saturating_sub(baseline);
+    // At most the bound's worth of 900-byte answers, plus the mapped routes.
+    let most = BOUND / RECIPIENT_LEN as u64 + MAPPED as u64;
+    let entries = eventually(Duration::from_secs(10), || async {
+        let (code, stats) = fleet.cp.api().get("/stats").await?;
+        ensure!(code == 200, "{stats}");
+        let entries = stats["nodes"][0]["cache_entries"].as_u64().context("cache_entries")?;
+        ensure!(entries <= most, "the node reports {entries} cached entries");
+        Ok(entries)
+    })
+    .await;
+    println!(
+        "{} unmapped answers of 900 bytes sprayed: node RSS +{grown} KiB, cache entries {entries:?}",
+        WORKERS * 1000
+    );
+    entries?;
+    ensure!(grown <= 8 * 1024, "RSS grew by {grown} KiB");
+    fleet.cp.stop().await;
+    let unrouted = fleet.mapped_during_outage().await?;
+    ensure!(unrouted.is_empty(), "mapped accounts lost their cached route: {unrouted:?}");
+    Ok(())
+}
+
 /// The node binary and the control plane it follows (destinations `legacy`, the default,
 /// and `new`, both this Dovecot's LMTP).
 struct Fleet {
@@ -166,12 +214,13 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(dovecot: &Dovecot) -> Result<Fleet> {
+    /// `cache` holds the `[cache]` keys of the control plane's config.
+    async fn start(dovecot: &Dovecot, cache: &str) -> Result<Fleet> {
         let dir = tempfile::tempdir()?;
         let lmtp = [("lmtp", dovecot.lmtp_port())];
         let tables = destination_toml("legacy", &lmtp, "") + &destination_toml("new", &lmtp, "");
-        let config = controlplane_toml_with(&dir.path().join("mappings.db"), &tables, "legacy")
-            + &format!("[cache]\nnegative_ttl = \"{}s\"\n", NEGATIVE_TTL.as_secs());
+        let config =
+            controlplane_toml_with(&dir.path().join("mappings.db"), &tables, "legacy") + &format!("[cache]\n{cache}\n");
         let cp = ControlPlane::start_config(config).await?;
         let toml = format!(
             "[node]\nid = \"dp-spray\"\nmetrics_interval = \"1s\"\n[control]\nendpoints = [\"{}\"]\n\
