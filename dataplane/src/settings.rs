@@ -108,6 +108,15 @@ impl FleetSettings {
 #[error("invalid fleet settings from the control plane: {0}")]
 pub struct InvalidSettings(pub String);
 
+/// A byte bound an older control plane does not send (0) is the node's default.
+fn or_default(bytes: u64, default: u64) -> u64 {
+    if bytes == 0 {
+        default
+    } else {
+        bytes
+    }
+}
+
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
@@ -210,8 +219,8 @@ impl TryFrom<pb::FleetSettings> for FleetSettings {
                 positive_ttl: ms(cache.positive_ttl_ms),
                 negative_ttl: ms(cache.negative_ttl_ms),
                 max_stale: ms(cache.max_stale_ms),
-                max_bytes: cache.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
-                negative_max_bytes: cache.negative_max_bytes.unwrap_or(DEFAULT_NEGATIVE_MAX_BYTES),
+                max_bytes: or_default(cache.max_bytes, DEFAULT_MAX_BYTES),
+                negative_max_bytes: or_default(cache.negative_max_bytes, DEFAULT_NEGATIVE_MAX_BYTES),
             },
             breaker: BreakerSettings {
                 failure_threshold: breaker.failure_threshold.max(1),
@@ -249,8 +258,8 @@ pub(crate) mod tests {
                 negative_ttl_ms: 30_000,
                 max_entries: 1000,
                 max_stale_ms: 3_600_000,
-                max_bytes: Some(1 << 20),
-                negative_max_bytes: None,
+                max_bytes: 1 << 20,
+                negative_max_bytes: 0,
             }),
             breaker: Some(pb::BreakerSettings {
                 failure_threshold: 5,
