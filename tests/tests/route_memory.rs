@@ -192,11 +192,23 @@ async fn the_byte_bound_holds_unmapped_answers_that_outlive_the_spray() -> Resul
         Ok(entries)
     })
     .await;
+    // The node's metrics line (every second here) says what the bound counts.
+    let negative_bytes = eventually(Duration::from_secs(10), || async {
+        let lines = fleet.node.lines();
+        let last = lines.iter().rev().find(|l| l.contains("negative_cache_bytes=")).context("no metrics line")?;
+        let value = last.split("negative_cache_bytes=").nth(1).and_then(|v| v.split_whitespace().next());
+        let bytes: u64 = value.context("negative_cache_bytes")?.parse()?;
+        ensure!(bytes <= BOUND, "{last}");
+        Ok(bytes)
+    })
+    .await;
     println!(
-        "{} unmapped answers of 900 bytes sprayed: node RSS +{grown} KiB, cache entries {entries:?}",
+        "{} unmapped answers of 900 bytes sprayed: node RSS +{grown} KiB, cache entries {entries:?}, \
+         negative_cache_bytes {negative_bytes:?}",
         WORKERS * 1000
     );
     entries?;
+    negative_bytes?;
     ensure!(grown <= 8 * 1024, "RSS grew by {grown} KiB");
     fleet.cp.stop().await;
     let unrouted = fleet.mapped_during_outage().await?;
