@@ -42,6 +42,7 @@ pub use python_mail::{python_lmtp_send, python_pop3, python_smtp_submit};
 pub use sieve::{sieve_status, SieveClient};
 pub use tools::{curl, run_client, swaks, ClientTls, TlsTrust};
 pub use util::{eventually, find_binary, free_port, real_servers_required, require_or_skip, wait_for_port};
+pub mod lmtp;
 pub mod nodeproc;
 pub mod postgres;
 pub mod procs;

@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
 use switchyard_tests::fleet::{controlplane_toml_with, destination_toml, ControlPlane, NODE_TOKEN};
+use switchyard_tests::lmtp::Lmtp;
 use switchyard_tests::procs::{write_file, PeakRss, Proc};
 use switchyard_tests::{eventually, require_or_skip, Dovecot};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
 /// Spraying connections, and distinct recipients each sends. 8 × 50,000 (the issue's
@@ -43,7 +42,6 @@ const SETTLED_GROWTH_KIB: u64 = 16 * 1024;
 const DEFAULT_LIMIT: usize = 1000;
 /// Unmapped answers are cached this long (the test's `cache.negative_ttl`).
 const NEGATIVE_TTL: Duration = Duration::from_secs(3);
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest the other client's delivery may take while the spray runs.
 const SERVED_WITHIN: Duration = Duration::from_secs(5);
 
@@ -387,59 +385,5 @@ impl OtherClient {
         let delivered = self.task.await?.context("the other client was not served")?;
         ensure!(delivered > 0, "the other client delivered nothing");
         Ok(format!("{delivered} deliveries, slowest {} ms", self.slowest_ms.load(Ordering::SeqCst)))
-    }
-}
-
-/// A minimal LMTP client: one reply per command, multi-line replies folded to their last line.
-struct Lmtp {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-}
-
-impl Lmtp {
-    /// Connected, greeted, LHLO and MAIL accepted.
-    async fn transaction(addr: SocketAddr) -> Result<Lmtp> {
-        let (read, writer) = TcpStream::connect(addr).await?.into_split();
-        let mut lmtp = Lmtp { reader: BufReader::new(read), writer };
-        let greeting = lmtp.reply().await?;
-        ensure!(greeting.starts_with("220"), "greeting {greeting:?}");
-        let hello = lmtp.command("LHLO client.example").await?;
-        ensure!(hello.starts_with("250"), "LHLO answered {hello:?}");
-        lmtp.mail().await?;
-        Ok(lmtp)
-    }
-
-    async fn mail(&mut self) -> Result<()> {
-        let reply = self.command("MAIL FROM:<sender@example.org>").await?;
-        ensure!(reply.starts_with("250"), "MAIL answered {reply:?}");
-        Ok(())
-    }
-
-    /// RSET and a new MAIL.
-    async fn restart(&mut self) -> Result<()> {
-        let reply = self.command("RSET").await?;
-        ensure!(reply.starts_with("250"), "RSET answered {reply:?}");
-        self.mail().await
-    }
-
-    async fn command(&mut self, line: &str) -> Result<String> {
-        self.writer.write_all(format!("{line}\r\n").as_bytes()).await?;
-        self.reply().await
-    }
-
-    /// The reply's last line, the sprayed address in it shortened to its head.
-    async fn reply(&mut self) -> Result<String> {
-        loop {
-            let mut line = String::new();
-            let n = timeout(IO_TIMEOUT, self.reader.read_line(&mut line)).await.context("no reply")??;
-            ensure!(n > 0, "connection closed");
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok(line.trim_end().replace(&"x".repeat(16), ""));
-            }
-        }
-    }
-
-    async fn quit(mut self) {
-        let _ = self.command("QUIT").await;
     }
 }
