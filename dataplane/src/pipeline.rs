@@ -64,12 +64,8 @@ impl SessionCtx {
     /// [`Self::route`] for a session that replays no credentials (delivery by recipient):
     /// the destination's `allow_plaintext_auth` guards credentials, so it does not apply.
     /// Keyed as a recipient: cut at the recipient delimiter, never at a master-user separator.
-    pub async fn route_delivery(&self, recipient: &str) -> Result<Route> {
-        self.resolve(&Identifier::Recipient(recipient.to_owned()), false).await
-    }
-
-    /// [`Self::route_delivery`] taking a miss out of the session's `budget`: `None`, without
-    /// asking the control plane, for a recipient not in the cache once it is spent.
+    /// A miss is taken out of the session's `budget`: `None`, without asking the control
+    /// plane, for a recipient not in the cache once it is spent.
     pub async fn route_delivery_within(&self, recipient: &str, budget: &ResolveBudget) -> Result<Option<Route>> {
         let (settings, key) = self.route_key(&Identifier::Recipient(recipient.to_owned()))?;
         match self.lookup(key, Some(budget)).await {
