@@ -296,6 +296,8 @@ fn fleet_settings(config: &Config) -> pb::FleetSettings {
             negative_ttl_ms: ms(config.cache.negative_ttl),
             max_entries: config.cache.max_entries,
             max_stale_ms: ms(config.cache.max_stale),
+            max_bytes: config.cache.max_bytes,
+            negative_max_bytes: config.cache.negative_max_bytes,
         }),
         breaker: Some(pb::BreakerSettings {
             failure_threshold: config.breaker.failure_threshold,

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::idle::Activity;
 use crate::node::Node;
 use crate::protocol;
+use crate::route::{ResolveBudget, Resolved, RouteError};
 use crate::routekey::{redact, Identifier};
 use crate::sessions::KickHandle;
 use crate::settings::{Destination, Endpoint, FleetSettings};
@@ -73,8 +74,14 @@ impl SessionCtx {
     /// [`Self::route`] for a session that replays no credentials (delivery by recipient):
     /// the destination's `allow_plaintext_auth` guards credentials, so it does not apply.
     /// Keyed as a recipient: cut at the recipient delimiter, never at a master-user separator.
-    pub async fn route_delivery(&self, recipient: &str) -> Result<Route> {
-        self.resolve(&Identifier::Recipient(recipient.to_owned()), false).await
+    /// A miss is taken out of the session's `budget`: `None`, without asking the control
+    /// plane, for a recipient not in the cache once it is spent.
+    pub async fn route_delivery_within(&self, recipient: &str, budget: &ResolveBudget) -> Result<Option<Route>> {
+        let (settings, key) = self.route_key(&Identifier::Recipient(recipient.to_owned()))?;
+        match self.lookup(key, Some(budget)).await {
+            Err(RouteError::OverBudget) => Ok(None),
+            looked_up => self.routed(&settings, looked_up, false).map(Some),
+        }
     }
 
     /// A route to one named destination without a lookup (a listener's fixed
@@ -114,9 +121,27 @@ impl SessionCtx {
 
     /// Step 5 for a route key: login delay, cache/control plane, declared destination.
     pub async fn route_key_to(&self, settings: &FleetSettings, key: String, credentials: bool) -> Result<Route> {
+        let looked_up = self.lookup(key, None).await;
+        self.routed(settings, looked_up, credentials)
+    }
+
+    /// Login delay, then the route cache (or the control plane); the key comes back with
+    /// the answer.
+    async fn lookup(&self, key: String, budget: Option<&ResolveBudget>) -> Result<(String, Resolved), RouteError> {
         self.node.honour_delay(&key).await;
-        let routes = self.node.routes().ok_or_else(|| Error::Routing("no route cache yet".into()))?;
-        let resolved = routes.lookup(&key).await.map_err(|e| Error::Routing(e.to_string()))?;
+        let routes = self.node.routes().ok_or_else(|| RouteError::Unavailable("no route cache yet".into()))?;
+        let resolved = routes.lookup_within(&key, budget).await?;
+        Ok((key, resolved))
+    }
+
+    /// The route for a lookup's answer: a destination these settings declare, its endpoint.
+    fn routed(
+        &self,
+        settings: &FleetSettings,
+        looked_up: Result<(String, Resolved), RouteError>,
+        credentials: bool,
+    ) -> Result<Route> {
+        let (key, resolved) = looked_up.map_err(|e| Error::Routing(e.to_string()))?;
         let destination = declared(settings, &key, &resolved.destination)?;
         tracing::debug!(
             account = %redact(&key),

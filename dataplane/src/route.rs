@@ -1,9 +1,11 @@
 //! The route cache: route key → destination, answered from memory or the control plane.
 //!
-//! Entries live in moka for their TTL plus `max_stale`: past the TTL an entry is only used
-//! when the control plane cannot be reached, so a node keeps serving through an outage
-//! without ever sending an unknown account to the default destination. Concurrent misses
-//! for one key share one `Resolve`.
+//! Mapped routes live in moka for their TTL plus `max_stale`: past the TTL a route is only
+//! used when the control plane cannot be reached, so a node keeps serving through an
+//! outage without ever sending an unknown account to the default destination. Unmapped
+//! answers live only their own TTL (`entries` keeps them apart, bounded by bytes).
+//! Concurrent misses for one key share one `Resolve`; a session can be given a budget of
+//! lookups that miss ([`ResolveBudget`]).
 //!
 //! The fence: a lookup's answer is written back only if no change to its key was pushed
 //! while it was on the wire. The flights table is the one lock: a pushed change takes its
@@ -12,13 +14,14 @@
 //! between the check and the write. A change to one key never touches another key's flight.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use moka::sync::Cache;
 use tokio::time::Instant;
+
+use entries::{Entries, Entry};
 
 use crate::settings::CacheSettings;
 
@@ -35,6 +38,9 @@ pub struct Resolved {
 pub enum RouteError {
     #[error("control plane unreachable and no cached route: {0}")]
     Unavailable(String),
+    /// Not cached, and the session's [`ResolveBudget`] is spent: not asked.
+    #[error("no route lookups left in this session")]
+    OverBudget,
 }
 
 /// The source of answers for misses: the control plane's `Resolve` (a fake in tests).
@@ -42,10 +48,33 @@ pub trait Resolver: Send + Sync + 'static {
     fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>>;
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    resolved: Resolved,
-    fetched: Instant,
+/// How many lookups that miss the cache (each a `Resolve`) one session may still make. A
+/// session nobody authenticated (port 25, LMTP) could otherwise have the node ask about,
+/// and cache, any number of invented addresses.
+#[derive(Debug)]
+pub struct ResolveBudget {
+    left: AtomicU32,
+    refused: AtomicU32,
+}
+
+impl ResolveBudget {
+    pub fn new(lookups: u32) -> Self {
+        Self { left: AtomicU32::new(lookups), refused: AtomicU32::new(0) }
+    }
+
+    /// Takes one lookup; false (and counted) when none is left.
+    fn take(&self) -> bool {
+        let taken = self.left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
+        if !taken {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Lookups refused so far for want of budget.
+    pub fn refused(&self) -> u32 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 /// How one `Resolve` in flight ended for the lookups waiting on it.
@@ -70,7 +99,7 @@ struct InFlight {
 const ROUNDS: usize = 3;
 
 pub struct RouteCache {
-    entries: Cache<String, Entry>,
+    entries: Entries,
     settings: CacheSettings,
     resolver: Arc<dyn Resolver>,
     flights: Mutex<HashMap<String, InFlight>>,
@@ -89,13 +118,8 @@ pub struct CacheStats {
 
 impl RouteCache {
     pub fn new(settings: CacheSettings, resolver: Arc<dyn Resolver>) -> Arc<Self> {
-        let lifetime = settings.positive_ttl.max(settings.negative_ttl) + settings.max_stale;
-        let entries = Cache::builder()
-            .max_capacity(settings.max_entries.max(1))
-            .time_to_live(lifetime.max(Duration::from_millis(1)))
-            .build();
         Arc::new(Self {
-            entries,
+            entries: Entries::new(&settings),
             settings,
             resolver,
             flights: Mutex::default(),
@@ -114,6 +138,16 @@ impl RouteCache {
     /// the control plane was being asked wins: the lookup then answers from it, or asks again
     /// if it was a removal.
     pub async fn lookup(self: &Arc<Self>, key: &str) -> Result<Resolved, RouteError> {
+        self.lookup_within(key, None).await
+    }
+
+    /// [`Self::lookup`] taking a miss out of `budget`: `RouteError::OverBudget`, without
+    /// asking, when the key is not cached fresh and the budget is spent.
+    pub async fn lookup_within(
+        self: &Arc<Self>,
+        key: &str,
+        budget: Option<&ResolveBudget>,
+    ) -> Result<Resolved, RouteError> {
         for round in 0..ROUNDS {
             let cached = self.entries.get(key);
             if let Some(entry) = &cached {
@@ -125,6 +159,9 @@ impl RouteCache {
                 }
             }
             if round == 0 {
+                if budget.is_some_and(|b| !b.take()) {
+                    return Err(RouteError::OverBudget);
+                }
                 self.misses.fetch_add(1, Ordering::Relaxed);
             }
             match self.flight(key).await {
@@ -133,7 +170,8 @@ impl RouteCache {
                 Answer::Failed(err) => {
                     return match cached {
                         Some(entry)
-                            if entry.fetched.elapsed() < self.ttl(&entry.resolved) + self.settings.max_stale =>
+                            if entry.fetched.elapsed()
+                                < self.ttl(&entry.resolved) + self.stale_window(&entry.resolved) =>
                         {
                             tracing::debug!(error = %err, "control plane unreachable; serving a stale route");
                             Ok(entry.resolved)
@@ -151,6 +189,21 @@ impl RouteCache {
             self.settings.positive_ttl
         } else {
             self.settings.negative_ttl
+        }
+    }
+
+    /// How long past its TTL an answer may serve while the control plane cannot be reached.
+    /// Never for an unmapped one: serving it would send the account to the default
+    /// destination on an answer we can no longer check, which is the misroute SPEC §2.2
+    /// forbids when the control plane is down (the account may have been mapped meanwhile;
+    /// moving accounts off the default is what a migration does). The sender's MTA or the
+    /// user's client retries a temporary failure; mail written to the wrong server is lost
+    /// to the migration.
+    fn stale_window(&self, resolved: &Resolved) -> Duration {
+        if resolved.mapped {
+            self.settings.max_stale
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -199,7 +252,7 @@ impl RouteCache {
         flights.remove(key);
         match result {
             Ok(resolved) => {
-                self.entries.insert(key.to_string(), Entry { resolved: resolved.clone(), fetched: Instant::now() });
+                self.entries.insert(key, Entry { resolved: resolved.clone(), fetched: Instant::now() });
                 Answer::Resolved(resolved)
             }
             Err(err) => Answer::Failed(err),
@@ -212,7 +265,7 @@ impl RouteCache {
         let resolved = Resolved { destination: destination.to_string(), mapped: true };
         let mut flights = self.lock();
         flights.remove(key);
-        self.entries.insert(key.to_string(), Entry { resolved, fetched: Instant::now() });
+        self.entries.insert(key, Entry { resolved, fetched: Instant::now() });
     }
 
     /// A pushed removal or invalidation: the next lookup (and one in flight) asks again.
@@ -225,7 +278,7 @@ impl RouteCache {
     pub fn clear(&self) {
         let mut flights = self.lock();
         flights.clear();
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     /// Keeps the instance's cumulative counters across a rebuild with new settings.
@@ -242,11 +295,18 @@ impl RouteCache {
         }
     }
 
+    /// (mapped, unmapped) bytes cached, as the byte bounds count them.
+    pub fn weighted_sizes(&self) -> (u64, u64) {
+        self.entries.weighted_sizes()
+    }
+
     /// Runs moka's pending housekeeping so `entries` is exact (reports, tests).
     pub fn sync(&self) {
         self.entries.run_pending_tasks();
     }
 }
+
+mod entries;
 
 #[cfg(test)]
 mod tests;

@@ -59,13 +59,23 @@ pub struct Endpoint {
     pub forwarding: Forwarding,
 }
 
+/// The route cache's lifetimes and byte bounds. Mapped routes and unmapped answers have
+/// separate bounds, so answers about invented addresses never evict a real route.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CacheSettings {
     pub positive_ttl: Duration,
     pub negative_ttl: Duration,
-    pub max_entries: u64,
     pub max_stale: Duration,
+    pub max_bytes: u64,
+    pub negative_max_bytes: u64,
 }
+
+/// `cache.max_bytes` unless set: about a million mapped routes of 20–30-byte keys (an
+/// entry costs its key, its destination id and ~450 bytes), as `max_entries` allowed.
+pub const DEFAULT_MAX_BYTES: u64 = 512 << 20;
+/// `cache.negative_max_bytes` unless set: some 70,000 unmapped answers of such keys within
+/// their short lifetime, and little memory for a client inventing addresses.
+pub const DEFAULT_NEGATIVE_MAX_BYTES: u64 = 32 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerSettings {
@@ -104,6 +114,15 @@ impl FleetSettings {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid fleet settings from the control plane: {0}")]
 pub struct InvalidSettings(pub String);
+
+/// A byte bound an older control plane does not send (0) is the node's default.
+fn or_default(bytes: u64, default: u64) -> u64 {
+    if bytes == 0 {
+        default
+    } else {
+        bytes
+    }
+}
 
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
@@ -206,8 +225,9 @@ impl TryFrom<pb::FleetSettings> for FleetSettings {
             cache: CacheSettings {
                 positive_ttl: ms(cache.positive_ttl_ms),
                 negative_ttl: ms(cache.negative_ttl_ms),
-                max_entries: cache.max_entries,
                 max_stale: ms(cache.max_stale_ms),
+                max_bytes: or_default(cache.max_bytes, DEFAULT_MAX_BYTES),
+                negative_max_bytes: or_default(cache.negative_max_bytes, DEFAULT_NEGATIVE_MAX_BYTES),
             },
             breaker: BreakerSettings {
                 failure_threshold: breaker.failure_threshold.max(1),
@@ -247,6 +267,8 @@ pub(crate) mod tests {
                 negative_ttl_ms: 30_000,
                 max_entries: 1000,
                 max_stale_ms: 3_600_000,
+                max_bytes: 1 << 20,
+                negative_max_bytes: 0,
             }),
             breaker: Some(pb::BreakerSettings {
                 failure_threshold: 5,
@@ -271,6 +293,8 @@ pub(crate) mod tests {
             Endpoint { port: 2143, tls: TlsMode::Plain, forwarding: Forwarding::None }
         );
         assert_eq!(s.cache.negative_ttl, Duration::from_secs(30));
+        // An older control plane sends no byte bound: the node's default applies.
+        assert_eq!((s.cache.max_bytes, s.cache.negative_max_bytes), (1 << 20, DEFAULT_NEGATIVE_MAX_BYTES));
         assert!(s.route_key.lowercase);
         assert_eq!(s.route_key.recipient_delimiter, "+");
     }

@@ -44,6 +44,7 @@ pub use tools::{curl, run_client, swaks, ClientTls, TlsTrust};
 pub use util::{eventually, find_binary, free_port, real_servers_required, require_or_skip, wait_for_port};
 pub mod binfleet;
 pub mod lineclient;
+pub mod lmtp;
 pub mod nodeproc;
 pub mod postgres;
 pub mod procs;

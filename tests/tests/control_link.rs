@@ -255,6 +255,7 @@ fn scripted_settings() -> pb::FleetSettings {
             negative_ttl_ms: 30_000,
             max_entries: 1000,
             max_stale_ms: 3_600_000,
+            ..Default::default()
         }),
         breaker: Some(pb::BreakerSettings {
             failure_threshold: 5,

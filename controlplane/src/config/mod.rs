@@ -279,11 +279,18 @@ pub struct CacheConfig {
     pub positive_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub negative_ttl: Duration,
+    /// Superseded by `max_bytes`: only nodes of earlier versions, which bound their cache
+    /// by entries, still use it.
     pub max_entries: u64,
-    /// How long past its TTL a node may serve a cached route while the control plane is
-    /// unreachable; zero disables stale answers.
+    /// How long past its TTL a node may serve a cached mapped route while the control plane
+    /// is unreachable; zero disables stale answers. Unmapped answers are never served stale.
     #[serde(with = "humantime_serde")]
     pub max_stale: Duration,
+    /// Bytes the mapped routes may take on each node (keys, destinations and bookkeeping).
+    pub max_bytes: u64,
+    /// Bytes the unmapped answers may take on each node, apart from `max_bytes`, so answers
+    /// about invented addresses never evict a mapped route.
+    pub negative_max_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -293,6 +300,8 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(30),
             max_entries: 1_000_000,
             max_stale: Duration::from_secs(3600),
+            max_bytes: dataplane::settings::DEFAULT_MAX_BYTES,
+            negative_max_bytes: dataplane::settings::DEFAULT_NEGATIVE_MAX_BYTES,
         }
     }
 }

@@ -111,6 +111,7 @@ fn defaults_are_applied() {
     assert_eq!(c.cache, CacheConfig::default());
     assert_eq!(c.cache.negative_ttl, Duration::from_secs(30));
     assert_eq!(c.cache.max_entries, 1_000_000);
+    assert_eq!((c.cache.max_bytes, c.cache.negative_max_bytes), (512 << 20, 32 << 20));
     assert_eq!(c.breaker.failure_threshold, 5);
     assert_eq!(c.breaker.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.breaker.connect_retries, 1);
@@ -227,6 +228,9 @@ fn each_rule_reports_its_own_problem() {
         ("[cache]\npositive_ttl = \"0s\"".into(), "cache.positive_ttl: must be greater than zero"),
         ("[cache]\nnegative_ttl = \"0s\"".into(), "cache.negative_ttl: must be greater than zero"),
         ("[cache]\nmax_entries = 0".into(), "cache.max_entries: must be at least 1"),
+        ("[cache]\nmax_bytes = 1000".into(), "cache.max_bytes: must be at least 65536 (bytes)"),
+        ("[cache]\nnegative_max_bytes = 0".into(), "cache.negative_max_bytes: must be at least 65536 (bytes)"),
+        ("[cache]\nmax_bytes = \"1GB\"".into(), "cache.max_bytes: invalid type: string \"1GB\""),
         ("[breaker]\nfailure_threshold = 0".into(), "breaker.failure_threshold: must be at least 1"),
         ("[breaker]\ncooldown = \"0s\"".into(), "breaker.cooldown: must be greater than zero"),
         ("[breaker]\nconnect_timeout = \"0s\"".into(), "breaker.connect_timeout: must be greater than zero"),

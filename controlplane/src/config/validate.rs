@@ -172,12 +172,20 @@ fn check_cluster(config: &Config, p: &mut Problems) {
     check_positive("cluster.peer_timeout", config.cluster.peer_timeout, p);
 }
 
+/// Below this a byte bound holds only a few dozen of the longest keys.
+const MIN_CACHE_BYTES: u64 = 64 * 1024;
+
 fn check_cache_and_breaker(config: &Config, p: &mut Problems) {
     let cache = &config.cache;
     check_positive("cache.positive_ttl", cache.positive_ttl, p);
     check_positive("cache.negative_ttl", cache.negative_ttl, p);
     if cache.max_entries == 0 {
         p.push("cache.max_entries", "must be at least 1");
+    }
+    for (at, bytes) in [("cache.max_bytes", cache.max_bytes), ("cache.negative_max_bytes", cache.negative_max_bytes)] {
+        if bytes < MIN_CACHE_BYTES {
+            p.push(at, format!("must be at least {MIN_CACHE_BYTES} (bytes)"));
+        }
     }
     let breaker = &config.breaker;
     if breaker.failure_threshold == 0 {

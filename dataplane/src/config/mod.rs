@@ -167,6 +167,15 @@ pub struct ListenerConfig {
     /// (fixed pass-through). Unset: each recipient is routed by its mailbox.
     #[serde(default)]
     pub pass_through: Option<String>,
+    /// smtp and lmtp only: RCPT commands one transaction may have, whatever their answers
+    /// (Postfix's `smtpd_recipient_limit`); the next get `452 4.5.3`. Unset: 1000.
+    #[serde(default)]
+    pub max_recipients: Option<u32>,
+    /// smtp and lmtp only, routed by recipient: recipients one session may look up that are
+    /// not in the route cache (each a `Resolve` to the control plane, and an entry cached);
+    /// the next uncached ones get `451 4.7.1`, cached ones are still delivered. Unset: 1000.
+    #[serde(default)]
+    pub max_resolves: Option<u32>,
     /// Inbound PROXY protocol: `off`, `optional` or `required`; honoured only from
     /// `proxy_trusted` peers (a header from anyone else is ordinary protocol input).
     #[serde(default)]
@@ -196,6 +205,14 @@ pub enum ProxyProtocol {
 }
 
 impl ListenerConfig {
+    pub fn recipient_limit(&self) -> u32 {
+        self.max_recipients.unwrap_or(defaults::MAX_RECIPIENTS)
+    }
+
+    pub fn resolve_limit(&self) -> u32 {
+        self.max_resolves.unwrap_or(defaults::MAX_RESOLVES)
+    }
+
     /// Does this listener read a PROXY header from a connection coming from `peer`?
     pub fn proxy_from(&self, peer: std::net::IpAddr) -> bool {
         self.proxy_protocol != ProxyProtocol::Off && self.proxy_trusted.iter().any(|net| net.contains(&peer))
@@ -220,6 +237,8 @@ mod defaults {
     pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10 * 60);
     /// Postfix's `smtpd_junk_command_limit` default.
     pub const JUNK_COMMAND_LIMIT: u32 = 100;
+    pub const MAX_RECIPIENTS: u32 = 1000;
+    pub const MAX_RESOLVES: u32 = 1000;
 
     pub fn max_connections() -> usize {
         8192

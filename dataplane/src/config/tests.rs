@@ -285,3 +285,28 @@ fn smtp_and_lmtp_sessions_have_a_time_limit_and_a_junk_command_limit() {
         ]
     );
 }
+
+#[test]
+fn recipient_limits_default_and_apply_only_to_listeners_taking_recipients() {
+    let lmtp = Config::from_toml_str(&with("[listener.imap]\nprotocol = \"lmtp\"")).unwrap();
+    let l = &lmtp.listener["imap"];
+    assert_eq!((l.recipient_limit(), l.resolve_limit()), (1000, 1000));
+    let set = "[listener.imap]\nprotocol = \"smtp\"\nmax_recipients = 100\nmax_resolves = 1";
+    let l = &Config::from_toml_str(&with(set)).unwrap().listener["imap"];
+    assert_eq!((l.recipient_limit(), l.resolve_limit()), (100, 1));
+    assert_eq!(
+        problems(&with("[listener.imap]\nmax_recipients = 500\nmax_resolves = 10")),
+        [
+            "listener.imap.max_recipients: only smtp and lmtp listeners take recipients, not imap",
+            "listener.imap.max_resolves: only smtp and lmtp listeners take recipients, not imap"
+        ]
+    );
+    assert_eq!(
+        problems(&with("[listener.imap]\nprotocol = \"lmtp\"\nmax_recipients = 99\nmax_resolves = 0")),
+        ["listener.imap.max_recipients: must be at least 100", "listener.imap.max_resolves: must be at least 1"]
+    );
+    assert_eq!(
+        problems(&with("[listener.imap]\nprotocol = \"lmtp\"\npass_through = \"legacy\"\nmax_resolves = 5")),
+        ["listener.imap.max_resolves: a pass_through listener looks no recipient up"]
+    );
+}

@@ -53,6 +53,7 @@ fn check_listener(at: &str, l: &ListenerConfig, has_certificates: bool, p: &mut 
     }
     check_pass_through(&key("pass_through"), l, p);
     check_session_bounds(at, l, p);
+    check_recipient_limits(at, l, p);
     if l.proxy_protocol != ProxyProtocol::Off && l.proxy_trusted.is_empty() {
         p.push(key("proxy_trusted"), "proxy_protocol needs the trusted networks (CIDR) whose headers are believed");
     }
@@ -114,6 +115,28 @@ fn check_session_bounds(at: &str, l: &ListenerConfig, p: &mut Problems) {
         if limit == 0 {
             p.push(key_path(at, "junk_command_limit"), "must be at least 1");
         }
+    }
+}
+
+/// RFC 5321 §4.5.3.1.8: a server must take at least 100 recipients per transaction.
+const MIN_RECIPIENTS: u32 = 100;
+
+/// The recipient limits of a listener that routes by recipient.
+fn check_recipient_limits(at: &str, l: &ListenerConfig, p: &mut Problems) {
+    let by_recipient = matches!(l.protocol, Protocol::Smtp | Protocol::Lmtp);
+    let limits = [("max_recipients", l.max_recipients, MIN_RECIPIENTS), ("max_resolves", l.max_resolves, 1)];
+    for (name, limit, min) in limits {
+        let Some(limit) = limit else {
+            continue;
+        };
+        if !by_recipient {
+            p.push(key_path(at, name), format!("only smtp and lmtp listeners take recipients, not {}", l.protocol));
+        } else if limit < min {
+            p.push(key_path(at, name), format!("must be at least {min}"));
+        }
+    }
+    if l.max_resolves.is_some() && l.pass_through.is_some() {
+        p.push(key_path(at, "max_resolves"), "a pass_through listener looks no recipient up");
     }
 }
 

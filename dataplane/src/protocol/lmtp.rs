@@ -16,6 +16,7 @@ use crate::codec::smtp::{self, Command, CommandParser, Hello};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
 use crate::pipeline::{Route, SessionCtx};
+use crate::route::ResolveBudget;
 use crate::tls::MaybeTls;
 use delivery::{Delivery, Opened};
 
@@ -38,6 +39,10 @@ impl Flavor {
 
 const ANOTHER_SERVER: &[u8] = b"451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
 const UNROUTABLE: &[u8] = b"451 4.4.1 Recipient's server temporarily unavailable, try again later\r\n";
+/// RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction.
+const TOO_MANY_RECIPIENTS: &[u8] = b"452 4.5.3 Too many recipients\r\n";
+/// The session's `max_resolves` is spent: a sender retries later, in a new session.
+const TOO_MANY_LOOKUPS: &[u8] = b"451 4.7.1 Too many new recipients in this session, try again later\r\n";
 /// 421 tells the client the proxy closes the connection, which it then does.
 const UNAVAILABLE: &[u8] = b"421 4.3.0 Backend temporarily unavailable, try again later\r\n";
 /// One client read of commands.
@@ -51,11 +56,13 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
     let session = Session {
         parser: parser(&ctx),
         deadline: ctx.accepted + ctx.listener.session_timeout(),
+        resolves: ResolveBudget::new(ctx.listener.resolve_limit()),
         ctx,
         client: stream,
         flavor,
         greeted: false,
         tx: Transaction::Idle,
+        recipients: 0,
         bad: 0,
         junk: 0,
         messages: 0,
@@ -130,6 +137,10 @@ struct Session {
     tx: Transaction,
     /// The session's end (`session_timeout` after accept), however busy the client is.
     deadline: Instant,
+    /// RCPT commands in the current transaction, whatever their answers.
+    recipients: u32,
+    /// Lookups of recipients not in the route cache left to this session.
+    resolves: ResolveBudget,
     bad: u32,
     /// Commands without progress since the session began or its last delivered message.
     junk: u32,
@@ -274,6 +285,7 @@ impl Session {
         }
         let mail = command.replay().unwrap_or_default();
         self.tx = Transaction::Mail { mail };
+        self.recipients = 0;
         self.answer(b"250 2.1.0 Ok\r\n").await
     }
 
@@ -284,8 +296,13 @@ impl Session {
             Transaction::Idle => return self.answer(b"503 5.5.1 Need MAIL command\r\n").await,
             Transaction::Mail { mail } | Transaction::Open { mail, .. } => mail.clone(),
         };
+        if self.recipients >= self.ctx.listener.recipient_limit() {
+            return self.answer(TOO_MANY_RECIPIENTS).await;
+        }
+        self.recipients += 1;
         let route = match self.route(mailbox).await {
-            Ok(route) => route,
+            Ok(Some(route)) => route,
+            Ok(None) => return self.answer(TOO_MANY_LOOKUPS).await,
             Err(Error::Client(why)) => {
                 tracing::debug!(reason = %why, "recipient refused");
                 return self.answer(b"550 5.1.3 Bad recipient address syntax\r\n").await;
@@ -351,11 +368,23 @@ impl Session {
     }
 
     /// A recipient goes only where `ctx` positively routes it (or to the listener's fixed
-    /// pass-through): never to the default destination because a lookup failed.
-    async fn route(&self, mailbox: &str) -> Result<Route> {
+    /// pass-through): never to the default destination because a lookup failed. `None`
+    /// once the session's lookups are spent and the recipient is not cached.
+    async fn route(&self, mailbox: &str) -> Result<Option<Route>> {
         match &self.ctx.listener.pass_through {
-            Some(destination) => self.ctx.route_fixed(destination, mailbox.to_owned()),
-            None => self.ctx.route_delivery(mailbox).await,
+            Some(destination) => self.ctx.route_fixed(destination, mailbox.to_owned()).map(Some),
+            None => {
+                let route = self.ctx.route_delivery_within(mailbox, &self.resolves).await?;
+                if route.is_none() && self.resolves.refused() == 1 {
+                    // Once per session: a sender that hits this is spraying addresses or
+                    // should spread its recipients over sessions.
+                    tracing::info!(
+                        limit = self.ctx.listener.resolve_limit(),
+                        "recipient lookups of this session spent"
+                    );
+                }
+                Ok(route)
+            }
         }
     }
 

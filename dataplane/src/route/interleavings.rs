@@ -104,8 +104,9 @@ impl Run {
         let settings = CacheSettings {
             positive_ttl: Duration::from_secs(600),
             negative_ttl: Duration::from_secs(30),
-            max_entries: 100,
             max_stale: Duration::from_secs(3600),
+            max_bytes: 64 << 20,
+            negative_max_bytes: 64 << 20,
         };
         let cache = RouteCache::new(settings, Arc::new(Arc::clone(&resolver)));
         let store = Arc::new(Mutex::new(HashMap::from([("k".to_string(), "old".to_string())])));
@@ -232,8 +233,9 @@ async fn racing_lookups_never_leave_an_older_route_than_the_last_push() {
     let settings = CacheSettings {
         positive_ttl: Duration::from_secs(600),
         negative_ttl: Duration::from_secs(30),
-        max_entries: 100_000,
         max_stale: Duration::from_secs(3600),
+        max_bytes: 64 << 20,
+        negative_max_bytes: 64 << 20,
     };
     let cache = RouteCache::new(settings, Arc::new(Racing { store: Arc::clone(&store) }));
     for round in 0..3000 {

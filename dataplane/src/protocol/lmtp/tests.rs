@@ -23,6 +23,7 @@ use switchyard_proto::v1 as pb;
 
 mod backend_tls;
 mod limits;
+mod recipients;
 mod tls;
 
 const OTHER_SERVER: &str = "451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
