@@ -34,7 +34,8 @@ struct Source {
 enum Next {
     Stopped,
     Update(pb::RouteUpdate),
-    Channel(Option<pb::ControlMessage>),
+    /// Boxed: a message carrying fleet settings is several times the size of the others.
+    Channel(Option<Box<pb::ControlMessage>>),
 }
 
 impl Fleet {
@@ -85,11 +86,11 @@ async fn next(mut s: Source) -> Option<(Result<pb::ControlMessage, Status>, Sour
         biased;
         _ = s.stop.cancelled() => Next::Stopped,
         update = s.fleet.next_update(&s.node_id, s.stream_id, &s.wake) => Next::Update(update),
-        message = s.channel.recv() => Next::Channel(message),
+        message = s.channel.recv() => Next::Channel(message.map(Box::new)),
     };
     let message = match next {
         Next::Update(update) => pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update)) },
-        Next::Channel(Some(message)) => message,
+        Next::Channel(Some(message)) => *message,
         Next::Channel(None) => return None,
         Next::Stopped => {
             s.ended = true;
