@@ -28,17 +28,28 @@ impl BinFleet {
         edit: impl FnOnce(String) -> String,
         listener_tables: &str,
     ) -> Result<BinFleet> {
+        Self::start_edited(destination_tables, default, edit, |node| node, listener_tables).await
+    }
+
+    /// Like [`start`](Self::start) with the node's config text passed through `edit_node`.
+    pub async fn start_edited(
+        destination_tables: &str,
+        default: &str,
+        edit: impl FnOnce(String) -> String,
+        edit_node: impl FnOnce(String) -> String,
+        listener_tables: &str,
+    ) -> Result<BinFleet> {
         let dir = tempfile::tempdir()?;
         let cp_toml = edit(controlplane_toml_with(&dir.path().join("mappings.db"), destination_tables, default));
         let tokens = [("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN), ("SWITCHYARD_NODE_TOKEN", NODE_TOKEN)];
         let cp = Proc::spawn("controlplane", &write_file(dir.path(), "cp.toml", &cp_toml)?, &tokens)?;
         let grpc = cp.bound(&["grpc listening"]).await?;
         let api = Api::new(cp.bound(&["management api listening"]).await?);
-        let dp_toml = format!(
+        let dp_toml = edit_node(format!(
             "[node]\nid = \"dp-bin\"\nmetrics_interval = \"1s\"\nshutdown_grace = \"1s\"\n\
              [control]\nendpoints = [\"http://{grpc}\"]\nresolve_timeout = \"2s\"\n\
              [health]\nbind = \"127.0.0.1:0\"\n{listener_tables}"
-        );
+        ));
         let env = [("SWITCHYARD_NODE_TOKEN", NODE_TOKEN), ("RUST_LOG", "info,dataplane=debug")];
         let node = Proc::spawn("dataplane", &write_file(dir.path(), "dp.toml", &dp_toml)?, &env)?;
         let mut listeners = Vec::new();

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
-pub const NODE_TOKEN: &str = "test-node-token-abcdef";
+pub const NODE_TOKEN: &str = "test-node-token-abcdef0123456789abcdef";
 
 /// A running control plane.
 pub struct ControlPlane {

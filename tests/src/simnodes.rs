@@ -39,6 +39,17 @@ pub struct SimFleet {
 impl SimFleet {
     /// Connects `count` nodes named `{prefix}-{i}` to `endpoint` with `token`.
     pub async fn start(endpoint: &str, token: &str, prefix: &str, count: usize) -> Result<SimFleet> {
+        Self::start_reporting(endpoint, token, prefix, count, None).await
+    }
+
+    /// Like [`start`](Self::start); each node also sends `report` with every heartbeat.
+    pub async fn start_reporting(
+        endpoint: &str,
+        token: &str,
+        prefix: &str,
+        count: usize,
+        report: Option<pb::Report>,
+    ) -> Result<SimFleet> {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut nodes = Vec::new();
@@ -50,7 +61,8 @@ impl SimFleet {
             let id = format!("{prefix}-{i}");
             let state = Arc::new(SimState::default());
             let ch = channel.clone().context("channel")?;
-            tasks.spawn(run(ch, token.to_string(), id.clone(), Arc::clone(&state), shutdown.clone()));
+            let node = SimNode { id: id.clone(), token: token.to_string(), report: report.clone() };
+            tasks.spawn(run(ch, node, Arc::clone(&state), shutdown.clone()));
             nodes.push((id, state));
         }
         Ok(SimFleet { nodes, shutdown, tasks })
@@ -75,7 +87,15 @@ impl SimFleet {
     }
 }
 
-async fn run(channel: Channel, token: String, id: String, state: Arc<SimState>, shutdown: CancellationToken) {
+/// Who one simulated node is and what it reports.
+struct SimNode {
+    id: String,
+    token: String,
+    report: Option<pb::Report>,
+}
+
+async fn run(channel: Channel, node: SimNode, state: Arc<SimState>, shutdown: CancellationToken) {
+    let SimNode { id, token, report } = node;
     let bearer: MetadataValue<_> = match format!("Bearer {token}").parse() {
         Ok(v) => v,
         Err(_) => return,
@@ -123,6 +143,9 @@ async fn run(channel: Channel, token: String, id: String, state: Arc<SimState>, 
             m = inbound.message() => m,
             _ = heartbeat.tick() => {
                 let _ = tx.send(send(pb::node_message::Kind::Heartbeat(pb::Heartbeat::default()))).await;
+                if let Some(report) = &report {
+                    let _ = tx.send(send(pb::node_message::Kind::Report(report.clone()))).await;
+                }
                 continue;
             }
             _ = shutdown.cancelled() => return,

@@ -1,6 +1,6 @@
 //! The mapping store going away under a running fleet (real PostgreSQL, real Dovecot):
-//! the control plane says so on `/readyz` and answers writes with 503 and a clear message;
-//! nodes keep routing cached accounts and give an uncached one a temporary failure, never
+//! the control plane says so on `/readyz` (why, only to a holder of the admin token) and
+//! answers writes with 503 and a clear message; nodes keep routing cached accounts and give an uncached one a temporary failure, never
 //! the default destination; when the database returns everything works again by itself.
 
 use std::time::Duration;
@@ -56,6 +56,16 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
         Ok(())
     })
     .await?;
+    // Without the admin token (or with a wrong one) nothing about the store is told.
+    let mut anonymous = cp.api().without_token();
+    let (code, body) = anonymous.get("/readyz").await?;
+    ensure!(code == 503 && body == "not ready", "/readyz without a token: {code} {body}");
+    anonymous.token = Some("not-the-admin-token-0123456789abcdef".into());
+    let (code, body) = anonymous.get("/readyz").await?;
+    ensure!(code == 503 && body == "not ready", "/readyz with a wrong token: {code} {body}");
+    let (_, detail) = api.get("/readyz").await?;
+    let detail = detail.as_str().unwrap_or_default();
+    ensure!(detail.starts_with("not ready: ") && detail.len() > 20, "/readyz with the token has the cause: {detail:?}");
     let (code, body) = api.put("/mappings/bob@example.test", json!({"destination": "new"})).await?;
     let message = body["error"].as_str().unwrap_or_default();
     ensure!(code == 503 && message.contains("mapping store unavailable"), "a write without the store: {code} {body}");
