@@ -171,6 +171,9 @@ impl Cluster {
         let mut peers = Vec::new();
         for peer in &config.peers {
             let url = reqwest::Url::parse(peer).map_err(|e| Error::Config(format!("cluster.peers: {peer:?}: {e}")))?;
+            if dataplane::config::cleartext_off_loopback(peer) {
+                tracing::warn!(%peer, "cluster peer is cleartext http:// off loopback (allow_insecure_control = true): the admin token crosses the network in clear");
+            }
             peers.push(url);
         }
         let client = if peers.is_empty() { None } else { Some(client(config)?) };
@@ -218,12 +221,18 @@ impl Cluster {
         if let Some(body) = &call.body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| dataplane::error::chain(&e))?;
+        let response = request.send().await.map_err(without_url)?;
         let code = response.status();
-        let text = response.text().await.map_err(|e| dataplane::error::chain(&e))?;
+        let text = response.text().await.map_err(without_url)?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((code, body))
     }
+}
+
+/// A failed call's cause without its URL: the query may carry an account identifier
+/// (`?identifier=`), which only ever reaches a log redacted.
+fn without_url(e: reqwest::Error) -> String {
+    dataplane::error::chain(&e.without_url())
 }
 
 /// The HTTP client for the peers: `peer_ca` alone when set, the system trust store otherwise.

@@ -90,17 +90,44 @@ pub struct Fleet {
     changed: Notify,
     next_stream: std::sync::atomic::AtomicU64,
     heartbeat_interval: Duration,
+    /// How long a node that left stays listed (`server.node_retention`).
+    retention: Duration,
 }
 
+/// Nodes that left kept at most, oldest forgotten first, whatever the retention: node ids
+/// are chosen by whoever holds the node token.
+const MAX_DEPARTED: usize = 10_000;
+
 impl Fleet {
+    /// With the default retention of nodes that left (a day).
     pub fn new(heartbeat_interval: Duration) -> Arc<Self> {
+        Self::with_retention(heartbeat_interval, Duration::from_secs(24 * 3600))
+    }
+
+    pub fn with_retention(heartbeat_interval: Duration, retention: Duration) -> Arc<Self> {
         Arc::new(Self {
             nodes: Mutex::default(),
             log: CommandLog::default(),
             changed: Notify::new(),
             next_stream: Default::default(),
             heartbeat_interval,
+            retention,
         })
+    }
+
+    /// Forgets the nodes that left longer than the retention ago, and the oldest of them
+    /// past [`MAX_DEPARTED`].
+    fn prune(&self, nodes: &mut HashMap<String, NodeEntry>) {
+        nodes.retain(|_, e| e.tx.is_some() || e.last_seen.elapsed() <= self.retention);
+        let departed = nodes.values().filter(|e| e.tx.is_none()).count();
+        if departed > MAX_DEPARTED {
+            let mut by_age: Vec<(Instant, String)> =
+                nodes.values().filter(|e| e.tx.is_none()).map(|e| (e.last_seen, e.hello.node_id.clone())).collect();
+            by_age.sort();
+            for (_, id) in by_age.into_iter().take(departed - MAX_DEPARTED) {
+                nodes.remove(&id);
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, NodeEntry>> {
@@ -134,6 +161,7 @@ impl Fleet {
     ) -> Result<Registration> {
         let silence = self.silence();
         let mut nodes = self.lock();
+        self.prune(&mut nodes);
         if let Some(entry) = nodes.get_mut(&hello.node_id) {
             let claim = entry.admit(&hello, address, silence)?;
             entry.supersede(claim, &hello);
@@ -234,7 +262,8 @@ impl Fleet {
     }
 
     pub fn views(&self) -> Vec<NodeView> {
-        let nodes = self.lock();
+        let mut nodes = self.lock();
+        self.prune(&mut nodes);
         let mut views: Vec<NodeView> = nodes
             .values()
             .map(|e| NodeView {

@@ -13,6 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{self, Registration};
+use crate::lockout::Lockout;
 use crate::state::Shared;
 
 /// Route keys are account names; anything longer is not one.
@@ -23,14 +24,23 @@ pub struct ControlService {
 }
 
 /// Refuses every call without `authorization: Bearer <node token>` (constant-time compare).
+/// A run of wrong tokens from one address locks it out (see [`Lockout`]).
 #[derive(Clone)]
 pub struct NodeTokenCheck {
     token: Arc<String>,
     refusals: Arc<RefusalLog>,
+    lockout: Arc<Lockout>,
 }
 
 impl tonic::service::Interceptor for NodeTokenCheck {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let client = req.remote_addr().map(|a| a.ip());
+        if let Some(retry_after) = client.and_then(|ip| self.lockout.locked(ip)) {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            return Err(Status::resource_exhausted(format!(
+                "too many failed node-token attempts from this address; retry in {seconds}s"
+            )));
+        }
         let presented = req
             .metadata()
             .get("authorization")
@@ -40,6 +50,9 @@ impl tonic::service::Interceptor for NodeTokenCheck {
         if bool::from(presented.as_bytes().ct_eq(self.token.as_bytes())) {
             Ok(req)
         } else {
+            if let Some(ip) = client {
+                self.lockout.record_failure(ip);
+            }
             let peer = req.remote_addr();
             if let Some(suppressed) = self.refusals.should_log(peer.map(|a| a.ip()), Instant::now()) {
                 let peer = peer.map_or_else(|| "unknown".to_string(), |a| a.to_string());
@@ -96,7 +109,9 @@ pub fn server(
     shared: Arc<Shared>,
     node_token: String,
 ) -> InterceptedService<ControlServer<ControlService>, NodeTokenCheck> {
-    let check = NodeTokenCheck { token: Arc::new(node_token), refusals: Arc::default() };
+    let warning = "grpc: too many failed node-token attempts; client locked out";
+    let lockout = Arc::new(Lockout::new(shared.config.grpc.lockout(), warning));
+    let check = NodeTokenCheck { token: Arc::new(node_token), refusals: Arc::default(), lockout };
     ControlServer::with_interceptor(ControlService { shared }, check)
 }
 

@@ -16,6 +16,7 @@ pub mod feed;
 pub mod fleet;
 pub mod grpc;
 pub mod history;
+pub mod lockout;
 pub mod metrics;
 pub mod outbox;
 pub mod state;
@@ -27,7 +28,7 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
+use dataplane::http_server;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -87,8 +88,11 @@ impl Secrets {
         let node_token = load(config.grpc.node_token_file.as_deref(), &config.grpc.node_token_env, "the node token")?;
         let admin_token =
             load(config.api.bearer_token_file.as_deref(), &config.api.bearer_token_env, "the admin token")?;
-        if admin_token.len() < api::MIN_TOKEN_LEN {
-            return Err(Error::Config(format!("the admin token must be at least {} characters", api::MIN_TOKEN_LEN)));
+        for (what, token) in [("admin", &admin_token), ("node", &node_token)] {
+            if token.len() < api::MIN_TOKEN_LEN {
+                let min = api::MIN_TOKEN_LEN;
+                return Err(Error::Config(format!("the {what} token must be at least {min} characters")));
+            }
         }
         Ok(Secrets { node_token, admin_token })
     }
@@ -103,6 +107,7 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     tracing::info!(source = config.mapping.source.as_str(), epoch = %store.epoch(), revision, "mapping store open");
     let metrics_interval = config.server.metrics_interval;
     let poll_interval = config.mapping.poll_interval;
+    let api_limits = config.api.http_limits();
     let shared = Shared::new(config, store);
     *shared.writes.lock().await = revision;
     let sessions = shared.shutdown.clone();
@@ -114,18 +119,17 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     let tasks = TaskTracker::new();
     tasks.spawn(metrics::run(Arc::clone(&shared.fleet), metrics_interval, shutdown.clone()));
     tasks.spawn(feed::follow(Arc::clone(&shared), poll_interval, shutdown.clone()));
-    // The lockout keys on the peer address, which the router reads from `ConnectInfo`.
-    let app = api::router_in_cluster(Arc::clone(&shared), cluster, secrets.admin_token)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let stop = || shutdown.clone().cancelled_owned();
+    // The lockout keys on the peer address, which the server passes as `ConnectInfo`.
+    let limits = api_limits;
+    let app = api::router_in_cluster(Arc::clone(&shared), cluster, secrets.admin_token);
     match bound.tls.api {
-        None => spawn_server(&tasks, "management api", axum::serve(bound.api, app).with_graceful_shutdown(stop())),
+        None => tasks.spawn(http_server::serve(bound.api, app, limits, shutdown.clone())),
         Some(config) => {
-            // `tap_io` is a no-op: through it axum fills `ConnectInfo<SocketAddr>` for any listener.
-            let listener = TlsIncoming::spawn(bound.api, config, &tasks, shutdown.clone())?.tap_io(|_| ());
-            spawn_server(&tasks, "management api", axum::serve(listener, app).with_graceful_shutdown(stop()));
+            let listener = TlsIncoming::spawn(bound.api, config, &tasks, shutdown.clone())?;
+            tasks.spawn(http_server::serve(listener, app, limits, shutdown.clone()))
         }
-    }
+    };
+    let stop = || shutdown.clone().cancelled_owned();
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))

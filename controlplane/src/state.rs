@@ -67,7 +67,7 @@ impl Shared {
     pub fn new(config: Config, store: Store) -> Arc<Self> {
         let settings = fleet_settings(&config);
         let rule = config.route_key_rule();
-        let fleet = Fleet::new(config.server.heartbeat_interval);
+        let fleet = Fleet::with_retention(config.server.heartbeat_interval, config.server.node_retention);
         let admission = Admission::new(config.grpc.session_rate, config.grpc.session_burst);
         let undeclared = Undeclared::new(config.destination.keys().cloned());
         Arc::new(Self {

@@ -34,8 +34,14 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct NodeAuth(Option<AsciiMetadataValue>);
 
+/// Shortest node (and admin) token accepted: shorter ones are guessable.
+pub const MIN_TOKEN_LEN: usize = 32;
+
 impl NodeAuth {
     pub fn new(token: Option<&str>) -> Result<Self> {
+        if token.is_some_and(|t| t.len() < MIN_TOKEN_LEN) {
+            return Err(Error::Control(format!("the node token must be at least {MIN_TOKEN_LEN} characters")));
+        }
         let value = token
             .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
             .transpose()

@@ -21,6 +21,9 @@ pub enum Error {
     Unavailable { destination: String, reason: String },
     #[error("control plane: {0}")]
     Control(String),
+    /// The node itself failed: one of its background tasks stopped or panicked.
+    #[error("node: {0}")]
+    Node(String),
     /// The control plane refused this process: another live one holds its node id.
     #[error("node id in use: {0}")]
     NodeIdInUse(String),

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod background;
 pub mod breaker;
 pub mod bridge;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod health;
+pub mod http_server;
 pub mod identity;
 pub mod idle;
 pub mod inbound_proxy;
@@ -40,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::background::Background;
 use crate::config::Config;
 use crate::control::{ClientSlot, ControlResolver, ControlTls, Link, NodeAuth};
 use crate::error::{Error, Result};
@@ -114,25 +117,25 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
         node: Arc::clone(&node),
         listeners,
     };
-    let background = TaskTracker::new();
-    background.spawn(link.run());
-    background.spawn(metrics::run(Arc::clone(&node), config.node.metrics_interval));
-    let health = axum::serve(bound.health, health::router(Arc::clone(&node)))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    background.spawn(async move {
-        if let Err(e) = health.await {
-            tracing::error!(error = %e, "health endpoint failed");
-        }
-    });
+    for url in config.control.endpoints.iter().filter(|u| config::cleartext_off_loopback(u)) {
+        tracing::warn!(endpoint = %url, "control endpoint is cleartext http:// off loopback (allow_insecure_control = true): the node token crosses the network in clear");
+    }
+    let mut background = Background::default();
+    background.spawn("control link", link.run());
+    background.spawn("metrics line", metrics::run(Arc::clone(&node), config.node.metrics_interval));
+    let health = health::router(Arc::clone(&node));
+    background.spawn(
+        "health endpoint",
+        http_server::serve(bound.health, health, config.health.http_limits(), shutdown.clone()),
+    );
     let acceptor = tls::TlsAcceptor::from_config(&config.tls).map_err(|e| Error::Client(e.to_string()))?;
     let sessions = TaskTracker::new();
     for bound in bound.listeners {
-        background.spawn(listener::serve(Arc::clone(&node), bound, acceptor.clone(), sessions.clone()));
+        let name = format!("listener {}", bound.id);
+        background.spawn(name, listener::serve(Arc::clone(&node), bound, acceptor.clone(), sessions.clone()));
     }
-    shutdown.cancelled().await;
+    let stopped = background.run_until(&shutdown).await;
     tracing::info!(live = node.sessions.active_total(), "shutting down; draining sessions");
-    background.close();
-    background.wait().await;
     sessions.close();
     if tokio::time::timeout(config.node.shutdown_grace, sessions.wait()).await.is_err() {
         tracing::info!(live = node.sessions.active_total(), "grace period over; closing the remaining sessions");
@@ -143,5 +146,5 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
             tracing::warn!(live = node.sessions.active_total(), "sessions still open after their goodbyes; exiting");
         }
     }
-    Ok(())
+    stopped
 }

@@ -43,7 +43,7 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAccepto
         config: Arc::new(bound.config),
         tls,
     };
-    let accepts = TaskTracker::new();
+    let mut accepts = tokio::task::JoinSet::new();
     for socket in bound.sockets {
         let (shared, sessions) = (shared.clone(), sessions.clone());
         accepts.spawn(async move {
@@ -72,8 +72,14 @@ pub async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAccepto
             }
         });
     }
-    accepts.close();
-    accepts.wait().await;
+    // An accept loop that panicked takes the listener down with it (see `background`).
+    while let Some(ended) = accepts.join_next().await {
+        if let Err(e) = ended {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
 }
 
 /// A connection as the accept loop took it.

@@ -7,7 +7,7 @@ use crate::node::Node;
 
 /// Hit rate in percent with one decimal; 0 when nothing was looked up yet.
 pub fn hit_rate_pct(hits: u64, misses: u64) -> f64 {
-    let total = hits + misses;
+    let total = hits.saturating_add(misses);
     if total == 0 {
         return 0.0;
     }

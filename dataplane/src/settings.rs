@@ -124,8 +124,10 @@ fn or_default(bytes: u64, default: u64) -> u64 {
     }
 }
 
+/// Milliseconds, held to the bound the control plane's validation applies: a longer value
+/// (from a control plane that did not bound it) would panic the route cache or a timer.
 fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
+    Duration::from_millis(v).min(crate::config::MAX_DURATION)
 }
 
 impl TryFrom<pb::Destination> for Destination {
@@ -297,6 +299,15 @@ pub(crate) mod tests {
         assert_eq!((s.cache.max_bytes, s.cache.negative_max_bytes), (1 << 20, DEFAULT_NEGATIVE_MAX_BYTES));
         assert!(s.route_key.lowercase);
         assert_eq!(s.route_key.recipient_delimiter, "+");
+    }
+
+    /// A control plane that did not bound its durations cannot make the cache panic.
+    #[test]
+    fn durations_past_the_bound_are_held_to_it() {
+        let mut m = sample();
+        m.cache.as_mut().unwrap().max_stale_ms = u64::MAX;
+        let s = FleetSettings::try_from(m).unwrap();
+        assert_eq!(s.cache.max_stale, crate::config::MAX_DURATION);
     }
 
     /// An older control plane sends no login timeout: the 30 s nodes always waited.

@@ -233,7 +233,8 @@ async fn with_client_ca_only_nodes_with_a_certificate_and_the_token_get_a_sessio
     let ca = key("tls_ca", &pki.ca_pem_path());
     let with_cert = ca.clone() + &key("tls_client_cert", &node_pair.0) + &key("tls_client_key", &node_pair.1);
     let _without = start_node("dp-no-cert", &endpoint, NODE_TOKEN, &ca).await?;
-    let _bad_token = start_node("dp-bad-token", &endpoint, "not-the-node-token", &with_cert).await?;
+    let _bad_token =
+        start_node("dp-bad-token", &endpoint, "not-the-node-token-but-32-characters-long", &with_cert).await?;
     let _with = start_node("dp-cert", &endpoint, NODE_TOKEN, &with_cert).await?;
     until_connected(&cp, "dp-cert").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;

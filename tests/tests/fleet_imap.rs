@@ -195,7 +195,7 @@ async fn nodes_and_operators_without_credentials_are_refused() -> Result<()> {
     let refused = client.resolve(switchyard_proto::v1::ResolveRequest { key: "a".into() }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
-    let intruder = Node::start("intruder", &[cp.endpoint()], Some("not-the-token")).await?;
+    let intruder = Node::start("intruder", &[cp.endpoint()], Some("not-the-node-token-but-32-characters-long")).await?;
     let anonymous_node = Node::start("anonymous", &[cp.endpoint()], None).await?;
     let good = Node::start("good", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
     good.until_ready().await?;

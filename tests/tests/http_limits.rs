@@ -81,6 +81,7 @@ async fn survives_slowloris(pid: u32, addr: SocketAddr, what: &str) -> Result<()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let during = open_fds(pid)?;
+    eprintln!("{what}: {} half-sent heads held, {before} descriptors before, {during} under attack", held.len());
     ensure!(during < before + 600, "{what}: {during} descriptors open under attack ({before} before)");
     drop(held);
     Ok(())

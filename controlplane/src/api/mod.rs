@@ -8,7 +8,6 @@ mod commands;
 mod declared;
 mod destinations;
 mod health;
-mod lockout;
 mod mappings;
 mod moves;
 mod nodes;
@@ -25,14 +24,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use subtle::ConstantTimeEq;
 
-use lockout::Lockout;
 pub use stats::fleet_stats;
 
 use crate::cluster::{Cluster, PeerStatus};
+use crate::lockout::Lockout;
 use crate::state::Shared;
 
 /// Shortest admin token accepted: shorter ones are guessable.
-pub const MIN_TOKEN_LEN: usize = 32;
+pub const MIN_TOKEN_LEN: usize = dataplane::control::MIN_TOKEN_LEN;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -51,7 +50,8 @@ pub fn router(shared: Arc<Shared>, token: String) -> Router {
 /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the lockout keys on
 /// the peer address. Peers call it with the same admin token.
 pub fn router_in_cluster(shared: Arc<Shared>, cluster: Arc<Cluster>, token: String) -> Router {
-    let lockout = Arc::new(Lockout::new(&shared.config.api));
+    let warning = "management api: too many failed bearer-token attempts; client locked out";
+    let lockout = Arc::new(Lockout::new(shared.config.api.lockout(), warning));
     let state = ApiState { shared, cluster, token: Arc::new(token), lockout };
     let protected = Router::new()
         .merge(stats::routes())
@@ -65,27 +65,50 @@ pub fn router_in_cluster(shared: Arc<Shared>, cluster: Arc<Cluster>, token: Stri
     Router::new().merge(health::routes()).merge(protected).with_state(state)
 }
 
+/// What a request's bearer token turned out to be.
+enum Bearer {
+    Valid,
+    /// None at all or a wrong one, counted against the client's address.
+    Refused,
+    /// The client's address is locked out, whatever it sent.
+    LockedOut(Duration),
+}
+
+impl ApiState {
+    /// Checks the request's bearer token against the admin token; a wrong one counts
+    /// towards the lockout of the client's address.
+    fn bearer(&self, request: &Request) -> Bearer {
+        // Absent only when the router is called in-process (tests); `run` always serves it
+        // with the peer address.
+        let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        if let Some(retry_after) = client.and_then(|ip| self.lockout.locked(ip)) {
+            return Bearer::LockedOut(retry_after);
+        }
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if bool::from(presented.as_bytes().ct_eq(self.token.as_bytes())) {
+            return Bearer::Valid;
+        }
+        if let Some(ip) = client {
+            self.lockout.record_failure(ip);
+        }
+        Bearer::Refused
+    }
+}
+
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    // Absent only when the router is called in-process (tests); `run` always serves it
-    // with the peer address.
-    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if let Some(retry_after) = client.and_then(|ip| state.lockout.locked(ip)) {
-        return locked_out(retry_after);
+    match state.bearer(&request) {
+        Bearer::Valid => next.run(request).await,
+        Bearer::LockedOut(retry_after) => locked_out(retry_after),
+        Bearer::Refused => {
+            let body = axum::Json(serde_json::json!({ "error": "missing or invalid bearer token" }));
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        }
     }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
-        return next.run(request).await;
-    }
-    if let Some(ip) = client {
-        state.lockout.record_failure(ip);
-    }
-    let body = axum::Json(serde_json::json!({ "error": "missing or invalid bearer token" }));
-    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
 }
 
 fn locked_out(retry_after: Duration) -> Response {

@@ -94,11 +94,12 @@ pub fn fleet_stats(views: &[NodeView]) -> Stats {
 fn summed(nodes: Vec<NodeStats>) -> Stats {
     let mut totals = Figures::default();
     let fresh: Vec<&NodeStats> = nodes.iter().filter(|n| !n.stale).collect();
+    // Node counters are whatever a holder of the node token sent: saturate, never wrap.
     for f in fresh.iter().map(|n| &n.figures) {
-        totals.cache_hits += f.cache_hits;
-        totals.cache_misses += f.cache_misses;
-        totals.cache_entries += f.cache_entries;
-        totals.active_connections += f.active_connections;
+        totals.cache_hits = totals.cache_hits.saturating_add(f.cache_hits);
+        totals.cache_misses = totals.cache_misses.saturating_add(f.cache_misses);
+        totals.cache_entries = totals.cache_entries.saturating_add(f.cache_entries);
+        totals.active_connections = totals.active_connections.saturating_add(f.active_connections);
     }
     totals.hit_rate_pct = hit_rate_pct(totals.cache_hits, totals.cache_misses);
     let (reporting, excluded) = (fresh.len(), nodes.len() - fresh.len());

@@ -167,6 +167,7 @@ async fn replica(db: &std::path::Path, peers: &[&str]) -> axum::Router {
         peers: peers.iter().map(|p| p.to_string()).collect(),
         peer_ca: None,
         peer_timeout: std::time::Duration::from_secs(5),
+        allow_insecure_control: false,
     };
     let cluster = std::sync::Arc::new(crate::cluster::Cluster::new(&config, TOKEN).unwrap());
     super::router_in_cluster(shared(db).await, cluster, TOKEN.into())

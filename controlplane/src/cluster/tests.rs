@@ -157,6 +157,7 @@ fn the_peer_client_trusts_peer_ca_and_refuses_a_file_without_certificates() {
         peers: vec!["https://127.0.0.1:7480".into()],
         peer_ca,
         peer_timeout: Duration::from_secs(1),
+        allow_insecure_control: false,
     };
     let cluster = Cluster::new(&config(Some(good)), "token").unwrap();
     assert!(cluster.has_peers());

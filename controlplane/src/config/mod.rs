@@ -62,6 +62,9 @@ pub struct ServerConfig {
     /// Heartbeats both ways; a node silent for 3 intervals is stale.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// How long a node that disconnected stays listed before it is forgotten.
+    #[serde(with = "humantime_serde")]
+    pub node_retention: Duration,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             metrics_interval: Duration::from_secs(60),
             report_interval: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(5),
+            node_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -90,6 +94,20 @@ pub struct GrpcConfig {
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle: when set, nodes must also present a client certificate it signed.
     pub client_ca: Option<PathBuf>,
+    /// Failed node-token attempts from one address within `lockout_window` that lock it
+    /// out of gRPC (`RESOURCE_EXHAUSTED`) for `lockout_duration`.
+    pub lockout_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub lockout_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lockout_duration: Duration,
+}
+
+impl GrpcConfig {
+    pub fn lockout(&self) -> crate::lockout::Policy {
+        let (threshold, window, duration) = (self.lockout_threshold, self.lockout_window, self.lockout_duration);
+        crate::lockout::Policy { threshold, window, duration }
+    }
 }
 
 impl Default for GrpcConfig {
@@ -103,6 +121,9 @@ impl Default for GrpcConfig {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            lockout_threshold: DEFAULT_LOCKOUT_THRESHOLD,
+            lockout_window: DEFAULT_LOCKOUT_WINDOW,
+            lockout_duration: DEFAULT_LOCKOUT_DURATION,
         }
     }
 }
@@ -126,6 +147,11 @@ pub struct ApiConfig {
     pub lockout_window: Duration,
     #[serde(with = "humantime_serde")]
     pub lockout_duration: Duration,
+    /// Connections held at once; a new one past it closes the oldest idle one.
+    pub max_connections: usize,
+    /// A request head not complete by then closes its connection.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -137,12 +163,31 @@ impl Default for ApiConfig {
             ack_timeout: Duration::from_secs(5),
             tls_cert: None,
             tls_key: None,
-            lockout_threshold: 10,
-            lockout_window: Duration::from_secs(60),
-            lockout_duration: Duration::from_secs(300),
+            lockout_threshold: DEFAULT_LOCKOUT_THRESHOLD,
+            lockout_window: DEFAULT_LOCKOUT_WINDOW,
+            lockout_duration: DEFAULT_LOCKOUT_DURATION,
+            max_connections: 512,
+            header_read_timeout: dataplane::http_server::DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
+
+impl ApiConfig {
+    pub fn http_limits(&self) -> dataplane::http_server::HttpLimits {
+        let (max_connections, header_read_timeout) = (self.max_connections, self.header_read_timeout);
+        dataplane::http_server::HttpLimits { max_connections, header_read_timeout }
+    }
+
+    pub fn lockout(&self) -> crate::lockout::Policy {
+        let (threshold, window, duration) = (self.lockout_threshold, self.lockout_window, self.lockout_duration);
+        crate::lockout::Policy { threshold, window, duration }
+    }
+}
+
+/// The `lockout_*` defaults of `[api]` and `[grpc]`.
+const DEFAULT_LOCKOUT_THRESHOLD: u32 = 10;
+const DEFAULT_LOCKOUT_WINDOW: Duration = Duration::from_secs(60);
+const DEFAULT_LOCKOUT_DURATION: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
@@ -229,11 +274,15 @@ pub struct ClusterConfig {
     /// How long a call to one peer may take before it is reported as unreachable.
     #[serde(with = "humantime_serde")]
     pub peer_timeout: Duration,
+    /// Accept `http://` peers off loopback (the admin token crosses the network in clear);
+    /// each is logged as a warning at start.
+    pub allow_insecure_control: bool,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { peers: Vec::new(), peer_ca: None, peer_timeout: Duration::from_secs(10) }
+        let peer_timeout = Duration::from_secs(10);
+        ClusterConfig { peers: Vec::new(), peer_ca: None, peer_timeout, allow_insecure_control: false }
     }
 }
 

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use dataplane::config::{check_log_level, check_positive, key_path, Problems, Protocol};
+use dataplane::config::{
+    check_at_most, check_http, check_log_level, check_positive, cleartext_off_loopback, key_path, Problems, Protocol,
+};
 
 use super::{Config, DestinationConfig, MappingSource, TlsMode, TlsVerify};
 
@@ -13,6 +15,8 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     check_positive("server.metrics_interval", server.metrics_interval, p);
     check_positive("server.report_interval", server.report_interval, p);
     check_positive("server.heartbeat_interval", server.heartbeat_interval, p);
+    check_positive("server.node_retention", server.node_retention, p);
+    check_http("api", &config.api.http_limits(), p);
 
     if config.grpc.node_token_env.is_empty() {
         p.push("grpc.node_token_env", "must not be empty");
@@ -48,11 +52,13 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
 }
 
 fn check_lockout(config: &Config, p: &mut Problems) {
-    if config.api.lockout_threshold == 0 {
-        p.push("api.lockout_threshold", "must be at least 1");
+    for (section, policy) in [("api", config.api.lockout()), ("grpc", config.grpc.lockout())] {
+        if policy.threshold == 0 {
+            p.push(format!("{section}.lockout_threshold"), "must be at least 1");
+        }
+        check_positive(&format!("{section}.lockout_window"), policy.window, p);
+        check_positive(&format!("{section}.lockout_duration"), policy.duration, p);
     }
-    check_positive("api.lockout_window", config.api.lockout_window, p);
-    check_positive("api.lockout_duration", config.api.lockout_duration, p);
 }
 
 fn check_tls(config: &Config, p: &mut Problems) {
@@ -165,8 +171,13 @@ fn check_cluster(config: &Config, p: &mut Problems) {
         let ok = peer.parse::<http::Uri>().is_ok_and(|u| {
             matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() && u.path() == "/"
         });
+        let at = format!("cluster.peers[{i}]");
         if !ok {
-            p.push(format!("cluster.peers[{i}]"), format!("{peer:?} is not an http(s)://host:port URL"));
+            p.push(at, format!("{peer:?} is not an http(s)://host:port URL"));
+        } else if cleartext_off_loopback(peer) && !config.cluster.allow_insecure_control {
+            let why = "the admin token would cross the network in clear: use https://, or set \
+                       cluster.allow_insecure_control = true";
+            p.push(at, format!("{peer:?} is not loopback; {why}"));
         }
     }
     check_positive("cluster.peer_timeout", config.cluster.peer_timeout, p);
@@ -179,6 +190,7 @@ fn check_cache_and_breaker(config: &Config, p: &mut Problems) {
     let cache = &config.cache;
     check_positive("cache.positive_ttl", cache.positive_ttl, p);
     check_positive("cache.negative_ttl", cache.negative_ttl, p);
+    check_at_most("cache.max_stale", cache.max_stale, p);
     if cache.max_entries == 0 {
         p.push("cache.max_entries", "must be at least 1");
     }

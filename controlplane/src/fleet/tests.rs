@@ -158,3 +158,22 @@ async fn a_write_is_reported_for_the_process_that_applied_it() {
     let results = fleet.wait_applied("e", 2, Duration::from_secs(1)).await;
     assert_eq!(results[0].result, NodeOutcome::Timeout);
 }
+
+#[tokio::test(start_paused = true)]
+async fn nodes_that_left_are_forgotten_after_the_retention_and_past_the_cap() {
+    let fleet = Fleet::with_retention(HEARTBEAT, Duration::from_secs(60));
+    let (tx, _rx) = mpsc::channel(4);
+    for i in 0..MAX_DEPARTED + 5 {
+        let registration =
+            fleet.connect(hello(&format!("gone-{i}"), "x"), None, ("e".into(), 0), 0, tx.clone()).unwrap();
+        fleet.disconnect(&format!("gone-{i}"), registration.stream_id);
+        tokio::time::advance(Duration::from_micros(1)).await;
+    }
+    let (_live, _messages, _tx) = connect(&fleet, "live", 4000).unwrap();
+    let views = fleet.views();
+    assert_eq!(views.len(), MAX_DEPARTED + 1, "the cap holds, the live node stays");
+    assert!(!views.iter().any(|v| v.node_id == "gone-0"), "the oldest departed go first");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let ids: Vec<String> = fleet.views().into_iter().map(|v| v.node_id).collect();
+    assert_eq!(ids, ["dp-1"], "after the retention only the connected node is listed");
+}

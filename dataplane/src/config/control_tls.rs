@@ -130,7 +130,7 @@ mod tests {
                 "control.tls_client_key: ",
             ),
             (
-                text("http://cp:7400", &format!("tls_ca = {}", path(&a.cert_path))),
+                text("http://127.0.0.1:7400", &format!("tls_ca = {}", path(&a.cert_path))),
                 "control.tls_ca: only used with https:// endpoints, and none is",
             ),
         ];
@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn all_problems_come_at_once() {
         let control = "tls_ca = \"/nonexistent/ca.pem\"\ntls_client_cert = \"/nonexistent/c.pem\"";
-        let found = problems(&text("http://cp:7400", control));
+        let found = problems(&text("http://127.0.0.1:7400", control));
         for expected in [
             "control.tls_ca: only used with https://",
             "control.tls_client_cert: only used with https://",

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use parse::{key_path, load_token, parse_toml, read_file, ConfigError, Problems};
-pub use validate::{check_log_level, check_positive};
+pub use validate::{check_at_most, check_http, check_log_level, check_positive, cleartext_off_loopback, MAX_DURATION};
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default)]
@@ -89,6 +89,9 @@ pub struct ControlConfig {
     /// PEM client certificate and key presented on `https://` endpoints (mTLS); both or neither.
     pub tls_client_cert: Option<PathBuf>,
     pub tls_client_key: Option<PathBuf>,
+    /// Accept `http://` endpoints off loopback (the token crosses the network in clear);
+    /// each is logged as a warning at start.
+    pub allow_insecure_control: bool,
 }
 
 impl Default for ControlConfig {
@@ -101,6 +104,7 @@ impl Default for ControlConfig {
             tls_ca: None,
             tls_client_cert: None,
             tls_client_key: None,
+            allow_insecure_control: false,
         }
     }
 }
@@ -109,11 +113,29 @@ impl Default for ControlConfig {
 #[serde(default)]
 pub struct HealthConfig {
     pub bind: SocketAddr,
+    /// Connections held at once; a new one past it closes the oldest idle one.
+    pub max_connections: usize,
+    /// A request head not complete by then closes its connection.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+}
+
+impl HealthConfig {
+    pub fn http_limits(&self) -> crate::http_server::HttpLimits {
+        crate::http_server::HttpLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { bind: SocketAddr::from(([127, 0, 0, 1], 7481)) }
+        HealthConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 7481)),
+            max_connections: 64,
+            header_read_timeout: crate::http_server::DEFAULT_HEADER_READ_TIMEOUT,
+        }
     }
 }
 

@@ -183,7 +183,7 @@ fn type_errors_do_not_hide_other_problems_or_invent_new_ones() {
     );
     // max_connections = 0 is only checked once the listener parses; a missing required
     // key is reported as such.
-    let text = "[control]\nendpoints = [\"http://cp\"]\n[listener.imap]\nprotocol = \"imap\"\nbind = []\n";
+    let text = "[control]\nendpoints = [\"http://127.0.0.1\"]\n[listener.imap]\nprotocol = \"imap\"\nbind = []\n";
     assert_eq!(problems(text), ["listener.imap: missing field `tls`"]);
 }
 

@@ -15,14 +15,21 @@ pub(super) fn validate(config: &Config, p: &mut Problems) {
     }
     check_log_level("node.log_level", &config.node.log_level, p);
     check_positive("node.metrics_interval", config.node.metrics_interval, p);
+    check_at_most("node.shutdown_grace", config.node.shutdown_grace, p);
+    check_http("health", &config.health.http_limits(), p);
 
     let control = &config.control;
     if control.endpoints.is_empty() {
         p.push("control.endpoints", "at least one control-plane URL is required");
     }
     for (i, url) in control.endpoints.iter().enumerate() {
+        let at = format!("control.endpoints[{i}]");
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            p.push(format!("control.endpoints[{i}]"), format!("{url:?} must start with http:// or https://"));
+            p.push(at, format!("{url:?} must start with http:// or https://"));
+        } else if cleartext_off_loopback(url) && !control.allow_insecure_control {
+            let why = "the node token would cross the network in clear: use https://, or set \
+                       control.allow_insecure_control = true";
+            p.push(at, format!("{url:?} is not loopback; {why}"));
         }
     }
     if control.node_token_env.is_empty() {
@@ -160,10 +167,48 @@ fn check_bind_conflicts(config: &Config, p: &mut Problems) {
     }
 }
 
+/// The longest duration any key takes. Past it timers and the route cache would fail at
+/// run time (moka refuses a TTL over 1000 years; `Instant + 1001y` panics); nothing a
+/// mail proxy waits for is longer.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Greater than zero and at most [`MAX_DURATION`].
+/// The limits of one of the small HTTP servers (`[health]` here, `[api]` on the control plane).
+pub fn check_http(section: &str, limits: &crate::http_server::HttpLimits, p: &mut Problems) {
+    if limits.max_connections < 2 {
+        p.push(format!("{section}.max_connections"), "must be at least 2");
+    }
+    check_positive(&format!("{section}.header_read_timeout"), limits.header_read_timeout, p);
+}
+
 pub fn check_positive(at: &str, d: Duration, p: &mut Problems) {
     if d.is_zero() {
         p.push(at, "must be greater than zero");
     }
+    check_at_most(at, d, p);
+}
+
+/// At most [`MAX_DURATION`] (zero allowed).
+pub fn check_at_most(at: &str, d: Duration, p: &mut Problems) {
+    if d > MAX_DURATION {
+        p.push(at, "must be at most 365d");
+    }
+}
+
+/// `http://` to anything but this host sends the node token in clear.
+pub fn cleartext_off_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return false;
+    };
+    if uri.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    };
+    !loopback
 }
 
 /// `log_level` is a level or an `EnvFilter` directive list (`warn,dataplane=debug`). A

@@ -37,6 +37,7 @@ fn router(shared: &Arc<Shared>, peers: &[&str]) -> axum::Router {
         peers: peers.iter().map(|p| p.to_string()).collect(),
         peer_ca: None,
         peer_timeout: std::time::Duration::from_secs(5),
+        allow_insecure_control: false,
     };
     let cluster = Arc::new(Cluster::new(&config, TOKEN).unwrap());
     super::super::router_in_cluster(Arc::clone(shared), cluster, TOKEN.into())

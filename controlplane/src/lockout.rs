@@ -1,6 +1,7 @@
-//! Per-client lockout for the management API: `lockout_threshold` failed bearer-token
-//! attempts from one address within `lockout_window` lock it out for `lockout_duration`,
-//! during which it gets 429 whatever token it sends.
+//! Per-client lockout for the management API and the gRPC port: `lockout_threshold`
+//! failed token attempts from one address within `lockout_window` lock it out for
+//! `lockout_duration`, during which it is refused (429, `RESOURCE_EXHAUSTED`) whatever
+//! token it sends.
 //!
 //! A success resets nothing: behind a shared NAT address an operator's good requests must
 //! not hand a guesser fresh attempts. Failures simply age out with their window.
@@ -12,13 +13,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::ApiConfig;
+/// When failures lock an address out: the `lockout_*` keys of `[api]` and `[grpc]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub threshold: u32,
+    pub window: Duration,
+    pub duration: Duration,
+}
 
 /// Addresses tracked at once; past it the stalest entry makes room, so a spray of source
 /// addresses cannot grow memory without bound.
 pub const MAX_CLIENTS: usize = 10_000;
 
 pub struct Lockout {
+    /// The warning logged when an address is locked out.
+    warning: &'static str,
     threshold: u32,
     window: Duration,
     duration: Duration,
@@ -35,15 +44,18 @@ struct Entry {
 }
 
 impl Lockout {
-    pub fn new(config: &ApiConfig) -> Self {
-        Lockout::with_capacity(config, MAX_CLIENTS)
+    /// `warning` says which door and which secret, e.g. "grpc: too many failed
+    /// node-token attempts; client locked out".
+    pub fn new(policy: Policy, warning: &'static str) -> Self {
+        Lockout::with_capacity(policy, warning, MAX_CLIENTS)
     }
 
-    fn with_capacity(config: &ApiConfig, capacity: usize) -> Self {
+    fn with_capacity(policy: Policy, warning: &'static str, capacity: usize) -> Self {
         Lockout {
-            threshold: config.lockout_threshold.max(1),
-            window: config.lockout_window,
-            duration: config.lockout_duration,
+            warning,
+            threshold: policy.threshold.max(1),
+            window: policy.window,
+            duration: policy.duration,
             capacity: capacity.max(1),
             clients: Mutex::new(HashMap::new()),
         }
@@ -84,7 +96,8 @@ impl Lockout {
                 failures = self.threshold,
                 window = ?self.window,
                 lockout = ?self.duration,
-                "management api: too many failed bearer-token attempts; client locked out"
+                "{}",
+                self.warning
             );
         }
         locked
@@ -135,13 +148,8 @@ mod tests {
     use super::*;
 
     fn lockout(threshold: u32, capacity: usize) -> Lockout {
-        let config = ApiConfig {
-            lockout_threshold: threshold,
-            lockout_window: Duration::from_secs(60),
-            lockout_duration: Duration::from_secs(300),
-            ..ApiConfig::default()
-        };
-        Lockout::with_capacity(&config, capacity)
+        let policy = Policy { threshold, window: Duration::from_secs(60), duration: Duration::from_secs(300) };
+        Lockout::with_capacity(policy, "test: locked out", capacity)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -233,7 +241,7 @@ mod router_tests {
         );
         let config = Config::from_toml_str(&toml).unwrap();
         let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
-        (super::super::router(Shared::new(config, store), TOKEN.into()), dir)
+        (crate::api::router(Shared::new(config, store), TOKEN.into()), dir)
     }
 
     /// Status and `Retry-After` of `GET path` from `client` (an IP address).
