@@ -3,7 +3,8 @@
 //! and at most `max_connections` connections at once. A connection past the cap closes the
 //! oldest one that is not in the middle of a request (a half-sent head, an idle keep-alive),
 //! so a flood of silent clients can neither use up the process's file descriptors nor keep
-//! a probe out; when every connection is busy, accepting waits (the kernel's backlog queues).
+//! a probe out. When every connection is in the middle of a request, a newcomer gets a
+//! `503` with `Retry-After` at once, never a wait of unknown length.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -46,9 +46,9 @@ where
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => break,
         };
-        let admitted = tokio::select! {
-            admitted = table.admit(limits.max_connections) => admitted,
-            _ = shutdown.cancelled() => break,
+        let Some(admitted) = table.admit(limits.max_connections) else {
+            connections.spawn(busy(io, peer));
+            continue;
         };
         let connection = Connection { table: Arc::clone(&table), admitted, peer, limits };
         connections.spawn(connection.serve(io, router.clone(), shutdown.clone()));
@@ -104,11 +104,35 @@ impl Connection {
     }
 }
 
+/// What a client gets when every connection is serving a request.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+/// How long the busy reply may take to be written.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads what the client sent first: closing a socket with unread bytes resets it, and
+/// the client would see a reset instead of the answer.
+async fn busy<I>(mut io: I, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tracing::debug!(%peer, "every http connection is busy; answering 503");
+    let mut head = [0u8; 4096];
+    let _ = tokio::time::timeout(BUSY_WAIT, async {
+        let _ = io.read(&mut head).await?;
+        io.write_all(BUSY).await?;
+        io.shutdown().await?;
+        while io.read(&mut head).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
 /// The open connections, oldest first.
 #[derive(Default)]
 struct Table {
     open: Mutex<(u64, BTreeMap<u64, Entry>)>,
-    freed: Notify,
 }
 
 struct Entry {
@@ -130,18 +154,8 @@ impl Table {
     }
 
     /// A place for a new connection: free, or taken from the oldest idle connection;
-    /// waits while every one of `max` connections is serving a request.
-    async fn admit(&self, max: usize) -> Admitted {
-        loop {
-            let freed = self.freed.notified();
-            if let Some(admitted) = self.try_admit(max) {
-                return admitted;
-            }
-            freed.await;
-        }
-    }
-
-    fn try_admit(&self, max: usize) -> Option<Admitted> {
+    /// none while every one of `max` connections is serving a request.
+    fn admit(&self, max: usize) -> Option<Admitted> {
         let mut guard = self.lock();
         let (next, open) = &mut *guard;
         if open.len() >= max {
@@ -159,7 +173,6 @@ impl Table {
 
     fn remove(&self, id: u64) {
         self.lock().1.remove(&id);
-        self.freed.notify_waiters();
     }
 }
 
@@ -186,14 +199,14 @@ mod tests {
     #[test]
     fn a_full_table_gives_the_oldest_idle_place_away_and_never_a_busy_one() {
         let table = Table::default();
-        let first = table.try_admit(2).unwrap();
-        let second = table.try_admit(2).unwrap();
+        let first = table.admit(2).unwrap();
+        let second = table.admit(2).unwrap();
         let _busy = Busy::enter(&first.busy);
-        let third = table.try_admit(2).expect("the idle second connection makes room");
+        let third = table.admit(2).expect("the idle second connection makes room");
         assert!(second.evicted.is_cancelled() && !first.evicted.is_cancelled());
         let _also_busy = Busy::enter(&third.busy);
-        assert!(table.try_admit(2).is_none(), "every connection is busy: wait");
+        assert!(table.admit(2).is_none(), "every connection is busy: the newcomer gets a 503");
         table.remove(first.id);
-        assert!(table.try_admit(2).is_some(), "a closed connection frees its place");
+        assert!(table.admit(2).is_some(), "a closed connection frees its place");
     }
 }

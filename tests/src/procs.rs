@@ -43,6 +43,13 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// `<bin> --config <toml> --check` (the config written to `dir`): (passed, stderr).
+pub fn check_config(dir: &Path, bin: &str, toml: &str) -> Result<(bool, String)> {
+    let path = write_file(dir, &format!("{bin}.toml"), toml)?;
+    let out = Command::new(binary(bin)?).arg("--config").arg(path).arg("--check").output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
 /// Writes `text` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
     let path = dir.join(name);

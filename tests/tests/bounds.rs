@@ -3,23 +3,14 @@
 //! overflows (`/stats` saturates), and node ids that connected once and left (forgotten
 //! after `server.node_retention`, so a holder of the node token cannot grow the table).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use switchyard_proto::v1 as pb;
 use switchyard_tests::eventually;
 use switchyard_tests::fleet::{controlplane_toml, listener_toml, ControlPlane, NODE_TOKEN};
-use switchyard_tests::procs::{binary, write_file};
+use switchyard_tests::procs::check_config;
 use switchyard_tests::simnodes::SimFleet;
-
-/// `<bin> --config <text> --check`: (passed, stderr).
-fn check(dir: &Path, bin: &str, toml: &str) -> Result<(bool, String)> {
-    let path = write_file(dir, &format!("{bin}.toml"), toml)?;
-    let out = Command::new(binary(bin)?).arg("--config").arg(path).arg("--check").output()?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
-}
 
 #[test]
 fn check_refuses_durations_past_their_bound_on_both_binaries() -> Result<()> {
@@ -28,7 +19,7 @@ fn check_refuses_durations_past_their_bound_on_both_binaries() -> Result<()> {
         .replace("[breaker]\n", "[breaker]\nlogin_timeout = \"1001y\"\n")
         .replace("[api]\n", "[api]\nlockout_duration = \"200y\"\n")
         + "[cache]\nmax_stale = \"1001y\"\npositive_ttl = \"5000y\"\n";
-    let (ok, stderr) = check(dir.path(), "controlplane", &cp)?;
+    let (ok, stderr) = check_config(dir.path(), "controlplane", &cp)?;
     ensure!(!ok, "a control plane with 1001-year durations must fail --check");
     for key in ["cache.max_stale", "cache.positive_ttl", "breaker.login_timeout", "api.lockout_duration"] {
         ensure!(stderr.contains(key), "{key} missing from:\n{stderr}");
@@ -38,7 +29,7 @@ fn check_refuses_durations_past_their_bound_on_both_binaries() -> Result<()> {
          resolve_timeout = \"300y\"\n[health]\nbind = \"127.0.0.1:0\"\n{}",
         listener_toml("imap", "imap", "preauth_timeout = \"1001y\"\nidle_timeout = \"1001y\"")
     );
-    let (ok, stderr) = check(dir.path(), "dataplane", &node)?;
+    let (ok, stderr) = check_config(dir.path(), "dataplane", &node)?;
     ensure!(!ok, "a node with 1001-year durations must fail --check");
     for key in [
         "node.shutdown_grace",

@@ -33,6 +33,10 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Many `POST /connections/kick` at once, each for an account name of about 1 KiB so that
 /// a few thousand fill a node's stream: its 256-message channel, the HTTP/2 send buffer
 /// and the node's flow-control window.
+/// The floods below hold thousands of API requests open at once, each waiting for node
+/// acks: past `api.max_connections` (512 by default) they would be answered 503.
+const FLOOD_CONNECTIONS: &str = "[api]\nmax_connections = 8192\n";
+
 struct Flood {
     answered: Arc<AtomicUsize>,
     /// Requests not answered within their bound.
@@ -102,7 +106,11 @@ async fn a_route_update_written_while_a_nodes_stream_is_full_reaches_it_without_
     // Heartbeats every 30 s: neither side's silence timer (90 s) ends the stream during the
     // test, so the update has to travel on the stream that was full.
     let cp = ControlPlane::start_edited(&[("legacy", legacy.imap_port()), ("new", new.imap_port())], "legacy", |t| {
-        t.replacen("heartbeat_interval = \"500ms\"", "heartbeat_interval = \"30s\"", 1)
+        t.replacen("heartbeat_interval = \"500ms\"", "heartbeat_interval = \"30s\"", 1).replacen(
+            "[api]\n",
+            FLOOD_CONNECTIONS,
+            1,
+        )
     })
     .await?;
     let api = cp.api();
@@ -193,7 +201,8 @@ impl DeafNode {
 async fn a_silent_node_behind_a_full_stream_is_detected_and_the_api_answers_within_ack_timeout() -> Result<()> {
     switchyard_tests::procs::raise_fd_limit(8_192)?;
     // Heartbeats every 500 ms: the control plane calls a node silent after 1.5 s.
-    let cp = ControlPlane::start(&[("legacy", 1)], "legacy").await?;
+    let cp =
+        ControlPlane::start_edited(&[("legacy", 1)], "legacy", |t| t.replacen("[api]\n", FLOOD_CONNECTIONS, 1)).await?;
     let api = cp.api();
     let deaf = DeafNode::connect(&cp.endpoint(), "dp-deaf").await?;
     eventually(WAIT, || async {

@@ -5,8 +5,6 @@
 //! operator means it, which is then logged as a warning.
 
 use std::net::IpAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -14,7 +12,7 @@ use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_client::ControlClient;
 use switchyard_tests::binfleet::BinFleet;
 use switchyard_tests::fleet::{controlplane_toml, listener_toml, ADMIN_TOKEN, NODE_TOKEN};
-use switchyard_tests::procs::{binary, write_file, Proc};
+use switchyard_tests::procs::{check_config, write_file, Proc};
 use switchyard_tests::{eventually, free_port};
 use tonic::transport::Endpoint;
 
@@ -24,13 +22,6 @@ fn node_toml(control: &str) -> String {
         "[node]\nid = \"dp-t\"\n[control]\n{control}\n[health]\nbind = \"127.0.0.1:0\"\n{}",
         listener_toml("imap", "imap", "")
     )
-}
-
-/// `<bin> --config <text> --check`: (passed, stderr).
-fn check(dir: &Path, bin: &str, toml: &str) -> Result<(bool, String)> {
-    let path = write_file(dir, &format!("{bin}.toml"), toml)?;
-    let out = Command::new(binary(bin)?).arg("--config").arg(path).arg("--check").output()?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 /// Waits until `proc` exits; its log.
@@ -100,29 +91,32 @@ async fn wrong_node_tokens_lock_their_address_out_of_grpc_and_no_other() -> Resu
 async fn cleartext_control_off_loopback_is_refused_unless_the_operator_opts_in() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let refused = node_toml("endpoints = [\"https://10.0.0.1:7400\", \"http://192.0.2.10:7400\"]");
-    let (ok, stderr) = check(dir.path(), "dataplane", &refused)?;
+    let (ok, stderr) = check_config(dir.path(), "dataplane", &refused)?;
     ensure!(!ok, "an http:// control endpoint off loopback must fail --check");
     ensure!(stderr.contains("control.endpoints[1]") && stderr.contains("allow_insecure_control"), "{stderr}");
     ensure!(!stderr.contains("control.endpoints[0]"), "https is fine: {stderr}");
     let loopback =
         node_toml("endpoints = [\"http://127.0.0.2:7400\", \"http://localhost:7400\", \"http://[::1]:7400\"]");
-    let (ok, stderr) = check(dir.path(), "dataplane", &loopback)?;
+    let (ok, stderr) = check_config(dir.path(), "dataplane", &loopback)?;
     ensure!(ok, "loopback control endpoints need no TLS: {stderr}");
     let opted = node_toml("endpoints = [\"http://192.0.2.10:7400\"]\nallow_insecure_control = true");
-    let (ok, stderr) = check(dir.path(), "dataplane", &opted)?;
+    let (ok, stderr) = check_config(dir.path(), "dataplane", &opted)?;
     ensure!(ok, "allow_insecure_control = true accepts it: {stderr}");
 
     let cp = |cluster: &str| {
         controlplane_toml(&dir.path().join("m.db"), &[("legacy", 143)], "legacy") + "[cluster]\n" + cluster
     };
-    let (ok, stderr) = check(dir.path(), "controlplane", &cp("peers = [\"http://192.0.2.20:7480\"]\n"))?;
+    let (ok, stderr) = check_config(dir.path(), "controlplane", &cp("peers = [\"http://192.0.2.20:7480\"]\n"))?;
     ensure!(!ok, "an http:// peer off loopback must fail --check");
     ensure!(stderr.contains("cluster.peers[0]") && stderr.contains("allow_insecure_control"), "{stderr}");
-    let (ok, stderr) =
-        check(dir.path(), "controlplane", &cp("peers = [\"http://127.0.0.1:7481\", \"https://192.0.2.20:7480\"]\n"))?;
+    let (ok, stderr) = check_config(
+        dir.path(),
+        "controlplane",
+        &cp("peers = [\"http://127.0.0.1:7481\", \"https://192.0.2.20:7480\"]\n"),
+    )?;
     ensure!(ok, "loopback http and https peers are fine: {stderr}");
     let opted = cp("peers = [\"http://192.0.2.20:7480\"]\nallow_insecure_control = true\n");
-    let (ok, stderr) = check(dir.path(), "controlplane", &opted)?;
+    let (ok, stderr) = check_config(dir.path(), "controlplane", &opted)?;
     ensure!(ok, "allow_insecure_control = true accepts it: {stderr}");
     Ok(())
 }
