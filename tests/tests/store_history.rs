@@ -183,12 +183,15 @@ async fn until_the_new_epoch_is_set_up_writes_and_readyz_are_503() -> Result<()>
 
     redis.transaction(&[&["FLUSHALL"], &["CONFIG", "SET", "min-replicas-to-write", "1"]])?;
     eventually(WAIT, || async {
-        let (code, body) = fleet.api().without_token().get("/readyz").await?;
+        let (code, body) = fleet.api().get("/readyz").await?;
         let text = body.as_str().unwrap_or_default();
         ensure!(code == 503 && text.contains("history"), "/readyz after FLUSHALL: {code} {body}");
         Ok(())
     })
     .await?;
+    // Without the admin token the probe learns only that the plane is not ready.
+    let (code, body) = fleet.api().without_token().get("/readyz").await?;
+    ensure!(code == 503 && body.as_str() == Some("not ready"), "/readyz without a token: {code} {body}");
     let (code, body) = fleet.api().put("/mappings/carol@example.test", json!({"destination": "new"})).await?;
     let message = body["error"].as_str().unwrap_or_default();
     ensure!(code == 503 && message.contains("history"), "a write before the new epoch: {code} {body}");
