@@ -391,3 +391,27 @@ async fn an_over_long_sasl_response_is_answered_and_the_session_goes_on() {
     assert_eq!(ask(&mut c, &format!("AUTH PLAIN {credential}\r\n")).await, "235 2.7.0 Authentication successful\r\n");
     assert_eq!(logins.load(Ordering::SeqCst), 1);
 }
+
+/// A backend outage is a temporary authentication failure like in the other login
+/// protocols: `454 4.7.0`, the session stays open for another try, and each try counts
+/// toward `max_auth_attempts` (2 here), so the backend attempts per connection stay bounded.
+#[tokio::test]
+async fn a_backend_outage_leaves_the_session_open_and_counts_as_an_attempt() {
+    let closed_port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (_node, mut c) = session(closed_port, true, true).await;
+    ask(&mut c, "EHLO c\r\n").await;
+    let auth = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "secret"));
+    assert_eq!(ask(&mut c, &auth).await, "454 4.7.0 Backend temporarily unavailable, try again later\r\n");
+    assert_eq!(ask(&mut c, "NOOP\r\n").await, "250 2.0.0 Ok\r\n", "the session is still open");
+    let mut second = ask(&mut c, &auth).await;
+    second.push_str(&read(&mut c).await);
+    assert_eq!(
+        second,
+        "454 4.7.0 Backend temporarily unavailable, try again later\r\n\
+         421 4.7.0 Too many authentication failures\r\n"
+    );
+    assert!(closed(&mut c).await);
+}
