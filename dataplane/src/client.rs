@@ -1,7 +1,8 @@
-//! The client leg's time bounds, shared by every protocol (the first piece of a
-//! `ClientConn`): a write waits for the client to read only until a deadline, a read never
-//! outlives its deadline even when the client always has bytes waiting, and the last words
-//! to a client the node closes get a short wait of their own.
+//! The client leg's time bounds, shared by every protocol: a write waits for the client to
+//! read only until a deadline, a read never outlives its deadline even when the client
+//! always has bytes waiting, and the last words to a client the node closes get a short
+//! wait of their own. The login protocols' client leg before authentication is
+//! [`ClientConn`].
 
 use std::time::Duration;
 
@@ -10,6 +11,10 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::bytes::BufMut;
 
 use crate::error::{Error, Result};
+
+mod conn;
+
+pub use conn::{ClientConn, Grammar, LoginOutcome, Parsed, Replay, Replies, Turn};
 
 /// How long a goodbye (timeout, limit, shutdown) and the closing handshake after it may
 /// wait for the client: a few bytes, which a client that still reads takes at once.

@@ -242,7 +242,7 @@ async fn every_protocol_fails_temporarily_when_its_destination_is_down() -> Resu
     assert!(submission.reply().await?.contains("AUTH PLAIN LOGIN"));
     let plain = base64::engine::general_purpose::STANDARD.encode("\0bob@example.test\0bobpw");
     submission.send(&format!("AUTH PLAIN {plain}\r\n")).await?;
-    assert_eq!(submission.reply().await?, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
+    assert_eq!(submission.reply().await?, "454 4.7.0 Backend temporarily unavailable, try again later\r\n");
     Ok(())
 }
 

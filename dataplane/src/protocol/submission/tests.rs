@@ -293,7 +293,7 @@ async fn rejected_credentials_count_and_do_not_trip_the_breaker() {
 }
 
 #[tokio::test]
-async fn an_unavailable_backend_or_control_plane_is_421_and_close() {
+async fn an_unavailable_backend_or_control_plane_is_454_and_the_session_stays_open() {
     let closed_port = {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
@@ -301,14 +301,14 @@ async fn an_unavailable_backend_or_control_plane_is_421_and_close() {
     let (node, mut c) = session(closed_port, true, true).await;
     ask(&mut c, "EHLO c\r\n").await;
     let auth = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "secret"));
-    assert_eq!(ask(&mut c, &auth).await, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
-    assert!(closed(&mut c).await);
+    assert_eq!(ask(&mut c, &auth).await, "454 4.7.0 Backend temporarily unavailable, try again later\r\n");
+    assert_eq!(ask(&mut c, "NOOP\r\n").await, "250 2.0.0 Ok\r\n", "the session stays open");
     assert!(node.breakers.health()[0].1.down, "threshold 2 with one retry: one login opens it");
 
     let (port, logins) = backend().await;
     let (_n, mut c) = session(port, false, true).await;
     ask(&mut c, "EHLO c\r\n").await;
-    assert_eq!(ask(&mut c, &auth).await, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
+    assert_eq!(ask(&mut c, &auth).await, "454 4.7.0 Backend temporarily unavailable, try again later\r\n");
     assert_eq!(logins.load(Ordering::SeqCst), 0, "never the default backend");
 }
 
@@ -322,7 +322,7 @@ impl Resolver for Ghost {
 }
 
 #[tokio::test]
-async fn a_mapping_to_an_undeclared_destination_is_421_never_the_default() {
+async fn a_mapping_to_an_undeclared_destination_is_454_never_the_default() {
     let (port, logins) = backend().await;
     let node = node_resolving(port, Arc::new(Ghost));
     let addr = serve(&node, listener(TlsMode::Plain, true), None).await;
@@ -330,8 +330,8 @@ async fn a_mapping_to_an_undeclared_destination_is_421_never_the_default() {
     read(&mut c).await;
     ask(&mut c, "EHLO c\r\n").await;
     let auth = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "secret"));
-    assert_eq!(ask(&mut c, &auth).await, "421 4.3.0 Backend temporarily unavailable, try again later\r\n");
-    assert!(closed(&mut c).await);
+    assert_eq!(ask(&mut c, &auth).await, "454 4.7.0 Backend temporarily unavailable, try again later\r\n");
+    assert_eq!(ask(&mut c, "NOOP\r\n").await, "250 2.0.0 Ok\r\n", "the session stays open");
     assert_eq!(logins.load(Ordering::SeqCst), 0, "the default destination's backend was never asked");
 }
 
