@@ -146,8 +146,7 @@ impl PreAuth for Session {
                     return Ok(End::StartTls);
                 }
                 "STARTTLS" => {
-                    let why =
-                        if self.conn.is_tls() { "TLS is already active" } else { "STARTTLS is not offered here" };
+                    let why = if self.conn.is_tls() { "TLS is already active" } else { "STARTTLS is not offered here" };
                     self.conn.answer(format!("{tag} BAD {why}\r\n").as_bytes()).await?
                 }
                 "LOGIN" => self.login(command).await?,
@@ -202,7 +201,10 @@ impl Session {
             return self.conn.answer(refusal.as_bytes()).await;
         }
         let [user, pass] = command.args.as_slice() else {
-            return self.conn.answer(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes()).await;
+            return self
+                .conn
+                .answer(format!("{tag} BAD LOGIN expects a user name and a password\r\n").as_bytes())
+                .await;
         };
         let (Some(user), Some(pass)) = (user.as_str(), pass.as_str()) else {
             return self.conn.answer(format!("{tag} BAD LOGIN arguments must be UTF-8 strings\r\n").as_bytes()).await;

@@ -133,7 +133,9 @@ impl PreAuth for Session {
                     self.conn.send(b"220 2.0.0 Ready to start TLS\r\n").await?;
                     return Ok(End::StartTls);
                 }
-                Command::StartTls if self.conn.is_tls() => self.conn.answer(b"503 5.5.1 TLS already active\r\n").await?,
+                Command::StartTls if self.conn.is_tls() => {
+                    self.conn.answer(b"503 5.5.1 TLS already active\r\n").await?
+                }
                 Command::StartTls => self.conn.answer(b"502 5.5.1 STARTTLS not offered\r\n").await?,
                 Command::Auth { mechanism, initial } => self.auth(&mechanism, initial).await?,
                 Command::Mail { .. } | Command::Rcpt { .. } | Command::Data => {
