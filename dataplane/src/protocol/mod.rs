@@ -5,6 +5,8 @@ pub mod lmtp;
 pub mod managesieve;
 pub mod pop3;
 pub mod submission;
+#[cfg(test)]
+pub mod testing;
 
 use crate::config::Protocol;
 use crate::pipeline::SessionCtx;

@@ -5,37 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenerConfig, TlsMode};
 use crate::node::Node;
-use crate::pipeline::SessionCtx;
-use crate::route::{Resolved, Resolver, RouteError};
-use crate::settings::FleetSettings;
+use crate::protocol::testing::{self, b64, read, say, serve, Table};
 use crate::tls::testing::TestTls;
-use crate::tls::TlsAcceptor;
-use switchyard_proto::v1 as pb;
 
 mod bounds;
 mod forwarding;
-
-struct Table(Option<HashMap<String, String>>);
-
-impl Resolver for Table {
-    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
-        let answer = match &self.0 {
-            None => Err(RouteError::Unavailable("control plane down".into())),
-            Some(t) => Ok(match t.get(&key) {
-                Some(d) => Resolved { destination: d.clone(), mapped: true },
-                None => Resolved { destination: "legacy".into(), mapped: false },
-            }),
-        };
-        async move { answer }.boxed()
-    }
-}
 
 /// A scripted IMAP backend offering SASL-IR: see [`backend_offering`].
 async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
@@ -96,10 +75,7 @@ async fn backend_offering(sasl_ir: bool) -> (u16, Arc<std::sync::atomic::AtomicU
 }
 
 fn listener_config(allow_plaintext_auth: bool) -> ListenerConfig {
-    let toml = format!(
-        "[listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = {allow_plaintext_auth}\nmax_auth_attempts = 2\n[control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
-    );
-    crate::config::Config::from_toml_str(&toml).unwrap().listener["imap"].clone()
+    testing::listener("imap", "imap", allow_plaintext_auth, "")
 }
 
 /// A node with destinations `legacy` (default) and `new`, both at `port`, and a client
@@ -118,71 +94,7 @@ async fn session(
 }
 
 fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
-    let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
-    let mut settings = crate::settings::tests::sample();
-    settings.breaker.as_mut().unwrap().failure_threshold = 2;
-    for d in &mut settings.destinations {
-        d.endpoints = vec![pb::Endpoint {
-            protocol: "imap".into(),
-            port: u32::from(port),
-            tls: "plain".into(),
-            ..Default::default()
-        }];
-    }
-    node.apply_settings(FleetSettings::try_from(settings).unwrap());
-    node
-}
-
-/// Serves IMAP for `node` on a fresh port, accepting implicit TLS first as the node's
-/// listener does.
-async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(node);
-    let config = Arc::new(config);
-    tokio::spawn(async move {
-        while let Ok((stream, client)) = listener.accept().await {
-            let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx = SessionCtx {
-                local: client,
-                tls,
-                node: Arc::clone(&served),
-                listener_id: "imap".into(),
-                listener,
-                client,
-                accepted: tokio::time::Instant::now(),
-            };
-            tokio::spawn(async move {
-                let stream = match ctx.listener.tls {
-                    TlsMode::Implicit => match ctx.accept_tls(stream.into(), ctx.preauth_deadline()).await {
-                        Ok(stream) => stream,
-                        Err(_) => return,
-                    },
-                    _ => stream.into(),
-                };
-                super::serve(ctx, stream).await;
-            });
-        }
-    });
-    addr
-}
-
-async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
-    line
-}
-
-async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
-    c.get_mut().write_all(s.as_bytes()).await.unwrap();
-}
-
-fn b64(user: &str, pass: &str) -> String {
-    crate::codec::sasl::encode_plain(&crate::codec::sasl::Credentials {
-        authzid: String::new(),
-        authcid: user.into(),
-        password: pass.into(),
-    })
+    testing::node("imap", port, Arc::new(Table(table)))
 }
 
 #[tokio::test]

@@ -4,41 +4,18 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use super::backend::literal_size;
-use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
+use crate::codec::sasl::decode_plain;
 use crate::config::ListenerConfig;
 use crate::node::Node;
-use crate::pipeline::SessionCtx;
-use crate::route::{Resolved, Resolver, RouteError};
-use crate::settings::FleetSettings;
-use crate::tls::TlsAcceptor;
-use switchyard_proto::v1 as pb;
+use crate::protocol::testing::{self, b64, read, rest, say, serve, Table};
 
 mod forwarding;
 mod tls;
-
-/// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.
-struct Table(Option<HashMap<String, String>>);
-
-impl Resolver for Table {
-    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
-        let answer = match &self.0 {
-            None => Err(RouteError::Unavailable("control plane down".into())),
-            Some(t) => Ok(match t.get(&key) {
-                Some(d) => Resolved { destination: d.clone(), mapped: true },
-                None => Resolved { destination: "legacy".into(), mapped: false },
-            }),
-        };
-        async move { answer }.boxed()
-    }
-}
 
 /// A scripted ManageSieve backend: accepts `alice`/`secret` over `AUTHENTICATE "PLAIN"`
 /// with an initial response, refuses password `literal` with a literal string, answers
@@ -94,10 +71,7 @@ async fn scripted(s: TcpStream, logins: Arc<AtomicU32>) {
 }
 
 fn listener(allow_plaintext_auth: bool, extra: &str) -> ListenerConfig {
-    let toml = format!(
-        "[listener.sieve]\nprotocol = \"managesieve\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = {allow_plaintext_auth}\nmax_auth_attempts = 2\n{extra}\n[control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
-    );
-    crate::config::Config::from_toml_str(&toml).unwrap().listener["sieve"].clone()
+    testing::listener("sieve", "managesieve", allow_plaintext_auth, extra)
 }
 
 /// A node with destinations `legacy` (default) and `new`, both at `port`, and a client
@@ -116,50 +90,7 @@ async fn session(
 
 /// A node with destinations `legacy` (default) and `new`, both at `port`.
 fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
-    let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
-    let mut settings = crate::settings::tests::sample();
-    settings.breaker.as_mut().unwrap().failure_threshold = 2;
-    for d in &mut settings.destinations {
-        let endpoint = pb::Endpoint {
-            protocol: "managesieve".into(),
-            port: u32::from(port),
-            tls: "plain".into(),
-            ..Default::default()
-        };
-        d.endpoints = vec![endpoint];
-    }
-    node.apply_settings(FleetSettings::try_from(settings).unwrap());
-    node
-}
-
-/// Serves ManageSieve for `node` on a fresh port with the node's certificates in `tls`.
-async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(node);
-    let config = Arc::new(config);
-    tokio::spawn(async move {
-        while let Ok((stream, client)) = listener.accept().await {
-            let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx = SessionCtx {
-                local: client,
-                tls,
-                node: Arc::clone(&served),
-                listener_id: "sieve".into(),
-                listener,
-                client,
-                accepted: tokio::time::Instant::now(),
-            };
-            tokio::spawn(super::serve(ctx, stream.into()));
-        }
-    });
-    addr
-}
-
-async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
-    line
+    testing::node("managesieve", port, Arc::new(Table(table)))
 }
 
 /// Lines through the next `OK`/`NO`/`BYE` status line.
@@ -172,20 +103,6 @@ async fn until_status<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
             return text;
         }
     }
-}
-
-async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
-    c.get_mut().write_all(s.as_bytes()).await.unwrap();
-}
-
-async fn rest<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
-    let mut rest = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut rest)).await.unwrap().unwrap();
-    rest
-}
-
-fn b64(user: &str, pass: &str) -> String {
-    encode_plain(&Credentials { authzid: String::new(), authcid: user.into(), password: pass.into() })
 }
 
 fn b64_text(s: &str) -> String {

@@ -6,39 +6,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 use super::split_command;
-use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
+use crate::codec::sasl::decode_plain;
 use crate::config::ListenerConfig;
 use crate::node::Node;
-use crate::pipeline::SessionCtx;
-use crate::route::{Resolved, Resolver, RouteError};
-use crate::settings::FleetSettings;
-use crate::tls::TlsAcceptor;
-use switchyard_proto::v1 as pb;
+use crate::protocol::testing::{self, b64, read, rest, say, serve, Table};
 
 mod forwarding;
 mod tls;
-
-/// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.
-struct Table(Option<HashMap<String, String>>);
-
-impl Resolver for Table {
-    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
-        let answer = match &self.0 {
-            None => Err(RouteError::Unavailable("control plane down".into())),
-            Some(t) => Ok(match t.get(&key) {
-                Some(d) => Resolved { destination: d.clone(), mapped: true },
-                None => Resolved { destination: "legacy".into(), mapped: false },
-            }),
-        };
-        async move { answer }.boxed()
-    }
-}
 
 /// A scripted POP3 backend: accepts `alice` with a password starting `secret` over
 /// `AUTH PLAIN` (initial response or continuation), then echoes each line as `+OK ECHO`.
@@ -88,10 +66,7 @@ async fn scripted(s: TcpStream, logins: Arc<AtomicU32>) {
 }
 
 fn listener(allow_plaintext_auth: bool, extra: &str) -> ListenerConfig {
-    let toml = format!(
-        "[listener.pop3]\nprotocol = \"pop3\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = {allow_plaintext_auth}\nmax_auth_attempts = 2\n{extra}\n[control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
-    );
-    crate::config::Config::from_toml_str(&toml).unwrap().listener["pop3"].clone()
+    testing::listener("pop3", "pop3", allow_plaintext_auth, extra)
 }
 
 /// A node with destinations `legacy` (default) and `new`, both at `port`, and a client
@@ -110,59 +85,7 @@ async fn session(
 
 /// A node with destinations `legacy` (default) and `new`, both at `port`.
 fn node(port: u16, table: Option<HashMap<String, String>>) -> Arc<Node> {
-    let node = Node::new("t".into(), Arc::new(Table(table)), CancellationToken::new());
-    let mut settings = crate::settings::tests::sample();
-    settings.breaker.as_mut().unwrap().failure_threshold = 2;
-    for d in &mut settings.destinations {
-        d.endpoints = vec![pb::Endpoint {
-            protocol: "pop3".into(),
-            port: u32::from(port),
-            tls: "plain".into(),
-            ..Default::default()
-        }];
-    }
-    node.apply_settings(FleetSettings::try_from(settings).unwrap());
-    node
-}
-
-/// Serves POP3 for `node` on a fresh port with the node's certificates in `tls`.
-async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(node);
-    let config = Arc::new(config);
-    tokio::spawn(async move {
-        while let Ok((stream, client)) = listener.accept().await {
-            let ctx = SessionCtx {
-                local: client,
-                tls: tls.clone(),
-                node: Arc::clone(&served),
-                listener_id: "pop3".into(),
-                listener: Arc::clone(&config),
-                client,
-                accepted: tokio::time::Instant::now(),
-            };
-            tokio::spawn(super::serve(ctx, stream.into()));
-        }
-    });
-    addr
-}
-
-async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
-    line
-}
-
-async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
-    c.get_mut().write_all(s.as_bytes()).await.unwrap();
-}
-
-/// Everything until the proxy closes the connection.
-async fn rest<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
-    let mut rest = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut rest)).await.unwrap().unwrap();
-    rest
+    testing::node("pop3", port, Arc::new(Table(table)))
 }
 
 /// A multi-line response through its terminating `.` line.
@@ -172,10 +95,6 @@ async fn multiline<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
         text.push_str(&read(c).await);
     }
     text
-}
-
-fn b64(user: &str, pass: &str) -> String {
-    encode_plain(&Credentials { authzid: String::new(), authcid: user.into(), password: pass.into() })
 }
 
 fn b64_text(s: &str) -> String {

@@ -10,33 +10,15 @@ use base64::Engine;
 use futures::future::{BoxFuture, FutureExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
-use crate::codec::sasl::{decode_plain, encode_plain, Credentials};
+use crate::codec::sasl::decode_plain;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::node::Node;
-use crate::pipeline::SessionCtx;
+use crate::protocol::testing::{self, b64 as plain, closed, read, serve, Table};
 use crate::route::{Resolved, Resolver, RouteError};
-use crate::settings::FleetSettings;
-use crate::tls::TlsAcceptor;
-use switchyard_proto::v1 as pb;
 
 mod forwarding;
 mod tls;
-
-/// Every account on `legacy` (the default), or no answer at all (control plane down).
-struct Table(bool);
-
-impl Resolver for Table {
-    fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
-        let answer = if self.0 {
-            Ok(Resolved { destination: "legacy".into(), mapped: false })
-        } else {
-            Err(RouteError::Unavailable("control plane down".into()))
-        };
-        async move { answer }.boxed()
-    }
-}
 
 /// A scripted submission server: EHLO, then `alice`/`secret` over AUTH PLAIN (or an
 /// XOAUTH2 token `good`), then each line echoed as `250 ECHO <line>`. Counts its logins.
@@ -118,76 +100,20 @@ async fn session(port: u16, control_plane_up: bool, allow_plaintext: bool) -> (A
     (node, client)
 }
 
+/// Every account on `legacy` (the default), or no answer at all (control plane down).
 fn node(port: u16, control_plane_up: bool) -> Arc<Node> {
-    node_resolving(port, Arc::new(Table(control_plane_up)))
+    node_resolving(port, Arc::new(Table(control_plane_up.then(Default::default))))
 }
 
 fn node_resolving(port: u16, resolver: Arc<dyn Resolver>) -> Arc<Node> {
-    let node = Node::new("t".into(), resolver, CancellationToken::new());
-    let mut settings = crate::settings::tests::sample();
-    settings.breaker.as_mut().unwrap().failure_threshold = 2;
-    for d in &mut settings.destinations {
-        d.endpoints = vec![pb::Endpoint {
-            protocol: "submission".into(),
-            port: u32::from(port),
-            tls: "plain".into(),
-            ..Default::default()
-        }];
-    }
-    node.apply_settings(FleetSettings::try_from(settings).unwrap());
-    node
+    testing::node("submission", port, resolver)
 }
 
 fn listener(tls: TlsMode, allow_plaintext: bool) -> ListenerConfig {
-    let toml = format!(
-        "[listener.s]\nprotocol = \"submission\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\n\
-         allow_plaintext_auth = {allow_plaintext}\nmax_auth_attempts = 2\n\
-         [control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
-    );
     // Parsed as plain: validation would want certificate files for the TLS modes.
-    let mut config = crate::config::Config::from_toml_str(&toml).unwrap().listener["s"].clone();
+    let mut config = testing::listener("s", "submission", allow_plaintext, "");
     config.tls = tls;
     config
-}
-
-/// Serves submission for `node` on a fresh port, accepting implicit TLS first as the
-/// node's listener does.
-async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let served = Arc::clone(node);
-    let config = Arc::new(config);
-    tokio::spawn(async move {
-        while let Ok((stream, client)) = listener.accept().await {
-            let (listener, tls) = (Arc::clone(&config), tls.clone());
-            let ctx = SessionCtx {
-                local: client,
-                tls,
-                node: Arc::clone(&served),
-                listener_id: "s".into(),
-                listener,
-                client,
-                accepted: tokio::time::Instant::now(),
-            };
-            tokio::spawn(async move {
-                let stream = match ctx.listener.tls {
-                    TlsMode::Implicit => match ctx.accept_tls(stream.into(), ctx.preauth_deadline()).await {
-                        Ok(stream) => stream,
-                        Err(_) => return,
-                    },
-                    _ => stream.into(),
-                };
-                super::serve(ctx, stream).await;
-            });
-        }
-    });
-    addr
-}
-
-async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
-    line
 }
 
 /// Sends `s` and reads one whole reply (every line of a multi-line one).
@@ -201,16 +127,6 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) -
             return reply;
         }
     }
-}
-
-fn plain(user: &str, pass: &str) -> String {
-    encode_plain(&Credentials { authzid: String::new(), authcid: user.into(), password: pass.into() })
-}
-
-async fn closed<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> bool {
-    let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.unwrap().unwrap();
-    rest.is_empty()
 }
 
 #[tokio::test]

@@ -71,12 +71,12 @@ async fn an_xclient_endpoint_gets_id_before_the_credentials() {
     let (port, lines) = imap_backend("OK ID completed").await;
     let mut c = client(&node("imap", port, "xclient"), false).await;
     let me = c.get_ref().local_addr().unwrap().port();
+    let proxy = c.get_ref().peer_addr().unwrap().port();
     assert_eq!(login(&mut c).await, "a1 OK Logged in\r\n");
     let seen = seen(&lines);
     let session = session_of(&seen[1]);
     assert_eq!(session.len(), 16, "a fresh session id: {session}");
-    // The test's listener reports the client's own address as the local one.
-    let id = id_line(("127.0.0.1", me), ("127.0.0.1", me), &session, 5);
+    let id = id_line(("127.0.0.1", me), ("127.0.0.1", proxy), &session, 5);
     assert_eq!(seen[..3], ["connected".to_string(), id, "S1 AUTHENTICATE PLAIN".into()]);
 }
 
@@ -124,11 +124,12 @@ async fn an_untrusted_clients_id_claims_are_ignored() {
     let (port, lines) = imap_backend("OK ID completed").await;
     let mut c = client(&node("imap", port, "xclient"), false).await;
     let me = c.get_ref().local_addr().unwrap().port();
+    let proxy = c.get_ref().peer_addr().unwrap().port();
     // A TTL of 1 would refuse the login if it were believed.
     upstream_id(&mut c, &UPSTREAM_ID.replace("\"x-proxy-ttl\" \"3\"", "\"x-proxy-ttl\" \"1\"")).await;
     assert_eq!(login(&mut c).await, "a1 OK Logged in\r\n");
     let seen = seen(&lines);
-    assert_eq!(seen[1], id_line(("127.0.0.1", me), ("127.0.0.1", me), &session_of(&seen[1]), 5));
+    assert_eq!(seen[1], id_line(("127.0.0.1", me), ("127.0.0.1", proxy), &session_of(&seen[1]), 5));
     assert_ne!(session_of(&seen[1]), "up-1");
 }
 

@@ -41,10 +41,11 @@ fn plain(user: &str, pass: &str) -> crate::codec::sasl::Credentials {
 #[tokio::test]
 async fn xclient_names_what_postfix_offers_then_ehlo_starts_over() {
     let (port, lines) = smtp_backend(POSTFIX, "220 scripted ESMTP").await;
-    let (_c, me) = login(port).await;
+    let (c, me) = login(port).await;
+    let proxy = c.get_ref().peer_addr().unwrap().port();
     let seen = seen(&lines);
     let xclient = format!(
-        "XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=127.0.0.1 PORT={me} DESTADDR=127.0.0.1 DESTPORT={me}"
+        "XCLIENT NAME=[UNAVAILABLE] REVERSE_NAME=[UNAVAILABLE] ADDR=127.0.0.1 PORT={me} DESTADDR=127.0.0.1 DESTPORT={proxy}"
     );
     assert_eq!(seen[..4], ["connected".to_string(), "EHLO t".into(), xclient, "EHLO t".into()]);
     assert!(seen[4].starts_with("AUTH PLAIN "), "{seen:?}");
