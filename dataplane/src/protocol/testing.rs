@@ -4,13 +4,15 @@
 //! line-level client helpers.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -65,6 +67,31 @@ pub fn listener(id: &str, protocol: &str, allow_plaintext_auth: bool, extra: &st
          [control]\nendpoints = [\"http://127.0.0.1:1\"]\n"
     );
     crate::config::Config::from_toml_str(&toml).unwrap().listener[id].clone()
+}
+
+/// A backend on port 0 serving each connection with `script`, which counts the logins it
+/// accepts in the counter returned.
+pub async fn scripted_backend<F, Fut>(script: F) -> (u16, Arc<AtomicU32>)
+where
+    F: Fn(TcpStream, Arc<AtomicU32>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let logins = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&logins);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(script(s, Arc::clone(&seen)));
+        }
+    });
+    (port, logins)
+}
+
+/// A port nothing listens on (bound once, then released).
+pub async fn closed_port() -> u16 {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    socket.local_addr().unwrap().port()
 }
 
 /// Serves `config` for `node` on a fresh port through the node's accept loop, with the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::config::{ListenerConfig, TlsMode};
 use crate::node::Node;
@@ -25,53 +25,44 @@ async fn backend() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
 /// each line back as `* ECHO <line>`. With `sasl_ir` its greeting offers SASL-IR and it
 /// insists on the initial response inline; without, on the continuation.
 async fn backend_offering(sasl_ir: bool) -> (u16, Arc<std::sync::atomic::AtomicU32>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let seen = Arc::clone(&logins);
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = listener.accept().await.unwrap();
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let greeting: &[u8] = match sasl_ir {
-                    true => b"* OK [CAPABILITY IMAP4rev1 SASL-IR] scripted\r\n",
-                    false => b"* OK [CAPABILITY IMAP4rev1] scripted\r\n",
-                };
-                w.write_all(greeting).await.unwrap();
-                let mut line = String::new();
-                r.read_line(&mut line).await.unwrap();
-                let payload = match line.strip_prefix("S1 AUTHENTICATE PLAIN ") {
-                    Some(payload) if sasl_ir => payload.to_owned(),
-                    _ => {
-                        assert_eq!(line, "S1 AUTHENTICATE PLAIN\r\n", "no initial response without SASL-IR");
-                        w.write_all(b"+ \r\n").await.unwrap();
-                        line.clear();
-                        r.read_line(&mut line).await.unwrap();
-                        line.clone()
-                    }
-                };
-                let creds = crate::codec::sasl::decode_plain(payload.trim_end().as_bytes()).unwrap();
-                if creds.authcid.to_lowercase().starts_with("alice") && creds.password == "secret" {
-                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    w.write_all(b"* CAPABILITY IMAP4rev1 IDLE\r\nS1 OK Logged in\r\n").await.unwrap();
-                } else {
-                    w.write_all(b"S1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").await.unwrap();
-                    return;
-                }
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    w.write_all(format!("* ECHO {line}").as_bytes()).await.unwrap();
-                }
-            });
+    testing::scripted_backend(move |s, seen| scripted(s, seen, sasl_ir)).await
+}
+
+async fn scripted(s: TcpStream, seen: Arc<std::sync::atomic::AtomicU32>, sasl_ir: bool) {
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    let greeting: &[u8] = match sasl_ir {
+        true => b"* OK [CAPABILITY IMAP4rev1 SASL-IR] scripted\r\n",
+        false => b"* OK [CAPABILITY IMAP4rev1] scripted\r\n",
+    };
+    w.write_all(greeting).await.unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    let payload = match line.strip_prefix("S1 AUTHENTICATE PLAIN ") {
+        Some(payload) if sasl_ir => payload.to_owned(),
+        _ => {
+            assert_eq!(line, "S1 AUTHENTICATE PLAIN\r\n", "no initial response without SASL-IR");
+            w.write_all(b"+ \r\n").await.unwrap();
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            line.clone()
         }
-    });
-    (port, logins)
+    };
+    let creds = crate::codec::sasl::decode_plain(payload.trim_end().as_bytes()).unwrap();
+    if creds.authcid.to_lowercase().starts_with("alice") && creds.password == "secret" {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        w.write_all(b"* CAPABILITY IMAP4rev1 IDLE\r\nS1 OK Logged in\r\n").await.unwrap();
+    } else {
+        w.write_all(b"S1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n").await.unwrap();
+        return;
+    }
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        w.write_all(format!("* ECHO {line}").as_bytes()).await.unwrap();
+    }
 }
 
 fn listener_config(allow_plaintext_auth: bool) -> ListenerConfig {
@@ -166,9 +157,7 @@ async fn a_wrong_password_is_the_backends_verdict_and_does_not_trip_the_breaker(
 
 #[tokio::test]
 async fn an_unreachable_backend_is_unavailable_and_opens_the_breaker() {
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = testing::closed_port().await;
     let (node, mut c) = session(port, Some(HashMap::new()), true).await;
     say(&mut c, "a LOGIN alice secret\r\n").await;
     assert!(read(&mut c).await.starts_with("a NO [UNAVAILABLE]"));

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::backend::literal_size;
 use crate::codec::sasl::decode_plain;
@@ -21,16 +21,7 @@ mod tls;
 /// with an initial response, refuses password `literal` with a literal string, answers
 /// XOAUTH2 with an error challenge, then echoes each line as `OK "ECHO <line>"`.
 async fn backend() -> (u16, Arc<AtomicU32>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let logins = Arc::new(AtomicU32::new(0));
-    let seen = Arc::clone(&logins);
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(scripted(s, Arc::clone(&seen)));
-        }
-    });
-    (port, logins)
+    testing::scripted_backend(scripted).await
 }
 
 async fn scripted(s: TcpStream, logins: Arc<AtomicU32>) {
@@ -200,9 +191,7 @@ async fn an_oauth_error_challenge_is_acknowledged_and_the_refusal_relayed() {
 
 #[tokio::test]
 async fn an_unreachable_backend_is_trylater_and_opens_the_breaker() {
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = testing::closed_port().await;
     let (node, mut c, _) = session(port, Some(HashMap::new()), listener(true, "")).await;
     say(&mut c, &format!("AUTHENTICATE \"PLAIN\" \"{}\"\r\n", b64("alice", "secret"))).await;
     assert_eq!(read(&mut c).await, "NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::split_command;
 use crate::codec::sasl::decode_plain;
@@ -21,16 +21,7 @@ mod tls;
 /// A scripted POP3 backend: accepts `alice` with a password starting `secret` over
 /// `AUTH PLAIN` (initial response or continuation), then echoes each line as `+OK ECHO`.
 async fn backend() -> (u16, Arc<AtomicU32>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let logins = Arc::new(AtomicU32::new(0));
-    let seen = Arc::clone(&logins);
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(scripted(s, Arc::clone(&seen)));
-        }
-    });
-    (port, logins)
+    testing::scripted_backend(scripted).await
 }
 
 async fn scripted(s: TcpStream, logins: Arc<AtomicU32>) {
@@ -176,9 +167,7 @@ async fn a_wrong_password_is_relayed_counted_and_does_not_trip_the_breaker() {
 
 #[tokio::test]
 async fn an_unreachable_backend_is_a_temporary_failure_and_opens_the_breaker() {
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = testing::closed_port().await;
     let (node, mut c) = session(port, Some(HashMap::new()), listener(true, "")).await;
     say(&mut c, "USER alice\r\nPASS secret\r\n").await;
     read(&mut c).await;

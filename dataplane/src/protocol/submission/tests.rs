@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use futures::future::{BoxFuture, FutureExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::codec::sasl::decode_plain;
 use crate::config::{ListenerConfig, TlsMode};
@@ -23,16 +23,7 @@ mod tls;
 /// A scripted submission server: EHLO, then `alice`/`secret` over AUTH PLAIN (or an
 /// XOAUTH2 token `good`), then each line echoed as `250 ECHO <line>`. Counts its logins.
 async fn backend() -> (u16, Arc<AtomicU32>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let logins = Arc::new(AtomicU32::new(0));
-    let seen = Arc::clone(&logins);
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(converse(s, Arc::clone(&seen)));
-        }
-    });
-    (port, logins)
+    testing::scripted_backend(converse).await
 }
 
 async fn next(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
@@ -210,10 +201,7 @@ async fn rejected_credentials_count_and_do_not_trip_the_breaker() {
 
 #[tokio::test]
 async fn an_unavailable_backend_or_control_plane_is_454_and_the_session_stays_open() {
-    let closed_port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed_port = testing::closed_port().await;
     let (node, mut c) = session(closed_port, true, true).await;
     ask(&mut c, "EHLO c\r\n").await;
     let auth = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "secret"));
@@ -313,10 +301,7 @@ async fn an_over_long_sasl_response_is_answered_and_the_session_goes_on() {
 /// toward `max_auth_attempts` (2 here), so the backend attempts per connection stay bounded.
 #[tokio::test]
 async fn a_backend_outage_leaves_the_session_open_and_counts_as_an_attempt() {
-    let closed_port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed_port = testing::closed_port().await;
     let (_node, mut c) = session(closed_port, true, true).await;
     ask(&mut c, "EHLO c\r\n").await;
     let auth = format!("AUTH PLAIN {}\r\n", plain("alice@example.test", "secret"));
