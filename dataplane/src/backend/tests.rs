@@ -12,9 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{BackendConn, Dialect, Login, Verdict};
+use super::{Dialect, Leg, Login, LoginDialect, Verdict};
 use crate::codec::mechanism::Credential;
-use crate::error::{Error, Result};
+use crate::error::{Blame, Result};
 use crate::identity::Identity;
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
@@ -32,15 +32,17 @@ const HANG_UP: u8 = 2;
 struct Minimal;
 
 impl Dialect for Minimal {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.read_line().await.map(drop)
+    async fn greet(&mut self, leg: &mut Leg) -> Result<()> {
+        leg.read_line().await.map(drop)
     }
 
-    async fn starttls(&self, _conn: &mut BackendConn) -> Result<()> {
+    async fn starttls(&mut self, _leg: &mut Leg) -> Result<()> {
         unreachable!("the endpoint is plain")
     }
+}
 
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+impl LoginDialect for Minimal {
+    async fn authenticate(&mut self, conn: &mut Leg, credential: &Credential) -> Result<Verdict> {
         conn.send(format!("S1 AUTHENTICATE PLAIN {}\r\n", credential.replay().1).as_bytes()).await?;
         let line = conn.read_line().await?;
         Ok(Verdict { accepted: line.starts_with(b"S1 OK"), lines: vec![line] })
@@ -130,10 +132,10 @@ fn ctx(backend: &Scripted, threshold: u32) -> SessionCtx {
 /// One login; `Ok(true)` for a verdict (always a rejection here), else the error text.
 async fn login(ctx: &SessionCtx) -> std::result::Result<bool, String> {
     let identity = Identity::new(ctx.client, ctx.local);
-    match ctx.login(&Minimal, &Credential::password("alice", "secret"), &identity).await {
+    match ctx.login(&mut Minimal, &Credential::password("alice", "secret"), &identity).await {
         Ok(Login::Rejected(_)) => Ok(true),
         Ok(Login::Accepted { .. }) => Ok(false),
-        Err(e @ Error::Unavailable { .. }) => Err(e.to_string()),
+        Err(e) if e.blame() != Blame::Client => Err(e.to_string()),
         Err(e) => panic!("not a temporary failure: {e}"),
     }
 }

@@ -264,7 +264,7 @@ impl Session {
 
     /// Steps 4–6 through the shared pipeline; the verdict is relayed under the client's tag.
     async fn replay(&mut self, tag: &str, credential: Credential) -> Result<Outcome> {
-        match self.ctx.login(&Imap::default(), &credential, &self.identity).await {
+        match self.ctx.login(&mut Imap::default(), &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.relay(tag, &verdict).await?;
                 Ok(Outcome::Authenticated(route, backend))

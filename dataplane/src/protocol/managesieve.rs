@@ -262,7 +262,7 @@ impl Session {
 
     /// Steps 4–6 through the shared pipeline; the verdict is relayed as the backend sent it.
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
-        match self.ctx.login(&ManageSieve::default(), &credential, &self.identity).await {
+        match self.ctx.login(&mut ManageSieve::default(), &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.send(&verdict.to_wire()).await?;
                 Ok(Outcome::Authenticated(route, backend))

@@ -194,8 +194,8 @@ impl Session {
 
     /// Steps 4–6 through the shared pipeline; the backend's reply is relayed as is.
     async fn replay(&mut self, credential: Credential) -> Result<Outcome> {
-        let dialect = Submission::new(self.ctx.node.id.clone());
-        match self.ctx.login(&dialect, &credential, &self.identity).await {
+        let mut dialect = Submission::new(self.ctx.node.id.clone());
+        match self.ctx.login(&mut dialect, &credential, &self.identity).await {
             Ok(Login::Accepted { route, backend, verdict }) => {
                 self.send(&verdict.to_wire()).await?;
                 Ok(Outcome::Authenticated(route, backend))
