@@ -74,7 +74,7 @@ impl Leg {
         let mut buf = [0u8; 4096];
         let n = match timeout_at(self.deadline, self.stream.read(&mut buf)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(self.broken(format!("read: {e}"))),
+            Ok(Err(e)) => return Err(self.failed("read", e)),
             Err(_) => return Err(Error::backend_timeout(&self.destination, "no reply in time")),
         };
         if n == 0 {
@@ -89,8 +89,17 @@ impl Leg {
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         match timeout_at(self.deadline, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.broken(format!("write: {e}"))),
+            Ok(Err(e)) => Err(self.failed("write", e)),
             Err(_) => Err(Error::backend_timeout(&self.destination, "not reading in time")),
+        }
+    }
+
+    /// A read or write on the stream failed; the system's own timeout (the backend's
+    /// host stopped acknowledging) is a timeout like the step's deadline.
+    fn failed(&self, what: &str, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => Error::backend_timeout(&self.destination, format!("{what}: {e}")),
+            _ => self.broken(format!("{what}: {e}")),
         }
     }
 
@@ -107,21 +116,23 @@ impl Leg {
     }
 }
 
-/// A logged-in backend leg and the account's session registration, for the bridge.
-pub struct BackendConn {
-    leg: Leg,
-    /// The account's session registration, taken before the route was looked up; the
-    /// bridge keeps it, so a kick reaches the session from the lookup to its end. Boxed:
-    /// it would make every login outcome carrying a connection much larger than the others.
-    kick: Box<KickHandle>,
-}
+/// A logged-in backend leg and the account's session registration, for the bridge. Boxed:
+/// the two would make every login outcome carrying a connection much larger than the others.
+pub struct BackendConn(Box<(Leg, KickHandle)>);
 
 impl BackendConn {
+    /// `kick` is the account's session registration, taken before the route was looked up;
+    /// the bridge keeps it, so a kick reaches the session from the lookup to its end.
+    fn new(leg: Leg, kick: KickHandle) -> Self {
+        Self(Box::new((leg, kick)))
+    }
+
     /// The stream, whatever the backend already sent past the verdict, and the session's
     /// registration.
     pub fn into_parts(self) -> (MaybeTls, Vec<u8>, KickHandle) {
-        let (stream, rest) = self.leg.into_parts();
-        (stream, rest, *self.kick)
+        let (leg, kick) = *self.0;
+        let (stream, rest) = leg.into_parts();
+        (stream, rest, kick)
     }
 }
 
@@ -167,11 +178,7 @@ pub trait Dialect: Send {
 /// A login protocol's dialect: establishment, then the credential.
 pub trait LoginDialect: Dialect {
     /// Sends the credential as one SASL command and reads the verdict.
-    fn authenticate(
-        &mut self,
-        leg: &mut Leg,
-        credential: &Credential,
-    ) -> impl Future<Output = Result<Verdict>> + Send;
+    fn authenticate(&mut self, leg: &mut Leg, credential: &Credential) -> impl Future<Output = Result<Verdict>> + Send;
 }
 
 /// How a login ended at the backend.
@@ -235,7 +242,7 @@ impl SessionCtx {
         let answer = dialect.authenticate(&mut leg, credential).await;
         let verdict = settle(permit, answer, wait)?;
         if verdict.accepted {
-            Ok(Login::Accepted { route, backend: BackendConn { leg, kick: Box::new(kick) }, verdict })
+            Ok(Login::Accepted { route, backend: BackendConn::new(leg, kick), verdict })
         } else {
             tracing::debug!(destination = %route.destination.id, "backend rejected the credentials");
             Ok(Login::Rejected(verdict))
@@ -258,19 +265,18 @@ impl SessionCtx {
         let (stream, permit) = seen.connect(route).await?;
         let deadline = Instant::now() + route.settings.breaker.connect_timeout;
         let leg = Leg::new(stream, deadline, &route.destination.id);
-        match self.set_up(route, dialect, leg, identity).await {
-            Ok(leg) => Ok((leg, permit)),
-            Err(e) => {
-                if e.blame() == Blame::Backend {
-                    permit.failure();
-                }
-                Err(e)
-            }
-        }
+        let set_up = self.set_up(route, dialect, leg, identity).await;
+        settle_set_up(permit, set_up)
     }
 
     /// The dialect's steps of [`Self::establish`] on a connected leg.
-    async fn set_up<D: Dialect>(&self, route: &Route, dialect: &mut D, mut leg: Leg, identity: &Identity) -> Result<Leg> {
+    async fn set_up<D: Dialect>(
+        &self,
+        route: &Route,
+        dialect: &mut D,
+        mut leg: Leg,
+        identity: &Identity,
+    ) -> Result<Leg> {
         dialect.greet(&mut leg).await?;
         if route.endpoint.tls == TlsMode::Starttls {
             leg = self.starttls(route, dialect, leg).await?;
@@ -291,6 +297,21 @@ impl SessionCtx {
         leg.stream = self.backend_tls(route, leg.stream).await?;
         dialect.after_tls(&mut leg).await?;
         Ok(leg)
+    }
+}
+
+/// Settles an establishment's breaker permit by its error's blame: a backend that could
+/// not be set up is a failure; the node's own fault (its client certificate) or anyone
+/// else's leaves the permit unsettled. A leg that is set up keeps its permit unsettled.
+fn settle_set_up(permit: Permit, set_up: Result<Leg>) -> Result<(Leg, Permit)> {
+    match set_up {
+        Ok(leg) => Ok((leg, permit)),
+        Err(e) if e.blame() == Blame::Backend => {
+            permit.failure();
+            Err(e)
+        }
+        // Dropped unsettled: a probe lets the next session probe instead.
+        Err(e) => Err(e),
     }
 }
 

@@ -41,7 +41,8 @@ impl Smtp {
         if reply.code != 250 {
             return Err(unexpected(leg, "hello reply", &reply));
         }
-        self.offered = Some(Offered { extensions: Extensions::from_ehlo(&reply), xclient: wire::xclient_attributes(&reply) });
+        self.offered =
+            Some(Offered { extensions: Extensions::from_ehlo(&reply), xclient: wire::xclient_attributes(&reply) });
         Ok(())
     }
 }
@@ -80,7 +81,8 @@ impl Dialect for Smtp {
         let offered = self.offered.as_ref().map(|o| o.xclient.as_slice()).unwrap_or_default();
         let Some(command) = identity.smtp_xclient(offered) else {
             return Ok(Forwarded::Declined(
-                "the hello reply offers no XCLIENT ADDR (smtpd_authorized_xclient_hosts, login_trusted_networks?)".into(),
+                "the hello reply offers no XCLIENT ADDR (smtpd_authorized_xclient_hosts, login_trusted_networks?)"
+                    .into(),
             ));
         };
         tracing::debug!(session = %identity.session, "forwarding the client identity with XCLIENT");

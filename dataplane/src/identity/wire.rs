@@ -140,12 +140,7 @@ pub async fn send_imap_id(conn: &mut Leg, identity: &Identity) -> Result<Forward
 
 /// Sends Dovecot's `XCLIENT` and reads its one status line: `ok` (`+OK`, `OK`) or `no`
 /// (`-ERR`, `NO`); anything else breaks the protocol.
-pub async fn send_dovecot_xclient(
-    conn: &mut Leg,
-    identity: &Identity,
-    ok: &[u8],
-    no: &[u8],
-) -> Result<Forwarded> {
+pub async fn send_dovecot_xclient(conn: &mut Leg, identity: &Identity, ok: &[u8], no: &[u8]) -> Result<Forwarded> {
     conn.send(identity.dovecot_xclient().as_bytes()).await?;
     let reply = conn.read_line().await?;
     if status_is(&reply, ok) {
