@@ -7,6 +7,7 @@
 //! client is, and for a login ([`LoginDialect`]) how one SASL command is sent and answered.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -228,7 +229,7 @@ impl SessionCtx {
     /// One try at steps 5–6 for `key`, registered as `kick`.
     async fn attempt<D: LoginDialect>(
         &self,
-        settings: &std::sync::Arc<FleetSettings>,
+        settings: &Arc<FleetSettings>,
         key: &str,
         kick: KickHandle,
         dialect: &mut D,

@@ -113,3 +113,48 @@ pub async fn read_reply(leg: &mut Leg) -> Result<Reply> {
 pub fn unexpected(leg: &Leg, what: &str, reply: &Reply) -> Error {
     leg.broken(format!("unexpected {what} {:?}", reply.excerpt()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Blame;
+    use crate::tls::MaybeTls;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::{Duration, Instant};
+
+    /// A leg to a server that sends `script` and returns everything it read once the leg
+    /// is dropped.
+    async fn leg(script: &'static [u8]) -> (Leg, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(script).await.unwrap();
+            let mut read = Vec::new();
+            let _ = s.read_to_end(&mut read).await;
+            read
+        });
+        let stream = MaybeTls::Plain(TcpStream::connect(addr).await.unwrap());
+        (Leg::new(stream, Instant::now() + Duration::from_secs(5), "d"), server)
+    }
+
+    #[tokio::test]
+    async fn starttls_is_not_asked_of_a_server_whose_hello_does_not_offer_it() {
+        let (mut leg, server) = leg(b"220 scripted\r\n250-scripted\r\n250 AUTH PLAIN\r\n").await;
+        let mut smtp = Smtp::new("EHLO t".into());
+        smtp.greet(&mut leg).await.unwrap();
+        let e = smtp.starttls(&mut leg).await.unwrap_err();
+        assert_eq!(e.blame(), Blame::Backend);
+        assert!(e.to_string().contains("offers no STARTTLS"), "{e}");
+        drop(leg);
+        assert_eq!(server.await.unwrap(), b"EHLO t\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_is_no_reply_is_the_backends_fault() {
+        let (mut leg, _server) = leg(b"220 scripted\r\nnot a reply\r\n").await;
+        let e = Smtp::new("LHLO t".into()).greet(&mut leg).await.unwrap_err();
+        assert_eq!(e.blame(), Blame::Backend, "{e}");
+    }
+}

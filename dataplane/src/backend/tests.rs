@@ -264,3 +264,35 @@ async fn an_establishment_fails_its_permit_only_for_the_backends_fault() {
         assert_eq!(breaker.health().consecutive_failures, failures, "{case}");
     }
 }
+
+/// A leg to a server that sends `script`, then closes (`close`) or stays silent.
+async fn scripted_leg(script: &'static [u8], close: bool, deadline: Duration) -> Leg {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(script).await.unwrap();
+        if !close {
+            let mut buf = [0u8; 64];
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        }
+    });
+    let stream = crate::tls::MaybeTls::Plain(tokio::net::TcpStream::connect(addr).await.unwrap());
+    Leg::new(stream, tokio::time::Instant::now() + deadline, "legacy")
+}
+
+#[tokio::test]
+async fn the_legs_own_errors_are_the_backends_and_only_silence_is_a_timeout() {
+    let mut closed = scripted_leg(b"* OK hi\r\n", true, Duration::from_secs(5)).await;
+    assert_eq!(closed.read_line().await.unwrap(), b"* OK hi");
+    let e = closed.read_line().await.unwrap_err();
+    assert_eq!((e.blame(), e.timed_out()), (Blame::Backend, false), "{e}");
+
+    let mut silent = scripted_leg(b"", false, Duration::from_millis(50)).await;
+    let e = silent.read_line().await.unwrap_err();
+    assert_eq!((e.blame(), e.timed_out()), (Blame::Backend, true), "{e}");
+
+    let mut oversized = scripted_leg(b"", false, Duration::from_secs(5)).await;
+    let e = oversized.read_exact(super::MAX_LINE + 1).await.unwrap_err();
+    assert_eq!((e.blame(), e.timed_out()), (Blame::Backend, false), "{e}");
+}
