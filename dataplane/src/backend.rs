@@ -1,10 +1,13 @@
-//! The backend leg of a login, shared by every protocol: connect through the breaker,
-//! read the greeting, replay the credential, and hand the connection to the bridge.
+//! The backend leg, shared by every protocol: connect through the breaker, read the
+//! greeting, upgrade with STARTTLS, forward the client's identity ([`SessionCtx::establish`],
+//! also the start of an SMTP/LMTP delivery), then for a login replay the credential and
+//! hand the connection to the bridge.
 //!
 //! A protocol supplies only its [`Dialect`]: how its backend greets, how it is told who the
-//! client is, and how one SASL command is sent and answered.
+//! client is, and for a login ([`LoginDialect`]) how one SASL command is sent and answered.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,12 +17,14 @@ use crate::breaker::Permit;
 use crate::codec::line::LineBuffer;
 use crate::codec::mechanism::Credential;
 use crate::config::{Forwarding, TlsMode};
-use crate::error::{Error, Result};
+use crate::error::{Blame, Error, Result};
 use crate::identity::{Forwarded, Identity};
-use crate::pipeline::{BackendTlsError, Route, SessionCtx};
+use crate::pipeline::{Route, SessionCtx};
 use crate::sessions::KickHandle;
-use crate::settings::{BreakerSettings, FleetSettings};
+use crate::settings::FleetSettings;
 use crate::tls::MaybeTls;
+
+pub mod smtp;
 
 /// The backend's longest acceptable response line (capability lists can be long).
 const MAX_LINE: usize = 64 * 1024;
@@ -28,26 +33,25 @@ const MAX_LINE: usize = 64 * 1024;
 /// before the backend's verdict reached the client.
 const LOGIN_ROUNDS: usize = 3;
 
-/// A backend connection while the proxy still speaks to it line by line.
-pub struct BackendConn {
+/// A backend connection while the proxy still speaks to it line by line. Every error it
+/// returns is the backend's ([`Blame::Backend`]): a read past the step's deadline, a close,
+/// a line too long, a failed write.
+pub struct Leg {
     stream: MaybeTls,
     lines: LineBuffer,
     deadline: Instant,
-    /// The account's session registration, taken before the route was looked up; the
-    /// bridge keeps it, so a kick reaches the session from the lookup to its end. Boxed:
-    /// it would make every login outcome carrying a connection much larger than the others.
-    kick: Box<KickHandle>,
+    destination: String,
 }
 
-impl BackendConn {
-    fn new(stream: MaybeTls, deadline: Instant, kick: KickHandle) -> Self {
-        Self { stream, lines: LineBuffer::new(MAX_LINE), deadline, kick: Box::new(kick) }
+impl Leg {
+    fn new(stream: MaybeTls, deadline: Instant, destination: &str) -> Self {
+        Self { stream, lines: LineBuffer::new(MAX_LINE), deadline, destination: destination.to_owned() }
     }
 
     /// The next line without CRLF, before the current step's deadline.
     pub async fn read_line(&mut self) -> Result<Vec<u8>> {
         loop {
-            if let Some(line) = self.lines.next_line().map_err(|e| Error::Client(format!("backend: {e}")))? {
+            if let Some(line) = self.lines.next_line().map_err(|e| self.broken(e))? {
                 return Ok(line);
             }
             self.fill().await?;
@@ -57,7 +61,7 @@ impl BackendConn {
     /// Exactly `n` bytes (a literal inside a response), bounded like a line.
     pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>> {
         if n > MAX_LINE {
-            return Err(Error::Client(format!("backend: literal of {n} bytes exceeds {MAX_LINE}")));
+            return Err(self.broken(format!("literal of {n} bytes exceeds {MAX_LINE}")));
         }
         loop {
             if let Some(body) = self.lines.take_exact(n) {
@@ -69,11 +73,13 @@ impl BackendConn {
 
     async fn fill(&mut self) -> Result<()> {
         let mut buf = [0u8; 4096];
-        let n = timeout_at(self.deadline, self.stream.read(&mut buf))
-            .await
-            .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+        let n = match timeout_at(self.deadline, self.stream.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(self.failed("read", e)),
+            Err(_) => return Err(Error::backend_timeout(&self.destination, "no reply in time")),
+        };
         if n == 0 {
-            return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            return Err(self.broken("closed the connection"));
         }
         self.lines.push(&buf[..n]);
         Ok(())
@@ -82,17 +88,52 @@ impl BackendConn {
     /// Writes `bytes` before the current step's deadline: a backend that stops reading
     /// holds the login no longer than one that stops answering.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        timeout_at(self.deadline, self.stream.write_all(bytes))
-            .await
-            .map_err(|_| Error::Io(std::io::ErrorKind::TimedOut.into()))??;
-        Ok(())
+        match timeout_at(self.deadline, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.failed("write", e)),
+            Err(_) => Err(Error::backend_timeout(&self.destination, "not reading in time")),
+        }
+    }
+
+    /// A read or write on the stream failed; the system's own timeout (the backend's
+    /// host stopped acknowledging) is a timeout like the step's deadline.
+    fn failed(&self, what: &str, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => Error::backend_timeout(&self.destination, format!("{what}: {e}")),
+            _ => self.broken(format!("{what}: {e}")),
+        }
+    }
+
+    /// The backend broke its protocol (`reason` says how): a dialect's error for a reply
+    /// it cannot use.
+    pub fn broken(&self, reason: impl std::fmt::Display) -> Error {
+        Error::backend(&self.destination, reason)
+    }
+
+    /// The stream and whatever the backend already sent past the last line read.
+    pub fn into_parts(mut self) -> (MaybeTls, Vec<u8>) {
+        let rest = self.lines.take_remaining();
+        (self.stream, rest)
+    }
+}
+
+/// A logged-in backend leg and the account's session registration, for the bridge. Boxed:
+/// the two would make every login outcome carrying a connection much larger than the others.
+pub struct BackendConn(Box<(Leg, KickHandle)>);
+
+impl BackendConn {
+    /// `kick` is the account's session registration, taken before the route was looked up;
+    /// the bridge keeps it, so a kick reaches the session from the lookup to its end.
+    fn new(leg: Leg, kick: KickHandle) -> Self {
+        Self(Box::new((leg, kick)))
     }
 
     /// The stream, whatever the backend already sent past the verdict, and the session's
     /// registration.
-    pub fn into_parts(mut self) -> (MaybeTls, Vec<u8>, KickHandle) {
-        let rest = self.lines.take_remaining();
-        (self.stream, rest, *self.kick)
+    pub fn into_parts(self) -> (MaybeTls, Vec<u8>, KickHandle) {
+        let (leg, kick) = *self.0;
+        let (stream, rest) = leg.into_parts();
+        (stream, rest, kick)
     }
 }
 
@@ -111,33 +152,34 @@ impl Verdict {
     }
 }
 
-/// A protocol's side of the backend conversation.
-pub trait Dialect: Sync {
+/// A protocol's side of establishing a backend leg: what it learns on the way (offered
+/// capabilities) is its own state, kept in plain fields from one step to the next.
+pub trait Dialect: Send {
     /// Reads the greeting (and does whatever must precede authentication). An error means
     /// the backend is not healthy and counts against its breaker.
-    fn greet(&self, conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send;
+    fn greet(&mut self, leg: &mut Leg) -> impl Future<Output = Result<()>> + Send;
     /// Sends the protocol's STARTTLS and reads its go-ahead.
-    fn starttls(&self, conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send;
+    fn starttls(&mut self, leg: &mut Leg) -> impl Future<Output = Result<()>> + Send;
     /// What the protocol redoes once TLS is up (SMTP's EHLO, ManageSieve's capabilities).
-    fn after_tls(&self, _conn: &mut BackendConn) -> impl Future<Output = Result<()>> + Send {
+    fn after_tls(&mut self, _leg: &mut Leg) -> impl Future<Output = Result<()>> + Send {
         std::future::ready(Ok(()))
     }
     /// Tells the backend who the client is (IMAP `ID`, `XCLIENT`) on an endpoint with
     /// `forwarding = "xclient"`, once greeted and encrypted. A backend that does not offer
     /// or refuses it is `Declined`, not an error; an error breaks the establishment.
     fn forward_identity(
-        &self,
-        _conn: &mut BackendConn,
+        &mut self,
+        _leg: &mut Leg,
         _identity: &Identity,
     ) -> impl Future<Output = Result<Forwarded>> + Send {
         std::future::ready(Ok(Forwarded::Declined("the protocol has no identity command".into())))
     }
+}
+
+/// A login protocol's dialect: establishment, then the credential.
+pub trait LoginDialect: Dialect {
     /// Sends the credential as one SASL command and reads the verdict.
-    fn authenticate(
-        &self,
-        conn: &mut BackendConn,
-        credential: &Credential,
-    ) -> impl Future<Output = Result<Verdict>> + Send;
+    fn authenticate(&mut self, leg: &mut Leg, credential: &Credential) -> impl Future<Output = Result<Verdict>> + Send;
 }
 
 /// How a login ended at the backend.
@@ -148,13 +190,19 @@ pub enum Login {
 
 impl SessionCtx {
     /// Steps 4–6: route the credential's account, establish the backend session as
-    /// `identity` and replay the credential. `Err` is a temporary failure for the client.
+    /// `identity` and replay the credential. `Err` is a temporary failure for the client,
+    /// except a [`Blame::Client`] one (the credential names no usable account).
     ///
     /// The account's session is registered before its route is looked up: a kick (the
     /// last step of a move) that arrives before the backend's verdict drops the attempt,
     /// closing its backend connection, and the login starts over on the route as it is now;
     /// one that arrives later closes the bridged session.
-    pub async fn login<D: Dialect>(&self, dialect: &D, credential: &Credential, identity: &Identity) -> Result<Login> {
+    pub async fn login<D: LoginDialect>(
+        &self,
+        dialect: &mut D,
+        credential: &Credential,
+        identity: &Identity,
+    ) -> Result<Login> {
         let identifier =
             credential.identifier().ok_or_else(|| Error::Client("the credential names no account".into()))?;
         if identity.looped() {
@@ -166,12 +214,12 @@ impl SessionCtx {
             let kick = self.node.sessions.register(&key, &self.node.kill_sessions);
             let kicked = kick.token.clone();
             tokio::select! {
-                login = self.attempt(&settings, &key, kick, dialect, credential, identity) => return login,
+                login = self.attempt(&settings, &key, kick, &mut *dialect, credential, identity) => return login,
                 // The attempt, its backend connection and its registration are dropped here.
                 _ = kicked.cancelled() => {}
             }
             if self.node.kill_sessions.is_cancelled() {
-                return Err(Error::Routing("the node is closing its sessions".into()));
+                return Err(Error::Node("the node is closing its sessions".into()));
             }
             tracing::debug!(account = %crate::routekey::redact(&key), "login restarted: the account's sessions were kicked");
         }
@@ -179,23 +227,23 @@ impl SessionCtx {
     }
 
     /// One try at steps 5–6 for `key`, registered as `kick`.
-    async fn attempt<D: Dialect>(
+    async fn attempt<D: LoginDialect>(
         &self,
-        settings: &FleetSettings,
+        settings: &Arc<FleetSettings>,
         key: &str,
         kick: KickHandle,
-        dialect: &D,
+        dialect: &mut D,
         credential: &Credential,
         identity: &Identity,
     ) -> Result<Login> {
         let route = self.route_key_to(settings, key.to_owned(), true).await?;
-        let (mut backend, permit) = self.establish(&route, &settings.breaker, kick, dialect, identity).await?;
-        let wait = settings.breaker.login_timeout;
-        backend.deadline = Instant::now() + wait;
-        let answer = dialect.authenticate(&mut backend, credential).await;
-        let verdict = settle(permit, answer, wait).map_err(|e| Error::unavailable(&route.destination.id, e))?;
+        let (mut leg, permit) = self.establish(&route, dialect, identity).await?;
+        let wait = route.settings.breaker.login_timeout;
+        leg.deadline = Instant::now() + wait;
+        let answer = dialect.authenticate(&mut leg, credential).await;
+        let verdict = settle(permit, answer, wait)?;
         if verdict.accepted {
-            Ok(Login::Accepted { route, backend, verdict })
+            Ok(Login::Accepted { route, backend: BackendConn::new(leg, kick), verdict })
         } else {
             tracing::debug!(destination = %route.destination.id, "backend rejected the credentials");
             Ok(Login::Rejected(verdict))
@@ -203,102 +251,113 @@ impl SessionCtx {
     }
 
     /// Connects, greets, for a STARTTLS endpoint upgrades the leg, and forwards the client's
-    /// identity. A failure here is a breaker failure; on success the permit is returned
-    /// unsettled, for the login's outcome to settle (see [`settle`]).
-    async fn establish<D: Dialect>(
+    /// identity, within the route's `connect_timeout`. An error the backend is to blame for
+    /// is a breaker failure; any other leaves the permit unsettled. On success the permit is
+    /// returned unsettled, for the caller to settle (a login by its outcome, see [`settle`];
+    /// a delivery at once).
+    pub async fn establish<D: Dialect>(
         &self,
         route: &Route,
-        breaker: &BreakerSettings,
-        kick: KickHandle,
-        dialect: &D,
+        dialect: &mut D,
         identity: &Identity,
-    ) -> Result<(BackendConn, Permit)> {
+    ) -> Result<(Leg, Permit)> {
         // A PROXY header names the same client as ID/XCLIENT (a trusted upstream's, if any).
         let seen = SessionCtx { client: identity.client, local: identity.local, ..self.clone() };
         let (stream, permit) = seen.connect(route).await?;
-        let mut conn = BackendConn::new(stream, Instant::now() + breaker.connect_timeout, kick);
-        let greeted = match dialect.greet(&mut conn).await {
-            Ok(()) if route.endpoint.tls == TlsMode::Starttls => self.starttls(route, dialect, conn).await,
-            Ok(()) => Ok(conn),
-            Err(e) => Err(BackendTlsError::Backend(e.to_string())),
-        };
-        let ready = match greeted {
-            Ok(conn) if route.endpoint.forwarding == Forwarding::Xclient => {
-                forward_identity(route, dialect, conn, identity).await
-            }
-            other => other,
-        };
-        match ready {
-            Ok(conn) => Ok((conn, permit)),
-            Err(BackendTlsError::Node(e)) => Err(e),
-            Err(BackendTlsError::Backend(e)) => {
-                permit.failure();
-                Err(Error::backend(&route.destination.id, e))
-            }
+        let deadline = Instant::now() + route.settings.breaker.connect_timeout;
+        let leg = Leg::new(stream, deadline, &route.destination.id);
+        let set_up = self.set_up(route, dialect, leg, identity).await;
+        settle_set_up(permit, set_up)
+    }
+
+    /// The dialect's steps of [`Self::establish`] on a connected leg.
+    async fn set_up<D: Dialect>(
+        &self,
+        route: &Route,
+        dialect: &mut D,
+        mut leg: Leg,
+        identity: &Identity,
+    ) -> Result<Leg> {
+        dialect.greet(&mut leg).await?;
+        if route.endpoint.tls == TlsMode::Starttls {
+            leg = self.starttls(route, dialect, leg).await?;
         }
+        if route.endpoint.forwarding == Forwarding::Xclient {
+            forward_identity(route, dialect, &mut leg, identity).await?;
+        }
+        Ok(leg)
     }
 
     /// The protocol's STARTTLS, the handshake, and what the protocol redoes after it.
-    async fn starttls<D: Dialect>(
-        &self,
-        route: &Route,
-        dialect: &D,
-        mut conn: BackendConn,
-    ) -> Result<BackendConn, BackendTlsError> {
-        let backend = |e: Error| BackendTlsError::Backend(e.to_string());
-        dialect.starttls(&mut conn).await.map_err(backend)?;
+    async fn starttls<D: Dialect>(&self, route: &Route, dialect: &mut D, mut leg: Leg) -> Result<Leg> {
+        dialect.starttls(&mut leg).await?;
         // Anything the backend sent after its go-ahead was not protected: refuse it.
-        if !conn.lines.is_empty() {
-            return Err(BackendTlsError::Backend("data after the STARTTLS reply".into()));
+        if !leg.lines.is_empty() {
+            return Err(leg.broken("data after the STARTTLS reply"));
         }
-        conn.stream = self.backend_tls(route, conn.stream).await?;
-        dialect.after_tls(&mut conn).await.map_err(backend)?;
-        Ok(conn)
+        leg.stream = self.backend_tls(route, leg.stream).await?;
+        dialect.after_tls(&mut leg).await?;
+        Ok(leg)
+    }
+}
+
+/// Settles an establishment's breaker permit by its error's blame: a backend that could
+/// not be set up is a failure; the node's own fault (its client certificate) or anyone
+/// else's leaves the permit unsettled. A leg that is set up keeps its permit unsettled.
+fn settle_set_up(permit: Permit, set_up: Result<Leg>) -> Result<(Leg, Permit)> {
+    match set_up {
+        Ok(leg) => Ok((leg, permit)),
+        Err(e) if e.blame() == Blame::Backend => {
+            permit.failure();
+            Err(e)
+        }
+        // Dropped unsettled: a probe lets the next session probe instead.
+        Err(e) => Err(e),
     }
 }
 
 /// Settles a login's breaker permit by how the login ended, so a half-open breaker's probe
 /// is judged by its login and not just by its greeting. A verdict, whatever it says, is the
-/// backend working (a wrong password included); no verdict within `login_timeout` (`wait`)
-/// is a breaker failure. Any other end (the backend closed or sent something that is no
-/// reply, or the node would not send the credential) settles nothing: a client can provoke
-/// those with what it sends, and must not be able to open a destination's breaker. The
-/// error is the reason for the client's temporary failure.
-fn settle(permit: Permit, answer: Result<Verdict>, wait: Duration) -> Result<Verdict, String> {
+/// backend working (a wrong password included); a backend that let the `login_timeout`
+/// (`wait`) pass without a verdict is a breaker failure. Any other end settles nothing,
+/// whoever is to blame: the backend closing or sending something that is no reply can be
+/// provoked by what a client sends, and a client must not be able to open a destination's
+/// breaker. The error is the reason for the client's temporary failure.
+fn settle(permit: Permit, answer: Result<Verdict>, wait: Duration) -> Result<Verdict> {
     match answer {
         Ok(verdict) => {
             permit.success();
             Ok(verdict)
         }
-        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+        Err(e) if e.blame() == Blame::Backend && e.timed_out() => {
             permit.failure();
-            Err(format!("no verdict within the login timeout ({wait:?})"))
+            Err(e.during(&format!("no verdict within the login timeout ({wait:?})")))
         }
         // Dropped unsettled: a probe lets the next login probe instead.
-        Err(e) => Err(format!("no verdict: {e}")),
+        Err(e) => Err(e.during("no verdict")),
     }
 }
 
 /// The identity step of [`SessionCtx::establish`]. A backend that will not take it still
-/// serves the login: refusing would turn a backend's trust setting into an outage, while
+/// serves the session: refusing would turn a backend's trust setting into an outage, while
 /// the cost is its logs and rate limits seeing the node's address, which the warning names.
 async fn forward_identity<D: Dialect>(
     route: &Route,
-    dialect: &D,
-    mut conn: BackendConn,
+    dialect: &mut D,
+    leg: &mut Leg,
     identity: &Identity,
-) -> Result<BackendConn, BackendTlsError> {
-    match dialect.forward_identity(&mut conn, identity).await {
-        Ok(Forwarded::Accepted) => Ok(conn),
+) -> Result<()> {
+    match dialect.forward_identity(leg, identity).await {
+        Ok(Forwarded::Accepted) => Ok(()),
         Ok(Forwarded::Declined(why)) => {
             tracing::warn!(
                 destination = %route.destination.id,
                 reason = %why,
                 "backend did not take the client identity; it sees the node's address"
             );
-            Ok(conn)
+            Ok(())
         }
-        Err(e) => Err(BackendTlsError::Backend(format!("forwarding the client identity: {e}"))),
+        Err(e) => Err(e.during("forwarding the client identity")),
     }
 }
 

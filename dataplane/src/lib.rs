@@ -77,7 +77,7 @@ pub async fn bind(config: &Config) -> Result<Bound> {
         for addr in &listener.bind {
             let socket = TcpListener::bind(addr)
                 .await
-                .map_err(|e| Error::Client(format!("listener {id}: cannot bind {addr}: {e}")))?;
+                .map_err(|e| Error::Node(format!("listener {id}: cannot bind {addr}: {e}")))?;
             tracing::info!(listener = %id, protocol = %listener.protocol, addr = %socket.local_addr()?, "listening");
             sockets.push(socket);
         }
@@ -85,7 +85,7 @@ pub async fn bind(config: &Config) -> Result<Bound> {
     }
     let health = TcpListener::bind(config.health.bind)
         .await
-        .map_err(|e| Error::Client(format!("health: cannot bind {}: {e}", config.health.bind)))?;
+        .map_err(|e| Error::Node(format!("health: cannot bind {}: {e}", config.health.bind)))?;
     tracing::info!(addr = %health.local_addr()?, "health endpoint listening");
     Ok(Bound { listeners, health })
 }
@@ -128,7 +128,7 @@ pub async fn run(config: Config, bound: Bound, node_token: Option<String>, shutd
         "health endpoint",
         http_server::serve(bound.health, health, config.health.http_limits(), shutdown.clone()),
     );
-    let acceptor = tls::TlsAcceptor::from_config(&config.tls).map_err(|e| Error::Client(e.to_string()))?;
+    let acceptor = tls::TlsAcceptor::from_config(&config.tls).map_err(|e| Error::Node(e.to_string()))?;
     let sessions = TaskTracker::new();
     for bound in bound.listeners {
         let name = format!("listener {}", bound.id);

@@ -50,6 +50,9 @@ impl Node {
             settings,
             routes: RwLock::new(None),
             resolver,
+            // Only until the first Welcome: no session is routed before fleet settings arrive,
+            // and applying them reconfigures every breaker.
+            // shared defaults: see issue 13 item 2 (the control plane's `BreakerConfig::default`)
             breakers: Breakers::new(BreakerSettings {
                 failure_threshold: 5,
                 cooldown: Duration::from_secs(30),

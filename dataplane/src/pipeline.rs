@@ -14,7 +14,7 @@ use crate::bridge::{self, BufferPool, Moved};
 use crate::client;
 use crate::codec::proxy;
 use crate::config::{Forwarding, ListenerConfig, Protocol, TlsMode};
-use crate::error::{Error, Result};
+use crate::error::{Blame, Error, Result};
 use crate::idle::Activity;
 use crate::node::Node;
 use crate::protocol;
@@ -40,19 +40,15 @@ pub struct SessionCtx {
     pub accepted: Instant,
 }
 
-/// Why a backend TLS handshake failed: the node's own set-up, or the backend.
-#[derive(Debug)]
-pub enum BackendTlsError {
-    Node(Error),
-    Backend(String),
-}
-
-/// Where one login goes.
+/// Where one login (or one delivery's recipients) goes, and the fleet settings the decision
+/// was made with: the connect, the establishment, the login timeout and the delivery read
+/// their timeouts from this one snapshot, never from the node again.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub key: String,
     pub destination: Arc<Destination>,
     pub endpoint: Endpoint,
+    pub settings: Arc<FleetSettings>,
 }
 
 impl SessionCtx {
@@ -96,7 +92,7 @@ impl SessionCtx {
             .cloned()
             .ok_or_else(|| Error::Routing(format!("pass-through destination {destination} is not declared")))?;
         let endpoint = self.endpoint(&destination, false)?;
-        Ok(Route { key, destination, endpoint })
+        Ok(Route { key, destination, endpoint, settings })
     }
 
     async fn resolve(&self, identifier: &Identifier, credentials: bool) -> Result<Route> {
@@ -120,7 +116,7 @@ impl SessionCtx {
     }
 
     /// Step 5 for a route key: login delay, cache/control plane, declared destination.
-    pub async fn route_key_to(&self, settings: &FleetSettings, key: String, credentials: bool) -> Result<Route> {
+    pub async fn route_key_to(&self, settings: &Arc<FleetSettings>, key: String, credentials: bool) -> Result<Route> {
         let looked_up = self.lookup(key, None).await;
         self.routed(settings, looked_up, credentials)
     }
@@ -137,7 +133,7 @@ impl SessionCtx {
     /// The route for a lookup's answer: a destination these settings declare, its endpoint.
     fn routed(
         &self,
-        settings: &FleetSettings,
+        settings: &Arc<FleetSettings>,
         looked_up: Result<(String, Resolved), RouteError>,
         credentials: bool,
     ) -> Result<Route> {
@@ -150,7 +146,7 @@ impl SessionCtx {
             "routing decision"
         );
         let endpoint = self.endpoint(&destination, credentials)?;
-        Ok(Route { key, destination, endpoint })
+        Ok(Route { key, destination, endpoint, settings: Arc::clone(settings) })
     }
 
     fn endpoint(&self, destination: &Destination, credentials: bool) -> Result<Endpoint> {
@@ -168,65 +164,64 @@ impl SessionCtx {
         }
     }
 
-    /// Step 6 (transport): breaker gate, connect timeout and retries, and the TLS
-    /// handshake for an implicit-TLS endpoint. The caller settles the permit once the
-    /// backend greeted (success) or failed to (failure).
+    /// Step 6 (transport): breaker gate, connect timeout and retries (the route's settings),
+    /// and the TLS handshake for an implicit-TLS endpoint. Every failed attempt fails its
+    /// permit; the caller settles the one returned (see [`SessionCtx::establish`]).
     pub async fn connect(&self, route: &Route) -> Result<(MaybeTls, Permit)> {
         let dest = &route.destination;
         if self.node.is_own_listener(&dest.host, route.endpoint.port) {
             return Err(Error::unavailable(&dest.id, "endpoint is this node's own listener (routing loop)"));
         }
         let breaker = self.node.breakers.get(&dest.id);
-        let settings = self.node.settings().map(|s| s.breaker);
-        let (timeout, retries) =
-            settings.map(|b| (b.connect_timeout, b.connect_retries)).unwrap_or((Duration::from_secs(10), 0));
-        let mut last = String::new();
+        let (timeout, retries) = (route.settings.breaker.connect_timeout, route.settings.breaker.connect_retries);
+        let mut last = Error::backend(&dest.id, "not attempted");
         for attempt in 0..=retries {
-            let permit = breaker.admit().map_err(|_| Error::unavailable(&dest.id, "circuit breaker open"))?;
-            let addr = (dest.host.as_str(), route.endpoint.port);
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(mut stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    if route.endpoint.forwarding == Forwarding::Proxy {
-                        // The header precedes everything, TLS included.
-                        let header = proxy::encode_v2(self.client, self.local);
-                        if let Err(e) = stream.write_all(&header).await {
-                            last = format!("PROXY header: {e}");
-                            permit.failure();
-                            continue;
-                        }
-                    }
-                    if route.endpoint.tls != TlsMode::Implicit {
-                        return Ok((MaybeTls::Plain(stream), permit));
-                    }
-                    match self.backend_tls(route, MaybeTls::Plain(stream)).await {
-                        Ok(stream) => return Ok((stream, permit)),
-                        Err(BackendTlsError::Node(e)) => return Err(e),
-                        Err(BackendTlsError::Backend(e)) => last = e,
-                    }
-                }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("connect timed out after {timeout:?}"),
+            let permit = breaker.admit().map_err(|_| Error::BreakerOpen { destination: dest.id.clone() })?;
+            match self.dial(route, timeout).await {
+                Ok(stream) => return Ok((stream, permit)),
+                Err(e) if e.blame() != Blame::Backend => return Err(e),
+                Err(e) => last = e,
             }
             permit.failure();
             tracing::debug!(destination = %dest.id, attempt, error = %last, "backend connect failed");
         }
-        Err(Error::backend(&dest.id, last))
+        Err(last)
     }
 
-    /// The TLS handshake on a backend leg (implicit, or after the protocol's STARTTLS).
-    /// A problem on the node's side (its client certificate, a bad server name) is not
-    /// the backend's fault and is kept apart so it does not feed the breaker.
-    pub async fn backend_tls(&self, route: &Route, stream: MaybeTls) -> Result<MaybeTls, BackendTlsError> {
+    /// One connection attempt: TCP within `timeout`, the PROXY header on a `proxy`
+    /// endpoint, and the handshake on an implicit-TLS one.
+    async fn dial(&self, route: &Route, timeout: Duration) -> Result<MaybeTls> {
         let dest = &route.destination;
-        let wait = self.node.settings().map(|s| s.breaker.connect_timeout).unwrap_or(Duration::from_secs(10));
+        let addr = (dest.host.as_str(), route.endpoint.port);
+        let mut stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(Error::backend(&dest.id, e)),
+            Err(_) => return Err(Error::backend_timeout(&dest.id, format!("connect timed out after {timeout:?}"))),
+        };
+        let _ = stream.set_nodelay(true);
+        if route.endpoint.forwarding == Forwarding::Proxy {
+            // The header precedes everything, TLS included.
+            let header = proxy::encode_v2(self.client, self.local);
+            stream.write_all(&header).await.map_err(|e| Error::backend(&dest.id, format!("PROXY header: {e}")))?;
+        }
+        match route.endpoint.tls {
+            TlsMode::Implicit => self.backend_tls(route, MaybeTls::Plain(stream)).await,
+            TlsMode::Plain | TlsMode::Starttls => Ok(MaybeTls::Plain(stream)),
+        }
+    }
+
+    /// The TLS handshake on a backend leg (implicit, or after the protocol's STARTTLS),
+    /// within the route's `connect_timeout`. A problem on the node's side (its client
+    /// certificate, a bad server name) is the node's fault, not the backend's, so it does
+    /// not feed the breaker.
+    pub async fn backend_tls(&self, route: &Route, stream: MaybeTls) -> Result<MaybeTls> {
+        let dest = &route.destination;
+        let wait = route.settings.breaker.connect_timeout;
         match tokio::time::timeout(wait, stream.connect(Connector::global(), dest)).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                Err(BackendTlsError::Node(Error::unavailable(&dest.id, format!("TLS set-up: {e}"))))
-            }
-            Ok(Err(e)) => Err(BackendTlsError::Backend(format!("TLS handshake: {e}"))),
-            Err(_) => Err(BackendTlsError::Backend("TLS handshake timed out".into())),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => Err(Error::Node(format!("TLS set-up: {e}"))),
+            Ok(Err(e)) => Err(Error::backend(&dest.id, format!("TLS handshake: {e}"))),
+            Err(_) => Err(Error::backend_timeout(&dest.id, "TLS handshake timed out")),
         }
     }
 
@@ -238,7 +233,7 @@ impl SessionCtx {
     /// The client-leg TLS handshake (implicit TLS, or after the STARTTLS go-ahead), over
     /// by `deadline` (the pre-auth budget's end, or an SMTP/LMTP session's next step).
     pub async fn accept_tls(&self, client: MaybeTls, deadline: Instant) -> Result<MaybeTls> {
-        let acceptor = self.tls.as_ref().ok_or_else(|| Error::Client("no certificate for TLS".into()))?;
+        let acceptor = self.tls.as_ref().ok_or_else(|| Error::Node("no certificate for TLS".into()))?;
         match tokio::time::timeout_at(deadline, client.accept(acceptor)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(Error::Client(format!("TLS handshake: {e}"))),

@@ -10,16 +10,18 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{BackendConn, Dialect, Login, Verdict};
+use super::{settle, settle_set_up, Dialect, Leg, Login, LoginDialect, Verdict};
+use crate::breaker::Breaker;
 use crate::codec::mechanism::Credential;
-use crate::error::{Error, Result};
+use crate::error::{Blame, Error, Result};
 use crate::identity::Identity;
 use crate::node::Node;
 use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
-use crate::settings::FleetSettings;
+use crate::settings::{BreakerSettings, FleetSettings};
 
 const LOGIN_TIMEOUT: Duration = Duration::from_millis(300);
 const COOLDOWN: Duration = Duration::from_millis(400);
@@ -32,15 +34,17 @@ const HANG_UP: u8 = 2;
 struct Minimal;
 
 impl Dialect for Minimal {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.read_line().await.map(drop)
+    async fn greet(&mut self, leg: &mut Leg) -> Result<()> {
+        leg.read_line().await.map(drop)
     }
 
-    async fn starttls(&self, _conn: &mut BackendConn) -> Result<()> {
+    async fn starttls(&mut self, _leg: &mut Leg) -> Result<()> {
         unreachable!("the endpoint is plain")
     }
+}
 
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+impl LoginDialect for Minimal {
+    async fn authenticate(&mut self, conn: &mut Leg, credential: &Credential) -> Result<Verdict> {
         conn.send(format!("S1 AUTHENTICATE PLAIN {}\r\n", credential.replay().1).as_bytes()).await?;
         let line = conn.read_line().await?;
         Ok(Verdict { accepted: line.starts_with(b"S1 OK"), lines: vec![line] })
@@ -130,10 +134,10 @@ fn ctx(backend: &Scripted, threshold: u32) -> SessionCtx {
 /// One login; `Ok(true)` for a verdict (always a rejection here), else the error text.
 async fn login(ctx: &SessionCtx) -> std::result::Result<bool, String> {
     let identity = Identity::new(ctx.client, ctx.local);
-    match ctx.login(&Minimal, &Credential::password("alice", "secret"), &identity).await {
+    match ctx.login(&mut Minimal, &Credential::password("alice", "secret"), &identity).await {
         Ok(Login::Rejected(_)) => Ok(true),
         Ok(Login::Accepted { .. }) => Ok(false),
-        Err(e @ Error::Unavailable { .. }) => Err(e.to_string()),
+        Err(e) if e.blame() != Blame::Client => Err(e.to_string()),
         Err(e) => panic!("not a temporary failure: {e}"),
     }
 }
@@ -204,4 +208,91 @@ async fn the_half_open_probe_is_judged_by_its_login() {
     assert_eq!(login(&ctx).await, Ok(true), "the next login was let through as the probe");
     assert_eq!(health(&ctx), (0, false));
     assert_eq!(backend.connections(), 4);
+}
+
+/// A breaker that takes three failures to open, failed once: a success brings the count
+/// to 0, a failure to 2, and an unsettled permit leaves it at 1.
+fn failed_once() -> Arc<Breaker> {
+    let settings = BreakerSettings {
+        failure_threshold: 3,
+        cooldown: COOLDOWN,
+        connect_timeout: LOGIN_TIMEOUT,
+        connect_retries: 0,
+        login_timeout: LOGIN_TIMEOUT,
+    };
+    let breaker = Arc::new(Breaker::new(&settings, Arc::new(Notify::new())));
+    breaker.admit().unwrap().failure();
+    breaker
+}
+
+#[tokio::test]
+async fn a_login_is_settled_by_its_verdict_or_a_backend_timeout_only() {
+    let verdict = || Ok(Verdict { accepted: false, lines: vec![b"S1 NO".to_vec()] });
+    let cases: [(&str, Result<Verdict>, u32); 6] = [
+        ("verdict", verdict(), 0),
+        ("backend timeout", Err(Error::backend_timeout("legacy", "no reply in time")), 2),
+        ("backend hang-up", Err(Error::backend("legacy", "closed the connection")), 1),
+        ("backend garbage", Err(Error::backend("legacy", "unexpected AUTH reply")), 1),
+        ("client", Err(Error::Client("gone".into())), 1),
+        ("node", Err(Error::Node("closing".into())), 1),
+    ];
+    for (case, answer, failures) in cases {
+        let breaker = failed_once();
+        let settled = settle(breaker.admit().unwrap(), answer, LOGIN_TIMEOUT);
+        assert_eq!(breaker.health().consecutive_failures, failures, "{case}");
+        if let Err(e) = settled {
+            assert!(e.blame() != Blame::Backend || e.to_string().contains("no verdict"), "{case}: {e}");
+        }
+    }
+    let breaker = failed_once();
+    let e = settle(breaker.admit().unwrap(), Err(Error::backend_timeout("legacy", "x")), LOGIN_TIMEOUT).unwrap_err();
+    assert!(e.to_string().contains("no verdict within the login timeout (300ms)"), "{e}");
+}
+
+#[tokio::test]
+async fn an_establishment_fails_its_permit_only_for_the_backends_fault() {
+    let cases: [(&str, Error, u32); 5] = [
+        ("backend", Error::backend("legacy", "unexpected greeting"), 2),
+        ("backend timeout", Error::backend_timeout("legacy", "TLS handshake timed out"), 2),
+        ("node's TLS set-up", Error::Node("TLS set-up: unreadable tls_client_key".into()), 1),
+        ("client", Error::Client("gone".into()), 1),
+        ("settings", Error::unavailable("legacy", "no imap endpoint"), 1),
+    ];
+    for (case, error, failures) in cases {
+        let breaker = failed_once();
+        assert!(settle_set_up(breaker.admit().unwrap(), Err(error)).is_err());
+        assert_eq!(breaker.health().consecutive_failures, failures, "{case}");
+    }
+}
+
+/// A leg to a server that sends `script`, then closes (`close`) or stays silent.
+async fn scripted_leg(script: &'static [u8], close: bool, deadline: Duration) -> Leg {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(script).await.unwrap();
+        if !close {
+            let mut buf = [0u8; 64];
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        }
+    });
+    let stream = crate::tls::MaybeTls::Plain(tokio::net::TcpStream::connect(addr).await.unwrap());
+    Leg::new(stream, tokio::time::Instant::now() + deadline, "legacy")
+}
+
+#[tokio::test]
+async fn the_legs_own_errors_are_the_backends_and_only_silence_is_a_timeout() {
+    let mut closed = scripted_leg(b"* OK hi\r\n", true, Duration::from_secs(5)).await;
+    assert_eq!(closed.read_line().await.unwrap(), b"* OK hi");
+    let e = closed.read_line().await.unwrap_err();
+    assert_eq!((e.blame(), e.timed_out()), (Blame::Backend, false), "{e}");
+
+    let mut silent = scripted_leg(b"", false, Duration::from_millis(50)).await;
+    let e = silent.read_line().await.unwrap_err();
+    assert_eq!((e.blame(), e.timed_out()), (Blame::Backend, true), "{e}");
+
+    let mut oversized = scripted_leg(b"", false, Duration::from_secs(5)).await;
+    let e = oversized.read_exact(super::MAX_LINE + 1).await.unwrap_err();
+    assert_eq!((e.blame(), e.timed_out()), (Blame::Backend, false), "{e}");
 }

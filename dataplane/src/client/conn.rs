@@ -12,11 +12,11 @@ use tokio::time::Instant;
 
 use super::Read;
 use crate::auth::{self, Response, SaslChannel, SaslOutcome};
-use crate::backend::{BackendConn, Dialect, Login, Verdict};
+use crate::backend::{BackendConn, Login, LoginDialect, Verdict};
 use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::CodecError;
 use crate::config::ListenerConfig;
-use crate::error::{Error, Result};
+use crate::error::{Blame, Result};
 use crate::identity::Identity;
 use crate::pipeline::{Route, SessionCtx};
 use crate::preauth::End;
@@ -235,7 +235,7 @@ impl<G: Grammar> ClientConn<G> {
 
     /// A SASL exchange for `mechanism` (`initial` as the client sent it), then the
     /// credential replayed to the backend through `dialect`.
-    pub async fn authenticate<D: Dialect>(
+    pub async fn authenticate<D: LoginDialect>(
         &mut self,
         login: Replay<'_, D>,
         mechanism: Mechanism,
@@ -256,7 +256,7 @@ impl<G: Grammar> ClientConn<G> {
 
     /// Routes, establishes and replays `credential` through the shared pipeline, and
     /// answers the client as `replies` words it.
-    pub async fn replay<D: Dialect>(
+    pub async fn replay<D: LoginDialect>(
         &mut self,
         login: Replay<'_, D>,
         credential: &Credential,
@@ -267,8 +267,8 @@ impl<G: Grammar> ClientConn<G> {
                 (replies.verdict(&verdict), LoginOutcome::Accepted(route, backend))
             }
             Ok(Login::Rejected(verdict)) => (replies.verdict(&verdict), LoginOutcome::Rejected(verdict)),
-            Err(Error::Client(why)) => {
-                tracing::debug!(reason = %why, "login refused");
+            Err(e) if e.blame() == Blame::Client => {
+                tracing::debug!(reason = %e, "login refused");
                 (replies.refused(), LoginOutcome::Refused)
             }
             Err(e) => {
@@ -299,7 +299,7 @@ impl<G: Grammar> ClientConn<G> {
 /// backend is told the client is.
 pub struct Replay<'a, D> {
     pub ctx: &'a SessionCtx,
-    pub dialect: &'a D,
+    pub dialect: &'a mut D,
     pub identity: &'a Identity,
 }
 

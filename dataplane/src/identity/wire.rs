@@ -8,9 +8,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::Identity;
-use crate::backend::{excerpt, status_is, BackendConn};
+use crate::backend::{excerpt, status_is, Leg};
 use crate::codec::smtp::Reply;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The tag of the proxy's IMAP `ID` (S0 is its STARTTLS, S1 its AUTHENTICATE).
 const ID_TAG: &str = "S2";
@@ -121,7 +121,7 @@ pub fn sieve_offers_xclient(capability: &[u8]) -> bool {
 }
 
 /// Sends the IMAP `ID` and reads to its tagged status, skipping the server's own `* ID`.
-pub async fn send_imap_id(conn: &mut BackendConn, identity: &Identity) -> Result<Forwarded> {
+pub async fn send_imap_id(conn: &mut Leg, identity: &Identity) -> Result<Forwarded> {
     conn.send(identity.imap_id(ID_TAG).as_bytes()).await?;
     loop {
         let line = conn.read_line().await?;
@@ -140,12 +140,7 @@ pub async fn send_imap_id(conn: &mut BackendConn, identity: &Identity) -> Result
 
 /// Sends Dovecot's `XCLIENT` and reads its one status line: `ok` (`+OK`, `OK`) or `no`
 /// (`-ERR`, `NO`); anything else breaks the protocol.
-pub async fn send_dovecot_xclient(
-    conn: &mut BackendConn,
-    identity: &Identity,
-    ok: &[u8],
-    no: &[u8],
-) -> Result<Forwarded> {
+pub async fn send_dovecot_xclient(conn: &mut Leg, identity: &Identity, ok: &[u8], no: &[u8]) -> Result<Forwarded> {
     conn.send(identity.dovecot_xclient().as_bytes()).await?;
     let reply = conn.read_line().await?;
     if status_is(&reply, ok) {
@@ -153,7 +148,7 @@ pub async fn send_dovecot_xclient(
     } else if status_is(&reply, no) {
         Ok(Forwarded::Declined(format!("XCLIENT answered {:?}", excerpt(&reply))))
     } else {
-        Err(Error::Client(format!("unexpected XCLIENT reply {:?}", excerpt(&reply))))
+        Err(conn.broken(format!("unexpected XCLIENT reply {:?}", excerpt(&reply))))
     }
 }
 

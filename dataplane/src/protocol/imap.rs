@@ -210,7 +210,7 @@ impl Session {
             return self.conn.answer(format!("{tag} BAD LOGIN arguments must be UTF-8 strings\r\n").as_bytes()).await;
         };
         let credential = Credential::password(user, pass);
-        let login = Replay { ctx: &self.ctx, dialect: &Imap::default(), identity: &self.identity };
+        let login = Replay { ctx: &self.ctx, dialect: &mut Imap::default(), identity: &self.identity };
         self.conn.replay(login, &credential, &Tagged(&tag)).await.map(Turn::Login)
     }
 
@@ -225,7 +225,7 @@ impl Session {
             return self.conn.answer(refusal.as_bytes()).await;
         }
         let initial = command.args.get(1).and_then(Arg::as_bytes);
-        let login = Replay { ctx: &self.ctx, dialect: &Imap::default(), identity: &self.identity };
+        let login = Replay { ctx: &self.ctx, dialect: &mut Imap::default(), identity: &self.identity };
         self.conn.authenticate(login, mechanism, initial, &Tagged(&tag)).await
     }
 }

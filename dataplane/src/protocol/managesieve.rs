@@ -206,7 +206,7 @@ impl Session {
             let refusal = no(Some("ENCRYPT-NEEDED"), "Authentication is disabled on this connection before TLS");
             return self.conn.answer(&refusal).await;
         }
-        let login = Replay { ctx: &self.ctx, dialect: &ManageSieve::default(), identity: &self.identity };
+        let login = Replay { ctx: &self.ctx, dialect: &mut ManageSieve::default(), identity: &self.identity };
         self.conn.authenticate(login, mechanism, initial, &SieveClient).await
     }
 }

@@ -197,7 +197,7 @@ impl Session {
         };
         match arg.filter(|a| !a.is_empty()).map(std::str::from_utf8) {
             Some(Ok(pass)) => {
-                let login = Replay { ctx: &self.ctx, dialect: &Pop3::default(), identity: &self.identity };
+                let login = Replay { ctx: &self.ctx, dialect: &mut Pop3::default(), identity: &self.identity };
                 self.conn.replay(login, &Credential::password(&user, pass), &Pop3Client).await.map(Turn::Login)
             }
             Some(Err(_)) => self.conn.bad(b"-ERR The password must be UTF-8\r\n").await,
@@ -238,7 +238,7 @@ impl Session {
         if !self.conn.credentials_allowed() {
             return self.conn.answer(CLEARTEXT_REFUSED).await;
         }
-        let login = Replay { ctx: &self.ctx, dialect: &Pop3::default(), identity: &self.identity };
+        let login = Replay { ctx: &self.ctx, dialect: &mut Pop3::default(), identity: &self.identity };
         self.conn.authenticate(login, mechanism, initial, &Pop3Client).await
     }
 }

@@ -195,8 +195,8 @@ impl Session {
         let Some(mechanism) = Mechanism::from_name(mechanism) else {
             return self.conn.answer(b"504 5.5.4 Unrecognized authentication type\r\n").await;
         };
-        let dialect = Submission::new(self.ctx.node.id.clone());
-        let login = Replay { ctx: &self.ctx, dialect: &dialect, identity: &self.identity };
+        let mut dialect = Submission::new(self.ctx.node.id.clone());
+        let login = Replay { ctx: &self.ctx, dialect: &mut dialect, identity: &self.identity };
         match self.conn.authenticate(login, mechanism, initial.as_deref(), &SubmissionClient).await? {
             // A backend closing with 421 takes the client session with it.
             Turn::Login(LoginOutcome::Rejected(verdict)) if closing(&verdict) => Ok(Turn::Closed),

@@ -1,12 +1,10 @@
 //! The backend leg of an IMAP login: the greeting, STARTTLS, Dovecot's `ID` fields for the
 //! client's identity, and the credential as one AUTHENTICATE.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use crate::auth;
-use crate::backend::{excerpt, status_is, BackendConn, Dialect, Verdict};
+use crate::backend::{excerpt, status_is, Dialect, Leg, LoginDialect, Verdict};
 use crate::codec::mechanism::Credential;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::identity::{wire, Forwarded, Identity};
 
 /// Longest `AUTHENTICATE` line sent with its initial response; a longer one (a large
@@ -20,30 +18,30 @@ const MAX_INITIAL_RESPONSE_LINE: usize = 8192;
 #[derive(Default)]
 pub struct Imap {
     /// The greeting's capabilities include SASL-IR (forgotten again after STARTTLS).
-    sasl_ir: AtomicBool,
+    sasl_ir: bool,
 }
 
 impl Dialect for Imap {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        let greeting = conn.read_line().await?;
+    async fn greet(&mut self, leg: &mut Leg) -> Result<()> {
+        let greeting = leg.read_line().await?;
         if greeting.starts_with(b"* OK") {
-            self.sasl_ir.store(offers_sasl_ir(&greeting), Ordering::Relaxed);
+            self.sasl_ir = offers_sasl_ir(&greeting);
             Ok(())
         } else {
-            Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
+            Err(leg.broken(format!("unexpected greeting {:?}", excerpt(&greeting))))
         }
     }
 
-    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
+    async fn starttls(&mut self, leg: &mut Leg) -> Result<()> {
         // RFC 9051 §6.2.1: capabilities learnt before TLS are void after it.
-        self.sasl_ir.store(false, Ordering::Relaxed);
-        conn.send(b"S0 STARTTLS\r\n").await?;
+        self.sasl_ir = false;
+        leg.send(b"S0 STARTTLS\r\n").await?;
         loop {
-            let line = conn.read_line().await?;
+            let line = leg.read_line().await?;
             if let Some(rest) = line.strip_prefix(b"S0 ") {
                 return match status_is(rest, b"OK") {
                     true => Ok(()),
-                    false => Err(Error::Client(format!("STARTTLS refused: {:?}", excerpt(rest)))),
+                    false => Err(leg.broken(format!("STARTTLS refused: {:?}", excerpt(rest)))),
                 };
             }
         }
@@ -51,16 +49,18 @@ impl Dialect for Imap {
 
     /// Dovecot takes the `x-` fields of `ID` from `login_trusted_networks` and ignores them
     /// from anyone else, silently: an `OK` does not tell which.
-    async fn forward_identity(&self, conn: &mut BackendConn, identity: &Identity) -> Result<Forwarded> {
-        wire::send_imap_id(conn, identity).await
+    async fn forward_identity(&mut self, leg: &mut Leg, identity: &Identity) -> Result<Forwarded> {
+        wire::send_imap_id(leg, identity).await
     }
+}
 
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+impl LoginDialect for Imap {
+    async fn authenticate(&mut self, conn: &mut Leg, credential: &Credential) -> Result<Verdict> {
         let (mechanism, payload) = credential.replay();
         // RFC 4959: `=` stands for an empty initial response.
         let initial = if payload.is_empty() { "=" } else { payload.as_str() };
         let inline = format!("S1 AUTHENTICATE {mechanism} {initial}\r\n");
-        let mut pending = if self.sasl_ir.load(Ordering::Relaxed) && inline.len() <= MAX_INITIAL_RESPONSE_LINE {
+        let mut pending = if self.sasl_ir && inline.len() <= MAX_INITIAL_RESPONSE_LINE {
             conn.send(inline.as_bytes()).await?;
             None
         } else {

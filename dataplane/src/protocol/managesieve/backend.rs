@@ -2,12 +2,10 @@
 //! XCLIENT), STARTTLS and the capabilities after it, Dovecot's XCLIENT for the client's
 //! identity, and the credential as one AUTHENTICATE.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use crate::auth;
-use crate::backend::{excerpt, status_is, BackendConn, Dialect, Verdict};
+use crate::backend::{excerpt, status_is, Dialect, Leg, LoginDialect, Verdict};
 use crate::codec::mechanism::Credential;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::identity::{wire, Forwarded, Identity};
 
 /// Bound on one backend response line including its literals.
@@ -15,11 +13,11 @@ const MAX_BACKEND_RESPONSE: usize = 64 * 1024;
 
 /// One backend response line with any literals it announces (`{n}` at a line end) read
 /// into it, so the bytes can be relayed exactly as they came.
-async fn read_response(conn: &mut BackendConn) -> Result<Vec<u8>> {
+async fn read_response(conn: &mut Leg) -> Result<Vec<u8>> {
     let mut out = conn.read_line().await?;
     while let Some(size) = literal_size(&out) {
         if out.len().saturating_add(size) > MAX_BACKEND_RESPONSE {
-            return Err(Error::Client(format!("backend: response exceeds {MAX_BACKEND_RESPONSE} bytes")));
+            return Err(conn.broken(format!("response exceeds {MAX_BACKEND_RESPONSE} bytes")));
         }
         out.extend_from_slice(b"\r\n");
         out.extend(conn.read_exact(size).await?);
@@ -44,49 +42,51 @@ pub(super) fn literal_size(line: &[u8]) -> Option<usize> {
 #[derive(Default)]
 pub struct ManageSieve {
     /// The last capability list offered XCLIENT (Dovecot does so only to trusted networks).
-    xclient: AtomicBool,
+    xclient: bool,
 }
 
 impl Dialect for ManageSieve {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        self.xclient.store(false, Ordering::Relaxed);
+    async fn greet(&mut self, leg: &mut Leg) -> Result<()> {
+        self.xclient = false;
         loop {
-            let line = read_response(conn).await?;
+            let line = read_response(leg).await?;
             if status_is(&line, b"OK") {
                 return Ok(());
             }
             if wire::sieve_offers_xclient(&line) {
-                self.xclient.store(true, Ordering::Relaxed);
+                self.xclient = true;
             }
             if !line.starts_with(b"\"") {
-                return Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&line))));
+                return Err(leg.broken(format!("unexpected greeting {:?}", excerpt(&line))));
             }
         }
     }
 
-    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.send(b"STARTTLS\r\n").await?;
-        let reply = read_response(conn).await?;
+    async fn starttls(&mut self, leg: &mut Leg) -> Result<()> {
+        leg.send(b"STARTTLS\r\n").await?;
+        let reply = read_response(leg).await?;
         if status_is(&reply, b"OK") {
             Ok(())
         } else {
-            Err(Error::Client(format!("STARTTLS refused: {:?}", excerpt(&reply))))
+            Err(leg.broken(format!("STARTTLS refused: {:?}", excerpt(&reply))))
         }
     }
 
     /// RFC 5804 §2.2: after TLS the server sends its capabilities again, ending in OK.
-    async fn after_tls(&self, conn: &mut BackendConn) -> Result<()> {
-        self.greet(conn).await
+    async fn after_tls(&mut self, leg: &mut Leg) -> Result<()> {
+        self.greet(leg).await
     }
 
-    async fn forward_identity(&self, conn: &mut BackendConn, identity: &Identity) -> Result<Forwarded> {
-        if !self.xclient.load(Ordering::Relaxed) {
+    async fn forward_identity(&mut self, leg: &mut Leg, identity: &Identity) -> Result<Forwarded> {
+        if !self.xclient {
             return Ok(Forwarded::Declined("the capabilities offer no XCLIENT (login_trusted_networks?)".into()));
         }
-        wire::send_dovecot_xclient(conn, identity, b"OK", b"NO").await
+        wire::send_dovecot_xclient(leg, identity, b"OK", b"NO").await
     }
+}
 
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+impl LoginDialect for ManageSieve {
+    async fn authenticate(&mut self, conn: &mut Leg, credential: &Credential) -> Result<Verdict> {
         let (mechanism, payload) = credential.replay();
         conn.send(format!("AUTHENTICATE \"{mechanism}\" \"{payload}\"\r\n").as_bytes()).await?;
         loop {
@@ -100,7 +100,7 @@ impl Dialect for ManageSieve {
                 let reply = auth::extra_challenge_response(mechanism);
                 conn.send(format!("\"{reply}\"\r\n").as_bytes()).await?;
             } else {
-                return Err(Error::Client(format!("unexpected AUTHENTICATE reply {:?}", excerpt(&line))));
+                return Err(conn.broken(format!("unexpected AUTHENTICATE reply {:?}", excerpt(&line))));
             }
         }
     }

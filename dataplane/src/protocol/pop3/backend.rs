@@ -1,12 +1,10 @@
 //! The backend leg of a POP3 login: the greeting (and whether it offers XCLIENT), STLS,
 //! Dovecot's XCLIENT for the client's identity, and the credential as one AUTH (RFC 5034).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use crate::auth;
-use crate::backend::{excerpt, status_is, BackendConn, Dialect, Verdict};
+use crate::backend::{excerpt, status_is, Dialect, Leg, LoginDialect, Verdict};
 use crate::codec::mechanism::Credential;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::identity::{wire, Forwarded, Identity};
 
 /// RFC 2449 §4: a command line is at most 255 octets including CRLF; RFC 5034 §4 moves a
@@ -22,38 +20,40 @@ fn is_continuation(line: &[u8]) -> bool {
 #[derive(Default)]
 pub struct Pop3 {
     /// The greeting offered XCLIENT (Dovecot does so only to its trusted networks).
-    xclient: AtomicBool,
+    xclient: bool,
 }
 
 impl Dialect for Pop3 {
-    async fn greet(&self, conn: &mut BackendConn) -> Result<()> {
-        let greeting = conn.read_line().await?;
+    async fn greet(&mut self, leg: &mut Leg) -> Result<()> {
+        let greeting = leg.read_line().await?;
         if status_is(&greeting, b"+OK") {
-            self.xclient.store(wire::pop3_offers_xclient(&greeting), Ordering::Relaxed);
+            self.xclient = wire::pop3_offers_xclient(&greeting);
             Ok(())
         } else {
-            Err(Error::Client(format!("unexpected greeting {:?}", excerpt(&greeting))))
+            Err(leg.broken(format!("unexpected greeting {:?}", excerpt(&greeting))))
         }
     }
 
-    async fn starttls(&self, conn: &mut BackendConn) -> Result<()> {
-        conn.send(b"STLS\r\n").await?;
-        let reply = conn.read_line().await?;
+    async fn starttls(&mut self, leg: &mut Leg) -> Result<()> {
+        leg.send(b"STLS\r\n").await?;
+        let reply = leg.read_line().await?;
         if status_is(&reply, b"+OK") {
             Ok(())
         } else {
-            Err(Error::Client(format!("STLS refused: {:?}", excerpt(&reply))))
+            Err(leg.broken(format!("STLS refused: {:?}", excerpt(&reply))))
         }
     }
 
-    async fn forward_identity(&self, conn: &mut BackendConn, identity: &Identity) -> Result<Forwarded> {
-        if !self.xclient.load(Ordering::Relaxed) {
+    async fn forward_identity(&mut self, leg: &mut Leg, identity: &Identity) -> Result<Forwarded> {
+        if !self.xclient {
             return Ok(Forwarded::Declined("the greeting offers no XCLIENT (login_trusted_networks?)".into()));
         }
-        wire::send_dovecot_xclient(conn, identity, b"+OK", b"-ERR").await
+        wire::send_dovecot_xclient(leg, identity, b"+OK", b"-ERR").await
     }
+}
 
-    async fn authenticate(&self, conn: &mut BackendConn, credential: &Credential) -> Result<Verdict> {
+impl LoginDialect for Pop3 {
+    async fn authenticate(&mut self, conn: &mut Leg, credential: &Credential) -> Result<Verdict> {
         let (mechanism, payload) = credential.replay();
         let inline = format!("AUTH {mechanism} {payload}\r\n");
         let mut pending = if inline.len() <= MAX_COMMAND_LINE {
@@ -71,7 +71,7 @@ impl Dialect for Pop3 {
             } else if status_is(&line, b"+OK") || status_is(&line, b"-ERR") {
                 return Ok(Verdict { accepted: line.starts_with(b"+"), lines: vec![line] });
             } else {
-                return Err(Error::Client(format!("unexpected AUTH reply {:?}", excerpt(&line))));
+                return Err(conn.broken(format!("unexpected AUTH reply {:?}", excerpt(&line))));
             }
         }
     }
