@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use dataplane::routekey::{redact, RouteKeyRule};
+use switchyard_common::routekey::{redact, RouteKeyRule};
 use switchyard_proto::v1 as pb;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
