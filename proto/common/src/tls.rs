@@ -43,3 +43,19 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         e => format!("{}: {e}", path.display()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_parse_in_either_case_with_or_without_colons() {
+        assert_eq!(parse_pin(&"Ab".repeat(32)), Some([0xab; 32]));
+        assert_eq!(parse_pin(&["0f"; 32].join(":")), Some([0x0f; 32]));
+        assert_eq!(parse_pin(&"ab".repeat(31)), None);
+        assert_eq!(parse_pin(&"zz".repeat(32)), None);
+        assert!(matches!(server_name("10.0.0.1"), Some(ServerName::IpAddress(_))));
+        assert!(matches!(server_name("imap.example.test"), Some(ServerName::DnsName(_))));
+        assert!(server_name("not a name").is_none());
+    }
+}

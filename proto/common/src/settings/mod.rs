@@ -5,6 +5,14 @@
 //! The control plane owns destinations, cache and breaker settings; a node swaps the whole
 //! snapshot in at once (watch channel) when a Welcome or a settings push arrives.
 
+mod decode;
+mod encode;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,11 +122,3 @@ impl FleetSettings {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid fleet settings from the control plane: {0}")]
 pub struct InvalidSettings(pub String);
-
-mod decode;
-mod encode;
-
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
-#[cfg(test)]
-mod tests;
