@@ -2,6 +2,7 @@
 //! validated; loaded with the data plane's strict machinery so both report alike.
 
 mod destination;
+mod fleet;
 mod stores;
 mod validate;
 
