@@ -171,7 +171,7 @@ impl Cluster {
         let mut peers = Vec::new();
         for peer in &config.peers {
             let url = reqwest::Url::parse(peer).map_err(|e| Error::Config(format!("cluster.peers: {peer:?}: {e}")))?;
-            if dataplane::config::cleartext_off_loopback(peer) {
+            if switchyard_common::config::cleartext_off_loopback(peer) {
                 tracing::warn!(%peer, "cluster peer is cleartext http:// off loopback (allow_insecure_control = true): the admin token crosses the network in clear");
             }
             peers.push(url);
@@ -232,7 +232,7 @@ impl Cluster {
 /// A failed call's cause without its URL: the query may carry an account identifier
 /// (`?identifier=`), which only ever reaches a log redacted.
 fn without_url(e: reqwest::Error) -> String {
-    dataplane::error::chain(&e.without_url())
+    switchyard_common::error::chain(&e.without_url())
 }
 
 /// The HTTP client for the peers: `peer_ca` alone when set, the system trust store otherwise.

@@ -17,7 +17,7 @@ use crate::lockout::Lockout;
 use crate::state::Shared;
 
 /// Route keys are account names; anything longer is not one.
-const MAX_KEY_LEN: usize = dataplane::routekey::MAX_KEY_LEN;
+const MAX_KEY_LEN: usize = switchyard_common::routekey::MAX_KEY_LEN;
 
 pub struct ControlService {
     shared: Arc<Shared>,

@@ -21,11 +21,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    dataplane::telemetry::init(&config.server.log_level);
+    switchyard_common::telemetry::init(&config.server.log_level);
     let secrets = controlplane::Secrets::load(&config)?;
     let bound = controlplane::bind(&config).await.context("binding listeners")?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(dataplane::telemetry::shutdown_on_signal(shutdown.clone()));
+    tokio::spawn(switchyard_common::telemetry::shutdown_on_signal(shutdown.clone()));
     controlplane::run(config, bound, secrets, shutdown).await?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use dataplane::routekey::{redact, RouteKeyRule};
+use switchyard_common::routekey::{redact, RouteKeyRule};
 use switchyard_proto::v1 as pb;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -253,62 +253,14 @@ fn route_update(epoch: &str, changes: Vec<Change>) -> pb::RouteUpdate {
     pb::RouteUpdate { epoch: epoch.to_string(), revision, changes, flush: bulk.is_some() }
 }
 
-/// A node-side path as the wire carries it; "" means none.
-fn path_string(path: Option<&std::path::Path>) -> String {
-    path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
 /// The settings every node gets in its Welcome, from the control plane's own config.
 fn fleet_settings(config: &Config) -> pb::FleetSettings {
-    let ms = |d: std::time::Duration| d.as_millis() as u64;
-    pb::FleetSettings {
-        destinations: config
-            .destination
-            .iter()
-            .map(|(id, d)| pb::Destination {
-                id: id.clone(),
-                host: d.host.clone(),
-                forwarding: d.forwarding.as_str().to_string(),
-                allow_plaintext_auth: d.allow_plaintext_auth,
-                endpoints: d
-                    .protocol
-                    .iter()
-                    .map(|(protocol, e)| pb::Endpoint {
-                        protocol: protocol.clone(),
-                        port: u32::from(e.port),
-                        tls: e.tls.as_str().to_string(),
-                        forwarding: e.forwarding.map(|f| f.as_str().to_string()).unwrap_or_default(),
-                    })
-                    .collect(),
-                tls_verify: d.tls_verify.as_str().to_string(),
-                tls_server_name: d.tls_server_name.clone().unwrap_or_default(),
-                tls_pin_sha256: d.tls_pin_sha256.clone(),
-                tls_client_cert: path_string(d.tls_client_cert.as_deref()),
-                tls_client_key: path_string(d.tls_client_key.as_deref()),
-            })
-            .collect(),
-        default_destination: config.routing.default_destination.clone(),
-        master_user_separators: config.routing.master_user_separators.clone(),
-        recipient_delimiter: Some(config.routing.recipient_delimiter.clone()),
-        normalize: config.mapping.normalize.as_str().to_string(),
-        cache: Some(pb::CacheSettings {
-            positive_ttl_ms: ms(config.cache.positive_ttl),
-            negative_ttl_ms: ms(config.cache.negative_ttl),
-            max_entries: config.cache.max_entries,
-            max_stale_ms: ms(config.cache.max_stale),
-            max_bytes: config.cache.max_bytes,
-            negative_max_bytes: config.cache.negative_max_bytes,
-        }),
-        breaker: Some(pb::BreakerSettings {
-            failure_threshold: config.breaker.failure_threshold,
-            cooldown_ms: ms(config.breaker.cooldown),
-            connect_timeout_ms: ms(config.breaker.connect_timeout),
-            connect_retries: config.breaker.connect_retries,
-            login_timeout_ms: Some(ms(config.breaker.login_timeout)),
-        }),
-        report_interval_ms: ms(config.server.report_interval),
-        heartbeat_interval_ms: ms(config.server.heartbeat_interval),
+    let mut settings = pb::FleetSettings::from(&config.fleet_settings());
+    // Still sent for nodes older than the byte bounds, which bound their cache by entries.
+    if let Some(cache) = settings.cache.as_mut() {
+        cache.max_entries = config.cache.max_entries;
     }
+    settings
 }
 
 #[cfg(test)]

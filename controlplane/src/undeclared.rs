@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use dataplane::routekey::redact;
 use serde::{Deserialize, Serialize};
+use switchyard_common::routekey::redact;
 
 use crate::store::Change;
 

@@ -34,8 +34,7 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct NodeAuth(Option<AsciiMetadataValue>);
 
-/// Shortest node (and admin) token accepted: shorter ones are guessable.
-pub const MIN_TOKEN_LEN: usize = 32;
+pub use switchyard_common::config::MIN_TOKEN_LEN;
 
 impl NodeAuth {
     pub fn new(token: Option<&str>) -> Result<Self> {

@@ -11,13 +11,11 @@ pub mod breaker;
 pub mod bridge;
 pub mod cli;
 pub mod client;
-pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod control;
 pub mod error;
 pub mod health;
-pub mod http_server;
 pub mod identity;
 pub mod idle;
 pub mod inbound_proxy;
@@ -28,11 +26,14 @@ pub mod pipeline;
 pub mod preauth;
 pub mod protocol;
 pub mod route;
-pub mod routekey;
 pub mod sessions;
 pub mod settings;
-pub mod telemetry;
 pub mod tls;
+
+// What the node shares with the control plane (`switchyard-common`) and the codecs
+// (`switchyard-codec`), under the paths the node's modules have always used.
+pub use switchyard_codec as codec;
+pub use switchyard_common::{http_server, routekey, telemetry};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -5,14 +5,7 @@ use std::time::Duration;
 
 use crate::node::Node;
 
-/// Hit rate in percent with one decimal; 0 when nothing was looked up yet.
-pub fn hit_rate_pct(hits: u64, misses: u64) -> f64 {
-    let total = hits.saturating_add(misses);
-    if total == 0 {
-        return 0.0;
-    }
-    (hits as f64 * 1000.0 / total as f64).round() / 10.0
-}
+pub use switchyard_common::metrics::hit_rate_pct;
 
 pub async fn run(node: Arc<Node>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
@@ -38,15 +31,5 @@ pub async fn run(node: Arc<Node>, interval: Duration) {
             active_connections = node.sessions.active_total(),
             "metrics"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hit_rate_is_rounded_and_safe_on_zero() {
-        assert_eq!(super::hit_rate_pct(0, 0), 0.0);
-        assert_eq!(super::hit_rate_pct(2, 1), 66.7);
-        assert_eq!(super::hit_rate_pct(5, 0), 100.0);
     }
 }

@@ -1,13 +1,11 @@
-//! The fuzz targets' view of the data plane: its codec module compiled on its own, plus
-//! the small input conventions every target shares.
+//! The fuzz targets' view of the data plane: its codec crate (`switchyard-codec`), plus the
+//! small input conventions every target shares.
 //!
-//! `dataplane/src/codec/` is pure (no I/O, no other module of the crate), so it is built
-//! here from the same source files instead of through the `dataplane` crate: an
-//! instrumented build of the whole node (tokio, tonic, rustls, ...) would take minutes on
-//! CI's two cores, and a half-edited protocol file elsewhere would stop the fuzzers. A
-//! codec that starts to use another part of the crate fails this build, which CI runs.
+//! The codecs are a crate of their own, pure (no I/O, no other part of the node), so this
+//! build instruments only them: an instrumented build of the whole node (tokio, tonic,
+//! rustls, ...) would take minutes on CI's two cores, and a half-edited protocol file
+//! elsewhere would stop the fuzzers.
 
-#[path = "../../dataplane/src/codec/mod.rs"]
-pub mod codec;
+pub use switchyard_codec as codec;
 
 pub mod script;

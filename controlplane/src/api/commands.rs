@@ -6,8 +6,8 @@ use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::routing::post;
 use axum::{Json, Router};
-use dataplane::routekey::redact;
 use serde::{Deserialize, Serialize};
+use switchyard_common::routekey::redact;
 use switchyard_proto::v1 as pb;
 
 use super::ApiState;

@@ -12,8 +12,8 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dataplane::routekey::{redact, Identifier, MAX_KEY_LEN};
 use serde::{Deserialize, Serialize};
+use switchyard_common::routekey::{redact, Identifier, MAX_KEY_LEN};
 
 use super::ApiState;
 use crate::cluster::{gather, merge_results, PeerCall, PeerStatus, Scope, ScopeQuery};

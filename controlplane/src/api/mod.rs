@@ -31,7 +31,7 @@ use crate::lockout::Lockout;
 use crate::state::Shared;
 
 /// Shortest admin token accepted: shorter ones are guessable.
-pub const MIN_TOKEN_LEN: usize = dataplane::control::MIN_TOKEN_LEN;
+pub const MIN_TOKEN_LEN: usize = switchyard_common::config::MIN_TOKEN_LEN;
 
 #[derive(Clone)]
 pub struct ApiState {

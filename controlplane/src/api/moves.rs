@@ -9,8 +9,8 @@
 use axum::extract::{Path, Query, State};
 use axum::routing::post;
 use axum::{Json, Router};
-use dataplane::routekey::redact;
 use serde::{Deserialize, Serialize};
+use switchyard_common::routekey::redact;
 use switchyard_proto::v1 as pb;
 
 use super::commands::{delay_call, kick_call, Fleetwide};

@@ -5,8 +5,8 @@ use axum::extract::{Query, State};
 use axum::http::Method;
 use axum::routing::get;
 use axum::{Json, Router};
-use dataplane::metrics::hit_rate_pct;
 use serde::{Deserialize, Serialize};
+use switchyard_common::metrics::hit_rate_pct;
 
 use super::{seconds, ApiState};
 use crate::cluster::{gather, merge_nodes, NodeEntry, PeerCall, PeerStatus, ScopeQuery};

@@ -108,7 +108,7 @@ async fn mappings_are_normalized_written_listed_and_removed() {
     assert_eq!(shown["normalized"], "bob");
     assert_eq!(shown["destination"], "new");
     assert_eq!(shown["routed_to_default"], false);
-    assert_eq!(shown["log_tag"], dataplane::routekey::redact("bob"));
+    assert_eq!(shown["log_tag"], switchyard_common::routekey::redact("bob"));
     let (_, unknown) = call(&app, "GET", "/mappings/dave", t, None).await;
     assert_eq!((unknown["destination"].as_str(), unknown["routed_to_default"].as_bool()), (Some("legacy"), Some(true)));
 

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use dataplane::routekey::{Identifier, RouteKeyRule, MAX_KEY_LEN};
+use switchyard_common::routekey::{Identifier, RouteKeyRule, MAX_KEY_LEN};
 
 use super::Format;
 use crate::config::Config;

@@ -2,6 +2,7 @@
 //! validated; loaded with the data plane's strict machinery so both report alike.
 
 mod destination;
+mod fleet;
 mod stores;
 mod validate;
 
@@ -10,12 +11,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dataplane::config::{parse_toml, read_file};
 use serde::Deserialize;
+use switchyard_common::config::{parse_toml, read_file};
 
-pub use dataplane::config::{load_token, ConfigError, Forwarding, TlsMode};
 pub use destination::{DestinationConfig, EndpointConfig, TlsVerify};
 pub use stores::{load_store_url, PostgresConfig, RedisConfig};
+pub use switchyard_common::config::{load_token, ConfigError};
+pub use switchyard_common::wire::{Forwarding, TlsMode};
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default)]
@@ -43,8 +45,8 @@ impl Config {
 
     /// How identifiers become route keys: nodes (pushed in the fleet settings), the API,
     /// bulk imports and every store agree.
-    pub fn route_key_rule(&self) -> dataplane::routekey::RouteKeyRule {
-        dataplane::routekey::RouteKeyRule {
+    pub fn route_key_rule(&self) -> switchyard_common::routekey::RouteKeyRule {
+        switchyard_common::routekey::RouteKeyRule {
             master_user_separators: self.routing.master_user_separators.clone(),
             recipient_delimiter: self.routing.recipient_delimiter.clone(),
             lowercase: self.mapping.normalize == Normalize::Lowercase,
@@ -169,15 +171,15 @@ impl Default for ApiConfig {
             lockout_window: DEFAULT_LOCKOUT_WINDOW,
             lockout_duration: DEFAULT_LOCKOUT_DURATION,
             max_connections: 512,
-            header_read_timeout: dataplane::http_server::DEFAULT_HEADER_READ_TIMEOUT,
+            header_read_timeout: switchyard_common::http_server::DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
 
 impl ApiConfig {
-    pub fn http_limits(&self) -> dataplane::http_server::HttpLimits {
+    pub fn http_limits(&self) -> switchyard_common::http_server::HttpLimits {
         let (max_connections, header_read_timeout) = (self.max_connections, self.header_read_timeout);
-        dataplane::http_server::HttpLimits { max_connections, header_read_timeout }
+        switchyard_common::http_server::HttpLimits { max_connections, header_read_timeout }
     }
 
     pub fn lockout(&self) -> crate::lockout::Policy {
@@ -351,8 +353,8 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(30),
             max_entries: 1_000_000,
             max_stale: Duration::from_secs(3600),
-            max_bytes: dataplane::settings::DEFAULT_MAX_BYTES,
-            negative_max_bytes: dataplane::settings::DEFAULT_NEGATIVE_MAX_BYTES,
+            max_bytes: switchyard_common::settings::DEFAULT_MAX_BYTES,
+            negative_max_bytes: switchyard_common::settings::DEFAULT_NEGATIVE_MAX_BYTES,
         }
     }
 }

@@ -103,7 +103,7 @@ fn defaults_are_applied() {
     assert_eq!(c.api.ack_timeout, Duration::from_secs(5));
     assert_eq!(c.routing.master_user_separators, ["%"]);
     assert_eq!(c.routing.recipient_delimiter, "+");
-    assert_eq!(c.route_key_rule(), dataplane::routekey::RouteKeyRule::default());
+    assert_eq!(c.route_key_rule(), switchyard_common::routekey::RouteKeyRule::default());
     assert_eq!(c.mapping.source, MappingSource::Sqlite);
     assert_eq!(c.mapping.normalize, Normalize::Lowercase);
     assert_eq!(c.mapping.sqlite.path, Path::new("switchyard-mappings.db"));

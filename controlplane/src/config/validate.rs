@@ -3,9 +3,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use dataplane::config::{
-    check_at_most, check_http, check_log_level, check_positive, cleartext_off_loopback, key_path, Problems, Protocol,
+use switchyard_common::config::{
+    check_at_most, check_http, check_log_level, check_positive, cleartext_off_loopback, key_path, Problems,
 };
+use switchyard_common::wire::Protocol;
 
 use super::{Config, DestinationConfig, MappingSource, TlsMode, TlsVerify};
 
@@ -250,7 +251,7 @@ fn check_destination_tls(at: &str, d: &DestinationConfig, p: &mut Problems) {
         _ => {}
     }
     for (i, pin) in d.tls_pin_sha256.iter().enumerate() {
-        if dataplane::tls::parse_pin(pin).is_none() {
+        if switchyard_common::tls::parse_pin(pin).is_none() {
             p.push(
                 format!("{pins_at}[{i}]"),
                 format!("{pin:?} is not a SHA-256 in hex (64 hex digits, ':' between bytes allowed)"),
@@ -259,13 +260,14 @@ fn check_destination_tls(at: &str, d: &DestinationConfig, p: &mut Problems) {
     }
     let uses_tls = d.protocol.values().any(|e| e.tls != TlsMode::Plain);
     match &d.tls_server_name {
-        Some(name) if dataplane::tls::server_name(name).is_none() => {
+        Some(name) if switchyard_common::tls::server_name(name).is_none() => {
             p.push(key_path(at, "tls_server_name"), format!("{name:?} is not a DNS name or IP address"))
         }
-        None if uses_tls && !d.host.trim().is_empty() && dataplane::tls::server_name(&d.host).is_none() => p.push(
-            key_path(at, "host"),
-            format!("{:?} cannot be checked against a certificate; set tls_server_name", d.host),
-        ),
+        None if uses_tls && !d.host.trim().is_empty() && switchyard_common::tls::server_name(&d.host).is_none() => p
+            .push(
+                key_path(at, "host"),
+                format!("{:?} cannot be checked against a certificate; set tls_server_name", d.host),
+            ),
         _ => {}
     }
     let empty = |path: &Option<std::path::PathBuf>| path.as_ref().is_some_and(|p| p.as_os_str().is_empty());

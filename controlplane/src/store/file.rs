@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use dataplane::routekey::{Identifier, RouteKeyRule, MAX_KEY_LEN};
+use switchyard_common::routekey::{Identifier, RouteKeyRule, MAX_KEY_LEN};
 
 use super::{Change, Mapping, StoreError};
 

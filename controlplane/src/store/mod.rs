@@ -21,7 +21,7 @@ pub use sqlite::SqliteStore;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use dataplane::routekey::RouteKeyRule;
+use switchyard_common::routekey::RouteKeyRule;
 
 use crate::config::{MappingConfig, MappingSource};
 

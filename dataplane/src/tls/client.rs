@@ -16,9 +16,8 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::server::{read_chain, read_key};
 use super::verify::{LeafVerifier, Trust};
-use super::{provider, server_name, PROTOCOL_VERSIONS};
+use super::{provider, read_chain, read_key, server_name, PROTOCOL_VERSIONS};
 use crate::settings::{BackendTls, ClientCert, Destination, TlsVerify};
 
 /// Modification times of a client certificate and key: a renewed file on disk is picked

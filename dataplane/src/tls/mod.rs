@@ -18,13 +18,13 @@ mod tests;
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::ServerName;
 use rustls::SupportedProtocolVersion;
 
 pub use client::{connect_tls, Connector};
 pub(crate) use server::check_certificates;
-pub use server::{read_chain, read_key, TlsAcceptor};
+pub use server::TlsAcceptor;
 pub use stream::MaybeTls;
+pub use switchyard_common::tls::{parse_pin, read_chain, read_key, server_name};
 
 /// TLS 1.2 and 1.3 only: rustls speaks nothing older, and this makes the floor explicit.
 pub(crate) static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
@@ -33,21 +33,6 @@ pub(crate) static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::v
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
-}
-
-/// Parses a `tls_pin_sha256` entry: 64 hex digits, either case, optionally with `:`
-/// between bytes as `openssl x509 -fingerprint -sha256` prints them.
-pub fn parse_pin(pin: &str) -> Option<[u8; 32]> {
-    let digits: String = pin.trim().chars().filter(|c| *c != ':').collect();
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(digits, &mut out).ok()?;
-    Some(out)
-}
-
-/// The name a backend is addressed by in SNI and checked against: a DNS name, or an IP
-/// address (which is then matched against the certificate's IP SANs and sends no SNI).
-pub fn server_name(name: &str) -> Option<ServerName<'static>> {
-    ServerName::try_from(name.trim().to_owned()).ok()
 }
 
 /// Lower-case hex of the SHA-256 of `der`, as pins are written and logged.

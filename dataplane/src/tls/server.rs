@@ -7,17 +7,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer};
+use rustls::pki_types::DnsName;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{provider, PROTOCOL_VERSIONS};
+use super::{provider, read_chain, read_key, PROTOCOL_VERSIONS};
 use crate::config::{key_path, CertificateConfig, ConfigError, Problems, TlsConfig};
 
 /// Problems as (key path, message): validation feeds them to `Problems`, start-up to a
@@ -107,29 +105,6 @@ fn load_one(at: &str, c: &CertificateConfig, only: bool, found: &mut Found) -> O
         found.push((key_path(at, where_), what.into()));
     }
     Some(Loaded { at: at.to_owned(), names, names_explicit, default: c.default || only, key })
-}
-
-/// Reads a PEM certificate chain (or CA bundle); the message names the file.
-pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if chain.is_empty() {
-        return Err(format!("no PEM CERTIFICATE in {}", path.display()));
-    }
-    Ok(chain)
-}
-
-/// Reads a PEM private key; the message names the file.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => {
-            format!("no private key (PKCS#8, PKCS#1 or SEC1 PEM) in {}", path.display())
-        }
-        e => format!("{}: {e}", path.display()),
-    })
 }
 
 /// SNI is case-insensitive and may carry the root's trailing dot.

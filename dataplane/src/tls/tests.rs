@@ -110,17 +110,6 @@ fn acceptor_needs_certificates_that_load() {
     assert!(err.problems()[0].starts_with("tls.certificate.main.key: cannot read "), "{err}");
 }
 
-#[test]
-fn pins_parse_in_either_case_with_or_without_colons() {
-    assert_eq!(parse_pin(&"Ab".repeat(32)), Some([0xab; 32]));
-    assert_eq!(parse_pin(&["0f"; 32].join(":")), Some([0x0f; 32]));
-    assert_eq!(parse_pin(&"ab".repeat(31)), None);
-    assert_eq!(parse_pin(&"zz".repeat(32)), None);
-    assert!(matches!(server_name("10.0.0.1"), Some(ServerName::IpAddress(_))));
-    assert!(matches!(server_name("imap.example.test"), Some(ServerName::DnsName(_))));
-    assert!(server_name("not a name").is_none());
-}
-
 fn dest(verify: TlsVerify, server_name: &str, client_cert: Option<&Issued>) -> Destination {
     Destination {
         id: "backend".into(),

@@ -1,8 +1,8 @@
 //! SMTP replies: `250-first` … `250 last` assembled into one [`Reply`], the EHLO keywords
 //! in it, and replies the proxy writes itself.
 
-use crate::codec::line::LineBuffer;
-use crate::codec::CodecError;
+use crate::line::LineBuffer;
+use crate::CodecError;
 
 /// A reply with more lines than this is refused: no real server sends that many, and the
 /// proxy holds a whole reply in memory before relaying it.
@@ -24,7 +24,7 @@ impl Reply {
 
     /// The reply as it goes on the wire.
     pub fn to_bytes(&self) -> Vec<u8> {
-        crate::codec::line::join_crlf(&self.lines)
+        crate::line::join_crlf(&self.lines)
     }
 
     /// The first line, shortened and printable, for error messages.

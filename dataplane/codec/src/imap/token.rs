@@ -2,8 +2,8 @@
 //! headers, read by a cursor that never looks past the line it was given.
 
 use super::{Arg, Partial, Step};
-use crate::codec::imap::ImapError;
-use crate::codec::CodecError::{self, Malformed};
+use crate::imap::ImapError;
+use crate::CodecError::{self, Malformed};
 
 pub(super) struct Cursor<'a> {
     bytes: &'a [u8],

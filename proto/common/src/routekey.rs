@@ -3,7 +3,7 @@
 //!
 //! Both sides of the fleet use this module: nodes to key their route cache, the control
 //! plane to key the API, bulk imports and every mapping store. A single implementation
-//! keeps them in agreement (SPEC §2.1 step 4).
+//! keeps them in agreement.
 
 use std::borrow::Cow;
 
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 /// The longest route key a node resolves or a store holds, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
 
-pub use crate::codec::identifier::Identifier;
+pub use switchyard_codec::identifier::Identifier;
 
 /// How an identifier becomes the key the mapping store and route cache use.
 #[derive(Debug, Clone, PartialEq, Eq)]
