@@ -50,6 +50,7 @@ pub struct Permit {
 }
 
 impl Permit {
+    #[cfg(test)]
     pub fn is_probe(&self) -> bool {
         self.probe
     }

@@ -51,6 +51,7 @@ impl BufferPool {
     }
 
     /// How many buffers are out with directions right now.
+    #[cfg(test)]
     pub fn lent(&self) -> usize {
         self.lent.load(std::sync::atomic::Ordering::Relaxed)
     }

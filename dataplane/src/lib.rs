@@ -4,31 +4,31 @@
 //! `main.rs` parses arguments, loads the config, calls [`bind`] (fail fast) and [`run`].
 //! Tests call the same two functions with listeners on port 0.
 
-pub mod auth;
-pub mod backend;
-pub mod background;
-pub mod breaker;
-pub mod bridge;
+pub(crate) mod auth;
+pub(crate) mod backend;
+pub(crate) mod background;
+pub(crate) mod breaker;
+pub(crate) mod bridge;
 pub mod cli;
-pub mod client;
-pub mod commands;
+pub(crate) mod client;
+pub(crate) mod commands;
 pub mod config;
-pub mod control;
+pub(crate) mod control;
 pub mod error;
-pub mod health;
-pub mod identity;
-pub mod idle;
-pub mod inbound_proxy;
-pub mod listener;
-pub mod metrics;
-pub mod node;
-pub mod pipeline;
-pub mod preauth;
-pub mod protocol;
+pub(crate) mod health;
+pub(crate) mod identity;
+pub(crate) mod idle;
+pub(crate) mod inbound_proxy;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod pipeline;
+pub(crate) mod preauth;
+pub(crate) mod protocol;
 pub mod route;
-pub mod sessions;
+pub(crate) mod sessions;
 pub mod settings;
-pub mod tls;
+pub(crate) mod tls;
 
 // What the node shares with the control plane (`switchyard-common`) and the codecs
 // (`switchyard-codec`), under the paths the node's modules have always used.

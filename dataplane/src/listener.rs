@@ -129,15 +129,7 @@ async fn open(shared: Shared, accepted: Accepted) -> Option<(SessionCtx, MaybeTl
         tracing::Span::current().record("client", tracing::field::display(client));
     }
     let local = stream.local_addr().unwrap_or(peer);
-    let ctx = SessionCtx {
-        node: shared.node,
-        listener_id: shared.id,
-        listener: shared.config,
-        client,
-        local,
-        tls: shared.tls,
-        accepted: at,
-    };
+    let ctx = SessionCtx { node: shared.node, listener: shared.config, client, local, tls: shared.tls, accepted: at };
     let stream = MaybeTls::Plain(stream);
     let stream = match ctx.listener.tls {
         TlsMode::Implicit => match ctx.accept_tls(stream, ctx.preauth_deadline()).await {

@@ -78,10 +78,6 @@ impl Node {
         self.settings.borrow().clone()
     }
 
-    pub fn watch_settings(&self) -> watch::Receiver<Option<Arc<FleetSettings>>> {
-        self.settings.subscribe()
-    }
-
     pub fn routes(&self) -> Option<Arc<RouteCache>> {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -28,7 +28,6 @@ use crate::tls::{Connector, MaybeTls, TlsAcceptor};
 #[derive(Clone)]
 pub struct SessionCtx {
     pub node: Arc<Node>,
-    pub listener_id: Arc<str>,
     pub listener: Arc<ListenerConfig>,
     /// The real client (from a trusted PROXY header, else the peer).
     pub client: SocketAddr,
@@ -45,7 +44,6 @@ pub struct SessionCtx {
 /// their timeouts from this one snapshot, never from the node again.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub key: String,
     pub destination: Arc<Destination>,
     pub endpoint: Endpoint,
     pub settings: Arc<FleetSettings>,
@@ -62,12 +60,7 @@ impl SessionCtx {
         self.accepted + self.listener.preauth_timeout
     }
 
-    /// Steps 4–5: route key, login delay, cache/control plane, declared destination.
-    pub async fn route(&self, identifier: &Identifier) -> Result<Route> {
-        self.resolve(identifier, true).await
-    }
-
-    /// [`Self::route`] for a session that replays no credentials (delivery by recipient):
+    /// The route for a session that replays no credentials (delivery by recipient):
     /// the destination's `allow_plaintext_auth` guards credentials, so it does not apply.
     /// Keyed as a recipient: cut at the recipient delimiter, never at a master-user separator.
     /// A miss is taken out of the session's `budget`: `None`, without asking the control
@@ -82,7 +75,7 @@ impl SessionCtx {
 
     /// A route to one named destination without a lookup (a listener's fixed
     /// pass-through), for a session that replays no credentials.
-    pub fn route_fixed(&self, destination: &str, key: String) -> Result<Route> {
+    pub fn route_fixed(&self, destination: &str) -> Result<Route> {
         let settings = self
             .node
             .settings()
@@ -92,12 +85,7 @@ impl SessionCtx {
             .cloned()
             .ok_or_else(|| Error::Routing(format!("pass-through destination {destination} is not declared")))?;
         let endpoint = self.endpoint(&destination, false)?;
-        Ok(Route { key, destination, endpoint, settings })
-    }
-
-    async fn resolve(&self, identifier: &Identifier, credentials: bool) -> Result<Route> {
-        let (settings, key) = self.route_key(identifier)?;
-        self.route_key_to(&settings, key, credentials).await
+        Ok(Route { destination, endpoint, settings })
     }
 
     /// The fleet settings this decision is taken with, and the identifier's route key.
@@ -146,7 +134,7 @@ impl SessionCtx {
             "routing decision"
         );
         let endpoint = self.endpoint(&destination, credentials)?;
-        Ok(Route { key, destination, endpoint, settings: Arc::clone(settings) })
+        Ok(Route { destination, endpoint, settings: Arc::clone(settings) })
     }
 
     fn endpoint(&self, destination: &Destination, credentials: bool) -> Result<Endpoint> {

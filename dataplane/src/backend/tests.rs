@@ -122,7 +122,6 @@ fn ctx(backend: &Scripted, threshold: u32) -> SessionCtx {
     let addr = "127.0.0.1:1".parse().unwrap();
     SessionCtx {
         node,
-        listener_id: "imap".into(),
         listener: Arc::new(listener),
         client: addr,
         local: addr,

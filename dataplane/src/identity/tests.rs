@@ -166,15 +166,7 @@ fn ctx(client: &str, trusted: &str) -> SessionCtx {
     let listener = Arc::new(Config::from_toml_str(&toml).unwrap().listener["imap"].clone());
     let node = testing::node("imap", 1, "none");
     let client = client.parse().unwrap();
-    SessionCtx {
-        node,
-        listener_id: "imap".into(),
-        listener,
-        client,
-        local: client,
-        tls: None,
-        accepted: tokio::time::Instant::now(),
-    }
+    SessionCtx { node, listener, client, local: client, tls: None, accepted: tokio::time::Instant::now() }
 }
 
 fn upstream(ttl: u32) -> Upstream {

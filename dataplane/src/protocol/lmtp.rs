@@ -372,7 +372,7 @@ impl Session {
     /// once the session's lookups are spent and the recipient is not cached.
     async fn route(&self, mailbox: &str) -> Result<Option<Route>> {
         match &self.ctx.listener.pass_through {
-            Some(destination) => self.ctx.route_fixed(destination, mailbox.to_owned()).map(Some),
+            Some(destination) => self.ctx.route_fixed(destination).map(Some),
             None => {
                 let route = self.ctx.route_delivery_within(mailbox, &self.resolves).await?;
                 if route.is_none() && self.resolves.refused() == 1 {

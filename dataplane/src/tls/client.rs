@@ -14,7 +14,6 @@ use std::time::SystemTime;
 
 use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use super::verify::{LeafVerifier, Trust};
 use super::{provider, read_chain, read_key, server_name, PROTOCOL_VERSIONS};
@@ -43,7 +42,8 @@ impl Connector {
         Connector { roots: OnceLock::new(), configs: Mutex::new(HashMap::new()) }
     }
 
-    /// Trusts exactly `roots` for `tls_verify = "system"` (tests, private trust).
+    /// Trusts exactly `roots` for `tls_verify = "system"` (tests).
+    #[cfg(test)]
     pub fn with_roots(roots: RootCertStore) -> Self {
         let connector = Connector::new();
         let _ = connector.roots.set(Arc::new(roots));
@@ -142,14 +142,6 @@ impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector").finish_non_exhaustive()
     }
-}
-
-/// TLS to `dest` over `stream` with the process-wide [`Connector`].
-pub async fn connect_tls(
-    dest: &Destination,
-    stream: TcpStream,
-) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    Connector::global().connect(dest, stream).await
 }
 
 fn stamp(c: &ClientCert) -> FileStamp {

@@ -217,11 +217,6 @@ impl TlsAcceptor {
         Ok(Some(TlsAcceptor { config: Arc::new(config) }))
     }
 
-    /// The shared rustls config, for callers that drive `tokio_rustls` themselves.
-    pub fn server_config(&self) -> Arc<ServerConfig> {
-        Arc::clone(&self.config)
-    }
-
     /// Runs the server handshake on `stream` (fresh for implicit TLS, or the plain
     /// connection after the protocol's STARTTLS reply). The caller bounds it with its own
     /// pre-auth deadline.

@@ -2,7 +2,6 @@
 //! single field and swaps the plain variant for the encrypted one on STARTTLS.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -28,20 +27,18 @@ impl MaybeTls {
         !matches!(self, MaybeTls::Plain(_))
     }
 
-    /// The TCP socket underneath, for addresses and socket options.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The peer's address (tests check what a leg is connected to).
+    #[cfg(test)]
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
         match self {
-            MaybeTls::Plain(s) => s,
-            MaybeTls::Server(s) => s.get_ref().0,
-            MaybeTls::Client(s) => s.get_ref().0,
+            MaybeTls::Plain(s) => s.peer_addr(),
+            MaybeTls::Server(s) => s.get_ref().0.peer_addr(),
+            MaybeTls::Client(s) => s.get_ref().0.peer_addr(),
         }
     }
 
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
-    }
-
     /// The server name the client asked for (client leg with SNI only).
+    #[cfg(test)]
     pub fn sni(&self) -> Option<&str> {
         match self {
             MaybeTls::Server(s) => s.get_ref().1.server_name(),

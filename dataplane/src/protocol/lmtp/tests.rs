@@ -195,15 +195,7 @@ async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor
         while let Ok((stream, client)) = listener.accept().await {
             let (listener, tls) = (Arc::clone(&config), tls.clone());
             let accepted = tokio::time::Instant::now();
-            let ctx = SessionCtx {
-                local: client,
-                tls,
-                node: Arc::clone(&served),
-                listener_id: "m".into(),
-                listener,
-                client,
-                accepted,
-            };
+            let ctx = SessionCtx { local: client, tls, node: Arc::clone(&served), listener, client, accepted };
             tokio::spawn(super::serve(ctx, stream.into(), flavor));
         }
     });
