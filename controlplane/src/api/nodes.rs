@@ -197,7 +197,7 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ScopeQuery>) -> Res
     let replies = state.cluster.call(q.scope, &PeerCall::new(Method::GET, &["nodes"])).await;
     let current = state.shared.store.revision().await.ok();
     let epoch = state.shared.epoch().to_string();
-    let undeclared = state.shared.undeclared.summary();
+    let undeclared = state.shared.publisher.undeclared().summary();
     let local = state.shared.fleet.views().into_iter().map(|v| node_info(v, current, &epoch, &undeclared));
     let (answers, peers) = gather::<Vec<NodeInfo>>(replies);
     let remote = answers
