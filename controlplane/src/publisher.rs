@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use switchyard_proto::v1 as pb;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use history::HistoryGuard;
 
@@ -107,29 +107,36 @@ impl Publisher {
         if !self.undeclared.is_declared(destination) {
             return Err(Error::BadRequest(format!("destination {destination:?} is not declared")));
         }
-        let committed = self.commit(key, Some(destination)).await?;
-        committed.ok_or_else(|| Error::Config("store did not return a revision".into()))
+        let mut pushed = self.write_lock().await?;
+        let written = self.store.put(key, destination).await;
+        let revision = self.refused(&mut pushed, written).await?;
+        self.publish(&mut pushed, revision).await
     }
 
     /// Removes `key`'s mapping and pushes that, like [`put`](Self::put). `None`: it was
     /// not mapped, nothing changed.
     pub async fn remove(&self, key: &str) -> Result<Option<Committed>> {
-        self.commit(key, None).await
+        let mut pushed = self.write_lock().await?;
+        let written = self.store.delete(key).await;
+        let Some(revision) = self.refused(&mut pushed, written).await? else { return Ok(None) };
+        self.publish(&mut pushed, revision).await.map(Some)
     }
 
-    async fn commit(&self, key: &str, destination: Option<&str>) -> Result<Option<Committed>> {
+    /// The write lock, once a loss of history found earlier is recovered from.
+    async fn write_lock(&self) -> Result<MutexGuard<'_, u64>> {
         let mut pushed = self.pushed.lock().await;
         self.before_write(&mut pushed).await?;
-        let written: Result<Option<u64>, StoreError> = match destination {
-            Some(d) => self.store.put(key, d).await.map(Some),
-            None => self.store.delete(key).await,
-        };
-        let Some(revision) = self.refused(&mut pushed, written).await? else { return Ok(None) };
+        Ok(pushed)
+    }
+
+    /// Pushes a write of `revision` just made in the store. A revision already pushed
+    /// means the history went back under this replica: the recovery's flush covers it.
+    async fn publish(&self, pushed: &mut u64, revision: u64) -> Result<Committed> {
         if revision <= *pushed {
-            self.reused(&mut pushed, revision).await?;
+            self.reused(pushed, revision).await?;
         }
-        self.push_since(&mut pushed).await?;
-        Ok(Some(Committed { epoch: self.epoch(), revision }))
+        self.push_since(pushed).await?;
+        Ok(Committed { epoch: self.epoch(), revision })
     }
 
     /// Pushes every change the nodes have not been sent yet: called when the store

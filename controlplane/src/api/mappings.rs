@@ -118,13 +118,13 @@ struct Page {
 
 #[derive(Serialize)]
 struct Listing {
-    mappings: Vec<Entry>,
+    mappings: Vec<ListedMapping>,
     /// Pass as `after` for the next page; absent on the last page.
     next: Option<String>,
 }
 
 #[derive(Serialize)]
-struct Entry {
+struct ListedMapping {
     identifier: String,
     destination: String,
 }
@@ -133,6 +133,6 @@ async fn list(State(state): State<ApiState>, Query(page): Query<Page>) -> Result
     let limit = page.limit.unwrap_or(100).clamp(1, 1000);
     let rows = state.shared.store.list(page.after.as_deref(), limit).await?;
     let next = (rows.len() == limit).then(|| rows.last().map(|m| m.key.clone())).flatten();
-    let mappings = rows.into_iter().map(|m| Entry { identifier: m.key, destination: m.destination }).collect();
+    let mappings = rows.into_iter().map(|m| ListedMapping { identifier: m.key, destination: m.destination }).collect();
     Ok(Json(Listing { mappings, next }))
 }
