@@ -28,17 +28,19 @@ const MAX_REPLAY: usize = 10_000;
 
 /// Orders every route change the nodes see.
 ///
-/// The invariant: the nodes are sent the store's revisions in order, each exactly once,
-/// and no change slips between a connecting node's catch-up and its registration (it
-/// would be in neither its replay nor its outbox). Both hold because one lock, around
-/// `pushed` (the last revision pushed), is held across "store write → outbox → push" and
-/// across "welcome → catch-up → register". Changes made elsewhere (another replica, a
-/// bulk import) reach the nodes through [`catch_up`](Self::catch_up), under the same lock.
+/// The invariant: every node is pushed the store's changes in revision order, none
+/// twice and none skipped, and no change slips between a connecting node's catch-up and
+/// its registration (it would be in neither its replay nor its outbox). Both hold because
+/// one lock, around `pushed` (the last revision pushed), is held across "store write →
+/// outbox of every connected node → its stream wakes" and across "welcome → catch-up →
+/// register". Changes made elsewhere (another replica, a bulk import) reach the nodes
+/// through [`catch_up`](Self::catch_up), under the same lock.
 ///
 /// Revisions count only within an epoch: a store that lost its history or went back is
 /// caught here, a new epoch started and every node told to flush before any revision of
 /// the new history is pushed (see [`history`]); acks name their epoch, so a write's
-/// result never counts a node that applied a revision of an older history.
+/// answer ([`Committed`] names the epoch) never counts a node that applied a revision of
+/// an older history.
 pub struct Publisher {
     store: Store,
     fleet: Arc<Fleet>,
