@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use export::export;
 use indicatif::{ProgressBar, ProgressStyle};
-use parse::{parse, Checker, Entry, Problem};
+use parse::{parse, Checker, ImportRow, Problem};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -164,7 +164,7 @@ struct Diff {
 
 /// Pages through the store once, looking every stored key up in the file's entries:
 /// only the file is held in memory, and the store's key order does not matter.
-async fn compare(store: &Store, entries: &[Entry], destinations: &[String], bar: &ProgressBar) -> Result<Diff> {
+async fn compare(store: &Store, entries: &[ImportRow], destinations: &[String], bar: &ProgressBar) -> Result<Diff> {
     let index: HashMap<&str, usize> = entries.iter().enumerate().map(|(i, e)| (e.key.as_str(), i)).collect();
     let mut status: Vec<Status> = entries.iter().map(|_| Status::Added).collect();
     let mut after: Option<String> = None;
@@ -188,7 +188,7 @@ async fn compare(store: &Store, entries: &[Entry], destinations: &[String], bar:
 }
 
 /// The first [`SAMPLES`] additions and changes in file order, then how many more.
-fn samples(entries: &[Entry], status: &[Status], destinations: &[String]) -> Vec<String> {
+fn samples(entries: &[ImportRow], status: &[Status], destinations: &[String]) -> Vec<String> {
     let mut adds = Vec::new();
     let mut changes = Vec::new();
     for (e, s) in entries.iter().zip(status) {

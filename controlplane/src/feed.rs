@@ -22,7 +22,7 @@ pub async fn follow(shared: Arc<Shared>, interval: Duration, shutdown: Cancellat
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
         }
-        match shared.catch_up().await {
+        match shared.publisher.catch_up().await {
             Ok(revision) if failing => {
                 failing = false;
                 tracing::info!(revision, "mapping store reachable again; nodes caught up");

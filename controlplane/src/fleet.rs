@@ -23,19 +23,22 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::CommandLog;
 use crate::error::Result;
 use crate::outbox::Outbox;
+use crate::route::RouteUpdate;
 pub use claim::{Refused, REFUSAL_MEMORY};
 use results::{applied_outcome, applied_result, send_command};
 pub use results::{NodeOutcome, NodeResult};
 pub use stream::Messages;
 
 /// Commands and heartbeats for one node's stream; its route updates wait in its outbox.
-pub type Outbound = mpsc::Sender<pb::ControlMessage>;
+pub type CommandSender = mpsc::Sender<pb::ControlMessage>;
 
-struct NodeEntry {
+/// What the fleet knows of one node id: its current (or last) stream and process, what it
+/// reported and applied, its outbox, and the commands waiting for its acks.
+struct NodeState {
     hello: pb::Hello,
     /// Identifies the current stream, so a late disconnect of an old stream is ignored.
     stream_id: u64,
-    tx: Option<Outbound>,
+    tx: Option<CommandSender>,
     /// Where the current stream connects from.
     address: Option<SocketAddr>,
     /// Ends the current stream and its pump: the node left, or a newer stream replaced it.
@@ -82,8 +85,12 @@ pub struct NodeView {
     pub refused: Vec<Refused>,
 }
 
+/// This replica's nodes, by node id, behind one short-held lock (never held across an
+/// `.await`). Route updates enter through [`push`](Fleet::push), called in revision order
+/// by [`crate::publisher::Publisher`] only; commands through [`command`](Fleet::command).
+/// A write's result is read back with [`wait_applied`](Fleet::wait_applied).
 pub struct Fleet {
-    nodes: Mutex<HashMap<String, NodeEntry>>,
+    nodes: Mutex<HashMap<String, NodeState>>,
     /// Recent commands, replayed to nodes that come back before they expire.
     pub log: CommandLog,
     /// Woken on every ack and disconnect so waiters re-check.
@@ -117,7 +124,7 @@ impl Fleet {
 
     /// Forgets the nodes that left longer than the retention ago, and the oldest of them
     /// past [`MAX_DEPARTED`].
-    fn prune(&self, nodes: &mut HashMap<String, NodeEntry>) {
+    fn prune(&self, nodes: &mut HashMap<String, NodeState>) {
         nodes.retain(|_, e| e.tx.is_some() || e.last_seen.elapsed() <= self.retention);
         let departed = nodes.values().filter(|e| e.tx.is_none()).count();
         if departed > MAX_DEPARTED {
@@ -130,7 +137,7 @@ impl Fleet {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, NodeEntry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, NodeState>> {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -157,7 +164,7 @@ impl Fleet {
         address: Option<SocketAddr>,
         applied: (String, u64),
         in_flight: u64,
-        tx: Outbound,
+        tx: CommandSender,
     ) -> Result<Registration> {
         let silence = self.silence();
         let mut nodes = self.lock();
@@ -169,7 +176,7 @@ impl Fleet {
         let stream_id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let registration = Registration { stream_id, stop: CancellationToken::new(), wake: Arc::new(Notify::new()) };
         let now = Instant::now();
-        let entry = nodes.entry(hello.node_id.clone()).or_insert_with(|| NodeEntry {
+        let entry = nodes.entry(hello.node_id.clone()).or_insert_with(|| NodeState {
             hello: hello.clone(),
             stream_id,
             tx: None,
@@ -222,7 +229,7 @@ impl Fleet {
 
     /// The node's merged route changes, if its stream is `stream_id` and it acked what was
     /// in flight.
-    fn take_update(&self, node_id: &str, stream_id: u64) -> Option<pb::RouteUpdate> {
+    fn take_update(&self, node_id: &str, stream_id: u64) -> Option<RouteUpdate> {
         let mut nodes = self.lock();
         let entry = nodes.get_mut(node_id).filter(|e| e.stream_id == stream_id && e.tx.is_some())?;
         entry.outbox.ready(&entry.applied)
@@ -257,7 +264,7 @@ impl Fleet {
         self.changed.notify_waiters();
     }
 
-    fn is_stale(&self, entry: &NodeEntry) -> bool {
+    fn is_stale(&self, entry: &NodeState) -> bool {
         entry.last_seen.elapsed() > self.silence()
     }
 
@@ -290,14 +297,14 @@ impl Fleet {
         self.lock().contains_key(node_id)
     }
 
-    fn senders(&self) -> Vec<(String, Outbound)> {
+    fn senders(&self) -> Vec<(String, CommandSender)> {
         self.lock().values().filter_map(|e| e.tx.clone().map(|tx| (e.hello.node_id.clone(), tx))).collect()
     }
 
     /// Queues a route update for every connected node (call in revision order): its stream
     /// sends it as soon as it has room if the node acked everything before, merged into
     /// the next update otherwise.
-    pub fn push(&self, update: pb::RouteUpdate) {
+    pub fn push(&self, update: RouteUpdate) {
         for entry in self.lock().values_mut().filter(|e| e.tx.is_some()) {
             entry.outbox.add(&update);
             entry.wake.notify_one();

@@ -14,13 +14,21 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{self, Registration};
 use crate::lockout::Lockout;
+use crate::publisher::Registered;
 use crate::state::Shared;
+use crate::wire;
 
 /// Route keys are account names; anything longer is not one.
 const MAX_KEY_LEN: usize = switchyard_common::routekey::MAX_KEY_LEN;
 
+/// The `switchyard.v1.Control` service. A Session is admitted (rate-limited), checked for
+/// a duplicate node id, then welcomed and registered by the [`crate::publisher::Publisher`];
+/// from then on its stream is the fleet's ([`fleet::Messages`]) and its inbound messages
+/// are read by [`pump`] until it ends. `Resolve` answers one route key from the store.
 pub struct ControlService {
     shared: Arc<Shared>,
+    /// What every node gets in its Welcome, built once from the config.
+    settings: pb::FleetSettings,
 }
 
 /// Refuses every call without `authorization: Bearer <node token>` (constant-time compare).
@@ -112,16 +120,15 @@ pub fn server(
     let warning = "grpc: too many failed node-token attempts; client locked out";
     let lockout = Arc::new(Lockout::new(shared.config.grpc.lockout(), warning));
     let check = NodeTokenCheck { token: Arc::new(node_token), refusals: Arc::default(), lockout };
-    ControlServer::with_interceptor(ControlService { shared }, check)
+    let settings = wire::fleet_settings(&shared.config);
+    ControlServer::with_interceptor(ControlService { shared, settings }, check)
 }
-
-type Outbound = fleet::Messages;
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    type SessionStream = Outbound;
+    type SessionStream = fleet::Messages;
 
-    async fn session(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<Outbound>, Status> {
+    async fn session(&self, request: Request<Streaming<pb::NodeMessage>>) -> Result<Response<fleet::Messages>, Status> {
         if !self.shared.admission.try_admit() {
             // The node retries with its jittered backoff; the fleet trickles back in.
             return Err(Status::unavailable("too many nodes connecting at once; retry later"));
@@ -141,32 +148,12 @@ impl Control for ControlService {
         self.shared.fleet.check_claim(&hello, address)?;
         let (tx, rx) = mpsc::channel(256);
         let shared = Arc::clone(&self.shared);
-        let (registration, first) = {
-            // Held until the node is registered, so no write slips between its replay and
-            // its first live update.
-            let mut pushed = shared.writes.lock().await;
-            let (welcome, replay) = shared.welcome(&mut pushed, &hello.epoch, hello.last_revision).await?;
-            let applied = if welcome.flush_cache {
-                (welcome.epoch.clone(), welcome.revision)
-            } else {
-                (hello.epoch.clone(), hello.last_revision)
-            };
-            let in_flight = replay.as_ref().map_or(0, |u| u.revision);
-            let mut first = vec![pb::control_message::Kind::Welcome(welcome)];
-            first.extend(replay.map(pb::control_message::Kind::RouteUpdate));
-            let registration = shared.fleet.connect(hello.clone(), address, applied, in_flight, tx.clone())?;
-            tracing::info!(node = %hello.node_id, instance = %hello.instance_id, version = %hello.version, "node connected");
-            // Commands this node missed while away; one that does not fit is replayed on
-            // its next connect.
-            for command in shared.fleet.log.pending_for(&hello.node_id) {
-                let replay = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
-                if tx.try_send(replay).is_err() {
-                    break;
-                }
-            }
-            let first = first.into_iter().map(|kind| pb::ControlMessage { kind: Some(kind) }).collect();
-            (registration, first)
-        };
+        let Registered { registration, welcome, replay } =
+            shared.publisher.register(hello.clone(), address, tx.clone()).await?;
+        tracing::info!(node = %hello.node_id, instance = %hello.instance_id, version = %hello.version, "node connected");
+        let mut first = vec![wire::welcome_message(welcome, &self.settings)];
+        first.extend(replay.map(wire::route_update_message));
+        replay_commands(&shared, &hello.node_id, &tx);
         let messages = shared.fleet.messages(&hello.node_id, &registration, first, rx);
         tokio::spawn(pump(shared, hello.node_id, registration, inbound, tx));
         Ok(Response::new(messages))
@@ -187,6 +174,17 @@ impl Control for ControlService {
     }
 }
 
+/// Queues the commands `node_id` missed while away (they follow its Welcome); one that
+/// does not fit is replayed on its next connect.
+fn replay_commands(shared: &Shared, node_id: &str, tx: &fleet::CommandSender) {
+    for command in shared.fleet.log.pending_for(node_id) {
+        let replay = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
+        if tx.try_send(replay).is_err() {
+            break;
+        }
+    }
+}
+
 /// Reads one node's messages until its stream ends, it falls silent or a newer stream
 /// replaces it, sending heartbeats meanwhile. Nothing here waits on the node: a heartbeat
 /// that finds its stream full is skipped (the stream is not idle then).
@@ -195,7 +193,7 @@ async fn pump(
     node_id: String,
     registration: Registration,
     mut inbound: Streaming<pb::NodeMessage>,
-    tx: fleet::Outbound,
+    tx: fleet::CommandSender,
 ) {
     let stream_id = registration.stream_id;
     let mut heartbeat = tokio::time::interval(shared.config.server.heartbeat_interval);

@@ -15,14 +15,16 @@ pub mod error;
 pub mod feed;
 pub mod fleet;
 pub mod grpc;
-pub mod history;
 pub mod lockout;
 pub mod metrics;
 pub mod outbox;
+pub mod publisher;
+pub mod route;
 pub mod state;
 pub mod store;
 pub mod tls;
 pub mod undeclared;
+pub mod wire;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -109,7 +111,7 @@ pub async fn run(config: Config, bound: Bound, secrets: Secrets, shutdown: Cance
     let poll_interval = config.mapping.poll_interval;
     let api_limits = config.api.http_limits();
     let shared = Shared::new(config, store);
-    *shared.writes.lock().await = revision;
+    shared.publisher.resume_at(revision).await;
     let sessions = shared.shutdown.clone();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -32,11 +32,11 @@ pub struct Lockout {
     window: Duration,
     duration: Duration,
     capacity: usize,
-    clients: Mutex<HashMap<IpAddr, Entry>>,
+    clients: Mutex<HashMap<IpAddr, ClientFailures>>,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Entry {
+struct ClientFailures {
     failures: u32,
     window_start: Instant,
     last_failure: Instant,
@@ -77,7 +77,7 @@ impl Lockout {
             if !clients.contains_key(&key) && clients.len() >= self.capacity {
                 self.make_room(&mut clients, now);
             }
-            let fresh = Entry { failures: 0, window_start: now, last_failure: now, locked_until: None };
+            let fresh = ClientFailures { failures: 0, window_start: now, last_failure: now, locked_until: None };
             let entry = clients.entry(key).or_insert(fresh);
             if !self.live(entry, now) {
                 *entry = fresh;
@@ -104,7 +104,7 @@ impl Lockout {
     }
 
     /// Whether an entry still matters: locked, or inside its counting window.
-    fn live(&self, entry: &Entry, now: Instant) -> bool {
+    fn live(&self, entry: &ClientFailures, now: Instant) -> bool {
         match entry.locked_until {
             Some(until) => until > now,
             None => now.duration_since(entry.window_start) < self.window,
@@ -113,7 +113,7 @@ impl Lockout {
 
     /// Drops expired entries; if none were, the stalest unlocked one (a locked one only
     /// when every entry is locked).
-    fn make_room(&self, clients: &mut HashMap<IpAddr, Entry>, now: Instant) {
+    fn make_room(&self, clients: &mut HashMap<IpAddr, ClientFailures>, now: Instant) {
         clients.retain(|_, e| self.live(e, now));
         if clients.len() < self.capacity {
             return;
@@ -124,7 +124,7 @@ impl Lockout {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, ClientFailures>> {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use switchyard_proto::v1 as pb;
+use crate::route::{RouteChange, RouteUpdate};
 
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -30,7 +30,7 @@ impl Outbox {
 
     /// Adds an update's changes; later ones for the same key win. Revisions of another
     /// epoch mean nothing here: a new epoch starts over with a flush.
-    pub fn add(&mut self, update: &pb::RouteUpdate) {
+    pub fn add(&mut self, update: &RouteUpdate) {
         if self.epoch != update.epoch {
             self.epoch.clone_from(&update.epoch);
             self.revision = update.revision;
@@ -43,17 +43,13 @@ impl Outbox {
             self.changes.clear();
         }
         for change in &update.changes {
-            let destination = match &change.change {
-                Some(pb::route_change::Change::Upsert(d)) => Some(d.clone()),
-                _ => None,
-            };
-            self.changes.insert(change.key.clone(), destination);
+            self.changes.insert(change.key.clone(), change.destination.clone());
         }
     }
 
     /// The merged update to send now, if the node acked (`(epoch, revision)` it applied)
     /// everything in flight.
-    pub fn ready(&mut self, acked: &(String, u64)) -> Option<pb::RouteUpdate> {
+    pub fn ready(&mut self, acked: &(String, u64)) -> Option<RouteUpdate> {
         let waiting = self.in_flight.as_ref().is_some_and(|(epoch, revision)| *epoch != acked.0 || acked.1 < *revision);
         if (self.changes.is_empty() && !self.flush) || waiting {
             return None;
@@ -61,16 +57,10 @@ impl Outbox {
         self.in_flight = Some((self.epoch.clone(), self.revision));
         let changes = std::mem::take(&mut self.changes)
             .into_iter()
-            .map(|(key, destination)| pb::RouteChange {
-                key,
-                change: Some(match destination {
-                    Some(d) => pb::route_change::Change::Upsert(d),
-                    None => pb::route_change::Change::Remove(true),
-                }),
-            })
+            .map(|(key, destination)| RouteChange { key, destination })
             .collect();
         let flush = std::mem::take(&mut self.flush);
-        Some(pb::RouteUpdate { epoch: self.epoch.clone(), revision: self.revision, changes, flush })
+        Some(RouteUpdate { epoch: self.epoch.clone(), revision: self.revision, changes, flush })
     }
 }
 
@@ -82,17 +72,9 @@ mod tests {
         ("e".to_string(), revision)
     }
 
-    fn update(revision: u64, key: &str, dest: Option<&str>) -> pb::RouteUpdate {
-        let change = match dest {
-            Some(d) => pb::route_change::Change::Upsert(d.into()),
-            None => pb::route_change::Change::Remove(true),
-        };
-        pb::RouteUpdate {
-            epoch: "e".into(),
-            revision,
-            changes: vec![pb::RouteChange { key: key.into(), change: Some(change) }],
-            flush: false,
-        }
+    fn update(revision: u64, key: &str, dest: Option<&str>) -> RouteUpdate {
+        let change = RouteChange { key: key.into(), destination: dest.map(Into::into) };
+        RouteUpdate { epoch: "e".into(), revision, changes: vec![change], flush: false }
     }
 
     #[test]
@@ -101,7 +83,7 @@ mod tests {
         out.add(&update(1, "alice", Some("new")));
         let _ = out.ready(&acked(0)).unwrap();
         out.add(&update(2, "bob", Some("new")));
-        out.add(&pb::RouteUpdate { epoch: "e".into(), revision: 3, changes: vec![], flush: true });
+        out.add(&RouteUpdate::flush("e", 3));
         out.add(&update(4, "carol", Some("legacy")));
         let merged = out.ready(&acked(1)).unwrap();
         assert!(merged.flush);
@@ -126,7 +108,7 @@ mod tests {
         assert_eq!(merged.revision, 4);
         assert_eq!(merged.changes.len(), 2, "alice once (her latest change) and bob");
         assert_eq!(merged.changes[0].key, "alice");
-        assert_eq!(merged.changes[0].change, Some(pb::route_change::Change::Remove(true)));
+        assert_eq!(merged.changes[0].destination, None);
         assert!(out.ready(&acked(4)).is_none(), "nothing left");
     }
 
@@ -137,7 +119,7 @@ mod tests {
         assert!(out.ready(&acked(6)).is_none(), "the replay (revision 7) is not acked yet");
         let sent = out.ready(&acked(7)).unwrap();
         assert_eq!(sent.revision, 8);
-        assert_eq!(sent.changes[0].change, Some(pb::route_change::Change::Upsert("new".into())));
+        assert_eq!(sent.changes[0].destination.as_deref(), Some("new"));
     }
 
     #[test]
@@ -147,16 +129,16 @@ mod tests {
         let _ = out.ready(&acked(56)).unwrap();
         out.add(&update(58, "bob", Some("new")));
         // The store lost its history: revisions restart low under a new epoch.
-        out.add(&pb::RouteUpdate { epoch: "f".into(), revision: 0, changes: vec![], flush: true });
-        out.add(&pb::RouteUpdate { epoch: "f".into(), revision: 1, ..update(1, "carol", Some("legacy")) });
+        out.add(&RouteUpdate::flush("f", 0));
+        out.add(&RouteUpdate { epoch: "f".into(), revision: 1, ..update(1, "carol", Some("legacy")) });
         let merged = out.ready(&acked(57)).unwrap();
         assert_eq!((merged.epoch.as_str(), merged.revision, merged.flush), ("f", 1, true), "not revision 58 of e");
         assert_eq!(merged.changes.len(), 1, "bob's change of the old epoch is dropped, carol's kept");
-        out.add(&pb::RouteUpdate { epoch: "f".into(), revision: 2, ..update(2, "dave", None) });
+        out.add(&RouteUpdate { epoch: "f".into(), revision: 2, ..update(2, "dave", None) });
         assert!(out.ready(&acked(57)).is_none(), "an ack of the old epoch does not release the new one");
         assert!(out.ready(&("f".to_string(), 1)).is_some());
         // An update of a new epoch always flushes, even if it does not say so.
-        out.add(&pb::RouteUpdate { epoch: "g".into(), ..update(1, "erin", Some("new")) });
+        out.add(&RouteUpdate { epoch: "g".into(), ..update(1, "erin", Some("new")) });
         assert!(out.ready(&("f".to_string(), 2)).unwrap().flush);
     }
 }

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use switchyard_common::routekey::redact;
 use switchyard_proto::v1 as pb;
 
+use super::fleetwide::Fleetwide;
 use super::ApiState;
-use crate::cluster::{gather, merge_results, PeerCall, PeerStatus, Scope, ScopeQuery};
+use crate::cluster::{PeerCall, PeerStatus, ScopeQuery};
 use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
 
@@ -31,6 +32,7 @@ struct Target {
     seconds: Option<u64>,
 }
 
+/// The answer to a command: the account it was about, and each node's result.
 #[derive(Serialize)]
 pub struct CommandResult {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,34 +43,11 @@ pub struct CommandResult {
     pub peers: Vec<PeerStatus>,
 }
 
-/// The per-node results in a peer's answer.
-#[derive(Deserialize)]
-pub(super) struct PeerNodes {
-    pub nodes: Vec<NodeResult>,
-}
-
-/// A command's per-node results over the fleet, and how each peer fared.
-pub struct Fleetwide {
-    pub nodes: Vec<NodeResult>,
-    pub peers: Vec<PeerStatus>,
-}
-
 impl ApiState {
     /// The route key of a required `identifier` parameter.
     fn required_key(&self, identifier: Option<&str>) -> Result<String> {
         let identifier = identifier.ok_or_else(|| Error::BadRequest("identifier is required".into()))?;
-        super::mappings::key_of(self, identifier)
-    }
-
-    /// Runs `kind` on this replica's nodes while `peers` asks every peer to run it on theirs.
-    pub async fn fleet_command(&self, scope: Scope, kind: pb::command::Kind, peers: PeerCall) -> Fleetwide {
-        let timeout = self.shared.config.api.ack_timeout;
-        let here = self.shared.fleet.command(kind, None, timeout);
-        let call = peers.waits(timeout);
-        let (here, replies) = tokio::join!(here, self.cluster.call(scope, &call));
-        let (answers, peers) = gather::<PeerNodes>(replies);
-        let nodes = merge_results(here.into_iter().chain(answers.into_iter().flat_map(|(_, a)| a.nodes)));
-        Fleetwide { nodes, peers }
+        self.route_key(identifier)
     }
 }
 
@@ -92,7 +71,7 @@ async fn invalidate(
     Query(scope): Query<ScopeQuery>,
 ) -> Result<Json<CommandResult>> {
     let key = match q.identifier.as_deref() {
-        Some(identifier) => Some(super::mappings::key_of(&state, identifier)?),
+        Some(identifier) => Some(state.route_key(identifier)?),
         None => None,
     };
     let kind = pb::command::Kind::Invalidate(pb::Invalidate { key: key.clone().unwrap_or_default() });

@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use switchyard_proto::v1 as pb;
 
-use super::commands::PeerNodes;
+use super::fleetwide::PeerNodes;
 use super::{peers_header, seconds, unknown_node, ApiState};
 use crate::cluster::{merge_nodes, merge_results, NodeEntry, PeerCall, PeerStatus, Scope, ScopeQuery};
 use crate::error::{Error, Result};

@@ -14,7 +14,7 @@ pub fn routes() -> Router<ApiState> {
 }
 
 async fn readyz(State(state): State<ApiState>, request: Request) -> (StatusCode, String) {
-    let Err(e) = state.shared.readiness().await else {
+    let Err(e) = state.shared.publisher.readiness().await else {
         return (StatusCode::OK, "ready".into());
     };
     // A wrong token counts towards the lockout here too: the detail must not become a

@@ -7,6 +7,7 @@
 mod commands;
 mod declared;
 mod destinations;
+mod fleetwide;
 mod health;
 mod mappings;
 mod moves;
@@ -22,17 +23,22 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use switchyard_common::routekey::{Identifier, MAX_KEY_LEN};
 use subtle::ConstantTimeEq;
 
 pub use stats::fleet_stats;
 
 use crate::cluster::{Cluster, PeerStatus};
+use crate::error::{Error, Result};
 use crate::lockout::Lockout;
 use crate::state::Shared;
 
 /// Shortest admin token accepted: shorter ones are guessable.
 pub const MIN_TOKEN_LEN: usize = switchyard_common::config::MIN_TOKEN_LEN;
 
+/// What every handler gets: the control plane's [`Shared`] state, the peers its fleet
+/// requests fan out to ([`fleetwide`]), and the admin token with its lockout. Cheap to
+/// clone (axum clones it per request).
 #[derive(Clone)]
 pub struct ApiState {
     pub shared: Arc<Shared>,
@@ -58,6 +64,7 @@ pub fn router_in_cluster(shared: Arc<Shared>, cluster: Arc<Cluster>, token: Stri
         .merge(commands::routes())
         .merge(declared::routes())
         .merge(destinations::routes())
+        .merge(fleetwide::routes())
         .merge(nodes::routes())
         .merge(mappings::routes())
         .merge(moves::routes())
@@ -75,6 +82,15 @@ enum Bearer {
 }
 
 impl ApiState {
+    /// The route key of an operator's identifier: an account name, keyed by the login rule
+    /// (`alice%admin` is alice; `alice+tag` is not cut, as a login name keeps its `+`).
+    fn route_key(&self, identifier: &str) -> Result<String> {
+        self.shared
+            .rule
+            .checked_key(&Identifier::Login(identifier.to_owned()))
+            .ok_or_else(|| Error::BadRequest(format!("identifier must give a route key of 1..={MAX_KEY_LEN} bytes")))
+    }
+
     /// Checks the request's bearer token against the admin token; a wrong one counts
     /// towards the lockout of the client's address.
     fn bearer(&self, request: &Request) -> Bearer {

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 use switchyard_common::routekey::redact;
 use switchyard_proto::v1 as pb;
 
-use super::commands::{delay_call, kick_call, Fleetwide};
+use super::commands::{delay_call, kick_call};
+use super::fleetwide::Fleetwide;
 use super::ApiState;
 use crate::cluster::{PeerStatus, ScopeQuery};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fleet::{NodeOutcome, NodeResult};
 
 /// How long logins are held at most if a move stalls; it is released as soon as it is done.
@@ -65,7 +66,7 @@ async fn move_account(
     Json(body): Json<MoveBody>,
 ) -> Result<Json<MoveReport>> {
     let scope = scope.scope;
-    let key = super::mappings::key_of(&state, &identifier)?;
+    let key = state.route_key(&identifier)?;
     // Before anything is delayed: a destination some replica lacks is refused outright.
     state.check_declared(&body.destination).await?;
     let account = redact(&key);
@@ -76,15 +77,15 @@ async fn move_account(
     };
     let mut steps = vec![step("delay", None, delay(MOVE_DELAY_SECONDS).await)];
 
-    let written = match state.fleet_write(scope, &key, Some(&body.destination)).await {
-        Ok(written) => written.ok_or_else(|| Error::Config("store did not return a revision".into()))?,
+    let written = match state.fleet_put(scope, &key, &body.destination).await {
+        Ok(written) => written,
         Err(e) => {
             // Nothing changed: let the held logins go to where they were going.
             delay(0).await;
             return Err(e);
         }
     };
-    let write = step("write", Some(written.revision), Fleetwide { nodes: written.nodes, peers: written.peers });
+    let write = step("write", Some(written.revision), written.fleet);
     if !written.conflicts.is_empty() {
         tracing::warn!(account = %account, destination = %body.destination, "move written but a replica does not declare the destination");
     }

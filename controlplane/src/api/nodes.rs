@@ -101,7 +101,7 @@ enum SyncState {
 /// How another process with the same node id shows up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum ConflictState {
+enum IdConflictState {
     /// It asked to connect and was refused: this id was held.
     Refused,
     /// It holds a stream of another replica.
@@ -110,12 +110,12 @@ enum ConflictState {
 
 /// Another process with the same node id as the entry it is listed under.
 #[derive(Clone, Serialize, Deserialize)]
-struct Conflict {
+struct IdConflict {
     instance_id: String,
     /// Where it connects from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     address: Option<String>,
-    state: ConflictState,
+    state: IdConflictState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refusals: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,7 +151,7 @@ struct NodeInfo {
     /// stream of another replica at the same time. Two processes with one id would route
     /// by different caches; give each node its own `[node] id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    conflicts: Vec<Conflict>,
+    conflicts: Vec<IdConflict>,
     /// The peer this entry came from (absent: the replica asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     peer: Option<String>,
@@ -175,10 +175,10 @@ impl NodeEntry for NodeInfo {
     }
 
     fn add_conflict(&mut self, other: &Self) {
-        let live = Conflict {
+        let live = IdConflict {
             instance_id: other.instance_id.clone(),
             address: other.address.clone(),
-            state: ConflictState::Connected,
+            state: IdConflictState::Connected,
             refusals: None,
             last_refused_age_s: None,
             peer: other.peer.clone(),
@@ -197,7 +197,7 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ScopeQuery>) -> Res
     let replies = state.cluster.call(q.scope, &PeerCall::new(Method::GET, &["nodes"])).await;
     let current = state.shared.store.revision().await.ok();
     let epoch = state.shared.epoch().to_string();
-    let undeclared = state.shared.undeclared.summary();
+    let undeclared = state.shared.publisher.undeclared().summary();
     let local = state.shared.fleet.views().into_iter().map(|v| node_info(v, current, &epoch, &undeclared));
     let (answers, peers) = gather::<Vec<NodeInfo>>(replies);
     let remote = answers
@@ -235,11 +235,11 @@ fn node_info(v: NodeView, current: Option<u64>, epoch: &str, undeclared: &[Undec
     }
 }
 
-fn refused_conflict(r: &Refused) -> Conflict {
-    Conflict {
+fn refused_conflict(r: &Refused) -> IdConflict {
+    IdConflict {
         instance_id: r.instance_id.clone(),
         address: r.address.map(|a| a.to_string()),
-        state: ConflictState::Refused,
+        state: IdConflictState::Refused,
         refusals: Some(r.refusals),
         last_refused_age_s: Some(seconds(r.last.elapsed())),
         peer: None,

@@ -62,7 +62,7 @@ impl Checker {
 /// One valid record: its route key, its destination (index into the declared ones) and
 /// the line it came from.
 #[derive(Debug)]
-pub(super) struct Entry {
+pub(super) struct ImportRow {
     pub(super) key: String,
     pub(super) destination: u32,
     pub(super) line: u32,
@@ -75,7 +75,7 @@ pub(super) fn parse(
     format: Format,
     checker: &Checker,
     progress: &dyn Fn(u64),
-) -> Result<Vec<Entry>, Vec<Problem>> {
+) -> Result<Vec<ImportRow>, Vec<Problem>> {
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut entries = Vec::new();
     let mut problems = Vec::new();
@@ -102,7 +102,7 @@ pub(super) fn parse(
         match fields {
             Ok(None) => {}
             Ok(Some((identifier, destination))) => match checker.check(&identifier, &destination) {
-                Ok((key, destination)) => entries.push(Entry { key, destination, line: n as u32 }),
+                Ok((key, destination)) => entries.push(ImportRow { key, destination, line: n as u32 }),
                 Err(found) => problems.extend(found.into_iter().map(|p| (n, p))),
             },
             Err(problem) => problems.push((n, problem)),
@@ -119,7 +119,7 @@ pub(super) fn parse(
 
 /// Drops repeated keys that agree with their first line; a repeat naming another
 /// destination is a problem (which line should win is the operator's call).
-fn repeated(entries: &mut Vec<Entry>, destinations: &[String]) -> Vec<Problem> {
+fn repeated(entries: &mut Vec<ImportRow>, destinations: &[String]) -> Vec<Problem> {
     let mut first: HashMap<&str, (u32, u32)> = HashMap::with_capacity(entries.len());
     let mut problems = Vec::new();
     let mut keep = Vec::with_capacity(entries.len());

@@ -1,13 +1,13 @@
 use super::*;
 
-struct Entry {
+struct Listed {
     id: &'static str,
     connected: bool,
     age: Option<f64>,
     from: &'static str,
 }
 
-impl NodeEntry for Entry {
+impl NodeEntry for Listed {
     fn node_id(&self) -> &str {
         self.id
     }
@@ -21,11 +21,11 @@ impl NodeEntry for Entry {
     }
 }
 
-fn entry(id: &'static str, connected: bool, age: Option<f64>, from: &'static str) -> Entry {
-    Entry { id, connected, age, from }
+fn entry(id: &'static str, connected: bool, age: Option<f64>, from: &'static str) -> Listed {
+    Listed { id, connected, age, from }
 }
 
-fn picked(entries: Vec<Entry>) -> Vec<(&'static str, &'static str)> {
+fn picked(entries: Vec<Listed>) -> Vec<(&'static str, &'static str)> {
     merge_nodes(entries).into_iter().map(|e| (e.id, e.from)).collect()
 }
 

@@ -1,4 +1,4 @@
-//! The control plane's config file (`controlplane.toml`, SPEC §5): typed, defaulted,
+//! The control plane's config file (`controlplane.toml`): typed, defaulted,
 //! validated; loaded with the data plane's strict machinery so both report alike.
 
 mod destination;

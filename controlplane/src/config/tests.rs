@@ -1,4 +1,4 @@
-//! Tests for `controlplane.toml` loading: the SPEC example, defaults, every validation
+//! Tests for `controlplane.toml` loading: the documented example, defaults, every validation
 //! rule, and that all problems of a file are reported together.
 
 use super::*;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use switchyard_proto::v1 as pb;
 use tokio::time::Instant;
 
-use super::NodeEntry;
+use super::NodeState;
 use crate::error::{Error, Result};
 
 /// How long a refused process is still listed after its last attempt: it retries at
@@ -43,7 +43,7 @@ pub(super) enum Claim {
     Held,
 }
 
-impl NodeEntry {
+impl NodeState {
     pub(super) fn claim(&self, hello: &pb::Hello, silence: Duration) -> Claim {
         if self.tx.is_none() {
             Claim::Free

@@ -9,7 +9,7 @@ use switchyard_proto::v1 as pb;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{NodeEntry, Outbound};
+use super::{CommandSender, NodeState};
 
 /// One node's result for a fleet-wide command or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ impl NodeResult {
 /// and comes back with the outcome.
 pub(super) async fn send_command(
     result: NodeResult,
-    tx: Outbound,
+    tx: CommandSender,
     message: pb::ControlMessage,
     ack: oneshot::Receiver<pb::CommandAck>,
     deadline: Instant,
@@ -76,13 +76,13 @@ pub(super) async fn send_command(
 }
 
 /// Where one node's current process stands with `revision` of `epoch`.
-pub(super) fn applied_result(nodes: &HashMap<String, NodeEntry>, id: &str, epoch: &str, revision: u64) -> NodeResult {
+pub(super) fn applied_result(nodes: &HashMap<String, NodeState>, id: &str, epoch: &str, revision: u64) -> NodeResult {
     let instance = nodes.get(id).map_or("", |e| e.hello.instance_id.as_str());
     NodeResult::new(id, instance, applied_outcome(nodes, id, epoch, revision))
 }
 
 /// Where one node stands with `revision` of `epoch`.
-pub(super) fn applied_outcome(nodes: &HashMap<String, NodeEntry>, id: &str, epoch: &str, revision: u64) -> NodeOutcome {
+pub(super) fn applied_outcome(nodes: &HashMap<String, NodeState>, id: &str, epoch: &str, revision: u64) -> NodeOutcome {
     match nodes.get(id) {
         Some(e) if e.applied.0 == epoch && e.applied.1 >= revision => NodeOutcome::Applied,
         Some(e) if e.tx.is_some() => NodeOutcome::Timeout,

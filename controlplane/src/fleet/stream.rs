@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{Fleet, Registration};
+use crate::route::RouteUpdate;
+use crate::wire;
 
 /// What tonic sends down a node's Session.
 pub type Messages = Pin<Box<dyn Stream<Item = Result<pb::ControlMessage, Status>> + Send>>;
@@ -33,7 +35,7 @@ struct Source {
 
 enum Next {
     Stopped,
-    Update(pb::RouteUpdate),
+    Update(RouteUpdate),
     /// Boxed: a message carrying fleet settings is several times the size of the others.
     Channel(Option<Box<pb::ControlMessage>>),
 }
@@ -62,7 +64,7 @@ impl Fleet {
     }
 
     /// Waits until the node's outbox has an update it may send now, and takes it.
-    async fn next_update(&self, node_id: &str, stream_id: u64, wake: &Notify) -> pb::RouteUpdate {
+    async fn next_update(&self, node_id: &str, stream_id: u64, wake: &Notify) -> RouteUpdate {
         loop {
             if let Some(update) = self.take_update(node_id, stream_id) {
                 return update;
@@ -89,7 +91,7 @@ async fn next(mut s: Source) -> Option<(Result<pb::ControlMessage, Status>, Sour
         message = s.channel.recv() => Next::Channel(message.map(Box::new)),
     };
     let message = match next {
-        Next::Update(update) => pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update)) },
+        Next::Update(update) => wire::route_update_message(update),
         Next::Channel(Some(message)) => *message,
         Next::Channel(None) => return None,
         Next::Stopped => {

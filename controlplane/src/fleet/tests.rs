@@ -1,9 +1,13 @@
+//! The fleet with nodes simulated in-process: who holds a node id, what a stream sends and
+//! when, and how acks and disconnects end the waits.
+
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use super::*;
 use crate::error::Error;
+use crate::route::RouteChange;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -16,7 +20,7 @@ fn addr(port: u16) -> Option<SocketAddr> {
 }
 
 /// A node connected as `instance` from port `port`, with its stream and channel.
-fn connect(fleet: &Arc<Fleet>, instance: &str, port: u16) -> Result<(Registration, Messages, Outbound)> {
+fn connect(fleet: &Arc<Fleet>, instance: &str, port: u16) -> Result<(Registration, Messages, CommandSender)> {
     let (tx, rx) = mpsc::channel(4);
     let registration = fleet.connect(hello("dp-1", instance), addr(port), ("e".into(), 0), 0, tx.clone())?;
     let welcome = pb::ControlMessage { kind: Some(pb::control_message::Kind::Welcome(pb::Welcome::default())) };
@@ -24,9 +28,9 @@ fn connect(fleet: &Arc<Fleet>, instance: &str, port: u16) -> Result<(Registratio
     Ok((registration, messages, tx))
 }
 
-fn update(revision: u64, key: &str) -> pb::RouteUpdate {
-    let change = pb::RouteChange { key: key.into(), change: Some(pb::route_change::Change::Upsert("new".into())) };
-    pb::RouteUpdate { epoch: "e".into(), revision, changes: vec![change], flush: false }
+fn update(revision: u64, key: &str) -> RouteUpdate {
+    let change = RouteChange { key: key.into(), destination: Some("new".into()) };
+    RouteUpdate { epoch: "e".into(), revision, changes: vec![change], flush: false }
 }
 
 fn ack(revision: u64) -> pb::node_message::Kind {

@@ -1,4 +1,4 @@
-//! The mapping store (SPEC §3.2): route key → destination id, plus the revision history
+//! The mapping store: route key → destination id, plus the revision history
 //! that nodes follow (every write bumps the revision; `changes_since` replays it).
 //!
 //! Keys are stored as given: callers key them with the route-key rule (the file store keys

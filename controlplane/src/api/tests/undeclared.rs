@@ -174,12 +174,12 @@ async fn nodes_lists_the_undeclared_destinations_a_connected_node_cannot_route()
     for key in ["alice", "bob"] {
         shared.store.put(key, "ghost").await.unwrap();
     }
-    shared.catch_up().await.unwrap();
+    shared.publisher.catch_up().await.unwrap();
     let (_, nodes) = call(&app, "GET", "/nodes", Some(TOKEN), None).await;
     assert_eq!(node(&nodes, "dp-1")["undeclared"], json!([{"destination": "ghost", "accounts": 2}]), "{nodes}");
 
-    shared.commit("alice", Some("legacy")).await.unwrap();
-    shared.commit("bob", None).await.unwrap();
+    shared.publisher.put("alice", "legacy").await.unwrap();
+    shared.publisher.remove("bob").await.unwrap();
     let (_, nodes) = call(&app, "GET", "/nodes", Some(TOKEN), None).await;
     assert!(node(&nodes, "dp-1").get("undeclared").is_none(), "remapped and removed: {nodes}");
 }

@@ -10,10 +10,9 @@
 
 use std::sync::Mutex;
 
-use switchyard_proto::v1 as pb;
-
+use super::Publisher;
 use crate::error::{Error, Result};
-use crate::state::Shared;
+use crate::route::RouteUpdate;
 use crate::store::{Head, StoreError};
 
 /// Set while a loss was detected and the new epoch is not set up yet: writes are refused
@@ -59,10 +58,11 @@ pub fn diagnose(ours: &str, pushed: u64, head: &Head) -> Option<String> {
     }
 }
 
-impl Shared {
+/// The checks and the recovery, each called with the write lock held (`pushed`).
+impl Publisher {
     /// The store's revision, after making sure it is still the history this control plane
     /// pushed up to `*pushed` (the held write lock); recovers when it is not.
-    pub(crate) async fn checked_revision(&self, pushed: &mut u64) -> Result<u64> {
+    pub(super) async fn checked_revision(&self, pushed: &mut u64) -> Result<u64> {
         let head = self.store.head().await?;
         // A recovery that failed halfway (the epoch renewed, the flush not pushed) is
         // finished here even though the store now looks right.
@@ -75,7 +75,7 @@ impl Shared {
     /// A node says it applied `last` of the epoch we follow, past the store's `current`:
     /// the store went back without anyone writing through us since. Recovers; returns the
     /// revision the nodes are now told to flush to.
-    pub(crate) async fn node_ahead(&self, pushed: &mut u64, last: u64, current: u64) -> Result<u64> {
+    pub(super) async fn node_ahead(&self, pushed: &mut u64, last: u64, current: u64) -> Result<u64> {
         let problem = format!(
             "a connecting node applied revision {last} of this epoch but the store is at {current}: \
              it was restored from an older copy or its change log was cut"
@@ -85,7 +85,7 @@ impl Shared {
 
     /// A write through this replica got `revision`, which was already pushed: the history
     /// went back under it. The write is in the store; the flush of the recovery covers it.
-    pub(crate) async fn reused(&self, pushed: &mut u64, revision: u64) -> Result<u64> {
+    pub(super) async fn reused(&self, pushed: &mut u64, revision: u64) -> Result<u64> {
         let problem = format!(
             "a write got revision {revision}, but revision {} was already pushed: \
              the store was restored from an older copy or its change log was cut",
@@ -96,7 +96,7 @@ impl Shared {
 
     /// Turns a write's refusal by the store into the recovery and a 503 for the write
     /// (the store made nothing of it); any other outcome passes through.
-    pub(crate) async fn refused<T>(&self, pushed: &mut u64, written: Result<T, StoreError>) -> Result<T> {
+    pub(super) async fn refused<T>(&self, pushed: &mut u64, written: Result<T, StoreError>) -> Result<T> {
         match written {
             Err(e @ StoreError::EpochChanged { .. }) => {
                 let problem = e.to_string();
@@ -109,7 +109,7 @@ impl Shared {
 
     /// Before a write: while a loss is unresolved, tries the recovery again and refuses
     /// the write if it still fails.
-    pub(crate) async fn before_write(&self, pushed: &mut u64) -> Result<()> {
+    pub(super) async fn before_write(&self, pushed: &mut u64) -> Result<()> {
         let Some(problem) = self.history.problem() else { return Ok(()) };
         match self.checked_revision(pushed).await {
             Ok(_) => Ok(()),
@@ -140,7 +140,7 @@ impl Shared {
         }
         let epoch = self.store.renew_epoch(&old).await?;
         let revision = self.store.revision().await?;
-        self.fleet.push(pb::RouteUpdate { epoch: epoch.to_string(), revision, changes: vec![], flush: true });
+        self.fleet.push(RouteUpdate::flush(&epoch, revision));
         *pushed = revision;
         self.history.clear();
         tracing::warn!(old_epoch = %old, epoch = %epoch, revision, "new mapping store epoch; every node told to flush its route cache");
@@ -156,6 +156,3 @@ fn history_lost(problem: &str, cause: Option<Error>, outcome: &str) -> Error {
     };
     Error::HistoryLost(format!("mapping store history lost or went back: {problem}; {state}; {outcome}: retry"))
 }
-
-#[cfg(test)]
-mod tests;

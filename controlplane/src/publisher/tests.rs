@@ -1,5 +1,6 @@
-//! The detection and recovery rules on a real SQLite store, with one node simulated on
-//! the fleet (its Session stream is read here; its acks are sent by hand).
+//! The publisher on a real SQLite store, with one node simulated on the fleet (its
+//! Session stream is read here; its acks are sent by hand): pushes in order, and the
+//! detection and recovery rules of a lost history.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +10,12 @@ use sqlx::SqlitePool;
 use switchyard_proto::v1 as pb;
 use tokio::sync::mpsc;
 
+use super::history::diagnose;
 use super::*;
 use crate::config::Config;
 use crate::fleet::NodeOutcome;
-use crate::store::Store;
+use crate::state::Shared;
+use crate::store::{Head, Store};
 
 struct Fixture {
     shared: Arc<Shared>,
@@ -20,7 +23,7 @@ struct Fixture {
     db: SqlitePool,
     node: crate::fleet::Messages,
     /// Keeps the node's command channel (and so its stream) open.
-    _commands: crate::fleet::Outbound,
+    _commands: crate::fleet::CommandSender,
     stream: u64,
     _dir: tempfile::TempDir,
 }
@@ -65,8 +68,12 @@ impl Fixture {
         self.shared.fleet.on_message("dp-1", self.stream, pb::node_message::Kind::RevisionAck(ack));
     }
 
-    async fn write(&self, key: &str) -> Result<crate::state::Committed> {
-        Ok(self.shared.commit(key, Some("legacy")).await?.unwrap())
+    fn publisher(&self) -> &Publisher {
+        &self.shared.publisher
+    }
+
+    async fn write(&self, key: &str) -> Result<Committed> {
+        self.publisher().put(key, "legacy").await
     }
 
     /// Puts the database back to revision `revision`, as restoring an older copy would.
@@ -108,14 +115,14 @@ async fn a_rewound_database_is_caught_by_the_feed_and_every_node_flushes_under_a
     assert_eq!(f.applied().await.revision, 2);
 
     f.rewind_to(1).await;
-    assert_eq!(f.shared.catch_up().await.unwrap(), 1);
+    assert_eq!(f.publisher().catch_up().await.unwrap(), 1);
     let new = f.shared.epoch();
     assert_ne!(new, old);
     assert_eq!(f.stored_epoch().await, *new, "the new epoch is in the store, for every replica");
     let flush = f.applied().await;
     assert_eq!((flush.epoch.as_str(), flush.revision, flush.flush), (&*new, 1, true));
-    assert!(f.shared.history.problem().is_none());
-    assert!(f.shared.readiness().await.is_ok());
+    assert!(f.publisher().history_problem().is_none());
+    assert!(f.publisher().readiness().await.is_ok());
 
     // Revision 2 again, of the new history this time: pushed and acked as such.
     let carol = f.write("carol").await.unwrap();
@@ -151,12 +158,12 @@ async fn a_node_ahead_of_the_store_in_the_same_epoch_starts_a_new_epoch_and_flus
     let f = fixture().await;
     let old = f.shared.epoch();
     f.write("alice").await.unwrap();
-    let mut pushed = f.shared.writes.lock().await;
-    let (welcome, replay) = f.shared.welcome(&mut pushed, &old, 7).await.unwrap();
+    let hello = pb::Hello { node_id: "dp-2".into(), epoch: old.to_string(), last_revision: 7, ..Default::default() };
+    let (tx, _rx) = mpsc::channel(16);
+    let Registered { welcome, replay, .. } = f.publisher().register(hello, None, tx).await.unwrap();
     assert!(welcome.flush_cache && replay.is_none());
     assert_ne!(welcome.epoch, *old);
     assert_eq!(welcome.revision, 1);
-    drop(pushed);
     assert_eq!(f.stored_epoch().await, welcome.epoch);
 }
 
@@ -187,13 +194,13 @@ async fn while_the_new_epoch_cannot_be_set_up_writes_and_readiness_are_refused()
     // Nothing can be written to the database for now.
     let mut lock = f.db.begin().await.unwrap();
     sqlx::query("DELETE FROM meta WHERE name = 'nothing'").execute(&mut *lock).await.unwrap();
-    let busy = tokio::time::timeout(Duration::from_secs(20), f.shared.catch_up()).await.unwrap();
+    let busy = tokio::time::timeout(Duration::from_secs(20), f.publisher().catch_up()).await.unwrap();
     assert!(busy.is_err(), "{busy:?}");
-    let problem = f.shared.history.problem().unwrap();
+    let problem = f.publisher().history_problem().unwrap();
     assert!(problem.contains("went back from 1 to 0"), "{problem}");
-    let not_ready = f.shared.readiness().await.unwrap_err().to_string();
+    let not_ready = f.publisher().readiness().await.unwrap_err().to_string();
     assert!(not_ready.contains("history lost or went back") && not_ready.contains("not ready"), "{not_ready}");
     lock.rollback().await.unwrap();
     f.write("bob").await.unwrap();
-    assert!(f.shared.history.problem().is_none() && f.shared.readiness().await.is_ok());
+    assert!(f.publisher().history_problem().is_none() && f.publisher().readiness().await.is_ok());
 }

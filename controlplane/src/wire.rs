@@ -1,0 +1,73 @@
+//! The control plane's side of the node stream's protobuf messages: domain values become
+//! `switchyard_proto` messages here, just before a node's stream sends them, and nowhere
+//! deeper. The fleet settings every node gets in its Welcome are built from the config here.
+
+use switchyard_proto::v1 as pb;
+
+use crate::config::Config;
+use crate::publisher::Welcome;
+use crate::route::{RouteChange, RouteUpdate};
+
+impl From<RouteUpdate> for pb::RouteUpdate {
+    fn from(update: RouteUpdate) -> Self {
+        let RouteUpdate { epoch, revision, changes, flush } = update;
+        let changes = changes.into_iter().map(pb::RouteChange::from).collect();
+        pb::RouteUpdate { epoch, revision, changes, flush }
+    }
+}
+
+impl From<RouteChange> for pb::RouteChange {
+    fn from(RouteChange { key, destination }: RouteChange) -> Self {
+        let change = match destination {
+            Some(d) => pb::route_change::Change::Upsert(d),
+            None => pb::route_change::Change::Remove(true),
+        };
+        pb::RouteChange { key, change: Some(change) }
+    }
+}
+
+/// A route update as a message on a node's stream.
+pub fn route_update_message(update: RouteUpdate) -> pb::ControlMessage {
+    pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update.into())) }
+}
+
+/// The Welcome message, carrying the fleet settings.
+pub fn welcome_message(welcome: Welcome, settings: &pb::FleetSettings) -> pb::ControlMessage {
+    let Welcome { epoch, revision, flush_cache } = welcome;
+    let welcome = pb::Welcome { epoch, revision, settings: Some(settings.clone()), flush_cache };
+    pb::ControlMessage { kind: Some(pb::control_message::Kind::Welcome(welcome)) }
+}
+
+/// The settings every node gets in its Welcome: the config's fleet settings through the
+/// shared encoder (`switchyard-common`, which also holds the node's decoder).
+pub fn fleet_settings(config: &Config) -> pb::FleetSettings {
+    let mut settings = pb::FleetSettings::from(&config.fleet_settings());
+    // Still sent for nodes older than the byte bounds, which bound their cache by entries.
+    if let Some(cache) = settings.cache.as_mut() {
+        cache.max_entries = config.cache.max_entries;
+    }
+    settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_update_becomes_upserts_and_removals_in_order() {
+        let update = RouteUpdate {
+            epoch: "e".into(),
+            revision: 5,
+            changes: vec![
+                RouteChange { key: "alice".into(), destination: Some("new".into()) },
+                RouteChange { key: "bob".into(), destination: None },
+            ],
+            flush: true,
+        };
+        let sent = pb::RouteUpdate::from(update);
+        assert_eq!((sent.epoch.as_str(), sent.revision, sent.flush), ("e", 5, true));
+        assert_eq!(sent.changes[0].key, "alice");
+        assert_eq!(sent.changes[0].change, Some(pb::route_change::Change::Upsert("new".into())));
+        assert_eq!(sent.changes[1].change, Some(pb::route_change::Change::Remove(true)));
+    }
+}
