@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+#[derive(Debug)]
 pub struct Admission {
     rate: f64,
     burst: f64,

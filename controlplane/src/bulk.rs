@@ -43,6 +43,7 @@ impl Format {
     }
 }
 
+#[derive(Debug)]
 pub struct ImportOptions<'a> {
     pub file: &'a Path,
     pub format: Option<Format>,

@@ -157,6 +157,7 @@ impl PeerCall {
 }
 
 /// The peers and the client that calls them with the shared admin token.
+#[derive(Debug)]
 pub struct Cluster {
     peers: Vec<reqwest::Url>,
     /// Built only when there are peers: it reads the system trust store.

@@ -17,6 +17,7 @@ pub const COMMAND_TTL: Duration = Duration::from_secs(300);
 /// Bound on remembered commands; the oldest go first.
 const CAPACITY: usize = 4096;
 
+#[derive(Debug)]
 struct Logged {
     id: String,
     kind: pb::command::Kind,
@@ -28,7 +29,7 @@ struct Logged {
     acked: HashSet<String>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct CommandLog {
     entries: Mutex<VecDeque<Logged>>,
 }

@@ -34,6 +34,7 @@ pub type CommandSender = mpsc::Sender<pb::ControlMessage>;
 
 /// What the fleet knows of one node id: its current (or last) stream and process, what it
 /// reported and applied, its outbox, and the commands waiting for its acks.
+#[derive(Debug)]
 struct NodeState {
     hello: pb::Hello,
     /// Identifies the current stream, so a late disconnect of an old stream is ignored.
@@ -57,6 +58,7 @@ struct NodeState {
 }
 
 /// A stream the fleet accepted: its id, what ends it, and its outbox's wakeup.
+#[derive(Debug)]
 pub struct Registration {
     pub stream_id: u64,
     /// Cancelled when the node disconnects or a newer stream replaces this one.
@@ -89,6 +91,7 @@ pub struct NodeView {
 /// `.await`). Route updates enter through [`push`](Fleet::push), called in revision order
 /// by [`crate::publisher::Publisher`] only; commands through [`command`](Fleet::command).
 /// A write's result is read back with [`wait_applied`](Fleet::wait_applied).
+#[derive(Debug)]
 pub struct Fleet {
     nodes: Mutex<HashMap<String, NodeState>>,
     /// Recent commands, replayed to nodes that come back before they expire.

@@ -25,6 +25,7 @@ const MAX_KEY_LEN: usize = switchyard_common::routekey::MAX_KEY_LEN;
 /// a duplicate node id, then welcomed and registered by the [`crate::publisher::Publisher`];
 /// from then on its stream is the fleet's ([`fleet::Messages`]) and its inbound messages
 /// are read by [`pump`] until it ends. `Resolve` answers one route key from the store.
+#[derive(Debug)]
 pub struct ControlService {
     shared: Arc<Shared>,
     /// What every node gets in its Welcome, built once from the config.
@@ -33,7 +34,7 @@ pub struct ControlService {
 
 /// Refuses every call without `authorization: Bearer <node token>` (constant-time compare).
 /// A run of wrong tokens from one address locks it out (see [`Lockout`]).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct NodeTokenCheck {
     token: Arc<String>,
     refusals: Arc<RefusalLog>,
@@ -80,11 +81,12 @@ const REFUSAL_LOG_PEERS: usize = 4096;
 
 /// At most one refusal warning per peer address per [`REFUSAL_LOG_INTERVAL`]; each
 /// warning carries how many refusals of that peer went unlogged since the previous one.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct RefusalLog {
     windows: Mutex<HashMap<Option<IpAddr>, Window>>,
 }
 
+#[derive(Debug)]
 struct Window {
     opened: Instant,
     suppressed: u64,

@@ -4,6 +4,8 @@
 //! `main.rs` loads the config, calls [`bind`] (fail fast) and [`run`]; tests do the same
 //! with port 0.
 
+#![warn(unreachable_pub, missing_debug_implementations)]
+
 pub mod admission;
 pub mod api;
 pub mod bulk;
@@ -43,6 +45,7 @@ use crate::store::Store;
 use crate::tls::{ServerTls, TlsIncoming};
 
 /// The control plane's sockets, bound before anything starts, and their TLS configs.
+#[derive(Debug)]
 pub struct Bound {
     pub grpc: TcpListener,
     pub api: TcpListener,
@@ -74,6 +77,7 @@ pub async fn bind(config: &Config) -> Result<Bound> {
 }
 
 /// The secrets the control plane needs, loaded by `main` (files or environment).
+#[derive(Debug)]
 pub struct Secrets {
     pub node_token: String,
     pub admin_token: String,

@@ -25,6 +25,7 @@ pub struct Policy {
 /// addresses cannot grow memory without bound.
 pub const MAX_CLIENTS: usize = 10_000;
 
+#[derive(Debug)]
 pub struct Lockout {
     /// The warning logged when an address is locked out.
     warning: &'static str,

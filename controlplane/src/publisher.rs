@@ -41,6 +41,7 @@ const MAX_REPLAY: usize = 10_000;
 /// the new history is pushed (see [`history`]); acks name their epoch, so a write's
 /// answer ([`Committed`] names the epoch) never counts a node that applied a revision of
 /// an older history.
+#[derive(Debug)]
 pub struct Publisher {
     store: Store,
     fleet: Arc<Fleet>,
@@ -69,6 +70,7 @@ pub struct Welcome {
 
 /// A node the fleet accepted: its stream's registration, its Welcome and the replay to
 /// send right after it.
+#[derive(Debug)]
 pub struct Registered {
     pub registration: Registration,
     pub welcome: Welcome,

@@ -18,6 +18,7 @@ use crate::undeclared::Undeclared;
 /// ([`crate::grpc`]), the management API ([`crate::api::ApiState`]) and the feed
 /// ([`crate::feed`]). Reads go to `store` and `fleet` directly; every mapping change and
 /// every node registration goes through `publisher`, which orders them.
+#[derive(Debug)]
 pub struct Shared {
     pub config: Config,
     pub store: Store,

@@ -41,7 +41,7 @@ const GRPC_ALPN: &[&[u8]] = &[b"h2"];
 pub type FileProblem = (&'static str, String);
 
 /// The server configs for the listeners that have TLS; `None` serves plain TCP.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct ServerTls {
     pub api: Option<Arc<ServerConfig>>,
     pub grpc: Option<Arc<ServerConfig>>,
@@ -126,6 +126,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Connections that completed their TLS handshake, in the order they did.
+#[derive(Debug)]
 pub struct TlsIncoming {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,

@@ -16,6 +16,7 @@ use crate::store::Change;
 pub const MAX_TRACKED: usize = 100_000;
 
 /// The accounts this replica's nodes cannot route, by key.
+#[derive(Debug)]
 pub struct Undeclared {
     declared: BTreeSet<String>,
     keys: Mutex<HashMap<String, String>>,

@@ -10,7 +10,7 @@ use crate::config::{ListenerConfig, TlsMode};
 use crate::error::Result;
 
 /// How a protocol frames one SASL challenge and reads the client's response.
-pub trait SaslChannel: Send {
+pub(crate) trait SaslChannel: Send {
     /// Sends `challenge` (raw bytes; the channel base64-encodes them) and returns the
     /// client's response as sent (base64 text or `*`). A response the parser refused (an
     /// over-long line) is `Invalid`: the protocol answers it and the session goes on.
@@ -19,7 +19,7 @@ pub trait SaslChannel: Send {
 
 /// The client's answer to one challenge.
 #[derive(Debug)]
-pub enum Response {
+pub(crate) enum Response {
     Line(Vec<u8>),
     Invalid(CodecError),
     /// The client left (or its pre-auth budget ran out).
@@ -27,7 +27,7 @@ pub enum Response {
 }
 
 /// What one parser step says about the response: `None` while more input is needed.
-pub fn response(parsed: std::result::Result<Option<Vec<u8>>, CodecError>) -> Option<Response> {
+pub(crate) fn response(parsed: std::result::Result<Option<Vec<u8>>, CodecError>) -> Option<Response> {
     match parsed {
         Ok(Some(line)) => Some(Response::Line(line)),
         Ok(None) => None,
@@ -36,7 +36,7 @@ pub fn response(parsed: std::result::Result<Option<Vec<u8>>, CodecError>) -> Opt
 }
 
 #[derive(Debug)]
-pub enum SaslOutcome {
+pub(crate) enum SaslOutcome {
     Done(Credential),
     /// The client answered `*`.
     Cancelled,
@@ -49,7 +49,7 @@ pub enum SaslOutcome {
 /// Runs one exchange; `initial` is the initial response as the client sent it (base64).
 /// A decoded response may carry at most what one line of `max_line` bytes can
 /// ([`sasl::decoded_limit`]).
-pub async fn exchange(
+pub(crate) async fn exchange(
     channel: &mut impl SaslChannel,
     mechanism: Mechanism,
     initial: Option<&[u8]>,
@@ -88,12 +88,12 @@ pub async fn exchange(
 
 /// May this connection carry credentials: TLS is up, or the listener explicitly allows
 /// cleartext authentication.
-pub fn credentials_allowed(listener: &ListenerConfig, tls_active: bool) -> bool {
+pub(crate) fn credentials_allowed(listener: &ListenerConfig, tls_active: bool) -> bool {
     tls_active || listener.allow_plaintext_auth || listener.tls == TlsMode::Implicit
 }
 
 /// `+ <base64>` as IMAP and POP3 frame a challenge (`+ ` alone for an empty one).
-pub fn plus_challenge(challenge: &[u8]) -> Vec<u8> {
+pub(crate) fn plus_challenge(challenge: &[u8]) -> Vec<u8> {
     use base64::Engine;
     let mut line = b"+ ".to_vec();
     line.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(challenge).as_bytes());
@@ -104,7 +104,7 @@ pub fn plus_challenge(challenge: &[u8]) -> Vec<u8> {
 /// The backend leg's answer to a challenge the replayed credential does not cover: RFC 7628
 /// §3.2.3 has the client acknowledge an OAuth error challenge with a lone %x01 (`AQ==`) so
 /// the server can finish with its failure; any other mechanism's exchange is cancelled.
-pub fn extra_challenge_response(mechanism: Mechanism) -> &'static str {
+pub(crate) fn extra_challenge_response(mechanism: Mechanism) -> &'static str {
     match mechanism {
         Mechanism::OAuthBearer | Mechanism::XOAuth2 => "AQ==",
         Mechanism::Plain | Mechanism::Login => "*",

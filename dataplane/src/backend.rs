@@ -24,7 +24,7 @@ use crate::sessions::KickHandle;
 use crate::settings::FleetSettings;
 use crate::tls::MaybeTls;
 
-pub mod smtp;
+pub(crate) mod smtp;
 
 /// The backend's longest acceptable response line (capability lists can be long).
 const MAX_LINE: usize = 64 * 1024;
@@ -36,7 +36,7 @@ const LOGIN_ROUNDS: usize = 3;
 /// A backend connection while the proxy still speaks to it line by line. Every error it
 /// returns is the backend's ([`Blame::Backend`]): a read past the step's deadline, a close,
 /// a line too long, a failed write.
-pub struct Leg {
+pub(crate) struct Leg {
     stream: MaybeTls,
     lines: LineBuffer,
     deadline: Instant,
@@ -49,7 +49,7 @@ impl Leg {
     }
 
     /// The next line without CRLF, before the current step's deadline.
-    pub async fn read_line(&mut self) -> Result<Vec<u8>> {
+    pub(crate) async fn read_line(&mut self) -> Result<Vec<u8>> {
         loop {
             if let Some(line) = self.lines.next_line().map_err(|e| self.broken(e))? {
                 return Ok(line);
@@ -59,7 +59,7 @@ impl Leg {
     }
 
     /// Exactly `n` bytes (a literal inside a response), bounded like a line.
-    pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>> {
+    pub(crate) async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>> {
         if n > MAX_LINE {
             return Err(self.broken(format!("literal of {n} bytes exceeds {MAX_LINE}")));
         }
@@ -87,7 +87,7 @@ impl Leg {
 
     /// Writes `bytes` before the current step's deadline: a backend that stops reading
     /// holds the login no longer than one that stops answering.
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         match timeout_at(self.deadline, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.failed("write", e)),
@@ -106,12 +106,12 @@ impl Leg {
 
     /// The backend broke its protocol (`reason` says how): a dialect's error for a reply
     /// it cannot use.
-    pub fn broken(&self, reason: impl std::fmt::Display) -> Error {
+    pub(crate) fn broken(&self, reason: impl std::fmt::Display) -> Error {
         Error::backend(&self.destination, reason)
     }
 
     /// The stream and whatever the backend already sent past the last line read.
-    pub fn into_parts(mut self) -> (MaybeTls, Vec<u8>) {
+    pub(crate) fn into_parts(mut self) -> (MaybeTls, Vec<u8>) {
         let rest = self.lines.take_remaining();
         (self.stream, rest)
     }
@@ -119,7 +119,7 @@ impl Leg {
 
 /// A logged-in backend leg and the account's session registration, for the bridge. Boxed:
 /// the two would make every login outcome carrying a connection much larger than the others.
-pub struct BackendConn(Box<(Leg, KickHandle)>);
+pub(crate) struct BackendConn(Box<(Leg, KickHandle)>);
 
 impl BackendConn {
     /// `kick` is the account's session registration, taken before the route was looked up;
@@ -130,7 +130,7 @@ impl BackendConn {
 
     /// The stream, whatever the backend already sent past the verdict, and the session's
     /// registration.
-    pub fn into_parts(self) -> (MaybeTls, Vec<u8>, KickHandle) {
+    pub(crate) fn into_parts(self) -> (MaybeTls, Vec<u8>, KickHandle) {
         let (leg, kick) = *self.0;
         let (stream, rest) = leg.into_parts();
         (stream, rest, kick)
@@ -140,21 +140,21 @@ impl BackendConn {
 /// The backend's answer to the replayed credential, as lines for the client (without
 /// CRLF). The last line is the status line; a dialect strips its own tag from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub accepted: bool,
     pub lines: Vec<Vec<u8>>,
 }
 
 impl Verdict {
     /// The lines as the client gets them, each ended by CRLF.
-    pub fn to_wire(&self) -> Vec<u8> {
+    pub(crate) fn to_wire(&self) -> Vec<u8> {
         crate::codec::line::join_crlf(&self.lines)
     }
 }
 
 /// A protocol's side of establishing a backend leg: what it learns on the way (offered
 /// capabilities) is its own state, kept in plain fields from one step to the next.
-pub trait Dialect: Send {
+pub(crate) trait Dialect: Send {
     /// Reads the greeting (and does whatever must precede authentication). An error means
     /// the backend is not healthy and counts against its breaker.
     fn greet(&mut self, leg: &mut Leg) -> impl Future<Output = Result<()>> + Send;
@@ -177,13 +177,13 @@ pub trait Dialect: Send {
 }
 
 /// A login protocol's dialect: establishment, then the credential.
-pub trait LoginDialect: Dialect {
+pub(crate) trait LoginDialect: Dialect {
     /// Sends the credential as one SASL command and reads the verdict.
     fn authenticate(&mut self, leg: &mut Leg, credential: &Credential) -> impl Future<Output = Result<Verdict>> + Send;
 }
 
 /// How a login ended at the backend.
-pub enum Login {
+pub(crate) enum Login {
     Accepted { route: Route, backend: BackendConn, verdict: Verdict },
     Rejected(Verdict),
 }
@@ -197,7 +197,7 @@ impl SessionCtx {
     /// last step of a move) that arrives before the backend's verdict drops the attempt,
     /// closing its backend connection, and the login starts over on the route as it is now;
     /// one that arrives later closes the bridged session.
-    pub async fn login<D: LoginDialect>(
+    pub(crate) async fn login<D: LoginDialect>(
         &self,
         dialect: &mut D,
         credential: &Credential,
@@ -255,7 +255,7 @@ impl SessionCtx {
     /// is a breaker failure; any other leaves the permit unsettled. On success the permit is
     /// returned unsettled, for the caller to settle (a login by its outcome, see [`settle`];
     /// a delivery at once).
-    pub async fn establish<D: Dialect>(
+    pub(crate) async fn establish<D: Dialect>(
         &self,
         route: &Route,
         dialect: &mut D,
@@ -362,12 +362,12 @@ async fn forward_identity<D: Dialect>(
 }
 
 /// A short, printable excerpt of a backend line for error messages.
-pub fn excerpt(line: &[u8]) -> String {
+pub(crate) fn excerpt(line: &[u8]) -> String {
     String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned()
 }
 
 /// Whether `line` opens with the status word `word` (any case) followed by a space or its end.
-pub fn status_is(line: &[u8], word: &[u8]) -> bool {
+pub(crate) fn status_is(line: &[u8], word: &[u8]) -> bool {
     line.get(..word.len()).is_some_and(|head| head.eq_ignore_ascii_case(word))
         && matches!(line.get(word.len()), None | Some(b' '))
 }

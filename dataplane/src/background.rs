@@ -13,20 +13,20 @@ use crate::error::{Error, Result};
 
 /// The tasks, each with the name an error reports.
 #[derive(Default)]
-pub struct Background {
+pub(crate) struct Background {
     tasks: JoinSet<()>,
     names: HashMap<Id, String>,
 }
 
 impl Background {
-    pub fn spawn(&mut self, name: impl Into<String>, task: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&mut self, name: impl Into<String>, task: impl Future<Output = ()> + Send + 'static) {
         let id = self.tasks.spawn(task).id();
         self.names.insert(id, name.into());
     }
 
     /// Waits for `shutdown`; a task that ends first cancels it and is the error returned.
     /// Either way every task has ended when this returns.
-    pub async fn run_until(mut self, shutdown: &CancellationToken) -> Result<()> {
+    pub(crate) async fn run_until(mut self, shutdown: &CancellationToken) -> Result<()> {
         let failure = tokio::select! {
             _ = shutdown.cancelled() => None,
             Some(ended) = self.tasks.join_next_with_id() => Some(self.failure(ended)),

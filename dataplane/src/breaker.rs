@@ -30,7 +30,7 @@ struct Inner {
 
 /// A breaker for one destination on this node.
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     inner: Mutex<Inner>,
     /// Woken on every open/close transition so the node reports it at once.
     transitions: Arc<Notify>,
@@ -38,12 +38,12 @@ pub struct Breaker {
 
 /// The destination is down: the caller answers with the protocol's temporary failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejected;
+pub(crate) struct Rejected;
 
 /// Admission to try one connection. A probe permit that is dropped without an outcome
 /// (the client went away) lets the next caller probe instead.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     breaker: Arc<Breaker>,
     probe: bool,
     settled: bool,
@@ -51,16 +51,16 @@ pub struct Permit {
 
 impl Permit {
     #[cfg(test)]
-    pub fn is_probe(&self) -> bool {
+    pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
 
-    pub fn success(mut self) {
+    pub(crate) fn success(mut self) {
         self.settled = true;
         self.breaker.on_success();
     }
 
-    pub fn failure(mut self) {
+    pub(crate) fn failure(mut self) {
         self.settled = true;
         self.breaker.on_failure();
     }
@@ -79,13 +79,13 @@ impl Drop for Permit {
 
 /// Health as reported to the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     pub consecutive_failures: u32,
     pub down: bool,
 }
 
 impl Breaker {
-    pub fn new(settings: &BreakerSettings, transitions: Arc<Notify>) -> Self {
+    pub(crate) fn new(settings: &BreakerSettings, transitions: Arc<Notify>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 state: State::Closed,
@@ -103,7 +103,7 @@ impl Breaker {
     }
 
     /// Asks to try one backend connection.
-    pub fn admit(self: &Arc<Self>) -> Result<Permit, Rejected> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<Permit, Rejected> {
         let mut inner = self.lock();
         let probe = match inner.state {
             State::Closed => false,
@@ -151,7 +151,7 @@ impl Breaker {
     }
 
     /// Closes the breaker at once (operator reset). Returns whether it was down.
-    pub fn reset(&self) -> bool {
+    pub(crate) fn reset(&self) -> bool {
         let was_down = {
             let mut inner = self.lock();
             let was_down = inner.state != State::Closed;
@@ -165,7 +165,7 @@ impl Breaker {
         was_down
     }
 
-    pub fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         let inner = self.lock();
         Health { consecutive_failures: inner.consecutive_failures, down: inner.state != State::Closed }
     }
@@ -179,23 +179,23 @@ impl Breaker {
 
 /// Every destination's breaker on this node, created on first use.
 #[derive(Debug)]
-pub struct Breakers {
+pub(crate) struct Breakers {
     map: Mutex<HashMap<String, Arc<Breaker>>>,
     settings: Mutex<BreakerSettings>,
     transitions: Arc<Notify>,
 }
 
 impl Breakers {
-    pub fn new(settings: BreakerSettings) -> Self {
+    pub(crate) fn new(settings: BreakerSettings) -> Self {
         Self { map: Mutex::default(), settings: Mutex::new(settings), transitions: Arc::new(Notify::new()) }
     }
 
     /// Notified on every breaker transition.
-    pub fn transitions(&self) -> Arc<Notify> {
+    pub(crate) fn transitions(&self) -> Arc<Notify> {
         Arc::clone(&self.transitions)
     }
 
-    pub fn get(&self, destination: &str) -> Arc<Breaker> {
+    pub(crate) fn get(&self, destination: &str) -> Arc<Breaker> {
         let settings = *self.settings.lock().unwrap_or_else(|e| e.into_inner());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(
@@ -205,7 +205,7 @@ impl Breakers {
     }
 
     /// New settings from the control plane apply to every breaker from now on.
-    pub fn configure(&self, settings: BreakerSettings) {
+    pub(crate) fn configure(&self, settings: BreakerSettings) {
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = settings;
         for breaker in self.snapshot().into_iter().map(|(_, b)| b) {
             breaker.configure(&settings);
@@ -213,7 +213,7 @@ impl Breakers {
     }
 
     /// Resets one destination's breaker, or all when `destination` is empty; returns how many were down.
-    pub fn reset(&self, destination: &str) -> u64 {
+    pub(crate) fn reset(&self, destination: &str) -> u64 {
         self.snapshot()
             .into_iter()
             .filter(|(id, _)| destination.is_empty() || id == destination)
@@ -221,7 +221,7 @@ impl Breakers {
             .sum()
     }
 
-    pub fn health(&self) -> Vec<(String, Health)> {
+    pub(crate) fn health(&self) -> Vec<(String, Health)> {
         let mut all: Vec<_> = self.snapshot().into_iter().map(|(id, b)| (id, b.health())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all

@@ -28,31 +28,31 @@ use crate::idle::Activity;
 
 /// One direction's transfer buffer: large enough that a bulk FETCH or message moves in few
 /// system calls (8 KiB buffers cost a third of the throughput on loopback).
-pub const BUFFER_SIZE: usize = 64 * 1024;
+pub(crate) const BUFFER_SIZE: usize = 64 * 1024;
 /// Buffers the shared pool keeps for reuse; more in flight at once are freed on return.
 const POOL_KEEPS: usize = 64;
 
 /// Transfer buffers lent to relay directions while their bytes flow.
-pub struct BufferPool {
+pub(crate) struct BufferPool {
     free: Mutex<Vec<BytesMut>>,
     keeps: usize,
     lent: std::sync::atomic::AtomicUsize,
 }
 
 impl BufferPool {
-    pub fn new(keeps: usize) -> Self {
+    pub(crate) fn new(keeps: usize) -> Self {
         Self { free: Mutex::new(Vec::new()), keeps, lent: std::sync::atomic::AtomicUsize::new(0) }
     }
 
     /// The pool every session of this process shares.
-    pub fn shared() -> &'static BufferPool {
+    pub(crate) fn shared() -> &'static BufferPool {
         static POOL: OnceLock<BufferPool> = OnceLock::new();
         POOL.get_or_init(|| BufferPool::new(POOL_KEEPS))
     }
 
     /// How many buffers are out with directions right now.
     #[cfg(test)]
-    pub fn lent(&self) -> usize {
+    pub(crate) fn lent(&self) -> usize {
         self.lent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -74,7 +74,7 @@ impl BufferPool {
 
 /// Bytes relayed so far, readable even when the relay was cut short (kick, idle timeout).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Moved {
+pub(crate) struct Moved {
     pub from_client: u64,
     pub to_client: u64,
     /// Nothing is pending towards the client and what it got last ended a line, so the
@@ -84,7 +84,7 @@ pub struct Moved {
 
 /// Relays between `client` and `backend` until both directions have ended (or one
 /// failed), counting into `moved` and stamping `activity` whenever bytes move.
-pub async fn relay<C, B>(
+pub(crate) async fn relay<C, B>(
     client: &mut C,
     backend: &mut B,
     pool: &BufferPool,

@@ -14,15 +14,15 @@ use crate::error::{Error, Result};
 
 mod conn;
 
-pub use conn::{ClientConn, Grammar, LoginOutcome, Parsed, Replay, Replies, Turn};
+pub(crate) use conn::{ClientConn, Grammar, LoginOutcome, Parsed, Replay, Replies, Turn};
 
 /// How long a goodbye (timeout, limit, shutdown) and the closing handshake after it may
 /// wait for the client: a few bytes, which a client that still reads takes at once.
-pub const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 
 /// What a bounded read got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Read {
+pub(crate) enum Read {
     Data(usize),
     /// The client closed its side.
     Closed,
@@ -32,7 +32,11 @@ pub enum Read {
 
 /// Writes and flushes all of `bytes` before `deadline`. A client that does not read them
 /// in time (its receive window stays full) is at fault, and its session ends.
-pub async fn send<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S, bytes: &[u8], deadline: Instant) -> Result<()> {
+pub(crate) async fn send<S: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut S,
+    bytes: &[u8],
+    deadline: Instant,
+) -> Result<()> {
     let written = async {
         stream.write_all(bytes).await?;
         stream.flush().await
@@ -45,14 +49,14 @@ pub async fn send<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S, bytes: &[u8], 
 
 /// The deadline for the last words of a session: `deadline`, but at least
 /// [`GOODBYE_WAIT`] from now, so a goodbye still reaches a client that reads.
-pub fn at_least_goodbye(deadline: Instant) -> Instant {
+pub(crate) fn at_least_goodbye(deadline: Instant) -> Instant {
     deadline.max(Instant::now() + GOODBYE_WAIT)
 }
 
 /// Reads what the client sent next into `buf` before `deadline`. Past the deadline this
 /// is `TimedOut` even with bytes waiting: a client that keeps its socket busy (or pipelines
 /// ahead) must not outrun its deadline.
-pub async fn read<S, B>(stream: &mut S, buf: &mut B, deadline: Instant) -> Result<Read>
+pub(crate) async fn read<S, B>(stream: &mut S, buf: &mut B, deadline: Instant) -> Result<Read>
 where
     S: AsyncRead + Unpin + ?Sized,
     B: BufMut + Send,
@@ -70,7 +74,7 @@ where
 
 /// Sends `goodbye` within [`GOODBYE_WAIT`] and closes the stream; a client that cannot
 /// take it is dropped all the same.
-pub async fn goodbye<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S, goodbye: &[u8]) {
+pub(crate) async fn goodbye<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S, goodbye: &[u8]) {
     if send(stream, goodbye, Instant::now() + GOODBYE_WAIT).await.is_ok() {
         close(stream).await;
     }
@@ -78,7 +82,7 @@ pub async fn goodbye<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S, goodbye: &[
 
 /// An orderly close (a TLS client gets its close_notify, RFC 8446 §6.1, and can tell the
 /// end from a truncation), given up after [`GOODBYE_WAIT`].
-pub async fn close<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S) {
+pub(crate) async fn close<S: AsyncWrite + Unpin + ?Sized>(stream: &mut S) {
     let _ = tokio::time::timeout(GOODBYE_WAIT, stream.shutdown()).await;
 }
 

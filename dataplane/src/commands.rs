@@ -13,14 +13,14 @@ const KICK_WAIT: Duration = Duration::from_secs(2);
 /// A command's ack: at once, or once what the command started is over (a kick: once every
 /// session it closed has closed its connections, so a move never reports `complete` while
 /// one of them could still reach the old server).
-pub enum Acked {
+pub(crate) enum Acked {
     Now(pb::CommandAck),
     Later(BoxFuture<'static, pb::CommandAck>),
 }
 
 /// Applies a route update in order and returns the ack. Updates for another epoch or at
 /// or below the applied revision are acked without being applied again (idempotent).
-pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionAck {
+pub(crate) async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionAck {
     let (epoch, applied) = node.revision();
     let current = epoch == update.epoch && update.revision <= applied;
     if !current {
@@ -49,7 +49,7 @@ pub async fn apply_update(node: &Node, update: pb::RouteUpdate) -> pb::RevisionA
 
 /// Runs one command (its effect takes place before this returns, in the order commands
 /// arrive) and says what it did.
-pub fn apply_command(node: &Node, command: pb::Command) -> Acked {
+pub(crate) fn apply_command(node: &Node, command: pb::Command) -> Acked {
     use pb::command::Kind;
     let (result, count, detail) = match command.kind {
         Some(Kind::BreakerReset(reset)) => {
@@ -96,7 +96,7 @@ fn kick_sessions(node: &Node, command_id: String, key: &str) -> Acked {
 }
 
 /// The node's cumulative counters and destination health.
-pub async fn report(node: &Node) -> pb::Report {
+pub(crate) async fn report(node: &Node) -> pb::Report {
     if let Some(routes) = node.routes() {
         routes.sync();
     }

@@ -32,12 +32,12 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Adds the node token to every call.
 #[derive(Clone)]
-pub struct NodeAuth(Option<AsciiMetadataValue>);
+pub(crate) struct NodeAuth(Option<AsciiMetadataValue>);
 
-pub use switchyard_common::config::MIN_TOKEN_LEN;
+pub(crate) use switchyard_common::config::MIN_TOKEN_LEN;
 
 impl NodeAuth {
-    pub fn new(token: Option<&str>) -> Result<Self> {
+    pub(crate) fn new(token: Option<&str>) -> Result<Self> {
         if token.is_some_and(|t| t.len() < MIN_TOKEN_LEN) {
             return Err(Error::Control(format!("the node token must be at least {MIN_TOKEN_LEN} characters")));
         }
@@ -61,13 +61,13 @@ impl tonic::service::Interceptor for NodeAuth {
 /// TLS towards `https://` endpoints: the `[control]` trust and client certificate. Files
 /// are read at each connect, so a renewed certificate is used from the next reconnect on.
 #[derive(Debug, Clone, Default)]
-pub struct ControlTls {
+pub(crate) struct ControlTls {
     ca: Option<PathBuf>,
     client: Option<(PathBuf, PathBuf)>,
 }
 
 impl ControlTls {
-    pub fn from_config(control: &ControlConfig) -> Self {
+    pub(crate) fn from_config(control: &ControlConfig) -> Self {
         let client = control.tls_client_cert.clone().zip(control.tls_client_key.clone());
         ControlTls { ca: control.tls_ca.clone(), client }
     }
@@ -94,7 +94,7 @@ type Client = ControlClient<InterceptedService<Channel, NodeAuth>>;
 /// The client of the current Session, shared with the resolver: `None` while disconnected,
 /// so a miss during an outage fails fast instead of waiting on a dead channel.
 #[derive(Clone, Default)]
-pub struct ClientSlot(Arc<RwLock<Option<Client>>>);
+pub(crate) struct ClientSlot(Arc<RwLock<Option<Client>>>);
 
 impl ClientSlot {
     fn set(&self, client: Option<Client>) {
@@ -107,7 +107,7 @@ impl ClientSlot {
 }
 
 /// Answers route-cache misses with the control plane's `Resolve`.
-pub struct ControlResolver {
+pub(crate) struct ControlResolver {
     pub slot: ClientSlot,
     pub timeout: Duration,
 }
@@ -133,7 +133,7 @@ impl Resolver for ControlResolver {
 }
 
 /// The node side of the Session stream.
-pub struct Link {
+pub(crate) struct Link {
     pub endpoints: Vec<String>,
     pub auth: NodeAuth,
     pub tls: ControlTls,
@@ -151,7 +151,7 @@ struct SeenCommands {
 
 impl Link {
     /// Keeps a Session open until shutdown, rotating endpoints with jittered backoff.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let mut failures = 0u32;
         let mut seen = SeenCommands::default();
         for endpoint in self.endpoints.iter().cycle() {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::node::Node;
 
-pub fn router(node: Arc<Node>) -> Router {
+pub(crate) fn router(node: Arc<Node>) -> Router {
     Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz)).with_state(node)
 }
 

@@ -6,7 +6,7 @@
 //! facts with IMAP `ID` or POP3 `XCLIENT`; they are believed only from the listener's
 //! `proxy_trusted` networks. The lines that carry the identity onwards live in [`wire`].
 
-pub mod wire;
+pub(crate) mod wire;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,10 +16,10 @@ use base64::Engine;
 use crate::codec::imap::Arg;
 use crate::pipeline::SessionCtx;
 
-pub use wire::Forwarded;
+pub(crate) use wire::Forwarded;
 
 /// Hops a fresh session may still take (Dovecot's proxies start from 5 as well).
-pub const DEFAULT_TTL: u32 = 5;
+pub(crate) const DEFAULT_TTL: u32 = 5;
 /// Random bytes in a session id: 16 base64url characters.
 const SESSION_ID_BYTES: usize = 12;
 /// Longest session id taken over from an upstream proxy (Dovecot's own limit).
@@ -27,7 +27,7 @@ const MAX_SESSION_ID: usize = 64;
 
 /// Who a backend is told the client is, for one client connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// The real client: the peer, a trusted PROXY header's source, or a trusted upstream's word.
     pub client: SocketAddr,
     /// The address the client connected to.
@@ -40,30 +40,30 @@ pub struct Identity {
 
 impl Identity {
     /// A fresh identity for a connection from `client` to `local`, with a new session id.
-    pub fn new(client: SocketAddr, local: SocketAddr) -> Self {
+    pub(crate) fn new(client: SocketAddr, local: SocketAddr) -> Self {
         Self { client, local, session: session_id(), ttl: DEFAULT_TTL }
     }
 
     /// The identity of the session `ctx` serves (after any inbound PROXY header).
-    pub fn of(ctx: &SessionCtx) -> Self {
+    pub(crate) fn of(ctx: &SessionCtx) -> Self {
         Self::new(ctx.client, ctx.local)
     }
 
     /// The span every log line of the session carries, so it can be found by the id the
     /// backend logs too; a trusted upstream's client and session id are added to it.
-    pub fn span(&self) -> tracing::Span {
+    pub(crate) fn span(&self) -> tracing::Span {
         let empty = tracing::field::Empty;
         tracing::info_span!("session", id = %self.session, origin = empty, upstream_session = empty)
     }
 
     /// Whether the hop TTL ran out: an upstream proxy sent the login back through a chain.
-    pub fn looped(&self) -> bool {
+    pub(crate) fn looped(&self) -> bool {
         self.ttl == 0
     }
 
     /// Takes over what an upstream proxy said, if the connection comes from the listener's
     /// `proxy_trusted` networks; anyone else's claims are ignored. True when believed.
-    pub fn adopt(&mut self, ctx: &SessionCtx, upstream: Upstream) -> bool {
+    pub(crate) fn adopt(&mut self, ctx: &SessionCtx, upstream: Upstream) -> bool {
         if upstream == Upstream::default() {
             return false;
         }
@@ -94,19 +94,19 @@ impl Identity {
 
 /// Whether the session's client may speak for another (the listener's `proxy_trusted`).
 /// The connection's own client decides, never an address an upstream stated earlier.
-pub fn trusted(ctx: &SessionCtx) -> bool {
+pub(crate) fn trusted(ctx: &SessionCtx) -> bool {
     ctx.listener.proxy_trusted.iter().any(|net| net.contains(&ctx.client.ip()))
 }
 
 /// A new random session id (16 base64url characters; the OS random source via uuid v4).
-pub fn session_id() -> String {
+pub(crate) fn session_id() -> String {
     let random = uuid::Uuid::new_v4();
     URL_SAFE_NO_PAD.encode(&random.as_bytes()[..SESSION_ID_BYTES])
 }
 
 /// What an upstream proxy claims about its client, before anyone believes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: Option<IpAddr>,
     pub port: Option<u16>,
     pub dest_addr: Option<IpAddr>,
@@ -118,7 +118,7 @@ pub struct Upstream {
 impl Upstream {
     /// The Dovecot fields of an IMAP `ID` parameter list (`x-originating-ip`, ...); other
     /// fields, `NIL` and unparsable values are left out.
-    pub fn from_imap_id(args: &[Arg]) -> Self {
+    pub(crate) fn from_imap_id(args: &[Arg]) -> Self {
         let mut upstream = Upstream::default();
         let Some(Arg::List(fields)) = args.first() else {
             return upstream;
@@ -142,7 +142,7 @@ impl Upstream {
 
     /// The arguments of a Dovecot-style `XCLIENT ADDR=… PORT=… SESSION=… TTL=…`; unknown
     /// attributes are skipped, a known one with a bad value makes the command invalid.
-    pub fn from_xclient(args: &[u8]) -> Result<Self, &'static str> {
+    pub(crate) fn from_xclient(args: &[u8]) -> Result<Self, &'static str> {
         let args = std::str::from_utf8(args).map_err(|_| "XCLIENT arguments must be ASCII")?;
         let mut upstream = Upstream::default();
         for arg in args.split_ascii_whitespace() {

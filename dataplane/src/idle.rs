@@ -9,18 +9,18 @@ use tokio::time::Instant;
 
 /// When bytes last moved, as milliseconds since `start`.
 #[derive(Clone)]
-pub struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: Arc<AtomicU64>,
 }
 
 impl Activity {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
     }
 
     /// Records that bytes moved just now.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let now = self.start.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(now, Ordering::Relaxed);
     }
@@ -30,7 +30,7 @@ impl Activity {
     }
 
     /// Resolves once nothing moved for `idle`.
-    pub async fn idle_for(&self, idle: Duration) {
+    pub(crate) async fn idle_for(&self, idle: Duration) {
         loop {
             let deadline = self.last() + idle;
             if Instant::now() >= deadline {

@@ -22,7 +22,7 @@ const PARTIAL_PAUSE: Duration = Duration::from_millis(10);
 /// listener expects one and `peer` is trusted, else `peer` itself. Only the header's
 /// bytes are consumed; an error means the connection must be closed. The wait for the
 /// header ends with the pre-auth budget (`budget`), which the session goes on drawing on.
-pub async fn client_address(
+pub(crate) async fn client_address(
     stream: &mut TcpStream,
     config: &ListenerConfig,
     peer: SocketAddr,

@@ -4,6 +4,8 @@
 //! `main.rs` parses arguments, loads the config, calls [`bind`] (fail fast) and [`run`].
 //! Tests call the same two functions with listeners on port 0.
 
+#![warn(unreachable_pub, missing_debug_implementations)]
+
 pub(crate) mod auth;
 pub(crate) mod backend;
 pub(crate) mod background;
@@ -55,6 +57,7 @@ use crate::node::Node;
 const FINAL_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Every socket the node serves, bound before anything starts.
+#[derive(Debug)]
 pub struct Bound {
     pub listeners: Vec<BoundListener>,
     pub health: TcpListener,

@@ -18,6 +18,7 @@ use crate::protocol;
 use crate::tls::{MaybeTls, TlsAcceptor};
 
 /// A listener from the config with its sockets already bound (fail fast at start-up).
+#[derive(Debug)]
 pub struct BoundListener {
     pub id: String,
     pub config: ListenerConfig,
@@ -35,7 +36,7 @@ struct Shared {
 }
 
 /// Accepts until shutdown. Past `max_connections` a client gets the protocol's busy reply.
-pub async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAcceptor>, sessions: TaskTracker) {
+pub(crate) async fn serve(node: Arc<Node>, bound: BoundListener, tls: Option<TlsAcceptor>, sessions: TaskTracker) {
     let shared = Shared {
         node,
         id: Arc::from(bound.id.as_str()),

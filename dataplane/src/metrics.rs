@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::node::Node;
 
-pub use switchyard_common::metrics::hit_rate_pct;
+pub(crate) use switchyard_common::metrics::hit_rate_pct;
 
-pub async fn run(node: Arc<Node>, interval: Duration) {
+pub(crate) async fn run(node: Arc<Node>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.tick().await;
     loop {

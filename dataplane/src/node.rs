@@ -18,7 +18,7 @@ use crate::route::{CacheStats, Resolver, RouteCache};
 use crate::sessions::Sessions;
 use crate::settings::{BreakerSettings, FleetSettings};
 
-pub struct Node {
+pub(crate) struct Node {
     pub id: String,
     pub instance_id: String,
     settings: watch::Sender<Option<Arc<FleetSettings>>>,
@@ -42,7 +42,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(id: String, resolver: Arc<dyn Resolver>, shutdown: CancellationToken) -> Arc<Self> {
+    pub(crate) fn new(id: String, resolver: Arc<dyn Resolver>, shutdown: CancellationToken) -> Arc<Self> {
         let (settings, _) = watch::channel(None);
         Arc::new(Self {
             id,
@@ -74,21 +74,21 @@ impl Node {
     }
 
     /// The current fleet settings; `None` until the first Welcome.
-    pub fn settings(&self) -> Option<Arc<FleetSettings>> {
+    pub(crate) fn settings(&self) -> Option<Arc<FleetSettings>> {
         self.settings.borrow().clone()
     }
 
-    pub fn routes(&self) -> Option<Arc<RouteCache>> {
+    pub(crate) fn routes(&self) -> Option<Arc<RouteCache>> {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records the listener addresses once they are bound.
-    pub fn set_own_listeners(&self, addrs: Vec<SocketAddr>) {
+    pub(crate) fn set_own_listeners(&self, addrs: Vec<SocketAddr>) {
         let _ = self.own.set(addrs);
     }
 
     /// Would connecting to `host:port` reach one of this node's own listeners (a loop)?
-    pub fn is_own_listener(&self, host: &str, port: u16) -> bool {
+    pub(crate) fn is_own_listener(&self, host: &str, port: u16) -> bool {
         let Ok(ip) = host.parse::<IpAddr>() else { return false };
         self.own.get().is_some_and(|own| {
             own.iter().any(|addr| {
@@ -99,7 +99,7 @@ impl Node {
     }
 
     /// Swaps in a new settings snapshot; rebuilds the route cache if its settings changed.
-    pub fn apply_settings(&self, settings: FleetSettings) {
+    pub(crate) fn apply_settings(&self, settings: FleetSettings) {
         for dest in settings.destinations.values() {
             for (protocol, endpoint) in &dest.endpoints {
                 if self.is_own_listener(&dest.host, endpoint.port) {
@@ -122,21 +122,21 @@ impl Node {
         self.settings.send_replace(Some(Arc::new(settings)));
     }
 
-    pub fn cache_stats(&self) -> CacheStats {
+    pub(crate) fn cache_stats(&self) -> CacheStats {
         self.routes().map(|r| r.stats()).unwrap_or_default()
     }
 
     /// The control-plane epoch and revision this node has applied.
-    pub fn revision(&self) -> (String, u64) {
+    pub(crate) fn revision(&self) -> (String, u64) {
         self.revision.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn set_revision(&self, epoch: &str, revision: u64) {
+    pub(crate) fn set_revision(&self, epoch: &str, revision: u64) {
         *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = (epoch.to_string(), revision);
     }
 
     /// Holds new logins of `key` for `seconds` (0 releases).
-    pub fn delay(&self, key: &str, seconds: u64) {
+    pub(crate) fn delay(&self, key: &str, seconds: u64) {
         let mut delays = self.delays.lock().unwrap_or_else(|e| e.into_inner());
         if seconds == 0 {
             delays.remove(key);
@@ -148,7 +148,7 @@ impl Node {
     }
 
     /// Waits out a pending login delay for `key`; returns early once it is released.
-    pub async fn honour_delay(&self, key: &str) {
+    pub(crate) async fn honour_delay(&self, key: &str) {
         loop {
             // Registered before the check so a release between check and wait is not missed.
             let released = self.delay_changed.notified();
@@ -175,14 +175,14 @@ impl Node {
 
     /// Ready: synced with a control plane at least once, holding settings, and not
     /// refused.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.synced_once.load(Ordering::Acquire) && self.settings().is_some() && self.refused().is_none()
     }
 
     /// The control plane refused this process because another live one holds its node id:
     /// route updates go to that one now, so the cached routes are dropped rather than
     /// served stale (misses fail as temporary while the control plane is not connected).
-    pub fn refuse(&self, reason: &str) {
+    pub(crate) fn refuse(&self, reason: &str) {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
         if let Some(routes) = self.routes() {
             routes.clear();
@@ -190,12 +190,12 @@ impl Node {
     }
 
     /// The control plane took this process's stream.
-    pub fn accepted(&self) {
+    pub(crate) fn accepted(&self) {
         *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Why the control plane refused this process, while it does.
-    pub fn refused(&self) -> Option<String> {
+    pub(crate) fn refused(&self) -> Option<String> {
         self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

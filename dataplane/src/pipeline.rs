@@ -26,7 +26,7 @@ use crate::tls::{Connector, MaybeTls, TlsAcceptor};
 
 /// Everything a protocol session needs to know about where it runs.
 #[derive(Clone)]
-pub struct SessionCtx {
+pub(crate) struct SessionCtx {
     pub node: Arc<Node>,
     pub listener: Arc<ListenerConfig>,
     /// The real client (from a trusted PROXY header, else the peer).
@@ -43,20 +43,20 @@ pub struct SessionCtx {
 /// was made with: the connect, the establishment, the login timeout and the delivery read
 /// their timeouts from this one snapshot, never from the node again.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     pub destination: Arc<Destination>,
     pub endpoint: Endpoint,
     pub settings: Arc<FleetSettings>,
 }
 
 impl SessionCtx {
-    pub fn protocol(&self) -> Protocol {
+    pub(crate) fn protocol(&self) -> Protocol {
         self.listener.protocol
     }
 
     /// The end of the pre-auth budget: one deadline from accept to authenticated that the
     /// PROXY header, the TLS handshakes and the dialogue before and after STARTTLS share.
-    pub fn preauth_deadline(&self) -> Instant {
+    pub(crate) fn preauth_deadline(&self) -> Instant {
         self.accepted + self.listener.preauth_timeout
     }
 
@@ -65,7 +65,7 @@ impl SessionCtx {
     /// Keyed as a recipient: cut at the recipient delimiter, never at a master-user separator.
     /// A miss is taken out of the session's `budget`: `None`, without asking the control
     /// plane, for a recipient not in the cache once it is spent.
-    pub async fn route_delivery_within(&self, recipient: &str, budget: &ResolveBudget) -> Result<Option<Route>> {
+    pub(crate) async fn route_delivery_within(&self, recipient: &str, budget: &ResolveBudget) -> Result<Option<Route>> {
         let (settings, key) = self.route_key(&Identifier::Recipient(recipient.to_owned()))?;
         match self.lookup(key, Some(budget)).await {
             Err(RouteError::OverBudget) => Ok(None),
@@ -75,7 +75,7 @@ impl SessionCtx {
 
     /// A route to one named destination without a lookup (a listener's fixed
     /// pass-through), for a session that replays no credentials.
-    pub fn route_fixed(&self, destination: &str) -> Result<Route> {
+    pub(crate) fn route_fixed(&self, destination: &str) -> Result<Route> {
         let settings = self
             .node
             .settings()
@@ -89,7 +89,7 @@ impl SessionCtx {
     }
 
     /// The fleet settings this decision is taken with, and the identifier's route key.
-    pub fn route_key(&self, identifier: &Identifier) -> Result<(Arc<FleetSettings>, String)> {
+    pub(crate) fn route_key(&self, identifier: &Identifier) -> Result<(Arc<FleetSettings>, String)> {
         let settings = self
             .node
             .settings()
@@ -104,7 +104,12 @@ impl SessionCtx {
     }
 
     /// Step 5 for a route key: login delay, cache/control plane, declared destination.
-    pub async fn route_key_to(&self, settings: &Arc<FleetSettings>, key: String, credentials: bool) -> Result<Route> {
+    pub(crate) async fn route_key_to(
+        &self,
+        settings: &Arc<FleetSettings>,
+        key: String,
+        credentials: bool,
+    ) -> Result<Route> {
         let looked_up = self.lookup(key, None).await;
         self.routed(settings, looked_up, credentials)
     }
@@ -155,7 +160,7 @@ impl SessionCtx {
     /// Step 6 (transport): breaker gate, connect timeout and retries (the route's settings),
     /// and the TLS handshake for an implicit-TLS endpoint. Every failed attempt fails its
     /// permit; the caller settles the one returned (see [`SessionCtx::establish`]).
-    pub async fn connect(&self, route: &Route) -> Result<(MaybeTls, Permit)> {
+    pub(crate) async fn connect(&self, route: &Route) -> Result<(MaybeTls, Permit)> {
         let dest = &route.destination;
         if self.node.is_own_listener(&dest.host, route.endpoint.port) {
             return Err(Error::unavailable(&dest.id, "endpoint is this node's own listener (routing loop)"));
@@ -202,7 +207,7 @@ impl SessionCtx {
     /// within the route's `connect_timeout`. A problem on the node's side (its client
     /// certificate, a bad server name) is the node's fault, not the backend's, so it does
     /// not feed the breaker.
-    pub async fn backend_tls(&self, route: &Route, stream: MaybeTls) -> Result<MaybeTls> {
+    pub(crate) async fn backend_tls(&self, route: &Route, stream: MaybeTls) -> Result<MaybeTls> {
         let dest = &route.destination;
         let wait = route.settings.breaker.connect_timeout;
         match tokio::time::timeout(wait, stream.connect(Connector::global(), dest)).await {
@@ -214,13 +219,13 @@ impl SessionCtx {
     }
 
     /// Whether the client may still ask for STARTTLS on this connection.
-    pub fn starttls_offered(&self, client: &MaybeTls) -> bool {
+    pub(crate) fn starttls_offered(&self, client: &MaybeTls) -> bool {
         self.listener.tls == TlsMode::Starttls && self.tls.is_some() && !client.is_tls()
     }
 
     /// The client-leg TLS handshake (implicit TLS, or after the STARTTLS go-ahead), over
     /// by `deadline` (the pre-auth budget's end, or an SMTP/LMTP session's next step).
-    pub async fn accept_tls(&self, client: MaybeTls, deadline: Instant) -> Result<MaybeTls> {
+    pub(crate) async fn accept_tls(&self, client: MaybeTls, deadline: Instant) -> Result<MaybeTls> {
         let acceptor = self.tls.as_ref().ok_or_else(|| Error::Node("no certificate for TLS".into()))?;
         match tokio::time::timeout_at(deadline, client.accept(acceptor)).await {
             Ok(Ok(stream)) => Ok(stream),
@@ -232,7 +237,7 @@ impl SessionCtx {
     /// Step 7: relays bytes both ways until one side closes, the session is kicked or
     /// nothing moved for the listener's `idle_timeout`, then logs the completed session.
     /// `kick` is the registration the login took before it looked the route up.
-    pub async fn bridge<C, B>(
+    pub(crate) async fn bridge<C, B>(
         &self,
         route: &Route,
         kick: KickHandle,

@@ -13,7 +13,7 @@ use crate::protocol;
 use crate::tls::MaybeTls;
 
 /// How one pre-auth conversation ended.
-pub enum End {
+pub(crate) enum End {
     Authenticated(Route, BackendConn),
     /// The client asked for TLS and was told to go ahead.
     StartTls,
@@ -21,7 +21,7 @@ pub enum End {
 }
 
 /// A protocol's client session before authentication.
-pub trait PreAuth: Sized + Send {
+pub(crate) trait PreAuth: Sized + Send {
     /// The conversation until it ends; runs again after a TLS upgrade.
     fn run(&mut self) -> impl Future<Output = Result<End>> + Send;
     /// The same session over TLS, with a parser that holds nothing from before.
@@ -35,7 +35,7 @@ pub trait PreAuth: Sized + Send {
 /// Drives `session` to its end and bridges it once authenticated. When the node closes
 /// its sessions (the shutdown grace period is over), whatever the session waits for (the
 /// client, a login delay, the backend) is dropped and the client gets its goodbye.
-pub async fn converse<S: PreAuth>(mut session: S) {
+pub(crate) async fn converse<S: PreAuth>(mut session: S) {
     let closing = session.ctx().node.kill_sessions.clone();
     loop {
         let ran = tokio::select! {

@@ -108,6 +108,12 @@ pub struct RouteCache {
     misses: AtomicU64,
 }
 
+impl std::fmt::Debug for RouteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteCache").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
 /// Cumulative counters of this node instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheStats {

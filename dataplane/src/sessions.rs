@@ -17,7 +17,7 @@ use crate::config::Protocol;
 
 /// Counters and live sessions of this node instance (cumulative since start).
 #[derive(Debug, Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     active: Mutex<HashMap<Protocol, u64>>,
     by_key: Mutex<HashMap<String, HashMap<u64, Live>>>,
     next_id: AtomicU64,
@@ -27,7 +27,7 @@ pub struct Sessions {
 }
 
 /// Counts one client connection for as long as it lives.
-pub struct ConnectionGuard {
+pub(crate) struct ConnectionGuard {
     sessions: Arc<Sessions>,
     protocol: Protocol,
 }
@@ -51,7 +51,7 @@ struct Live {
 
 /// Registers a session (opening or bridged) under its route key so it can be kicked.
 #[derive(Debug)]
-pub struct KickHandle {
+pub(crate) struct KickHandle {
     sessions: Arc<Sessions>,
     key: String,
     id: u64,
@@ -62,14 +62,14 @@ pub struct KickHandle {
 
 /// The sessions one kick closed.
 #[derive(Debug)]
-pub struct Kicked {
+pub(crate) struct Kicked {
     pub count: u64,
     ended: Vec<oneshot::Receiver<()>>,
 }
 
 impl Kicked {
     /// Whether every kicked session ended (its connections closed) within `wait`.
-    pub async fn ended_within(self, wait: Duration) -> bool {
+    pub(crate) async fn ended_within(self, wait: Duration) -> bool {
         let all = futures::future::join_all(self.ended);
         tokio::time::timeout(wait, all).await.is_ok()
     }
@@ -88,13 +88,13 @@ impl Drop for KickHandle {
 }
 
 impl Sessions {
-    pub fn connection(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
+    pub(crate) fn connection(self: &Arc<Self>, protocol: Protocol) -> ConnectionGuard {
         self.total.fetch_add(1, Ordering::Relaxed);
         *self.active.lock().unwrap_or_else(|e| e.into_inner()).entry(protocol).or_default() += 1;
         ConnectionGuard { sessions: Arc::clone(self), protocol }
     }
 
-    pub fn register(self: &Arc<Self>, key: &str, parent: &CancellationToken) -> KickHandle {
+    pub(crate) fn register(self: &Arc<Self>, key: &str, parent: &CancellationToken) -> KickHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let token = parent.child_token();
         let (ended_tx, ended) = oneshot::channel();
@@ -109,7 +109,7 @@ impl Sessions {
 
     /// Closes every session of `key`, opening or bridged; [`Kicked::ended_within`] waits
     /// until they are gone.
-    pub fn kick(&self, key: &str) -> Kicked {
+    pub(crate) fn kick(&self, key: &str) -> Kicked {
         let live = self.by_key.lock().unwrap_or_else(|e| e.into_inner()).remove(key).unwrap_or_default();
         let count = live.len() as u64;
         let ended = live
@@ -122,15 +122,15 @@ impl Sessions {
         Kicked { count, ended }
     }
 
-    pub fn active(&self) -> HashMap<Protocol, u64> {
+    pub(crate) fn active(&self) -> HashMap<Protocol, u64> {
         self.active.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn active_total(&self) -> u64 {
+    pub(crate) fn active_total(&self) -> u64 {
         self.active().values().sum()
     }
 
-    pub fn add_bytes(&self, from_client: u64, to_client: u64) {
+    pub(crate) fn add_bytes(&self, from_client: u64, to_client: u64) {
         self.bytes_from_clients.fetch_add(from_client, Ordering::Relaxed);
         self.bytes_to_clients.fetch_add(to_client, Ordering::Relaxed);
     }

@@ -5,5 +5,5 @@ pub use switchyard_common::settings::*;
 
 #[cfg(test)]
 pub(crate) mod tests {
-    pub use switchyard_common::settings::testing::sample;
+    pub(crate) use switchyard_common::settings::testing::sample;
 }

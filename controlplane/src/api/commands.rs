@@ -19,7 +19,7 @@ use crate::fleet::NodeResult;
 /// The longest login delay an operator may set (a move needs seconds, not days).
 const MAX_DELAY_SECONDS: u64 = 3600;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/cache/invalidate", post(invalidate))
         .route("/connections/kick", post(kick))
@@ -34,7 +34,7 @@ struct Target {
 
 /// The answer to a command: the account it was about, and each node's result.
 #[derive(Serialize)]
-pub struct CommandResult {
+pub(super) struct CommandResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub normalized: Option<String>,
     pub nodes: Vec<NodeResult>,
@@ -57,11 +57,11 @@ fn peer_call(path: &[&str], identifier: Option<&str>) -> PeerCall {
 }
 
 /// Commands on one account name it by the operator's identifier; peers normalize it alike.
-pub fn kick_call(identifier: &str) -> PeerCall {
+pub(super) fn kick_call(identifier: &str) -> PeerCall {
     peer_call(&["connections", "kick"], Some(identifier))
 }
 
-pub fn delay_call(identifier: &str, seconds: u64) -> PeerCall {
+pub(super) fn delay_call(identifier: &str, seconds: u64) -> PeerCall {
     peer_call(&["connections", "delay"], Some(identifier)).query("seconds", seconds)
 }
 

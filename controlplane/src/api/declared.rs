@@ -21,7 +21,7 @@ use crate::cluster::{gather, PeerCall, Scope};
 use crate::error::{Error, Result};
 use crate::undeclared::Conflict;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/fleet/declared", get(declared))
 }
 

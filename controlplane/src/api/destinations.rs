@@ -17,7 +17,7 @@ use crate::cluster::{merge_nodes, merge_results, NodeEntry, PeerCall, PeerStatus
 use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/destinations", get(list)).route("/destinations/reset", post(reset))
 }
 

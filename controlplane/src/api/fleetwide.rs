@@ -23,18 +23,20 @@ use crate::fleet::{NodeOutcome, NodeResult};
 use crate::publisher::Committed;
 use crate::undeclared::Conflict;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/fleet/wait", post(wait))
 }
 
 /// How far an action reached: each node's result, merged over the replicas, and how each
 /// peer fared.
+#[derive(Debug)]
 pub struct Fleetwide {
     pub nodes: Vec<NodeResult>,
     pub peers: Vec<PeerStatus>,
 }
 
 /// A mapping write that reached the fleet (as far as [`Fleetwide`] says).
+#[derive(Debug)]
 pub struct Written {
     pub revision: u64,
     pub fleet: Fleetwide,

@@ -9,7 +9,7 @@ use axum::Router;
 
 use super::{ApiState, Bearer};
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(readyz))
 }
 

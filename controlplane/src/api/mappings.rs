@@ -7,8 +7,8 @@
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use switchyard_common::routekey::redact;
 use serde::{Deserialize, Serialize};
+use switchyard_common::routekey::redact;
 
 use super::fleetwide::{Fleetwide, Written};
 use super::ApiState;
@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
 use crate::undeclared::Conflict;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/mappings", get(list)).route("/mappings/{identifier}", get(show).put(put).delete(remove))
 }
 

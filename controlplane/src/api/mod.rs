@@ -23,8 +23,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use switchyard_common::routekey::{Identifier, MAX_KEY_LEN};
 use subtle::ConstantTimeEq;
+use switchyard_common::routekey::{Identifier, MAX_KEY_LEN};
 
 pub use stats::fleet_stats;
 
@@ -39,7 +39,7 @@ pub const MIN_TOKEN_LEN: usize = switchyard_common::config::MIN_TOKEN_LEN;
 /// What every handler gets: the control plane's [`Shared`] state, the peers its fleet
 /// requests fan out to ([`fleetwide`]), and the admin token with its lockout. Cheap to
 /// clone (axum clones it per request).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ApiState {
     pub shared: Arc<Shared>,
     /// The other replicas, asked for their part of every fleet request.

@@ -23,7 +23,7 @@ use crate::fleet::{NodeOutcome, NodeResult};
 /// How long logins are held at most if a move stalls; it is released as soon as it is done.
 const MOVE_DELAY_SECONDS: u64 = 30;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/mappings/{identifier}/move", post(move_account))
 }
 

@@ -14,7 +14,7 @@ use crate::fleet::{NodeOutcome, NodeView, Refused};
 use crate::undeclared::UndeclaredCount;
 use switchyard_proto::v1 as pb;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/nodes", get(list)).route("/nodes/{id}/healthz", get(probe))
 }
 

@@ -12,7 +12,7 @@ use super::{seconds, ApiState};
 use crate::cluster::{gather, merge_nodes, NodeEntry, PeerCall, PeerStatus, ScopeQuery};
 use crate::fleet::NodeView;
 
-pub fn routes() -> Router<ApiState> {
+pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/stats", get(stats))
 }
 
@@ -25,7 +25,7 @@ pub struct Figures {
     pub active_connections: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct NodeStats {
     node_id: String,
     /// Read by the merge: a node that failed over counts where it is connected.
@@ -51,7 +51,7 @@ impl NodeEntry for NodeStats {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Stats {
     #[serde(flatten)]
     totals: Figures,

@@ -18,13 +18,13 @@ use crate::store::{Head, StoreError};
 /// Set while a loss was detected and the new epoch is not set up yet: writes are refused
 /// and `/readyz` is not ready meanwhile.
 #[derive(Debug, Default)]
-pub struct HistoryGuard {
+pub(super) struct HistoryGuard {
     lost: Mutex<Option<String>>,
 }
 
 impl HistoryGuard {
     /// What was detected, while the recovery has not succeeded yet.
-    pub fn problem(&self) -> Option<String> {
+    pub(super) fn problem(&self) -> Option<String> {
         self.lock().clone()
     }
 
@@ -44,7 +44,7 @@ impl HistoryGuard {
 
 /// What is wrong with the store's history, judged from its head, for a control plane that
 /// follows `ours` and has pushed revision `pushed` of it to its nodes. `None`: nothing.
-pub fn diagnose(ours: &str, pushed: u64, head: &Head) -> Option<String> {
+pub(super) fn diagnose(ours: &str, pushed: u64, head: &Head) -> Option<String> {
     match head.epoch.as_deref() {
         None => Some(format!("the store's epoch is missing where this control plane follows {ours}: the store lost its data")),
         Some(found) if found != ours => Some(format!(

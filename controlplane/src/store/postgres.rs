@@ -25,7 +25,7 @@ use super::{to_i64, Change, EpochCell, Mapping, Progress, StoreError, BULK_KEY};
 use crate::config::{load_store_url, PostgresConfig};
 
 /// The NOTIFY channel; the payload is the new revision (listeners only need the wake-up).
-pub const CHANNEL: &str = "switchyard_changes";
+pub(super) const CHANNEL: &str = "switchyard_changes";
 /// Key of the advisory lock every write holds until it commits ("Switchyd" in ASCII).
 const WRITE_LOCK: i64 = 0x5377_6974_6368_7964;
 /// Rows per COPY message during an import, and how often progress is reported.

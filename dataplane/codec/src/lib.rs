@@ -5,6 +5,8 @@
 //! `Ok(None)` when they need more data, so protocol sessions own all I/O and timeouts and
 //! these parsers can be tested by feeding scripts in arbitrary chunks.
 
+#![warn(unreachable_pub, missing_debug_implementations)]
+
 pub mod identifier;
 pub mod imap;
 pub mod line;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::identity::{wire, Forwarded, Identity};
 
 /// An SMTP or LMTP backend being set up.
-pub struct Smtp {
+pub(crate) struct Smtp {
     /// `EHLO name` or `LHLO name`, without CRLF.
     hello: String,
     /// What the backend's last hello offered: replaced after STARTTLS (RFC 3207 §4.2: what
@@ -26,12 +26,12 @@ struct Offered {
 
 impl Smtp {
     /// A leg that greets with `hello` (`EHLO name` / `LHLO name`).
-    pub fn new(hello: String) -> Self {
+    pub(crate) fn new(hello: String) -> Self {
         Self { hello, offered: None }
     }
 
     /// What the backend's last hello offered; `None` before it was greeted.
-    pub fn extensions(&self) -> Option<&Extensions> {
+    pub(crate) fn extensions(&self) -> Option<&Extensions> {
         self.offered.as_ref().map(|o| &o.extensions)
     }
 
@@ -99,7 +99,7 @@ impl Dialect for Smtp {
 }
 
 /// One (possibly multi-line) reply from the backend.
-pub async fn read_reply(leg: &mut Leg) -> Result<Reply> {
+pub(crate) async fn read_reply(leg: &mut Leg) -> Result<Reply> {
     let mut builder = ReplyBuilder::default();
     loop {
         let line = leg.read_line().await?;
@@ -110,7 +110,7 @@ pub async fn read_reply(leg: &mut Leg) -> Result<Reply> {
 }
 
 /// The backend answered `what` with a reply that does not let the session go on.
-pub fn unexpected(leg: &Leg, what: &str, reply: &Reply) -> Error {
+pub(crate) fn unexpected(leg: &Leg, what: &str, reply: &Reply) -> Error {
     leg.broken(format!("unexpected {what} {:?}", reply.excerpt()))
 }
 

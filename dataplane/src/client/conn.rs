@@ -26,7 +26,7 @@ use crate::tls::MaybeTls;
 const MAX_BAD_COMMANDS: u32 = 10;
 
 /// What one parser step found in the client's bytes.
-pub enum Parsed<C> {
+pub(crate) enum Parsed<C> {
     Command(C),
     /// Send this to the client and parse on (IMAP's go-ahead for a synchronizing literal).
     Continue(&'static [u8]),
@@ -37,7 +37,7 @@ pub enum Parsed<C> {
 }
 
 /// A protocol's command grammar and framing on the client leg.
-pub trait Grammar {
+pub(crate) trait Grammar {
     type Parser: Send;
     type Command: Send;
     /// The goodbye once the pre-auth budget is spent.
@@ -64,7 +64,7 @@ pub trait Grammar {
 }
 
 /// How a protocol answers one login (IMAP's answers carry the command's tag).
-pub trait Replies: Sync {
+pub(crate) trait Replies: Sync {
     /// The backend's verdict as the client gets it; by default its lines as they are.
     fn verdict(&self, verdict: &Verdict) -> Vec<u8> {
         verdict.to_wire()
@@ -81,7 +81,7 @@ pub trait Replies: Sync {
 
 /// How a login ended, the same in every protocol. Every end but `Accepted` is a failed
 /// attempt: the session stays open for another one until `max_auth_attempts`.
-pub enum LoginOutcome {
+pub(crate) enum LoginOutcome {
     Accepted(Route, BackendConn),
     /// The backend said no; its verdict went to the client.
     Rejected(Verdict),
@@ -92,7 +92,7 @@ pub enum LoginOutcome {
 }
 
 /// What one client command came to.
-pub enum Turn {
+pub(crate) enum Turn {
     Answered,
     /// A failed authentication attempt that involved no login (an invalid SASL response).
     Failed,
@@ -102,7 +102,7 @@ pub enum Turn {
 }
 
 /// The client leg before authentication; see the module doc.
-pub struct ClientConn<G: Grammar> {
+pub(crate) struct ClientConn<G: Grammar> {
     stream: MaybeTls,
     parser: G::Parser,
     listener: Arc<ListenerConfig>,
@@ -115,7 +115,7 @@ pub struct ClientConn<G: Grammar> {
 
 impl<G: Grammar> ClientConn<G> {
     /// The client leg of a session that starts now, with its pre-auth budget.
-    pub fn new(ctx: &SessionCtx, stream: MaybeTls) -> Self {
+    pub(crate) fn new(ctx: &SessionCtx, stream: MaybeTls) -> Self {
         ClientConn {
             stream,
             parser: G::parser(&ctx.listener),
@@ -127,33 +127,33 @@ impl<G: Grammar> ClientConn<G> {
         }
     }
 
-    pub fn stream(&self) -> &MaybeTls {
+    pub(crate) fn stream(&self) -> &MaybeTls {
         &self.stream
     }
 
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         self.stream.is_tls()
     }
 
     /// May this connection carry credentials now (see [`auth::credentials_allowed`]).
-    pub fn credentials_allowed(&self) -> bool {
+    pub(crate) fn credentials_allowed(&self) -> bool {
         auth::credentials_allowed(&self.listener, self.is_tls())
     }
 
     /// A write the client must take before the pre-auth budget ends (the reply under way
     /// when it ends, such as a late verdict or the timeout's goodbye, still gets a moment).
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         super::send(&mut self.stream, bytes, super::at_least_goodbye(self.deadline)).await
     }
 
     /// Sends `reply` to a command that needed nothing more.
-    pub async fn answer(&mut self, reply: &[u8]) -> Result<Turn> {
+    pub(crate) async fn answer(&mut self, reply: &[u8]) -> Result<Turn> {
         self.send(reply).await?;
         Ok(Turn::Answered)
     }
 
     /// Answers an invalid command with `reply`; past the limit the session ends.
-    pub async fn bad(&mut self, reply: &[u8]) -> Result<Turn> {
+    pub(crate) async fn bad(&mut self, reply: &[u8]) -> Result<Turn> {
         Ok(if self.invalid(reply).await? { Turn::Answered } else { Turn::Closed })
     }
 
@@ -173,7 +173,7 @@ impl<G: Grammar> ClientConn<G> {
     /// Reads until one complete command, answering invalid input. `None` when the client
     /// left or was sent away. Past the pre-auth deadline nothing more is served, however
     /// much was pipelined.
-    pub async fn next_command(&mut self) -> Result<Option<G::Command>> {
+    pub(crate) async fn next_command(&mut self) -> Result<Option<G::Command>> {
         if Instant::now() >= self.deadline {
             self.send(G::TIMEOUT).await?;
             return Ok(None);
@@ -215,7 +215,7 @@ impl<G: Grammar> ClientConn<G> {
 
     /// Where a command leaves the session: authenticated, closed, or (`None`) in the
     /// conversation. A failed attempt past `max_auth_attempts` closes it.
-    pub async fn conclude(&mut self, turn: Turn) -> Result<Option<End>> {
+    pub(crate) async fn conclude(&mut self, turn: Turn) -> Result<Option<End>> {
         match turn {
             Turn::Answered => Ok(None),
             Turn::Closed => Ok(Some(End::Closed)),
@@ -235,7 +235,7 @@ impl<G: Grammar> ClientConn<G> {
 
     /// A SASL exchange for `mechanism` (`initial` as the client sent it), then the
     /// credential replayed to the backend through `dialect`.
-    pub async fn authenticate<D: LoginDialect>(
+    pub(crate) async fn authenticate<D: LoginDialect>(
         &mut self,
         login: Replay<'_, D>,
         mechanism: Mechanism,
@@ -256,7 +256,7 @@ impl<G: Grammar> ClientConn<G> {
 
     /// Routes, establishes and replays `credential` through the shared pipeline, and
     /// answers the client as `replies` words it.
-    pub async fn replay<D: LoginDialect>(
+    pub(crate) async fn replay<D: LoginDialect>(
         &mut self,
         login: Replay<'_, D>,
         credential: &Credential,
@@ -283,13 +283,13 @@ impl<G: Grammar> ClientConn<G> {
     /// Completes STARTTLS: the handshake within the pre-auth budget, then a fresh parser,
     /// so nothing the client pipelined in plaintext after the command survives into the
     /// encrypted session. The counts of failures and invalid commands carry over.
-    pub async fn upgrade(self, ctx: &SessionCtx) -> Result<Self> {
+    pub(crate) async fn upgrade(self, ctx: &SessionCtx) -> Result<Self> {
         let stream = ctx.accept_tls(self.stream, self.deadline).await?;
         Ok(ClientConn { stream, parser: G::parser(&self.listener), ..self })
     }
 
     /// The client stream and what the client sent past the login, for the bridge.
-    pub fn into_parts(mut self) -> (MaybeTls, Vec<u8>) {
+    pub(crate) fn into_parts(mut self) -> (MaybeTls, Vec<u8>) {
         let remaining = G::take_remaining(&mut self.parser);
         (self.stream, remaining)
     }
@@ -297,7 +297,7 @@ impl<G: Grammar> ClientConn<G> {
 
 /// What a login is replayed with: the session, the protocol's backend dialect and who the
 /// backend is told the client is.
-pub struct Replay<'a, D> {
+pub(crate) struct Replay<'a, D> {
     pub ctx: &'a SessionCtx,
     pub dialect: &'a mut D,
     pub identity: &'a Identity,

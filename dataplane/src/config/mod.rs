@@ -257,28 +257,28 @@ mod defaults {
 
     /// Long enough for a large message over a slow link; a sender whose session ends here
     /// reconnects, as it does after any 421.
-    pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+    pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(10 * 60);
     /// Postfix's `smtpd_junk_command_limit` default.
-    pub const JUNK_COMMAND_LIMIT: u32 = 100;
-    pub const MAX_RECIPIENTS: u32 = 1000;
-    pub const MAX_RESOLVES: u32 = 1000;
+    pub(super) const JUNK_COMMAND_LIMIT: u32 = 100;
+    pub(super) const MAX_RECIPIENTS: u32 = 1000;
+    pub(super) const MAX_RESOLVES: u32 = 1000;
 
-    pub fn max_connections() -> usize {
+    pub(super) fn max_connections() -> usize {
         8192
     }
-    pub fn preauth_timeout() -> Duration {
+    pub(super) fn preauth_timeout() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn max_auth_attempts() -> u32 {
+    pub(super) fn max_auth_attempts() -> u32 {
         3
     }
-    pub fn max_line_length() -> usize {
+    pub(super) fn max_line_length() -> usize {
         8192
     }
-    pub fn max_literal_size() -> usize {
+    pub(super) fn max_literal_size() -> usize {
         65536
     }
-    pub fn idle_timeout() -> Duration {
+    pub(super) fn idle_timeout() -> Duration {
         Duration::from_secs(30 * 60)
     }
 }

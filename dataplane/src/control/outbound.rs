@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 
 /// Command acks the control plane may leave untaken before the session is given up (it
 /// replays unacked commands on the next one).
-pub const MAX_UNSENT_ACKS: usize = 4096;
+pub(super) const MAX_UNSENT_ACKS: usize = 4096;
 
 #[derive(Default)]
 struct Pending {
@@ -29,19 +29,19 @@ struct Pending {
 
 /// The node's side of one Session stream.
 #[derive(Default)]
-pub struct Outbound {
+pub(super) struct Outbound {
     pending: Mutex<Pending>,
     ready: Notify,
 }
 
 impl Outbound {
-    pub fn new() -> Arc<Self> {
+    pub(super) fn new() -> Arc<Self> {
         Arc::default()
     }
 
     /// Queues one message for the stream; `Err` when the control plane has left too many
     /// command acks untaken.
-    pub fn queue(&self, kind: pb::node_message::Kind) -> Result<()> {
+    pub(super) fn queue(&self, kind: pb::node_message::Kind) -> Result<()> {
         use pb::node_message::Kind;
         {
             let mut pending = self.lock();
@@ -65,14 +65,14 @@ impl Outbound {
     }
 
     /// Ends the stream: the session is over, whatever is still queued is dropped.
-    pub fn close(&self) {
+    pub(super) fn close(&self) {
         self.lock().closed = true;
         self.ready.notify_one();
     }
 
     /// The messages as the stream takes them: the Hello first, then the revision ack,
     /// command acks, the report and the heartbeat.
-    pub fn stream(self: &Arc<Self>) -> impl Stream<Item = pb::NodeMessage> + Send + 'static {
+    pub(super) fn stream(self: &Arc<Self>) -> impl Stream<Item = pb::NodeMessage> + Send + 'static {
         futures::stream::unfold(Arc::clone(self), |out| async move {
             loop {
                 match out.take() {

@@ -16,7 +16,7 @@ use switchyard_proto::v1 as pb;
 
 /// What a recording backend received, one entry per line (CRLF stripped), `connected` per
 /// connection and `PROXY <source> <destination>` per PROXY header.
-pub type Lines = Arc<Mutex<Vec<String>>>;
+pub(crate) type Lines = Arc<Mutex<Vec<String>>>;
 
 /// Every account goes to the default destination.
 struct Unmapped;
@@ -29,7 +29,7 @@ impl Resolver for Unmapped {
 
 /// A node named `t` whose destinations have one plain `protocol` endpoint at `port` with
 /// `forwarding` (`none`, `proxy`, `xclient`).
-pub fn node(protocol: &str, port: u16, forwarding: &str) -> Arc<Node> {
+pub(crate) fn node(protocol: &str, port: u16, forwarding: &str) -> Arc<Node> {
     let node = Node::new("t".into(), Arc::new(Unmapped), CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     for d in &mut settings.destinations {
@@ -46,7 +46,7 @@ pub fn node(protocol: &str, port: u16, forwarding: &str) -> Arc<Node> {
 
 /// A backend on port 0: sends `greeting`, records each line and writes `reply(line)` back
 /// (nothing when it is empty).
-pub async fn recording_backend<F>(greeting: &'static str, reply: F) -> (u16, Lines)
+pub(crate) async fn recording_backend<F>(greeting: &'static str, reply: F) -> (u16, Lines)
 where
     F: Fn(&str) -> String + Send + Sync + 'static,
 {
@@ -105,6 +105,6 @@ async fn proxy_header(stream: &mut TcpStream) -> Option<String> {
 }
 
 /// The recorded entries so far.
-pub fn seen(lines: &Lines) -> Vec<String> {
+pub(crate) fn seen(lines: &Lines) -> Vec<String> {
     lines.lock().unwrap().clone()
 }

@@ -19,7 +19,7 @@ const UNAVAILABLE: &str = "[UNAVAILABLE]";
 
 /// How a backend took the identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Forwarded {
+pub(crate) enum Forwarded {
     Accepted,
     /// Not offered to the node, or refused: the backend sees the node's address. Says why.
     Declined(String),
@@ -27,7 +27,7 @@ pub enum Forwarded {
 
 impl Identity {
     /// IMAP `ID` with Dovecot's `x-` fields.
-    pub fn imap_id(&self, tag: &str) -> String {
+    pub(crate) fn imap_id(&self, tag: &str) -> String {
         let fields = [
             ("x-originating-ip", self.client.ip().to_string()),
             ("x-originating-port", self.client.port().to_string()),
@@ -41,7 +41,7 @@ impl Identity {
     }
 
     /// The `XCLIENT` of Dovecot's POP3 and ManageSieve logins.
-    pub fn dovecot_xclient(&self) -> String {
+    pub(crate) fn dovecot_xclient(&self) -> String {
         let (ip, port) = (self.client.ip(), self.client.port());
         format!("XCLIENT ADDR={ip} PORT={port} SESSION={} TTL={}\r\n", self.session, self.ttl)
     }
@@ -49,7 +49,7 @@ impl Identity {
     /// SMTP `XCLIENT` with only the attributes in `offered`, or `None` when ADDR is not
     /// among them (the rest alone would describe the client wrongly). The proxy looks up no
     /// names, so NAME and REVERSE_NAME say so rather than leave the proxy's own in place.
-    pub fn smtp_xclient(&self, offered: &[String]) -> Option<String> {
+    pub(crate) fn smtp_xclient(&self, offered: &[String]) -> Option<String> {
         if !offered.iter().any(|a| a == "ADDR") {
             return None;
         }
@@ -88,7 +88,7 @@ fn smtp_port(addr: SocketAddr) -> String {
 }
 
 /// RFC 3461 §4 xtext: `+XX` for `+`, `=` and anything outside printable ASCII.
-pub fn xtext(value: &str) -> String {
+pub(crate) fn xtext(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
@@ -99,7 +99,7 @@ pub fn xtext(value: &str) -> String {
 }
 
 /// The attributes of the `XCLIENT` line in an EHLO reply (uppercased; empty without one).
-pub fn xclient_attributes(ehlo: &Reply) -> Vec<String> {
+pub(crate) fn xclient_attributes(ehlo: &Reply) -> Vec<String> {
     ehlo.texts()
         .skip(1)
         .map(|text| String::from_utf8_lossy(text).to_ascii_uppercase())
@@ -111,17 +111,17 @@ pub fn xclient_attributes(ehlo: &Reply) -> Vec<String> {
 }
 
 /// Dovecot announces XCLIENT to trusted POP3 clients in its greeting: `+OK [XCLIENT] …`.
-pub fn pop3_offers_xclient(greeting: &[u8]) -> bool {
+pub(crate) fn pop3_offers_xclient(greeting: &[u8]) -> bool {
     greeting.windows(9).any(|w| w.eq_ignore_ascii_case(b"[XCLIENT]"))
 }
 
 /// … and to ManageSieve clients as the capability line `"XCLIENT"`.
-pub fn sieve_offers_xclient(capability: &[u8]) -> bool {
+pub(crate) fn sieve_offers_xclient(capability: &[u8]) -> bool {
     capability.get(..9).is_some_and(|head| head.eq_ignore_ascii_case(b"\"XCLIENT\""))
 }
 
 /// Sends the IMAP `ID` and reads to its tagged status, skipping the server's own `* ID`.
-pub async fn send_imap_id(conn: &mut Leg, identity: &Identity) -> Result<Forwarded> {
+pub(crate) async fn send_imap_id(conn: &mut Leg, identity: &Identity) -> Result<Forwarded> {
     conn.send(identity.imap_id(ID_TAG).as_bytes()).await?;
     loop {
         let line = conn.read_line().await?;
@@ -140,7 +140,12 @@ pub async fn send_imap_id(conn: &mut Leg, identity: &Identity) -> Result<Forward
 
 /// Sends Dovecot's `XCLIENT` and reads its one status line: `ok` (`+OK`, `OK`) or `no`
 /// (`-ERR`, `NO`); anything else breaks the protocol.
-pub async fn send_dovecot_xclient(conn: &mut Leg, identity: &Identity, ok: &[u8], no: &[u8]) -> Result<Forwarded> {
+pub(crate) async fn send_dovecot_xclient(
+    conn: &mut Leg,
+    identity: &Identity,
+    ok: &[u8],
+    no: &[u8],
+) -> Result<Forwarded> {
     conn.send(identity.dovecot_xclient().as_bytes()).await?;
     let reply = conn.read_line().await?;
     if status_is(&reply, ok) {

@@ -21,7 +21,7 @@ use backend::Imap;
 
 mod backend;
 
-pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+pub(crate) async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
     let span = identity.span();
     let conn = ClientConn::new(&ctx, stream);

@@ -23,7 +23,7 @@ use delivery::{Delivery, Opened};
 /// SMTP and LMTP differ in the greeting command and in LMTP's reply per recipient after
 /// the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
+pub(crate) enum Flavor {
     Smtp,
     Lmtp,
 }
@@ -51,7 +51,7 @@ const READ_CHUNK: usize = 8 * 1024;
 /// size (8 KiB pieces cost a third of the throughput).
 const MESSAGE_CHUNK: usize = 64 * 1024;
 
-pub async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
+pub(crate) async fn serve(ctx: SessionCtx, stream: MaybeTls, flavor: Flavor) {
     let started = Instant::now();
     let session = Session {
         parser: parser(&ctx),

@@ -1,19 +1,19 @@
 //! Protocol dispatch: the only `match` on the listener's protocol.
 
-pub mod imap;
-pub mod lmtp;
-pub mod managesieve;
-pub mod pop3;
-pub mod submission;
+pub(crate) mod imap;
+pub(crate) mod lmtp;
+pub(crate) mod managesieve;
+pub(crate) mod pop3;
+pub(crate) mod submission;
 #[cfg(test)]
-pub mod testing;
+pub(crate) mod testing;
 
 use crate::config::Protocol;
 use crate::pipeline::SessionCtx;
 use crate::tls::MaybeTls;
 
 /// Serves one client connection with the listener's protocol.
-pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+pub(crate) async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     match ctx.protocol() {
         Protocol::Imap => imap::serve(ctx, stream).await,
         Protocol::Pop3 => pop3::serve(ctx, stream).await,
@@ -27,7 +27,7 @@ pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
 }
 
 /// The protocol's "too busy, try later" reply for a connection past the limit.
-pub fn busy(protocol: Protocol) -> &'static [u8] {
+pub(crate) fn busy(protocol: Protocol) -> &'static [u8] {
     match protocol {
         Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
@@ -41,7 +41,7 @@ pub fn busy(protocol: Protocol) -> &'static [u8] {
 
 /// The protocol's goodbye to a client the node closes because it shuts down: a temporary
 /// condition, so clients reconnect (to another node) rather than report an error.
-pub fn shutting_down(protocol: Protocol) -> &'static [u8] {
+pub(crate) fn shutting_down(protocol: Protocol) -> &'static [u8] {
     match protocol {
         Protocol::Imap => b"* BYE [UNAVAILABLE] Server shutting down, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] Server shutting down, try again later\r\n",

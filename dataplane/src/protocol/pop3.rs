@@ -26,7 +26,7 @@ mod backend;
 const CLEARTEXT_REFUSED: &[u8] = b"-ERR Plaintext authentication disallowed on non-secure connection\r\n";
 
 /// Serves one POP3 client: pre-auth conversation (through STLS), then the bridge to its backend.
-pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+pub(crate) async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
     let span = identity.span();
     let conn = ClientConn::new(&ctx, stream);

@@ -25,7 +25,7 @@ mod backend;
 
 /// Serves one submission client: pre-auth conversation (through STARTTLS), then the
 /// bridge to its backend.
-pub async fn serve(ctx: SessionCtx, stream: MaybeTls) {
+pub(crate) async fn serve(ctx: SessionCtx, stream: MaybeTls) {
     let identity = Identity::of(&ctx);
     let span = identity.span();
     let conn = ClientConn::new(&ctx, stream);

@@ -26,7 +26,7 @@ use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;
 
 /// Routes every account to `legacy` unless mapped; `None` is a control plane that is down.
-pub struct Table(pub Option<HashMap<String, String>>);
+pub(crate) struct Table(pub Option<HashMap<String, String>>);
 
 impl Resolver for Table {
     fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
@@ -43,7 +43,7 @@ impl Resolver for Table {
 
 /// A node named `t` resolving with `resolver`, whose destinations have one plain `protocol`
 /// endpoint at `port`; a breaker opens after two failures.
-pub fn node(protocol: &str, port: u16, resolver: Arc<dyn Resolver>) -> Arc<Node> {
+pub(crate) fn node(protocol: &str, port: u16, resolver: Arc<dyn Resolver>) -> Arc<Node> {
     let node = Node::new("t".into(), resolver, CancellationToken::new());
     let mut settings = crate::settings::tests::sample();
     settings.breaker.as_mut().unwrap().failure_threshold = 2;
@@ -60,7 +60,7 @@ pub fn node(protocol: &str, port: u16, resolver: Arc<dyn Resolver>) -> Arc<Node>
 }
 
 /// Listener `id` for `protocol`, plain, two authentication attempts, plus the `extra` keys.
-pub fn listener(id: &str, protocol: &str, allow_plaintext_auth: bool, extra: &str) -> ListenerConfig {
+pub(crate) fn listener(id: &str, protocol: &str, allow_plaintext_auth: bool, extra: &str) -> ListenerConfig {
     let toml = format!(
         "[listener.{id}]\nprotocol = \"{protocol}\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\n\
          allow_plaintext_auth = {allow_plaintext_auth}\nmax_auth_attempts = 2\n{extra}\n\
@@ -71,7 +71,7 @@ pub fn listener(id: &str, protocol: &str, allow_plaintext_auth: bool, extra: &st
 
 /// A backend on port 0 serving each connection with `script`, which counts the logins it
 /// accepts in the counter returned.
-pub async fn scripted_backend<F, Fut>(script: F) -> (u16, Arc<AtomicU32>)
+pub(crate) async fn scripted_backend<F, Fut>(script: F) -> (u16, Arc<AtomicU32>)
 where
     F: Fn(TcpStream, Arc<AtomicU32>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -89,14 +89,14 @@ where
 }
 
 /// A port nothing listens on (bound once, then released).
-pub async fn closed_port() -> u16 {
+pub(crate) async fn closed_port() -> u16 {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     socket.local_addr().unwrap().port()
 }
 
 /// Serves `config` for `node` on a fresh port through the node's accept loop, with the
 /// node's certificates in `tls`.
-pub async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> SocketAddr {
+pub(crate) async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcceptor>) -> SocketAddr {
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let bound = BoundListener { id: config.protocol.as_str().to_owned(), config, sockets: vec![socket] };
@@ -105,31 +105,31 @@ pub async fn serve(node: &Arc<Node>, config: ListenerConfig, tls: Option<TlsAcce
 }
 
 /// One line from the proxy, within five seconds.
-pub async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
+pub(crate) async fn read<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut line = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_line(&mut line)).await.unwrap().unwrap();
     line
 }
 
-pub async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
+pub(crate) async fn say<S: AsyncRead + AsyncWrite + Unpin>(c: &mut BufReader<S>, s: &str) {
     c.get_mut().write_all(s.as_bytes()).await.unwrap();
 }
 
 /// Everything until the proxy closes the connection.
-pub async fn rest<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
+pub(crate) async fn rest<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> String {
     let mut rest = String::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut rest)).await.unwrap().unwrap();
     rest
 }
 
 /// Whether the proxy closes the connection without another byte.
-pub async fn closed<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> bool {
+pub(crate) async fn closed<S: AsyncRead + Unpin>(c: &mut BufReader<S>) -> bool {
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await.unwrap().unwrap();
     rest.is_empty()
 }
 
 /// A SASL PLAIN response for `user` and `pass`, base64.
-pub fn b64(user: &str, pass: &str) -> String {
+pub(crate) fn b64(user: &str, pass: &str) -> String {
     encode_plain(&Credentials { authzid: String::new(), authcid: user.into(), password: pass.into() })
 }

@@ -40,7 +40,7 @@ pub(super) struct Entries {
 }
 
 impl Entries {
-    pub fn new(settings: &CacheSettings) -> Self {
+    pub(super) fn new(settings: &CacheSettings) -> Self {
         let cache = |max_bytes: u64, lifetime: Duration| {
             Cache::builder()
                 .max_capacity(max_bytes.max(1))
@@ -54,13 +54,13 @@ impl Entries {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<Entry> {
+    pub(super) fn get(&self, key: &str) -> Option<Entry> {
         self.mapped.get(key).or_else(|| self.unmapped.get(key))
     }
 
     /// Caches `entry` in the cache of its kind and drops an answer of the other kind, which
     /// it replaces.
-    pub fn insert(&self, key: &str, entry: Entry) {
+    pub(super) fn insert(&self, key: &str, entry: Entry) {
         let (to, other) = match entry.resolved.mapped {
             true => (&self.mapped, &self.unmapped),
             false => (&self.unmapped, &self.mapped),
@@ -69,26 +69,26 @@ impl Entries {
         to.insert(key.to_string(), entry);
     }
 
-    pub fn invalidate(&self, key: &str) {
+    pub(super) fn invalidate(&self, key: &str) {
         self.mapped.invalidate(key);
         self.unmapped.invalidate(key);
     }
 
-    pub fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.mapped.invalidate_all();
         self.unmapped.invalidate_all();
     }
 
-    pub fn entry_count(&self) -> u64 {
+    pub(super) fn entry_count(&self) -> u64 {
         self.mapped.entry_count() + self.unmapped.entry_count()
     }
 
     /// (mapped, unmapped) bytes as the weigher counts them.
-    pub fn weighted_sizes(&self) -> (u64, u64) {
+    pub(super) fn weighted_sizes(&self) -> (u64, u64) {
         (self.mapped.weighted_size(), self.unmapped.weighted_size())
     }
 
-    pub fn run_pending_tasks(&self) {
+    pub(super) fn run_pending_tasks(&self) {
         self.mapped.run_pending_tasks();
         self.unmapped.run_pending_tasks();
     }

@@ -31,27 +31,27 @@ struct Cached {
 
 /// Builds and caches one `ClientConfig` per destination (keyed by its id and rebuilt when
 /// its TLS settings or client-certificate files change), so resumption state is reused.
-pub struct Connector {
+pub(crate) struct Connector {
     roots: OnceLock<Arc<RootCertStore>>,
     configs: Mutex<HashMap<String, Cached>>,
 }
 
 impl Connector {
     /// Trusts the operating system's store for `tls_verify = "system"`, read on first use.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Connector { roots: OnceLock::new(), configs: Mutex::new(HashMap::new()) }
     }
 
     /// Trusts exactly `roots` for `tls_verify = "system"` (tests).
     #[cfg(test)]
-    pub fn with_roots(roots: RootCertStore) -> Self {
+    pub(crate) fn with_roots(roots: RootCertStore) -> Self {
         let connector = Connector::new();
         let _ = connector.roots.set(Arc::new(roots));
         connector
     }
 
     /// The process-wide connector behind [`connect_tls`].
-    pub fn global() -> &'static Connector {
+    pub(crate) fn global() -> &'static Connector {
         static GLOBAL: OnceLock<Connector> = OnceLock::new();
         GLOBAL.get_or_init(Connector::new)
     }
@@ -60,7 +60,11 @@ impl Connector {
     /// connection after the backend accepted STARTTLS). Local problems (unreadable client
     /// certificate, bad server name) come back as `InvalidInput`: they are not the
     /// backend's fault. A refused certificate is `InvalidData` from the handshake.
-    pub async fn connect<S>(&self, dest: &Destination, stream: S) -> io::Result<tokio_rustls::client::TlsStream<S>>
+    pub(crate) async fn connect<S>(
+        &self,
+        dest: &Destination,
+        stream: S,
+    ) -> io::Result<tokio_rustls::client::TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -71,7 +75,7 @@ impl Connector {
     }
 
     /// The cached config for `dest`, built on first use or after a change.
-    pub fn client_config(&self, dest: &Destination) -> io::Result<Arc<ClientConfig>> {
+    pub(crate) fn client_config(&self, dest: &Destination) -> io::Result<Arc<ClientConfig>> {
         let files = dest.tls.client_cert.as_ref().map(stamp);
         // Building under the lock keeps it to one build (and one insecure warning) per
         // destination; it only reads small local files, never awaits.

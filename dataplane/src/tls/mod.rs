@@ -20,11 +20,11 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 use rustls::SupportedProtocolVersion;
 
-pub use client::Connector;
+pub(crate) use client::Connector;
 pub(crate) use server::check_certificates;
-pub use server::TlsAcceptor;
-pub use stream::MaybeTls;
-pub use switchyard_common::tls::{read_chain, read_key, server_name};
+pub(crate) use server::TlsAcceptor;
+pub(crate) use stream::MaybeTls;
+pub(crate) use switchyard_common::tls::{read_chain, read_key, server_name};
 
 /// TLS 1.2 and 1.3 only: rustls speaks nothing older, and this makes the floor explicit.
 pub(crate) static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];

@@ -192,14 +192,14 @@ impl ResolvesServerCert for SniResolver {
 /// Accepts client-leg TLS with the node's certificates; cheap to clone (one shared
 /// `ServerConfig`, so session resumption state is shared by all listeners).
 #[derive(Clone)]
-pub struct TlsAcceptor {
+pub(crate) struct TlsAcceptor {
     config: Arc<ServerConfig>,
 }
 
 impl TlsAcceptor {
     /// Loads every `[tls.certificate.<id>]`; `None` when the node has none. Problems are
     /// reported like config validation's (validation has already run them at start-up).
-    pub fn from_config(tls: &TlsConfig) -> Result<Option<TlsAcceptor>, ConfigError> {
+    pub(crate) fn from_config(tls: &TlsConfig) -> Result<Option<TlsAcceptor>, ConfigError> {
         if tls.certificate.is_empty() {
             return Ok(None);
         }
@@ -220,7 +220,7 @@ impl TlsAcceptor {
     /// Runs the server handshake on `stream` (fresh for implicit TLS, or the plain
     /// connection after the protocol's STARTTLS reply). The caller bounds it with its own
     /// pre-auth deadline.
-    pub async fn accept<S>(&self, stream: S) -> io::Result<tokio_rustls::server::TlsStream<S>>
+    pub(crate) async fn accept<S>(&self, stream: S) -> io::Result<tokio_rustls::server::TlsStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {

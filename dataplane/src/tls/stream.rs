@@ -16,20 +16,20 @@ use crate::settings::Destination;
 /// on, `Client` a backend leg the node started TLS on. The TLS variants are boxed: they
 /// carry rustls' buffers, and a session holds this by value.
 #[derive(Debug)]
-pub enum MaybeTls {
+pub(crate) enum MaybeTls {
     Plain(TcpStream),
     Server(Box<server::TlsStream<TcpStream>>),
     Client(Box<client::TlsStream<TcpStream>>),
 }
 
 impl MaybeTls {
-    pub fn is_tls(&self) -> bool {
+    pub(crate) fn is_tls(&self) -> bool {
         !matches!(self, MaybeTls::Plain(_))
     }
 
     /// The peer's address (tests check what a leg is connected to).
     #[cfg(test)]
-    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+    pub(crate) fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
         match self {
             MaybeTls::Plain(s) => s.peer_addr(),
             MaybeTls::Server(s) => s.get_ref().0.peer_addr(),
@@ -39,7 +39,7 @@ impl MaybeTls {
 
     /// The server name the client asked for (client leg with SNI only).
     #[cfg(test)]
-    pub fn sni(&self) -> Option<&str> {
+    pub(crate) fn sni(&self) -> Option<&str> {
         match self {
             MaybeTls::Server(s) => s.get_ref().1.server_name(),
             _ => None,
@@ -49,14 +49,14 @@ impl MaybeTls {
     /// Upgrades a plain client leg (implicit TLS, or after the STARTTLS reply was sent).
     /// An already encrypted stream is an error (and is dropped): check
     /// [`is_tls`](Self::is_tls) before offering STARTTLS.
-    pub async fn accept(self, acceptor: &TlsAcceptor) -> io::Result<MaybeTls> {
+    pub(crate) async fn accept(self, acceptor: &TlsAcceptor) -> io::Result<MaybeTls> {
         let plain = self.into_plain()?;
         Ok(MaybeTls::Server(Box::new(acceptor.accept(plain).await?)))
     }
 
     /// Upgrades a plain backend leg with `dest`'s TLS settings (errors as
     /// [`Connector::connect`]; an already encrypted stream as in [`accept`](Self::accept)).
-    pub async fn connect(self, connector: &Connector, dest: &Destination) -> io::Result<MaybeTls> {
+    pub(crate) async fn connect(self, connector: &Connector, dest: &Destination) -> io::Result<MaybeTls> {
         let plain = self.into_plain()?;
         Ok(MaybeTls::Client(Box::new(connector.connect(dest, plain).await?)))
     }

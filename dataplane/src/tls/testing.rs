@@ -24,7 +24,7 @@ pub(crate) struct Issued {
 
 impl Issued {
     /// A `[tls.certificate.<id>]` for these files.
-    pub fn config(&self, default: bool, names: Option<&[&str]>) -> CertificateConfig {
+    pub(crate) fn config(&self, default: bool, names: Option<&[&str]>) -> CertificateConfig {
         CertificateConfig {
             cert: self.cert_path.clone(),
             key: self.key_path.clone(),
@@ -41,7 +41,7 @@ pub(crate) struct Pki {
 }
 
 impl Pki {
-    pub fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_key = KeyPair::generate().unwrap();
@@ -50,19 +50,19 @@ impl Pki {
     }
 
     /// Trusts only this CA.
-    pub fn roots(&self) -> RootCertStore {
+    pub(crate) fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
         roots
     }
 
     /// A leaf for `sans` (DNS names or IP addresses) signed by the CA, saved as `stem`.
-    pub fn issue(&self, stem: &str, sans: &[&str]) -> Issued {
+    pub(crate) fn issue(&self, stem: &str, sans: &[&str]) -> Issued {
         self.make(stem, sans, true)
     }
 
     /// A self-signed leaf, trusted by nobody.
-    pub fn self_signed(&self, stem: &str, sans: &[&str]) -> Issued {
+    pub(crate) fn self_signed(&self, stem: &str, sans: &[&str]) -> Issued {
         self.make(stem, sans, false)
     }
 
@@ -96,9 +96,9 @@ pub(crate) struct TestTls {
 }
 
 impl TestTls {
-    pub const NAME: &'static str = "mail.example.test";
+    pub(crate) const NAME: &'static str = "mail.example.test";
 
-    pub fn new() -> TestTls {
+    pub(crate) fn new() -> TestTls {
         let pki = Pki::new();
         let leaf = pki.issue("node", &[Self::NAME]);
         let mut tls = TlsConfig::default();
@@ -114,7 +114,7 @@ impl TestTls {
 
     /// The client handshake on `stream` (fresh for implicit TLS, or after the protocol's
     /// go-ahead), checking the node's certificate for [`TestTls::NAME`].
-    pub async fn connect<S>(&self, stream: S) -> tokio_rustls::client::TlsStream<S>
+    pub(crate) async fn connect<S>(&self, stream: S) -> tokio_rustls::client::TlsStream<S>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -124,7 +124,10 @@ impl TestTls {
 
     /// Takes a line-read plain connection past the protocol's TLS go-ahead into TLS. The
     /// reader must hold nothing beyond the go-ahead: the node sends nothing else in clear.
-    pub async fn upgrade(&self, client: BufReader<TcpStream>) -> BufReader<tokio_rustls::client::TlsStream<TcpStream>> {
+    pub(crate) async fn upgrade(
+        &self,
+        client: BufReader<TcpStream>,
+    ) -> BufReader<tokio_rustls::client::TlsStream<TcpStream>> {
         assert!(client.buffer().is_empty(), "bytes after the TLS go-ahead: {:?}", client.buffer());
         BufReader::new(self.connect(client.into_inner()).await)
     }

@@ -10,6 +10,8 @@
 //! - what both binaries run alike: [`http_server`] (the small admin/health HTTP server),
 //!   [`telemetry`] (log set-up and signal handling), [`error::chain`], [`metrics`].
 
+#![warn(unreachable_pub, missing_debug_implementations)]
+
 pub mod config;
 pub mod error;
 pub mod http_server;

@@ -14,7 +14,7 @@ use redis::Script;
 
 /// The refusal of a script that found another epoch (or none): an error with code
 /// [`EPOCH_REFUSED`] and the detail `found=<epoch>` (empty when missing).
-pub const CHECK_EPOCH: &str = "
+pub(super) const CHECK_EPOCH: &str = "
 local found = redis.call('GET', KEYS[5])
 if found ~= ARGV[1] then
     return redis.error_reply('SWITCHYARD_EPOCH found=' .. (found or ''))
@@ -22,10 +22,10 @@ end
 ";
 
 /// The error code of a write refused by [`CHECK_EPOCH`]; the message holds the epoch found.
-pub const EPOCH_REFUSED: &str = "SWITCHYARD_EPOCH";
+pub(super) const EPOCH_REFUSED: &str = "SWITCHYARD_EPOCH";
 
 /// ARGV: epoch, key, destination, history. Returns the new revision.
-pub static PUT: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{CHECK_EPOCH}
 local rev = (tonumber(redis.call('GET', KEYS[3])) or 0) + 1
@@ -40,7 +40,7 @@ return rev
 });
 
 /// ARGV: epoch, key, history. Returns the new revision, or nil when the key was not mapped.
-pub static DELETE: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{CHECK_EPOCH}
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then return false end
@@ -56,7 +56,7 @@ return rev
 
 /// KEYS as above (map and keys unused). ARGV: epoch, bulk key, history. Records one bulk
 /// change (no destination).
-pub static BULK: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static BULK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{CHECK_EPOCH}
 local rev = (tonumber(redis.call('GET', KEYS[3])) or 0) + 1
@@ -69,7 +69,7 @@ return rev
 
 /// KEYS: epoch. ARGV: old, fresh. Sets `fresh` while the epoch is `old` or missing;
 /// returns the epoch the store holds afterwards.
-pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local found = redis.call('GET', KEYS[1])
@@ -84,7 +84,7 @@ return found
 
 /// The epoch a refusal of [`CHECK_EPOCH`] reports (`None`: the key is missing), from the
 /// error's detail (`found=<epoch>`; Redis may append where the script ran).
-pub fn found_epoch(detail: &str) -> Option<String> {
+pub(super) fn found_epoch(detail: &str) -> Option<String> {
     let found = detail.split_whitespace().next()?.strip_prefix("found=")?;
     (!found.is_empty()).then(|| found.to_string())
 }

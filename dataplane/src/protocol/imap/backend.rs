@@ -16,7 +16,7 @@ const MAX_INITIAL_RESPONSE_LINE: usize = 8192;
 /// same line when the greeting offers SASL-IR (RFC 4959; one round trip less per login),
 /// else as the response to the `+` continuation.
 #[derive(Default)]
-pub struct Imap {
+pub(super) struct Imap {
     /// The greeting's capabilities include SASL-IR (forgotten again after STARTTLS).
     sasl_ir: bool,
 }

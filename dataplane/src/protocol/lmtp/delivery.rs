@@ -46,7 +46,7 @@ impl Delivery {
     /// Establishes the leg with `hello` (`LHLO name` / `EHLO name`) as the session's
     /// client, and replays `mail`. A set-up leg is the backend working: its breaker permit
     /// succeeds there, whatever MAIL gets.
-    pub async fn open(ctx: &SessionCtx, route: &Route, hello: &str, mail: &str) -> Result<Opened> {
+    pub(super) async fn open(ctx: &SessionCtx, route: &Route, hello: &str, mail: &str) -> Result<Opened> {
         let mut dialect = Smtp::new(hello.to_owned());
         let (leg, permit) = ctx.establish(route, &mut dialect, &Identity::of(ctx)).await?;
         permit.success();
@@ -63,18 +63,18 @@ impl Delivery {
         }
     }
 
-    pub fn destination(&self) -> &str {
+    pub(super) fn destination(&self) -> &str {
         &self.destination
     }
 
     /// Sends one command line and reads its reply.
-    pub async fn command(&mut self, line: &str) -> Result<Reply> {
+    pub(super) async fn command(&mut self, line: &str) -> Result<Reply> {
         self.send(format!("{line}\r\n").as_bytes()).await?;
         self.reply(REPLY_TIMEOUT).await
     }
 
     /// Writes raw bytes (message data); a backend that stops reading is an error in time.
-    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         match timeout(REPLY_TIMEOUT, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::backend(&self.destination, format!("write: {e}"))),
@@ -83,7 +83,7 @@ impl Delivery {
     }
 
     /// A reply after the end of the message (one per accepted recipient in LMTP).
-    pub async fn final_reply(&mut self) -> Result<Reply> {
+    pub(super) async fn final_reply(&mut self) -> Result<Reply> {
         self.reply(FINAL_TIMEOUT).await
     }
 
@@ -108,7 +108,7 @@ impl Delivery {
     }
 
     /// Ends the backend session; its answer does not matter any more.
-    pub async fn quit(mut self) {
+    pub(super) async fn quit(mut self) {
         let _ = timeout(QUIT_TIMEOUT, async {
             self.stream.write_all(b"QUIT\r\n").await?;
             self.stream.shutdown().await

@@ -40,7 +40,7 @@ pub(super) fn literal_size(line: &[u8]) -> Option<usize> {
 /// The ManageSieve backend: capability lines ending in `OK`, then `AUTHENTICATE "<mech>"
 /// "<initial-response>"` (RFC 5804 requires servers to take the initial response).
 #[derive(Default)]
-pub struct ManageSieve {
+pub(super) struct ManageSieve {
     /// The last capability list offered XCLIENT (Dovecot does so only to trusted networks).
     xclient: bool,
 }

@@ -18,7 +18,7 @@ fn is_continuation(line: &[u8]) -> bool {
 
 /// The POP3 backend: `+OK` greeting, then `AUTH <mech> <initial-response>` (RFC 5034).
 #[derive(Default)]
-pub struct Pop3 {
+pub(super) struct Pop3 {
     /// The greeting offered XCLIENT (Dovecot does so only to its trusted networks).
     xclient: bool,
 }

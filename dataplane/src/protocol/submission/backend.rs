@@ -16,13 +16,13 @@ use crate::identity::{Forwarded, Identity};
 const MAX_COMMAND_LINE: usize = 512;
 
 /// The submission backend: `220` greeting, the proxy's own EHLO, then one `AUTH`.
-pub struct Submission {
+pub(super) struct Submission {
     smtp: Smtp,
 }
 
 impl Submission {
     /// A backend the proxy greets as `EHLO name`.
-    pub fn new(name: String) -> Self {
+    pub(super) fn new(name: String) -> Self {
         Self { smtp: Smtp::new(format!("EHLO {name}")) }
     }
 }
