@@ -50,5 +50,6 @@ pub mod postgres;
 pub mod procs;
 pub mod redis;
 pub mod relay;
+pub mod retry;
 pub mod simnodes;
 pub mod store_contract;
