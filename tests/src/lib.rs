@@ -20,6 +20,7 @@
 //! ```
 
 mod certs;
+pub mod config;
 mod dovecot;
 mod dovecot_conf;
 pub mod fleet;
