@@ -61,6 +61,16 @@ impl Dovecot {
         Self::start_with(users, "")
     }
 
+    /// Like [`Dovecot::start`], with a message `on <name>` in every user's INBOX, so the
+    /// subject a client sees proves which backend it reached.
+    pub fn start_marked(users: &[(&str, &str)], name: &str) -> Result<Self> {
+        let dovecot = Self::start(users)?;
+        for (user, _) in users {
+            dovecot.deliver(user, &format!("on {name}"))?;
+        }
+        Ok(dovecot)
+    }
+
     /// Like [`Dovecot::start`], appending `extra_conf` to dovecot.conf (Dovecot merges repeated
     /// sections, so this can also switch on e.g. `haproxy = yes` for the imap listener).
     pub fn start_with(users: &[(&str, &str)], extra_conf: &str) -> Result<Self> {

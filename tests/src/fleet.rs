@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::builder::{Fleet, FleetBuilder};
 use crate::config::{ControlPlaneConfig, Destination, Listener, MappingStore, NodeConfig};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";

@@ -19,6 +19,7 @@
 //! let (ok, subjects) = python_pop3(dovecot.pop3s_port(), "bob@example.test", "pw", &tls).await?;
 //! ```
 
+mod builder;
 mod certs;
 pub mod config;
 mod dovecot;
@@ -36,13 +37,13 @@ mod wire;
 
 pub use certs::{first_certificate_der, leaf_sha256_hex, TestPki};
 pub use dovecot::{Dovecot, DovecotOptions};
-pub use imap::{inbox_subjects, quote, status, ImapClient};
+pub use imap::{inbox_of, inbox_subjects, quote, status, until_in_inbox, ImapClient};
 pub use postfix::{Postfix, PostfixOptions, TEST_DOMAIN};
 pub use python::{python_imap, python_imap_login};
 pub use python_mail::{python_lmtp_send, python_pop3, python_smtp_submit};
 pub use sieve::{sieve_status, SieveClient};
 pub use tools::{curl, run_client, swaks, ClientTls, TlsTrust};
-pub use util::{eventually, find_binary, free_port, real_servers_required, require_or_skip, wait_for_port};
+pub use util::{eventually, find_binary, free_port, real_servers_required, require_or_skip, wait_for_port, woken};
 pub mod binfleet;
 pub mod lineclient;
 pub mod lmtp;

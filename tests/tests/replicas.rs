@@ -68,12 +68,7 @@ async fn fixture() -> Result<Fixture> {
 
 /// Waits until exactly `ids` are connected to this replica itself (`scope=local`).
 async fn connected_here(api: &Api, ids: &[&str]) -> Result<()> {
-    eventually(WAIT, || async {
-        let (_, nodes) = api.get("/nodes?scope=local").await?;
-        ensure!(connected_ids(&nodes) == ids, "{nodes}");
-        Ok(())
-    })
-    .await
+    api.until_nodes("?scope=local", WAIT, |connected| connected == ids).await.map(drop)
 }
 
 fn connected_ids(nodes: &Value) -> Vec<String> {
