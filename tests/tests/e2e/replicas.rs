@@ -279,7 +279,7 @@ fn second_replica(example: &str) -> String {
 #[test]
 fn the_two_replica_example_names_each_replica_as_the_others_peer() -> Result<()> {
     use controlplane::config::{Config, MappingSource};
-    let example = include_str!("../../deploy/examples/controlplane-replica.toml");
+    let example = include_str!("../../../deploy/examples/controlplane-replica.toml");
     let one = Config::from_toml_str(example)?;
     let two = Config::from_toml_str(&second_replica(example))?;
     for (me, other) in [(&one, &two), (&two, &one)] {
