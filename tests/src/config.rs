@@ -7,24 +7,37 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// `[destination.<id>]` on 127.0.0.1 with plain endpoints.
+/// `[destination.<id>]` on 127.0.0.1, by default with plain endpoints and cleartext
+/// credentials allowed.
 #[derive(Clone, Debug)]
 pub struct Destination {
     pub id: String,
-    /// `(protocol, port)`, each a `[destination.<id>.protocol.<protocol>]` with `tls = "plain"`.
-    pub endpoints: Vec<(String, u16)>,
+    /// `(protocol, port, tls)`, each a `[destination.<id>.protocol.<protocol>]`.
+    pub endpoints: Vec<(String, u16, String)>,
+    pub allow_plaintext_auth: bool,
     /// Extra lines in the destination's own table (TLS, forwarding), verbatim.
     pub keys: Vec<String>,
 }
 
 impl Destination {
     pub fn new(id: &str) -> Self {
-        Destination { id: id.to_string(), endpoints: Vec::new(), keys: Vec::new() }
+        Destination { id: id.to_string(), endpoints: Vec::new(), allow_plaintext_auth: true, keys: Vec::new() }
     }
 
     /// Adds a plain endpoint.
-    pub fn endpoint(mut self, protocol: &str, port: u16) -> Self {
-        self.endpoints.push((protocol.to_string(), port));
+    pub fn endpoint(self, protocol: &str, port: u16) -> Self {
+        self.tls_endpoint(protocol, port, "plain")
+    }
+
+    /// Adds an endpoint with `tls` (`plain`, `starttls`, `implicit`).
+    pub fn tls_endpoint(mut self, protocol: &str, port: u16, tls: &str) -> Self {
+        self.endpoints.push((protocol.to_string(), port, tls.to_string()));
+        self
+    }
+
+    /// `allow_plaintext_auth = false`: credentials cross only TLS legs.
+    pub fn tls_only(mut self) -> Self {
+        self.allow_plaintext_auth = false;
         self
     }
 
@@ -43,29 +56,50 @@ impl Destination {
 
     pub fn to_toml(&self) -> String {
         let id = &self.id;
-        let mut toml = format!("[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = true\n");
+        let plaintext = self.allow_plaintext_auth;
+        let mut toml = format!("[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = {plaintext}\n");
         for key in &self.keys {
             let _ = writeln!(toml, "{key}");
         }
-        for (protocol, port) in &self.endpoints {
-            let _ = write!(toml, "[destination.{id}.protocol.{protocol}]\nport = {port}\ntls = \"plain\"\n");
+        for (protocol, port, tls) in &self.endpoints {
+            let _ = write!(toml, "[destination.{id}.protocol.{protocol}]\nport = {port}\ntls = \"{tls}\"\n");
         }
         toml
     }
 }
 
-/// `[listener.<id>]`: plain TCP on 127.0.0.1:0, cleartext credentials allowed.
+/// `[listener.<id>]` on 127.0.0.1:0, by default plain TCP with cleartext credentials allowed.
 #[derive(Clone, Debug)]
 pub struct Listener {
     pub id: String,
     pub protocol: String,
+    /// `plain`, `starttls` or `implicit`.
+    pub tls: String,
+    /// `None` leaves the key out (the node's default).
+    pub allow_plaintext_auth: Option<bool>,
     /// Extra lines (PROXY protocol, limits), verbatim.
     pub keys: Vec<String>,
 }
 
 impl Listener {
     pub fn new(id: &str, protocol: &str) -> Self {
-        Listener { id: id.to_string(), protocol: protocol.to_string(), keys: Vec::new() }
+        Listener {
+            id: id.to_string(),
+            protocol: protocol.to_string(),
+            tls: "plain".into(),
+            allow_plaintext_auth: Some(true),
+            keys: Vec::new(),
+        }
+    }
+
+    pub fn tls(mut self, tls: &str) -> Self {
+        self.tls = tls.to_string();
+        self
+    }
+
+    pub fn plaintext_auth(mut self, allow: Option<bool>) -> Self {
+        self.allow_plaintext_auth = allow;
+        self
     }
 
     /// Adds a line (or several) to the listener's table.
@@ -78,9 +112,12 @@ impl Listener {
 
     pub fn to_toml(&self) -> String {
         let mut toml = format!(
-            "[listener.{}]\nprotocol = \"{}\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n",
-            self.id, self.protocol
+            "[listener.{}]\nprotocol = \"{}\"\nbind = [\"127.0.0.1:0\"]\ntls = \"{}\"\n",
+            self.id, self.protocol, self.tls
         );
+        if let Some(allow) = self.allow_plaintext_auth {
+            let _ = writeln!(toml, "allow_plaintext_auth = {allow}");
+        }
         for key in &self.keys {
             let _ = writeln!(toml, "{key}");
         }
