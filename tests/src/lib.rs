@@ -1,6 +1,7 @@
 //! Shared harness for the end-to-end tests: real Dovecot and Postfix instances, a test CA,
 //! real clients (imaplib, poplib, smtplib, swaks, curl, our IMAP and ManageSieve clients),
-//! fleets on ephemeral ports.
+//! fleets on ephemeral ports (`fleet::Fleet::builder()`, configs as typed values in
+//! [`config`]), and one start-with-retry for every real server ([`retry`]).
 //!
 //! Typical use:
 //! ```ignore
