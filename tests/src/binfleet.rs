@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 
+use crate::config::NodeConfig;
 use crate::fleet::{controlplane_toml_with, Api, ADMIN_TOKEN, NODE_TOKEN};
 use crate::procs::{write_file, Proc};
 
@@ -45,11 +46,8 @@ impl BinFleet {
         let cp = Proc::spawn("controlplane", &write_file(dir.path(), "cp.toml", &cp_toml)?, &tokens)?;
         let grpc = cp.bound(&["grpc listening"]).await?;
         let api = Api::new(cp.bound(&["management api listening"]).await?);
-        let dp_toml = edit_node(format!(
-            "[node]\nid = \"dp-bin\"\nmetrics_interval = \"1s\"\nshutdown_grace = \"1s\"\n\
-             [control]\nendpoints = [\"http://{grpc}\"]\nresolve_timeout = \"2s\"\n\
-             [health]\nbind = \"127.0.0.1:0\"\n{listener_tables}"
-        ));
+        let node = NodeConfig::new("dp-bin", &[format!("http://{grpc}")]).shutdown_grace("1s").tables(listener_tables);
+        let dp_toml = edit_node(node.to_toml());
         let env = [("SWITCHYARD_NODE_TOKEN", NODE_TOKEN), ("RUST_LOG", "info,dataplane=debug")];
         let node = Proc::spawn("dataplane", &write_file(dir.path(), "dp.toml", &dp_toml)?, &env)?;
         let mut listeners = Vec::new();

@@ -17,6 +17,7 @@ use tempfile::TempDir;
 
 use crate::certs::TestPki;
 use crate::dovecot_conf::{self, Features, Identity, Ports, MASTER_USER_SEPARATOR};
+use crate::retry::{poll_ready, start_with_retry, Retry};
 use crate::util::find_binary;
 use crate::wire::{lmtp_deliver, read_greeting};
 
@@ -25,9 +26,6 @@ const HOST: &str = "127.0.0.1";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace period after SIGTERM before the master is killed outright.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts at binding freshly chosen ports (start) or the same ports again (restart).
-const START_ATTEMPTS: usize = 3;
-const RESTART_ATTEMPTS: usize = 5;
 
 static INSTANCES: AtomicU32 = AtomicU32::new(0);
 
@@ -63,6 +61,16 @@ impl Dovecot {
         Self::start_with(users, "")
     }
 
+    /// Like [`Dovecot::start`], with a message `on <name>` in every user's INBOX, so the
+    /// subject a client sees proves which backend it reached.
+    pub fn start_marked(users: &[(&str, &str)], name: &str) -> Result<Self> {
+        let dovecot = Self::start(users)?;
+        for (user, _) in users {
+            dovecot.deliver(user, &format!("on {name}"))?;
+        }
+        Ok(dovecot)
+    }
+
     /// Like [`Dovecot::start`], appending `extra_conf` to dovecot.conf (Dovecot merges repeated
     /// sections, so this can also switch on e.g. `haproxy = yes` for the imap listener).
     pub fn start_with(users: &[(&str, &str)], extra_conf: &str) -> Result<Self> {
@@ -96,21 +104,13 @@ impl Dovecot {
         fs::write(dir.path().join("masters"), masters)?;
         let instance = format!("switchyard-{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed));
         let conf = dir.path().join("dovecot.conf");
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
+        let (ports, master) = start_with_retry("Dovecot", &dir.path().join("dovecot.log"), Retry::FRESH_PORTS, || {
             let ports = Ports::allocate()?;
             let text = dovecot_conf::render(dir.path(), &instance, ports, &id, features, options.extra_conf);
             fs::write(&conf, text)?;
-            match launch(&binary, &conf, dir.path(), ports.imap) {
-                Ok(master) => {
-                    return Ok(Self { binary, conf, ports, features, master: Some(master), dir });
-                }
-                // Someone took a port between our probe and Dovecot's bind: new ports.
-                Err(err) if is_bind_race(&err) => last_err = Some(err),
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last_err.expect("START_ATTEMPTS > 0"))
+            launch(&binary, &conf, dir.path(), ports.imap).map(|master| (ports, master))
+        })?;
+        Ok(Self { binary, conf, ports, features, master: Some(master), dir })
     }
 
     pub fn host(&self) -> &'static str {
@@ -205,21 +205,11 @@ impl Dovecot {
     /// Starts again on the same ports with the same mailboxes (stopping first if needed).
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        let mut last_err = None;
-        for _ in 0..RESTART_ATTEMPTS {
-            match launch(&self.binary, &self.conf, self.dir.path(), self.ports.imap) {
-                Ok(master) => {
-                    self.master = Some(master);
-                    return Ok(());
-                }
-                Err(err) if is_bind_race(&err) => {
-                    last_err = Some(err);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last_err.expect("RESTART_ATTEMPTS > 0"))
+        let master = start_with_retry("Dovecot", &self.log_path(), Retry::SAME_PORTS, || {
+            launch(&self.binary, &self.conf, self.dir.path(), self.ports.imap)
+        })?;
+        self.master = Some(master);
+        Ok(())
     }
 
     /// Delivers a small message with `subject` to `user`'s INBOX over LMTP, so a test can tell
@@ -299,22 +289,16 @@ fn launch(binary: &Path, conf: &Path, dir: &Path, imap_port: u16) -> Result<Chil
 
 /// Polls the IMAP port with a short backoff until a `* OK` greeting arrives.
 fn wait_ready(master: &mut Child, imap: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut backoff = Duration::from_millis(10);
-    let mut last = String::from("no connection attempt yet");
-    while Instant::now() < deadline {
+    poll_ready(&format!("Dovecot's IMAP on {imap}"), READY_TIMEOUT, Duration::from_millis(200), || {
         if let Some(status) = master.try_wait()? {
-            bail!("dovecot exited with {status} before accepting connections ({last})");
+            bail!("dovecot exited with {status} before accepting connections");
         }
-        match read_greeting(imap) {
-            Ok(line) if line.starts_with("* OK") => return Ok(()),
-            Ok(line) => last = format!("unexpected greeting {line:?}"),
-            Err(err) => last = format!("{err:#}"),
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(200));
-    }
-    bail!("no IMAP greeting on {imap} within {READY_TIMEOUT:?} ({last})")
+        Ok(match read_greeting(imap) {
+            Ok(line) if line.starts_with("* OK") => None,
+            Ok(line) => Some(format!("unexpected greeting {line:?}")),
+            Err(err) => Some(format!("{err:#}")),
+        })
+    })
 }
 
 /// SIGTERM lets the master take its children down with it (SIGKILL would orphan them with
@@ -355,8 +339,4 @@ fn only_log_process_left(master: u32) -> bool {
     };
     fs::read(format!("/proc/{child}/cmdline"))
         .is_ok_and(|title| title.split(|&b| b == 0).next().is_some_and(|t| t.ends_with(b"/log")))
-}
-
-fn is_bind_race(err: &anyhow::Error) -> bool {
-    format!("{err:#}").contains("Address already in use")
 }

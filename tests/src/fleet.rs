@@ -10,6 +10,9 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::builder::{Fleet, FleetBuilder};
+use crate::config::{ControlPlaneConfig, Destination, Listener, MappingStore, NodeConfig};
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
 pub const NODE_TOKEN: &str = "test-node-token-abcdef0123456789abcdef";
 
@@ -28,59 +31,41 @@ pub struct ControlPlane {
 
 /// A destination on 127.0.0.1 with plain endpoints `(protocol, port)` (cleartext allowed:
 /// tests run on loopback). Extra keys (TLS, forwarding) go in `extra`, one per line.
+/// Shorthand for [`Destination`].
 pub fn destination_toml(id: &str, endpoints: &[(&str, u16)], extra: &str) -> String {
-    let mut toml = format!("[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = true\n{extra}\n");
-    for (protocol, port) in endpoints {
-        toml.push_str(&format!("[destination.{id}.protocol.{protocol}]\nport = {port}\ntls = \"plain\"\n"));
-    }
-    toml
+    Destination::new(id).endpoints(endpoints).key(extra).to_toml()
 }
 
 /// Destinations for a test fleet: `(id, imap port)`, all on 127.0.0.1 over plain IMAP.
 pub fn controlplane_toml(db: &std::path::Path, destinations: &[(&str, u16)], default: &str) -> String {
-    let tables: String = destinations.iter().map(|(id, port)| destination_toml(id, &[("imap", *port)], "")).collect();
-    controlplane_toml_with(db, &tables, default)
+    imap_destinations(ControlPlaneConfig::sqlite(db, default), destinations).to_toml()
+}
+
+/// `config` with one plain-IMAP destination per `(id, port)`.
+fn imap_destinations(config: ControlPlaneConfig, destinations: &[(&str, u16)]) -> ControlPlaneConfig {
+    destinations.iter().fold(config, |c, (id, port)| c.destination(Destination::new(id).endpoint("imap", *port)))
 }
 
 /// A control-plane config with destination tables written by the caller.
 pub fn controlplane_toml_with(db: &std::path::Path, destination_tables: &str, default: &str) -> String {
-    controlplane_toml_store(&sqlite_mapping(db), destination_tables, default)
+    ControlPlaneConfig::sqlite(db, default).to_toml_with(destination_tables)
 }
 
 /// The `[mapping]` tables of a SQLite store in `db` (several control planes may share it).
 pub fn sqlite_mapping(db: &std::path::Path) -> String {
-    format!("[mapping.sqlite]\npath = \"{}\"\n", db.display())
+    MappingStore::Sqlite(db.to_path_buf()).to_toml()
 }
 
 /// The `[mapping]` tables of a PostgreSQL store at `url`.
 pub fn postgres_mapping(url: &str) -> String {
-    format!("[mapping]\nsource = \"postgres\"\n[mapping.postgres]\nurl = \"{url}\"\n")
+    MappingStore::Postgres(url.to_string()).to_toml()
 }
 
 /// A control-plane config with the mapping store's tables (e.g. [`postgres_mapping`]) and
 /// the destination tables written by the caller.
 pub fn controlplane_toml_store(mapping_tables: &str, destination_tables: &str, default: &str) -> String {
-    let mut toml = format!(
-        r#"[server]
-metrics_interval = "1s"
-report_interval = "200ms"
-heartbeat_interval = "500ms"
-[grpc]
-bind = "127.0.0.1:0"
-[api]
-bind = "127.0.0.1:0"
-ack_timeout = "3s"
-[routing]
-default_destination = "{default}"
-[breaker]
-failure_threshold = 2
-cooldown = "5m"
-connect_timeout = "2s"
-connect_retries = 0
-{mapping_tables}"#
-    );
-    toml.push_str(destination_tables);
-    toml
+    ControlPlaneConfig::with_store(MappingStore::Tables(mapping_tables.to_string()), default)
+        .to_toml_with(destination_tables)
 }
 
 impl ControlPlane {
@@ -113,7 +98,7 @@ impl ControlPlane {
         Self::start_with(tempfile::tempdir()?, config).await
     }
 
-    async fn start_with(dir: tempfile::TempDir, config: String) -> Result<Self> {
+    pub(crate) async fn start_with(dir: tempfile::TempDir, config: String) -> Result<Self> {
         let (parsed, bound) = Self::bind(&config).await?;
         Self::launch(parsed, bound, dir, config, Vec::new())
     }
@@ -220,10 +205,9 @@ impl Drop for ControlPlane {
 
 /// A listener table for [`Node::start_listeners`]: plain TCP on 127.0.0.1:0, cleartext
 /// credentials allowed (tests run on loopback). Extra keys go in `extra`, one per line.
+/// Shorthand for [`Listener`].
 pub fn listener_toml(id: &str, protocol: &str, extra: &str) -> String {
-    format!(
-        "[listener.{id}]\nprotocol = \"{protocol}\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n{extra}\n"
-    )
+    Listener::new(id, protocol).key(extra).to_toml()
 }
 
 /// A running data-plane node (by default one IMAP listener).
@@ -240,7 +224,7 @@ pub struct Node {
 
 impl Node {
     pub async fn start(id: &str, endpoints: &[String], token: Option<&str>) -> Result<Self> {
-        Self::start_listeners(id, endpoints, token, &listener_toml("imap", "imap", "")).await
+        Self::start_config(&NodeConfig::new(id, endpoints).listener(Listener::new("imap", "imap")), token).await
     }
 
     /// With listener tables from [`listener_toml`] (or hand-written ones).
@@ -250,23 +234,15 @@ impl Node {
         token: Option<&str>,
         listener_tables: &str,
     ) -> Result<Self> {
-        let endpoints = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
-        let toml = format!(
-            r#"[node]
-id = "{id}"
-metrics_interval = "1s"
-shutdown_grace = "2s"
-[control]
-endpoints = [{endpoints}]
-resolve_timeout = "2s"
-[health]
-bind = "127.0.0.1:0"
-{listener_tables}"#
-        );
-        let config = dataplane::config::Config::from_toml_str(&toml)?;
+        Self::start_config(&NodeConfig::new(id, endpoints).tables(listener_tables), token).await
+    }
+
+    /// With a whole config.
+    pub async fn start_config(node: &NodeConfig, token: Option<&str>) -> Result<Self> {
+        let config = dataplane::config::Config::from_toml_str(&node.to_toml())?;
         let bound = dataplane::bind(&config).await?;
         let listeners = bound.addresses();
-        let imap = listeners[0].1[0];
+        let imap = listeners.first().and_then(|(_, a)| a.first().copied()).context("the node has no listener")?;
         let health = bound.health.local_addr()?;
         let shutdown = CancellationToken::new();
         let (stop, token) = (shutdown.clone(), token.map(str::to_string));
@@ -275,7 +251,7 @@ bind = "127.0.0.1:0"
                 eprintln!("node stopped: {e}");
             }
         });
-        Ok(Self { id: id.to_string(), imap, listeners, health, shutdown, task: Some(task) })
+        Ok(Self { id: node.id.clone(), imap, listeners, health, shutdown, task: Some(task) })
     }
 
     pub async fn stop(&mut self) {

@@ -177,6 +177,27 @@ pub async fn inbox_subjects(
     Ok(Ok(subjects))
 }
 
+/// The subjects in `user`'s INBOX at `addr`; a refused login is an error.
+pub async fn inbox_of(addr: impl ToSocketAddrs + Debug + Copy, user: &str, password: &str) -> Result<Vec<String>> {
+    inbox_subjects(addr, user, password).await?.map_err(|tagged| anyhow::anyhow!("login as {user}: {tagged}"))
+}
+
+/// Waits (at most `within`) until `subject` is in `user`'s INBOX at `addr` (mail that is
+/// delivered asynchronously, e.g. queued by Postfix).
+pub async fn until_in_inbox(
+    addr: impl ToSocketAddrs + Debug + Copy,
+    (user, password): (&str, &str),
+    subject: &str,
+    within: std::time::Duration,
+) -> Result<()> {
+    crate::eventually(within, || async {
+        let subjects = inbox_of(addr, user, password).await?;
+        anyhow::ensure!(subjects.iter().any(|s| s == subject), "{user} has {subjects:?}");
+        Ok(())
+    })
+    .await
+}
+
 pub fn status(tagged: &str) -> &str {
     tagged.split(' ').nth(1).unwrap_or("")
 }

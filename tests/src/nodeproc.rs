@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use rustix::process::Signal;
 use serde_json::Value;
 
+use crate::config::{Listener, NodeConfig};
 use crate::fleet::NODE_TOKEN;
 use crate::procs::{write_file, Proc};
 
@@ -23,12 +24,8 @@ impl NodeProc {
     /// waits until its listeners are bound; it may not be connected yet.
     pub async fn start(id: &str, endpoints: &[String]) -> Result<NodeProc> {
         let dir = tempfile::tempdir()?;
-        let endpoints = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
-        let toml = format!(
-            "[node]\nid = \"{id}\"\nmetrics_interval = \"1s\"\nshutdown_grace = \"1s\"\n\
-             [control]\nendpoints = [{endpoints}]\nresolve_timeout = \"2s\"\n[health]\nbind = \"127.0.0.1:0\"\n\
-             [listener.imap]\nprotocol = \"imap\"\nbind = [\"127.0.0.1:0\"]\ntls = \"plain\"\nallow_plaintext_auth = true\n"
-        );
+        let toml =
+            NodeConfig::new(id, endpoints).shutdown_grace("1s").listener(Listener::new("imap", "imap")).to_toml();
         let env = [("SWITCHYARD_NODE_TOKEN", NODE_TOKEN), ("RUST_LOG", "info")];
         let proc = Proc::spawn("dataplane", &write_file(dir.path(), "dp.toml", &toml)?, &env)?;
         let imap = proc.bound(&["listening", "listener=imap"]).await?;

@@ -19,6 +19,7 @@ use tempfile::TempDir;
 use crate::certs::TestPki;
 use crate::dovecot::Dovecot;
 use crate::postfix_conf::{self, Ports, Settings};
+use crate::retry::{poll_ready, start_with_retry, Retry};
 use crate::util::find_binary;
 use crate::wire::read_greeting;
 
@@ -27,7 +28,6 @@ pub const TEST_DOMAIN: &str = "example.test";
 /// Both smtpd listeners usually greet ~0.3 s after `postfix start` begins.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-const START_ATTEMPTS: usize = 3;
 
 static INSTANCES: AtomicU32 = AtomicU32::new(0);
 
@@ -116,25 +116,9 @@ impl Postfix {
         });
         write_config(&dir.path().join("etc/main.cf"), &main_cf)?;
         let mut postfix = Self { binary, ports: Ports::allocate()?, hostname, master: None, dir };
-        let mut last_err = None;
-        for attempt in 0..START_ATTEMPTS {
-            if attempt > 0 {
-                postfix.ports = Ports::allocate()?;
-            }
-            write_config(&postfix.dir.path().join("etc/master.cf"), &postfix_conf::master_cf(postfix.ports))?;
-            match postfix.launch() {
-                Ok(()) => return Ok(postfix),
-                Err(err) => {
-                    // Whatever did start must be down before the next attempt or the error.
-                    let _ = postfix.stop();
-                    if !is_bind_race(&err) {
-                        return Err(err);
-                    }
-                    last_err = Some(err);
-                }
-            }
-        }
-        Err(last_err.expect("START_ATTEMPTS > 0"))
+        let log = postfix.log_path();
+        start_with_retry("Postfix", &log, Retry::FRESH_PORTS, || postfix.start_once(true))?;
+        Ok(postfix)
     }
 
     pub fn host(&self) -> &'static str {
@@ -201,21 +185,20 @@ impl Postfix {
     /// Starts again with the same ports, configuration and queue (stopping first if needed).
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
-            match self.launch() {
-                Ok(()) => return Ok(()),
-                Err(err) => {
-                    let _ = self.stop();
-                    if !is_bind_race(&err) {
-                        return Err(err);
-                    }
-                    last_err = Some(err);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
+        let log = self.log_path();
+        start_with_retry("Postfix", &log, Retry::SAME_PORTS, || self.start_once(false))
+    }
+
+    /// One start: on `fresh_ports`, new ports written to master.cf first. Whatever did start
+    /// is stopped again when the start fails.
+    fn start_once(&mut self, fresh_ports: bool) -> Result<()> {
+        if fresh_ports {
+            self.ports = Ports::allocate()?;
+            write_config(&self.dir.path().join("etc/master.cf"), &postfix_conf::master_cf(self.ports))?;
         }
-        Err(last_err.expect("START_ATTEMPTS > 0"))
+        self.launch().inspect_err(|_| {
+            let _ = self.stop();
+        })
     }
 
     /// `postfix start` (its `master -w` returns once the master is initialized), then the
@@ -248,19 +231,14 @@ impl Postfix {
     }
 
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut backoff = Duration::from_millis(10);
         for addr in [self.smtp_addr(), self.submission_addr()] {
-            loop {
-                let last = match read_greeting(addr) {
-                    Ok(line) if line.starts_with("220 ") => break,
-                    Ok(line) => format!("unexpected greeting {line:?}"),
-                    Err(err) => format!("{err:#}"),
-                };
-                ensure!(Instant::now() < deadline, "no 220 greeting on {addr} within {READY_TIMEOUT:?} ({last})");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_millis(200));
-            }
+            poll_ready(&format!("Postfix's smtpd on {addr}"), READY_TIMEOUT, Duration::from_millis(200), || {
+                Ok(match read_greeting(addr) {
+                    Ok(line) if line.starts_with("220 ") => None,
+                    Ok(line) => Some(format!("unexpected greeting {line:?}")),
+                    Err(err) => Some(format!("{err:#}")),
+                })
+            })?;
         }
         Ok(())
     }
@@ -315,8 +293,4 @@ fn process_alive(pid: i32) -> bool {
     };
     // "pid (comm) S ...": the state follows the last ')', since comm may contain one.
     stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-}
-
-fn is_bind_race(err: &anyhow::Error) -> bool {
-    format!("{err:#}").contains("Address already in use")
 }

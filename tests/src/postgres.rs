@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
+use crate::retry::{poll_ready, start_with_retry, Retry};
 use crate::util::{find_binary, free_port, real_servers_required};
 
 const HOST: &str = "127.0.0.1";
@@ -33,9 +34,6 @@ const DEFAULT_DATABASE: &str = "switchyard";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Grace for a fast shutdown before an immediate one.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts at freshly chosen ports (start) or the same port again (restart).
-const START_ATTEMPTS: usize = 3;
-const RESTART_ATTEMPTS: usize = 5;
 /// The binaries the harness runs, all from one installation.
 const BINARIES: [&str; 4] = ["initdb", "postgres", "pg_isready", "psql"];
 
@@ -114,20 +112,13 @@ impl Postgres {
             dir,
         };
         pg.initdb()?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
+        let log = pg.log_path();
+        start_with_retry("PostgreSQL", &log, Retry::FRESH_PORTS, || {
             pg.port = free_port();
-            match pg.launch() {
-                Ok(()) => {
-                    pg.create_database(DEFAULT_DATABASE, "")?;
-                    return Ok(pg);
-                }
-                // Someone took the port between our probe and the server's bind.
-                Err(err) if is_bind_race(&err) => last_err = Some(err),
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last_err.expect("START_ATTEMPTS > 0"))
+            pg.launch()
+        })?;
+        pg.create_database(DEFAULT_DATABASE, "")?;
+        Ok(pg)
     }
 
     pub fn port(&self) -> u16 {
@@ -219,18 +210,8 @@ impl Postgres {
     /// Starts again on the same port with the same data (stopping first if needed).
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        let mut last_err = None;
-        for _ in 0..RESTART_ATTEMPTS {
-            match self.launch() {
-                Ok(()) => return Ok(()),
-                Err(err) if is_bind_race(&err) => {
-                    last_err = Some(err);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last_err.expect("RESTART_ATTEMPTS > 0"))
+        let log = self.log_path();
+        start_with_retry("PostgreSQL", &log, Retry::SAME_PORTS, || self.launch())
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -290,9 +271,8 @@ impl Postgres {
 
     /// Asks `pg_isready` (a real connection attempt) with a short backoff.
     fn wait_ready(&self, server: &mut Child) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut backoff = Duration::from_millis(10);
-        while Instant::now() < deadline {
+        let what = format!("PostgreSQL on port {}", self.port);
+        poll_ready(&what, READY_TIMEOUT, Duration::from_millis(200), || {
             if let Some(status) = server.try_wait()? {
                 bail!("postgres exited with {status} before accepting connections");
             }
@@ -300,13 +280,8 @@ impl Postgres {
                 .args(["-q", "-h", HOST, "-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
                 .status()
                 .context("running pg_isready")?;
-            if ready.success() {
-                return Ok(());
-            }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(200));
-        }
-        bail!("PostgreSQL on port {} not ready within {READY_TIMEOUT:?}", self.port)
+            Ok((!ready.success()).then(|| format!("pg_isready: {ready}")))
+        })
     }
 
     fn create_database(&self, name: &str, options: &str) -> Result<()> {
@@ -368,8 +343,4 @@ fn ensure_success(what: &str, out: &Output) -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(())
-}
-
-fn is_bind_race(err: &anyhow::Error) -> bool {
-    format!("{err:#}").contains("could not bind") || format!("{err:#}").contains("Address already in use")
 }

@@ -175,8 +175,13 @@ impl PeakRss {
 
 /// Raises this process's soft limit on open files to `needed` (within the hard limit) if
 /// it is lower, for tests that open many connections. Children started later inherit it.
+/// It never lowers the limit, also when tests raise it concurrently.
 pub fn raise_fd_limit(needed: u64) -> Result<()> {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // Tests in one binary run in parallel: without the lock a smaller raise could undo a
+    // larger one between its read and its write.
+    static RAISING: Mutex<()> = Mutex::new(());
+    let _raising = RAISING.lock().unwrap_or_else(|e| e.into_inner());
     let limit = getrlimit(Resource::Nofile);
     if limit.current.is_none_or(|soft| soft >= needed) {
         return Ok(());

@@ -15,18 +15,16 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tempfile::TempDir;
 
+use crate::retry::{poll_ready, start_with_retry, Retry};
 use crate::util::{find_binary, free_port};
 
 /// How long a fresh server may take to answer PING (it usually needs a few ms).
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts at binding a freshly chosen port (start) or the same port again (restart).
-const START_ATTEMPTS: usize = 3;
-const RESTART_ATTEMPTS: usize = 5;
 
 /// A running (or stopped) Redis. Dropping it kills the server and deletes its directory.
 pub struct Redis {
@@ -43,17 +41,12 @@ impl Redis {
     pub fn start() -> Result<Redis> {
         let binary = find_binary("redis-server").context("redis-server is not installed (scripts/install-deps.sh)")?;
         let dir = tempfile::Builder::new().prefix("switchyard-redis-").tempdir()?;
-        let mut last_err = None;
-        for _ in 0..START_ATTEMPTS {
+        let log = dir.path().join("redis.log");
+        let (port, server) = start_with_retry("redis-server", &log, Retry::FRESH_PORTS, || {
             let port = free_port();
-            match launch(&binary, &dir, port) {
-                Ok(server) => return Ok(Redis { binary, port, server: Some(server), dir }),
-                // Someone took the port between our probe and Redis's bind: another port.
-                Err(err) if is_bind_race(&err) => last_err = Some(err),
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last_err.expect("START_ATTEMPTS > 0"))
+            launch(&binary, &dir, port).map(|server| (port, server))
+        })?;
+        Ok(Redis { binary, port, server: Some(server), dir })
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -118,21 +111,11 @@ impl Redis {
     /// Starts an empty server again on the same port (stopping it first if needed).
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
-        let mut last_err = None;
-        for _ in 0..RESTART_ATTEMPTS {
-            match launch(&self.binary, &self.dir, self.port) {
-                Ok(server) => {
-                    self.server = Some(server);
-                    return Ok(());
-                }
-                Err(err) if is_bind_race(&err) => {
-                    last_err = Some(err);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        Err(last_err.expect("RESTART_ATTEMPTS > 0"))
+        let log = self.dir.path().join("redis.log");
+        let server =
+            start_with_retry("redis-server", &log, Retry::SAME_PORTS, || launch(&self.binary, &self.dir, self.port))?;
+        self.server = Some(server);
+        Ok(())
     }
 }
 
@@ -170,21 +153,12 @@ fn launch(binary: &Path, dir: &TempDir, port: u16) -> Result<Child> {
 /// Polls with PING until PONG, with a short backoff; fails early if the server exits.
 fn wait_ready(server: &mut Child, port: u16) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut backoff = Duration::from_millis(5);
-    let mut last = String::from("no connection attempt yet");
-    while Instant::now() < deadline {
+    poll_ready(&format!("redis-server on {addr}"), READY_TIMEOUT, Duration::from_millis(100), || {
         if let Some(status) = server.try_wait()? {
-            bail!("redis-server exited with {status} before answering ({last})");
+            bail!("redis-server exited with {status} before answering");
         }
-        match ping(addr) {
-            Ok(()) => return Ok(()),
-            Err(err) => last = format!("{err:#}"),
-        }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_millis(100));
-    }
-    bail!("no PONG from {addr} within {READY_TIMEOUT:?} ({last})")
+        Ok(ping(addr).err().map(|err| format!("{err:#}")))
+    })
 }
 
 fn ping(addr: SocketAddr) -> Result<()> {
@@ -197,9 +171,4 @@ fn ping(addr: SocketAddr) -> Result<()> {
         bail!("unexpected reply {:?}", String::from_utf8_lossy(&reply));
     }
     Ok(())
-}
-
-/// Whether the server failed because its port was taken (the log says so).
-fn is_bind_race(err: &anyhow::Error) -> bool {
-    format!("{err:#}").contains("Address already in use")
 }

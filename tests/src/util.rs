@@ -58,6 +58,13 @@ where
     }
 }
 
+/// Waits for one wake-up of `wake`, failing after `timeout` with `what` in the message.
+pub async fn woken(wake: &tokio::sync::Notify, timeout: Duration, what: &str) -> Result<()> {
+    tokio::time::timeout(timeout, wake.notified())
+        .await
+        .with_context(|| format!("no wake-up within {timeout:?}: {what}"))
+}
+
 /// True when a missing real server must fail the run instead of skipping the test.
 pub fn real_servers_required() -> bool {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");

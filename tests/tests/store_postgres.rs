@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use controlplane::config::{MappingConfig, MappingSource, PostgresConfig};
 use controlplane::store::{Change, Mapping, PostgresStore, Store, StoreError};
 use switchyard_tests::postgres::{require_or_skip, Postgres};
-use switchyard_tests::{eventually, store_contract};
+use switchyard_tests::{eventually, store_contract, woken};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -30,13 +30,6 @@ async fn open(url: &str) -> Result<PostgresStore> {
 
 fn keys(mappings: &[Mapping]) -> Vec<&str> {
     mappings.iter().map(|m| m.key.as_str()).collect()
-}
-
-/// Waits for one wake-up of `wake`, failing after `timeout`.
-async fn woken(wake: &Notify, timeout: Duration, what: &str) -> Result<()> {
-    tokio::time::timeout(timeout, wake.notified())
-        .await
-        .with_context(|| format!("no wake-up within {timeout:?}: {what}"))
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use anyhow::{ensure, Context, Result};
 use controlplane::config::{MappingConfig, MappingSource, RedisConfig};
 use controlplane::store::{Mapping, Store, StoreError};
 use switchyard_tests::redis::Redis;
-use switchyard_tests::{eventually, require_or_skip};
+use switchyard_tests::{eventually, require_or_skip, woken};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -51,13 +51,6 @@ async fn open_with(redis_config: RedisConfig) -> Result<Store> {
 
 async fn open(redis: &Redis, prefix: &str) -> Result<Store> {
     open_with(config(redis, prefix)).await
-}
-
-/// Waits for one wake-up of `wake`, failing after `timeout`.
-async fn woken(wake: &Notify, timeout: Duration, what: &str) -> Result<()> {
-    tokio::time::timeout(timeout, wake.notified())
-        .await
-        .with_context(|| format!("no wake-up {what} within {timeout:?}"))
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
-use switchyard_tests::fleet::{ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::fleet::{ControlPlane, Fleet, Node, NODE_TOKEN};
 use switchyard_tests::{eventually, python_imap_login, require_or_skip, Dovecot};
 
 const USERS: &[(&str, &str)] =
@@ -21,29 +21,15 @@ struct Fixture {
 }
 
 async fn fixture() -> Result<Fixture> {
-    let legacy = Dovecot::start(USERS)?;
-    let new = Dovecot::start(USERS)?;
-    for (user, _) in USERS {
-        legacy.deliver(user, "on legacy")?;
-        new.deliver(user, "on new")?;
-    }
-    let cp = ControlPlane::start(&[("legacy", legacy.imap_port()), ("new", new.imap_port())], "legacy").await?;
-    let mut nodes = Vec::new();
-    for id in ["dp-1", "dp-2"] {
-        nodes.push(Node::start(id, &[cp.endpoint()], Some(NODE_TOKEN)).await?);
-    }
-    let api = cp.api();
-    eventually(PROPAGATION, || async {
-        let (_, nodes) = api.get("/nodes").await?;
-        let connected = nodes.as_array().map(|n| n.iter().filter(|n| n["connected"] == true).count());
-        ensure!(connected == Some(2), "nodes not connected yet: {nodes}");
-        Ok(())
-    })
-    .await?;
-    for node in &nodes {
-        node.until_ready().await?;
-    }
-    Ok(Fixture { legacy, new, cp, nodes })
+    let (legacy, new) = (Dovecot::start_marked(USERS, "legacy")?, Dovecot::start_marked(USERS, "new")?);
+    let fleet = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .node("dp-1")
+        .node("dp-2")
+        .start()
+        .await?;
+    Ok(Fixture { legacy, new, cp: fleet.cp, nodes: fleet.nodes })
 }
 
 /// Logs in through `node` and returns the inbox subjects (or the tagged refusal).

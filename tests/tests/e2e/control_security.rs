@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use switchyard_proto::v1 as pb;
 use switchyard_proto::v1::control_client::ControlClient;
 use switchyard_tests::fleet::{listener_toml, ControlPlane, ADMIN_TOKEN, NODE_TOKEN};
-use switchyard_tests::{eventually, TestPki};
+use switchyard_tests::TestPki;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -64,23 +64,11 @@ async fn start_node(id: &str, endpoint: &str, token: &str, control: &str) -> Res
 
 /// Node ids `/nodes` shows connected.
 async fn connected_nodes(cp: &ControlPlane) -> Result<Vec<String>> {
-    let (code, nodes) = cp.api().get("/nodes").await?;
-    ensure!(code == 200, "/nodes: {code} {nodes}");
-    let nodes = nodes.as_array().context("/nodes is a list")?;
-    Ok(nodes
-        .iter()
-        .filter(|n| n["connected"] == true)
-        .filter_map(|n| n["node_id"].as_str().map(String::from))
-        .collect())
+    Ok(cp.api().connected_nodes("").await?.0)
 }
 
 async fn until_connected(cp: &ControlPlane, id: &str) -> Result<Vec<String>> {
-    eventually(WAIT, || async {
-        let ids = connected_nodes(cp).await?;
-        ensure!(ids.iter().any(|i| i == id), "{id} not connected: {ids:?}");
-        Ok(ids)
-    })
-    .await
+    Ok(cp.api().until_nodes("", WAIT, |ids| ids.iter().any(|i| i == id)).await?.0)
 }
 
 /// Opens a Session directly and waits for the Welcome: `Err` with the reason otherwise.

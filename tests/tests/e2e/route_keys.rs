@@ -11,12 +11,11 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use base64::Engine;
 use serde_json::json;
-use switchyard_tests::fleet::{
-    controlplane_toml_store, destination_toml, listener_toml, sqlite_mapping, ControlPlane, Node, NODE_TOKEN,
-};
+use switchyard_tests::config::{Destination, MappingStore};
+use switchyard_tests::fleet::{ControlPlane, Fleet, Node};
 use switchyard_tests::{
-    eventually, python_lmtp_send, require_or_skip, sieve_status, status, Dovecot, DovecotOptions, ImapClient, Postfix,
-    SieveClient,
+    inbox_of, python_lmtp_send, require_or_skip, sieve_status, status, until_in_inbox, Dovecot, DovecotOptions,
+    ImapClient, Postfix, SieveClient,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -24,7 +23,6 @@ use tokio::net::TcpStream;
 const ALICE: (&str, &str) = ("alice@example.test", "alicepw");
 const USERS: &[(&str, &str)] = &[ALICE, ("bob@example.test", "bobpw"), ("a%b@example.test", "percentpw")];
 const MASTER: (&str, &str) = ("admin", "adminpw");
-const PROPAGATION: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// Postfix queues a submitted message and delivers it a moment later.
 const DELIVERY: Duration = Duration::from_secs(20);
@@ -40,7 +38,6 @@ struct Fixture {
     new: Server,
     cp: ControlPlane,
     node: Node,
-    _dir: tempfile::TempDir,
 }
 
 /// How a fixture is built.
@@ -86,32 +83,20 @@ async fn fixture(setup: Setup<'_>) -> Result<Fixture> {
             ("submission", submission),
         ]
     };
-    let tables = destination_toml("legacy", &endpoints(&legacy), "") + &destination_toml("new", &endpoints(&new), "");
-    let dir = tempfile::tempdir()?;
-    let mapping = setup.mapping.map_or_else(|| sqlite_mapping(&dir.path().join("mappings.db")), str::to_owned);
-    let config = controlplane_toml_store(&mapping, &tables, "legacy").replacen(
-        "[routing]\n",
-        &format!("[routing]\n{}\n", setup.routing),
-        1,
-    );
-    let cp = ControlPlane::start_config(config).await?;
-    let listeners: String = [("imap", "imap"), ("pop3", "pop3"), ("sieve", "managesieve"), ("lmtp", "lmtp")]
-        .iter()
-        .chain(&[("submission", "submission")])
-        .map(|(id, protocol)| listener_toml(id, protocol, ""))
-        .collect();
-    let node = Node::start_listeners("dp-1", &[cp.endpoint()], Some(NODE_TOKEN), &listeners).await?;
-    eventually(PROPAGATION, || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200, "{body}");
-        Ok(())
-    })
-    .await?;
-    if setup.mapping.is_none() {
-        let (code, put) = cp.api().put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
-        ensure!(code == 200, "{put}");
+    let mut builder = Fleet::builder()
+        .destination(Destination::new("legacy").endpoints(&endpoints(&legacy)))
+        .destination(Destination::new("new").endpoints(&endpoints(&new)))
+        .routing(setup.routing);
+    for (id, protocol) in [("imap", "imap"), ("pop3", "pop3"), ("sieve", "managesieve"), ("lmtp", "lmtp")] {
+        builder = builder.listener(id, protocol);
     }
-    Ok(Fixture { legacy, new, cp, node, _dir: dir })
+    builder = builder.listener("submission", "submission");
+    builder = match setup.mapping {
+        Some(tables) => builder.store(MappingStore::Tables(tables.to_string())),
+        None => builder.map("alice@example.test", "new"),
+    };
+    let Fleet { cp, mut nodes } = builder.start().await?;
+    Ok(Fixture { legacy, new, cp, node: nodes.remove(0) })
 }
 
 /// A SASL PLAIN message (RFC 4616), base64: `authzid NUL authcid NUL password`.
@@ -221,12 +206,13 @@ async fn submit_plain(addr: SocketAddr, token: &str, subject: &str) -> Result<()
     Ok(())
 }
 
+fn password(user: &str) -> Result<&'static str> {
+    USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).context("unknown user")
+}
+
 /// The INBOX subjects of `user` read directly on `server` (a plain login by the user).
 async fn inbox(server: &Server, user: &str) -> Result<Vec<String>> {
-    let pass = USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).context("unknown user")?;
-    switchyard_tests::inbox_subjects(server.dovecot.imap_addr(), user, pass)
-        .await?
-        .map_err(|refused| anyhow::anyhow!("{user} cannot log in: {refused}"))
+    inbox_of(server.dovecot.imap_addr(), user, password(user)?).await
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -245,12 +231,7 @@ async fn scripts(server: &Server) -> Result<Vec<String>> {
 
 /// Waits until `subject` is in `user`'s INBOX on `server`.
 async fn arrives(server: &Server, user: &str, subject: &str) -> Result<()> {
-    eventually(DELIVERY, || async {
-        let subjects = inbox(server, user).await?;
-        ensure!(subjects.iter().any(|s| s == subject), "{user} has {subjects:?}");
-        Ok(())
-    })
-    .await
+    until_in_inbox(server.dovecot.imap_addr(), (user, password(user)?), subject, DELIVERY).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

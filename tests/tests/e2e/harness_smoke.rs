@@ -1,10 +1,14 @@
 //! Proves the end-to-end harness itself against a real Dovecot, without any proxy: delivery,
-//! per-user mailboxes, failed logins, stop/restart on the same ports, and imaplib.
+//! per-user mailboxes, failed logins, stop/restart on the same ports, and imaplib; and the
+//! smallest fleet `Fleet::builder()` makes.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use switchyard_tests::{eventually, python_imap_login, require_or_skip, status, wait_for_port, Dovecot, ImapClient};
+use switchyard_tests::fleet::Fleet;
+use switchyard_tests::{
+    eventually, inbox_subjects, python_imap_login, require_or_skip, status, wait_for_port, Dovecot, ImapClient,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -115,5 +119,23 @@ async fn python_imaplib_sees_the_same_mailbox() -> Result<()> {
     let (ok, out) = python_imap_login(dovecot.imap_port(), BOB.0, "wrong").await?;
     assert!(!ok, "wrong password accepted: {out}");
     assert!(out.contains("AUTHENTICATIONFAILED"), "{out}");
+    Ok(())
+}
+
+/// The smallest fleet test: two marked Dovecots, a ready node, one mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_builder_returns_a_ready_fleet_with_its_mappings() -> Result<()> {
+    if !require_or_skip("dovecot") {
+        return Ok(());
+    }
+    let (legacy, new) = (Dovecot::start_marked(&[ALICE, BOB], "legacy")?, Dovecot::start_marked(&[ALICE, BOB], "new")?);
+    let fleet = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .map(ALICE.0, "new")
+        .start()
+        .await?;
+    assert_eq!(inbox_subjects(fleet.node().imap, ALICE.0, ALICE.1).await?, Ok(vec!["on new".to_string()]));
+    assert_eq!(inbox_subjects(fleet.node().imap, BOB.0, BOB.1).await?, Ok(vec!["on legacy".to_string()]));
     Ok(())
 }

@@ -9,18 +9,17 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use base64::Engine;
-use serde_json::json;
-use switchyard_tests::fleet::{destination_toml, listener_toml, ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::config::Destination;
+use switchyard_tests::fleet::{ControlPlane, Fleet, Node};
 use switchyard_tests::{
-    eventually, free_port, python_lmtp_send, python_smtp_submit, require_or_skip, status, swaks, ClientTls, Dovecot,
-    ImapClient, Postfix,
+    free_port, inbox_of, python_lmtp_send, python_smtp_submit, require_or_skip, swaks, until_in_inbox, ClientTls,
+    Dovecot, Postfix,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const USERS: &[(&str, &str)] =
     &[("alice@example.test", "alicepw"), ("bob@example.test", "bobpw"), ("carol@example.test", "carolpw")];
-const PROPAGATION: Duration = Duration::from_secs(10);
 /// Postfix queues a submitted message and delivers it a moment later.
 const DELIVERY: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,41 +53,30 @@ async fn fixture(with_postfix: bool) -> Result<Fixture> {
             s.postfix.as_ref().map_or((free_port(), free_port()), |p| (p.smtp_port(), p.submission_port()));
         [("lmtp", s.dovecot.lmtp_port()), ("smtp", smtp), ("submission", submission)]
     };
-    let tables = destination_toml("legacy", &endpoints(&legacy), "") + &destination_toml("new", &endpoints(&new), "");
-    let cp = ControlPlane::start_destinations(&tables, "legacy").await?;
-    let listeners = listener_toml("lmtp", "lmtp", "")
-        + &listener_toml("smtp", "smtp", "")
-        + &listener_toml("submission", "submission", "");
-    let node = Node::start_listeners("dp-1", &[cp.endpoint()], Some(NODE_TOKEN), &listeners).await?;
-    eventually(PROPAGATION, || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200, "{body}");
-        Ok(())
-    })
-    .await?;
-    let (code, put) = cp.api().put("/mappings/bob@example.test", json!({"destination": "new"})).await?;
-    ensure!(code == 200, "{put}");
-    Ok(Fixture { legacy, new, _cp: cp, node })
+    let fleet = Fleet::builder()
+        .destination(Destination::new("legacy").endpoints(&endpoints(&legacy)))
+        .destination(Destination::new("new").endpoints(&endpoints(&new)))
+        .listener("lmtp", "lmtp")
+        .listener("smtp", "smtp")
+        .listener("submission", "submission")
+        .map("bob@example.test", "new")
+        .start()
+        .await?;
+    let Fleet { cp, mut nodes } = fleet;
+    Ok(Fixture { legacy, new, _cp: cp, node: nodes.remove(0) })
+}
+
+fn password(user: &str) -> &'static str {
+    USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).unwrap_or_default()
 }
 
 async fn inbox(server: &Server, user: &str) -> Result<Vec<String>> {
-    let pass = USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).unwrap_or_default();
-    let mut imap = ImapClient::connect(server.dovecot.imap_addr()).await?;
-    let tagged = imap.login(user, pass).await?;
-    ensure!(status(&tagged) == "OK", "{tagged}");
-    let subjects = imap.subjects_in_inbox().await?;
-    imap.logout().await?;
-    Ok(subjects)
+    inbox_of(server.dovecot.imap_addr(), user, password(user)).await
 }
 
 /// Waits until `subject` is in `user`'s INBOX on `server` (Postfix delivers asynchronously).
 async fn arrives(server: &Server, user: &str, subject: &str) -> Result<()> {
-    eventually(DELIVERY, || async {
-        let subjects = inbox(server, user).await?;
-        ensure!(subjects.iter().any(|s| s == subject), "{user} has {subjects:?}");
-        Ok(())
-    })
-    .await
+    until_in_inbox(server.dovecot.imap_addr(), (user, password(user)), subject, DELIVERY).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use base64::Engine;
-use serde_json::json;
-use switchyard_tests::fleet::{destination_toml, listener_toml, ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::config::{Destination, Listener};
+use switchyard_tests::fleet::{ControlPlane, Fleet, Node};
 use switchyard_tests::{eventually, free_port, require_or_skip, status, Dovecot, ImapClient, Postfix};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -30,19 +30,14 @@ fn dovecot_with_haproxy_listener() -> Result<(Dovecot, u16)> {
     Ok((Dovecot::start_with(USERS, &extra)?, port))
 }
 
-/// A control plane declaring `legacy` (`tables`), a node with `listeners`, ready, and
-/// alice mapped to `legacy`.
-async fn fleet(tables: &str, listeners: &str) -> Result<(ControlPlane, Node)> {
-    let cp = ControlPlane::start_destinations(tables, "legacy").await?;
-    let node = Node::start_listeners("dp-1", &[cp.endpoint()], Some(NODE_TOKEN), listeners).await?;
-    eventually(Duration::from_secs(10), || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200, "{body}");
-        Ok(())
-    })
-    .await?;
-    cp.api().put("/mappings/alice@example.test", json!({"destination": "legacy"})).await?;
-    Ok((cp, node))
+/// A control plane declaring `legacy`, a node with `listeners` `(id, protocol)` behind the
+/// load balancer, ready, and alice mapped to `legacy`.
+async fn fleet(legacy: Destination, listeners: &[(&str, &str)]) -> Result<(ControlPlane, Node)> {
+    let builder = Fleet::builder().destination(legacy).map("alice@example.test", "legacy");
+    let builder =
+        listeners.iter().fold(builder, |b, (id, protocol)| b.listener_with(Listener::new(id, protocol).key(BEHIND_LB)));
+    let Fleet { cp, mut nodes } = builder.start().await?;
+    Ok((cp, nodes.remove(0)))
 }
 
 /// Waits until Dovecot logged alice's `service` login and returns that line.
@@ -107,8 +102,8 @@ async fn the_backend_logs_the_real_client_behind_a_load_balancer_and_the_node() 
         return Ok(());
     }
     let (dovecot, haproxy_port) = dovecot_with_haproxy_listener()?;
-    let tables = destination_toml("legacy", &[("imap", haproxy_port)], "forwarding = \"proxy\"");
-    let (_cp, node) = fleet(&tables, &listener_toml("imap", "imap", BEHIND_LB)).await?;
+    let legacy = Destination::new("legacy").endpoint("imap", haproxy_port).key("forwarding = \"proxy\"");
+    let (_cp, node) = fleet(legacy, &[("imap", "imap")]).await?;
 
     // The test plays the load balancer: PROXY v2 header naming the real client first.
     let mut lb = tokio::net::TcpStream::connect(node.imap).await?;
@@ -142,11 +137,8 @@ async fn id_and_xclient_name_the_real_client_to_dovecot_for_imap_pop3_and_sieve(
     let dovecot = Dovecot::start_with(USERS, "login_trusted_networks = 127.0.0.0/8\n")?;
     let endpoints =
         [("imap", dovecot.imap_port()), ("pop3", dovecot.pop3_port()), ("managesieve", dovecot.sieve_port())];
-    let tables = destination_toml("legacy", &endpoints, "forwarding = \"xclient\"");
-    let listeners = listener_toml("imap", "imap", BEHIND_LB)
-        + &listener_toml("pop3", "pop3", BEHIND_LB)
-        + &listener_toml("sieve", "managesieve", BEHIND_LB);
-    let (_cp, node) = fleet(&tables, &listeners).await?;
+    let legacy = Destination::new("legacy").endpoints(&endpoints).key("forwarding = \"xclient\"");
+    let (_cp, node) = fleet(legacy, &[("imap", "imap"), ("pop3", "pop3"), ("sieve", "managesieve")]).await?;
 
     let mut lb = TcpStream::connect(node.imap).await?;
     lb.write_all(&dataplane::codec::proxy::encode_v2("203.0.113.51:40001".parse()?, node.imap)).await?;
@@ -185,9 +177,8 @@ async fn a_backend_that_does_not_trust_the_node_still_serves_the_login() -> Resu
     // No login_trusted_networks: Dovecot ignores ID's x- fields and offers no XCLIENT.
     let dovecot = Dovecot::start(USERS)?;
     let endpoints = [("imap", dovecot.imap_port()), ("pop3", dovecot.pop3_port())];
-    let tables = destination_toml("legacy", &endpoints, "forwarding = \"xclient\"");
-    let listeners = listener_toml("imap", "imap", BEHIND_LB) + &listener_toml("pop3", "pop3", BEHIND_LB);
-    let (_cp, node) = fleet(&tables, &listeners).await?;
+    let legacy = Destination::new("legacy").endpoints(&endpoints).key("forwarding = \"xclient\"");
+    let (_cp, node) = fleet(legacy, &[("imap", "imap"), ("pop3", "pop3")]).await?;
 
     let mut pop3 = Behind::connect(node.addr("pop3"), "203.0.113.52:40002").await?;
     ensure!(pop3.line().await?.starts_with("+OK"));
@@ -207,8 +198,9 @@ async fn xclient_names_the_real_client_to_postfix_submission() -> Result<()> {
     let dovecot = Dovecot::start(USERS)?;
     // main.cf: smtpd_authorized_xclient_hosts = 127.0.0.0/8, for both smtpd services.
     let postfix = Postfix::start(&dovecot)?;
-    let tables = destination_toml("legacy", &[("submission", postfix.submission_port())], "forwarding = \"xclient\"");
-    let (_cp, node) = fleet(&tables, &listener_toml("submission", "submission", BEHIND_LB)).await?;
+    let legacy =
+        Destination::new("legacy").endpoint("submission", postfix.submission_port()).key("forwarding = \"xclient\"");
+    let (_cp, node) = fleet(legacy, &[("submission", "submission")]).await?;
 
     let mut smtp = Behind::connect(node.addr("submission"), "203.0.113.54:40004").await?;
     ensure!(smtp.line().await?.starts_with("220 "));

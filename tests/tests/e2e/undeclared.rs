@@ -177,15 +177,7 @@ async fn replicas() -> Result<Replicas> {
 
 /// Waits until exactly `ids` are connected to this replica itself (`scope=local`).
 async fn connected_here(api: &Api, ids: &[&str]) -> Result<()> {
-    eventually(WAIT, || async {
-        let (_, nodes) = api.get("/nodes?scope=local").await?;
-        let all = nodes.as_array().cloned().unwrap_or_default();
-        let connected: Vec<&str> =
-            all.iter().filter(|n| n["connected"] == true).filter_map(|n| n["node_id"].as_str()).collect();
-        ensure!(connected == ids, "{nodes}");
-        Ok(())
-    })
-    .await
+    api.until_nodes("?scope=local", WAIT, |connected| connected == ids).await.map(drop)
 }
 
 /// Each node's `(node_id, result)` in a write's answer.

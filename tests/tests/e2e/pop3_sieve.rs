@@ -9,47 +9,34 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
-use serde_json::json;
-use switchyard_tests::fleet::{destination_toml, listener_toml, ControlPlane, Node, NODE_TOKEN};
-use switchyard_tests::{eventually, require_or_skip, Dovecot};
+use switchyard_tests::fleet::Fleet;
+use switchyard_tests::{require_or_skip, Dovecot};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
 
 const USERS: &[(&str, &str)] = &[("alice@example.test", "alicepw"), ("bob@example.test", "bobpw")];
-const PROPAGATION: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
 struct Fixture {
     legacy: Dovecot,
     new: Dovecot,
-    _cp: ControlPlane,
-    node: Node,
+    fleet: Fleet,
 }
 
 /// Both servers, a control plane declaring them, one node with a POP3 and a ManageSieve
 /// listener, and alice mapped to `new` (bob stays on the default, `legacy`).
 async fn fixture() -> Result<Fixture> {
-    let legacy = Dovecot::start(USERS)?;
-    let new = Dovecot::start(USERS)?;
-    for (user, _) in USERS {
-        legacy.deliver(user, "on legacy")?;
-        new.deliver(user, "on new")?;
-    }
-    let endpoints = |d: &Dovecot| [("pop3", d.pop3_port()), ("managesieve", d.sieve_port())];
-    let tables = destination_toml("legacy", &endpoints(&legacy), "") + &destination_toml("new", &endpoints(&new), "");
-    let cp = ControlPlane::start_destinations(&tables, "legacy").await?;
-    let listeners = listener_toml("pop3", "pop3", "") + &listener_toml("sieve", "managesieve", "");
-    let node = Node::start_listeners("dp-1", &[cp.endpoint()], Some(NODE_TOKEN), &listeners).await?;
-    eventually(PROPAGATION, || async {
-        let (code, body) = node.readyz().await?;
-        ensure!(code == 200, "{body}");
-        Ok(())
-    })
-    .await?;
-    let (code, put) = cp.api().put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
-    ensure!(code == 200, "{put}");
-    Ok(Fixture { legacy, new, _cp: cp, node })
+    let (legacy, new) = (Dovecot::start_marked(USERS, "legacy")?, Dovecot::start_marked(USERS, "new")?);
+    let fleet = Fleet::builder()
+        .dovecot("legacy", &legacy, &["pop3", "managesieve"])
+        .dovecot("new", &new, &["pop3", "managesieve"])
+        .listener("pop3", "pop3")
+        .listener("sieve", "managesieve")
+        .map("alice@example.test", "new")
+        .start()
+        .await?;
+    Ok(Fixture { legacy, new, fleet })
 }
 
 /// Python's poplib (USER/PASS): the Subject of every message, or the error text.
@@ -164,7 +151,7 @@ async fn pop3_logins_reach_the_mapped_server() -> Result<()> {
         return Ok(());
     }
     let f = fixture().await?;
-    let pop3 = f.node.addr("pop3");
+    let pop3 = f.fleet.node().addr("pop3");
 
     let (ok, text) = poplib(pop3, "alice@example.test", "alicepw").await?;
     assert!(ok, "{text}");
@@ -204,7 +191,7 @@ async fn sieve_scripts_land_on_the_mapped_server() -> Result<()> {
         return Ok(());
     }
     let f = fixture().await?;
-    let sieve = f.node.addr("sieve");
+    let sieve = f.fleet.node().addr("sieve");
 
     let (_, refused) = Wire::sieve_login(sieve, "alice@example.test", "wrong", false).await?;
     assert!(refused.starts_with("NO"), "{refused}");
@@ -243,18 +230,18 @@ async fn a_stopped_destination_is_a_temporary_failure_for_both_protocols() -> Re
     let mut f = fixture().await?;
     f.new.stop()?;
 
-    let mut pop = Wire::connect(f.node.addr("pop3")).await?;
+    let mut pop = Wire::connect(f.fleet.node().addr("pop3")).await?;
     pop.line().await?;
     pop.send("USER alice@example.test\r\nPASS alicepw\r\n").await?;
     pop.line().await?;
     let reply = pop.line().await?;
     assert_eq!(reply, "-ERR [SYS/TEMP] Backend temporarily unavailable, try again later\r\n");
 
-    let (_, reply) = Wire::sieve_login(f.node.addr("sieve"), "alice@example.test", "alicepw", false).await?;
+    let (_, reply) = Wire::sieve_login(f.fleet.node().addr("sieve"), "alice@example.test", "alicepw", false).await?;
     assert_eq!(reply, "NO (TRYLATER) \"Backend temporarily unavailable, try again later\"\r\n");
 
     // bob's destination is up: his login still works.
-    let (ok, text) = poplib(f.node.addr("pop3"), "bob@example.test", "bobpw").await?;
+    let (ok, text) = poplib(f.fleet.node().addr("pop3"), "bob@example.test", "bobpw").await?;
     if !ok {
         bail!("bob on legacy: {text}");
     }

@@ -68,12 +68,7 @@ async fn fixture() -> Result<Fixture> {
 
 /// Waits until exactly `ids` are connected to this replica itself (`scope=local`).
 async fn connected_here(api: &Api, ids: &[&str]) -> Result<()> {
-    eventually(WAIT, || async {
-        let (_, nodes) = api.get("/nodes?scope=local").await?;
-        ensure!(connected_ids(&nodes) == ids, "{nodes}");
-        Ok(())
-    })
-    .await
+    api.until_nodes("?scope=local", WAIT, |connected| connected == ids).await.map(drop)
 }
 
 fn connected_ids(nodes: &Value) -> Vec<String> {
@@ -284,7 +279,7 @@ fn second_replica(example: &str) -> String {
 #[test]
 fn the_two_replica_example_names_each_replica_as_the_others_peer() -> Result<()> {
     use controlplane::config::{Config, MappingSource};
-    let example = include_str!("../../deploy/examples/controlplane-replica.toml");
+    let example = include_str!("../../../deploy/examples/controlplane-replica.toml");
     let one = Config::from_toml_str(example)?;
     let two = Config::from_toml_str(&second_replica(example))?;
     for (me, other) in [(&one, &two), (&two, &one)] {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::json;
-use switchyard_tests::fleet::{destination_toml, listener_toml, ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::config::{Destination, Listener, NodeConfig};
+use switchyard_tests::fleet::{ControlPlane, Node, NODE_TOKEN};
 use switchyard_tests::{
     curl, eventually, leaf_sha256_hex, python_imap, python_pop3, python_smtp_submit, require_or_skip, run_client,
     status, ClientTls, Dovecot, ImapClient, Postfix, SieveClient, TestPki,
@@ -34,9 +35,9 @@ fn password(user: &str) -> &'static str {
     USERS.iter().find(|(u, _)| *u == user).map(|(_, p)| *p).unwrap_or_default()
 }
 
-/// A listener table; `allow_plaintext_auth` stays at its default (false).
-fn listener(id: &str, protocol: &str, tls: &str) -> String {
-    format!("[listener.{id}]\nprotocol = \"{protocol}\"\nbind = [\"127.0.0.1:0\"]\ntls = \"{tls}\"\n")
+/// A listener; `allow_plaintext_auth` stays at its default (false).
+fn listener(id: &str, protocol: &str, tls: &str) -> Listener {
+    Listener::new(id, protocol).tls(tls).plaintext_auth(None)
 }
 
 /// The node's certificates: `main`, the default, for mail.example.test and 127.0.0.1 (so
@@ -48,9 +49,10 @@ fn certificates(pki: &TestPki) -> Result<String> {
     Ok(table("main", pki.issue(&[MAIL_NAME, "127.0.0.1"])?, true) + &table("other", pki.issue(&[OTHER_NAME])?, false))
 }
 
-/// A node with `tables` (listeners, certificates), once it is ready.
-async fn node(cp: &ControlPlane, tables: &str) -> Result<Node> {
-    let node = Node::start_listeners("dp-1", &[cp.endpoint()], Some(NODE_TOKEN), tables).await?;
+/// A node with `listeners` and `tables` (certificates), once it is ready.
+async fn node(cp: &ControlPlane, listeners: Vec<Listener>, tables: &str) -> Result<Node> {
+    let config = listeners.into_iter().fold(NodeConfig::new("dp-1", &[cp.endpoint()]), NodeConfig::listener);
+    let node = Node::start_config(&config.tables(tables), Some(NODE_TOKEN)).await?;
     eventually(PROPAGATION, || async {
         let (code, body) = node.readyz().await?;
         ensure!(code == 200, "{body}");
@@ -62,12 +64,14 @@ async fn node(cp: &ControlPlane, tables: &str) -> Result<Node> {
 
 /// A destination on 127.0.0.1 with `(protocol, port, tls)` endpoints, whose credentials
 /// may cross only TLS legs, and its verification keys in `verify`.
-fn tls_destination(id: &str, endpoints: &[(&str, u16, &str)], verify: &str) -> String {
-    let mut toml = format!("[destination.{id}]\nhost = \"127.0.0.1\"\nallow_plaintext_auth = false\n{verify}\n");
-    for (protocol, port, tls) in endpoints {
-        toml.push_str(&format!("[destination.{id}.protocol.{protocol}]\nport = {port}\ntls = \"{tls}\"\n"));
-    }
-    toml
+fn tls_destination(id: &str, endpoints: &[(&str, u16, &str)], verify: &str) -> Destination {
+    let tls_only = Destination::new(id).tls_only().key(verify);
+    endpoints.iter().fold(tls_only, |d, (protocol, port, tls)| d.tls_endpoint(protocol, *port, tls))
+}
+
+/// The tables of `destinations`, for [`ControlPlane::start_destinations`].
+fn tables(destinations: &[Destination]) -> String {
+    destinations.iter().map(Destination::to_toml).collect()
 }
 
 async fn map(cp: &ControlPlane, user: &str, destination: &str) -> Result<()> {
@@ -89,13 +93,15 @@ async fn client_leg_starttls_and_implicit_tls_with_real_clients() -> Result<()> 
     let legacy = Dovecot::start(USERS)?;
     legacy.deliver("alice@example.test", "on legacy")?;
     let endpoints = [("imap", legacy.imap_port()), ("pop3", legacy.pop3_port())];
-    let cp = ControlPlane::start_destinations(&destination_toml("legacy", &endpoints, ""), "legacy").await?;
-    let tables = listener("imap", "imap", "starttls")
-        + &listener("imaps", "imap", "implicit")
-        + &listener("pop3", "pop3", "starttls")
-        + &listener("pop3s", "pop3", "implicit")
-        + &certificates(&pki)?;
-    let node = node(&cp, &tables).await?;
+    let cp = ControlPlane::start_destinations(&tables(&[Destination::new("legacy").endpoints(&endpoints)]), "legacy")
+        .await?;
+    let listeners = vec![
+        listener("imap", "imap", "starttls"),
+        listener("imaps", "imap", "implicit"),
+        listener("pop3", "pop3", "starttls"),
+        listener("pop3s", "pop3", "implicit"),
+    ];
+    let node = node(&cp, listeners, &certificates(&pki)?).await?;
     let (imap, imaps) = (node.addr("imap").port(), node.addr("imaps").port());
     let (pop3, pop3s) = (node.addr("pop3").port(), node.addr("pop3s").port());
     let (user, pass) = ("alice@example.test", password("alice@example.test"));
@@ -151,8 +157,9 @@ async fn sni_picks_the_certificate_for_each_server_name() -> Result<()> {
     }
     let pki = TestPki::new()?;
     // Only handshakes here: the destination is never dialled.
-    let cp = ControlPlane::start_destinations(&destination_toml("legacy", &[("imap", 9)], ""), "legacy").await?;
-    let node = node(&cp, &(listener("imaps", "imap", "implicit") + &certificates(&pki)?)).await?;
+    let cp =
+        ControlPlane::start_destinations(&tables(&[Destination::new("legacy").endpoint("imap", 9)]), "legacy").await?;
+    let node = node(&cp, vec![listener("imaps", "imap", "implicit")], &certificates(&pki)?).await?;
     let port = node.addr("imaps").port().to_string();
     let args = ["-c", SNI, &port, &ca(&pki), MAIL_NAME, OTHER_NAME, "127.0.0.1"];
     let (ok, text) = run_client("python3", args).await?;
@@ -176,12 +183,14 @@ async fn submission_and_smtp_over_starttls_and_implicit_tls_through_postfix() ->
     let legacy = Dovecot::start(USERS)?;
     let postfix = Postfix::start(&legacy)?;
     let endpoints = [("submission", postfix.submission_port()), ("smtp", postfix.smtp_port())];
-    let cp = ControlPlane::start_destinations(&destination_toml("legacy", &endpoints, ""), "legacy").await?;
-    let tables = listener("sub", "submission", "starttls")
-        + &listener("subs", "submission", "implicit")
-        + &listener("mx", "smtp", "starttls")
-        + &certificates(&pki)?;
-    let node = node(&cp, &tables).await?;
+    let cp = ControlPlane::start_destinations(&tables(&[Destination::new("legacy").endpoints(&endpoints)]), "legacy")
+        .await?;
+    let listeners = vec![
+        listener("sub", "submission", "starttls"),
+        listener("subs", "submission", "implicit"),
+        listener("mx", "smtp", "starttls"),
+    ];
+    let node = node(&cp, listeners, &certificates(&pki)?).await?;
     let login = Some(("alice@example.test", password("alice@example.test")));
     let (from, to) = ("alice@example.test", ["bob@example.test"]);
     let (starttls, implicit) = (ClientTls::starttls(pki.ca_pem_path()), ClientTls::implicit(pki.ca_pem_path()));
@@ -241,17 +250,22 @@ async fn backend_leg_starttls_pinned_and_implicit_and_refused_unverified() -> Re
         ("managesieve", secure.sieve_port(), "starttls"),
     ];
     let implicit = [("imap", secure.imaps_port(), "implicit"), ("pop3", secure.pop3s_port(), "implicit")];
-    let tables = destination_toml("legacy", &[("imap", plain.imap_port()), ("pop3", plain.pop3_port())], "")
-        + &tls_destination("pinned", &starttls, &format!("tls_verify = \"pinned\"\ntls_pin_sha256 = [\"{pin}\"]"))
-        + &tls_destination("implicit", &implicit, "tls_verify = \"insecure\"")
+    let destinations = [
+        Destination::new("legacy").endpoints(&[("imap", plain.imap_port()), ("pop3", plain.pop3_port())]),
+        tls_destination("pinned", &starttls, &format!("tls_verify = \"pinned\"\ntls_pin_sha256 = [\"{pin}\"]")),
+        tls_destination("implicit", &implicit, "tls_verify = \"insecure\""),
         // The test CA is in no system store: the handshake must fail.
-        + &tls_destination("system", &starttls[..1], "tls_verify = \"system\"")
-        + &tls_destination("wrongpin", &starttls[..1], &format!("tls_verify = \"pinned\"\ntls_pin_sha256 = [\"{wrong}\"]"));
-    let cp = ControlPlane::start_destinations(&tables, "legacy").await?;
-    let listeners = listener_toml("imap", "imap", "")
-        + &listener_toml("pop3", "pop3", "")
-        + &listener_toml("sieve", "managesieve", "");
-    let node = node(&cp, &listeners).await?;
+        tls_destination("system", &starttls[..1], "tls_verify = \"system\""),
+        tls_destination(
+            "wrongpin",
+            &starttls[..1],
+            &format!("tls_verify = \"pinned\"\ntls_pin_sha256 = [\"{wrong}\"]"),
+        ),
+    ];
+    let cp = ControlPlane::start_destinations(&tables(&destinations), "legacy").await?;
+    let listeners =
+        vec![Listener::new("imap", "imap"), Listener::new("pop3", "pop3"), Listener::new("sieve", "managesieve")];
+    let node = node(&cp, listeners, "").await?;
     for (user, destination) in [
         ("bob@example.test", "pinned"),
         ("carol@example.test", "implicit"),

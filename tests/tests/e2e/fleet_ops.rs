@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
-use switchyard_tests::fleet::{Api, ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::fleet::{Api, ControlPlane, Fleet, Node, NODE_TOKEN};
 use switchyard_tests::simnodes::SimFleet;
 use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient};
 
@@ -15,13 +15,7 @@ const USERS: &[(&str, &str)] =
 const WAIT: Duration = Duration::from_secs(15);
 
 async fn two_dovecots() -> Result<(Dovecot, Dovecot)> {
-    let legacy = Dovecot::start(USERS)?;
-    let new = Dovecot::start(USERS)?;
-    for (user, _) in USERS {
-        legacy.deliver(user, "on legacy")?;
-        new.deliver(user, "on new")?;
-    }
-    Ok((legacy, new))
+    Ok((Dovecot::start_marked(USERS, "legacy")?, Dovecot::start_marked(USERS, "new")?))
 }
 
 async fn subjects(node: &Node, user: &str) -> Result<Result<Vec<String>, String>> {
@@ -33,13 +27,7 @@ fn on(server: &str) -> Result<Vec<String>, String> {
 }
 
 async fn connected(api: &Api, count: usize) -> Result<Value> {
-    eventually(WAIT, || async {
-        let (_, nodes) = api.get("/nodes").await?;
-        let n = nodes.as_array().map(|a| a.iter().filter(|n| n["connected"] == true).count());
-        ensure!(n == Some(count), "{nodes}");
-        Ok(nodes)
-    })
-    .await
+    Ok(api.until_nodes("", WAIT, |ids| ids.len() == count).await?.1)
 }
 
 /// Logins to `user` recorded in a Dovecot's log (`imap-login: Login: user=<...>`).
@@ -53,16 +41,15 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
         return Ok(());
     }
     let (legacy, new) = two_dovecots().await?;
-    let cp = ControlPlane::start(&[("legacy", legacy.imap_port()), ("new", new.imap_port())], "legacy").await?;
-    let nodes = [
-        Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?,
-        Node::start("dp-2", &[cp.endpoint()], Some(NODE_TOKEN)).await?,
-    ];
+    let fleet = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .node("dp-1")
+        .node("dp-2")
+        .start()
+        .await?;
+    let Fleet { cp, nodes } = fleet;
     let api = cp.api();
-    connected(&api, 2).await?;
-    for node in &nodes {
-        node.until_ready().await?;
-    }
 
     // An open session on legacy, on each node.
     let mut open = Vec::new();
