@@ -19,7 +19,7 @@ use crate::codec::mechanism::Credential;
 use crate::config::{Forwarding, TlsMode};
 use crate::error::{Blame, Error, Result};
 use crate::identity::{Forwarded, Identity};
-use crate::pipeline::{Route, SessionCtx};
+use crate::session::{Route, SessionCtx};
 use crate::sessions::KickHandle;
 use crate::settings::FleetSettings;
 use crate::tls::MaybeTls;
@@ -189,7 +189,7 @@ pub(crate) enum Login {
 }
 
 impl SessionCtx {
-    /// Steps 4–6: route the credential's account, establish the backend session as
+    /// The login: route the credential's account, establish the backend session as
     /// `identity` and replay the credential. `Err` is a temporary failure for the client,
     /// except a [`Blame::Client`] one (the credential names no usable account).
     ///
@@ -226,7 +226,7 @@ impl SessionCtx {
         Err(Error::Routing("the account's sessions were kicked again and again during the login".into()))
     }
 
-    /// One try at steps 5–6 for `key`, registered as `kick`.
+    /// One try at routing, connecting and replaying for `key`, registered as `kick`.
     async fn attempt<D: LoginDialect>(
         &self,
         settings: &Arc<FleetSettings>,

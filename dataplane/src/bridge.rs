@@ -1,4 +1,4 @@
-//! Step 7's byte relay: both directions of a bridged session, each holding a transfer
+//! The bridge's byte relay: both directions of a bridged session, each holding a transfer
 //! buffer only while bytes flow through it.
 //!
 //! A session spends nearly all of its life idle (a mail client parked in IDLE), so a

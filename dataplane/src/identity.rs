@@ -1,4 +1,4 @@
-//! The client identity a node passes on to backends (SPEC §2.1 step 6): the real client, the
+//! The client identity a node passes on to backends when it connects: the real client, the
 //! address it reached, a session id the node's and the backend's logs share, and the hop TTL
 //! that stops chains of proxies from looping.
 //!
@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use crate::codec::imap::Arg;
-use crate::pipeline::SessionCtx;
+use crate::session::SessionCtx;
 
 pub(crate) use wire::Forwarded;
 
@@ -63,8 +63,8 @@ impl Identity {
 
     /// Takes over what an upstream proxy said, if the connection comes from the listener's
     /// `proxy_trusted` networks; anyone else's claims are ignored. True when believed.
-    pub(crate) fn adopt(&mut self, ctx: &SessionCtx, upstream: Upstream) -> bool {
-        if upstream == Upstream::default() {
+    pub(crate) fn adopt(&mut self, ctx: &SessionCtx, upstream: UpstreamClaim) -> bool {
+        if upstream == UpstreamClaim::default() {
             return false;
         }
         if !trusted(ctx) {
@@ -106,7 +106,7 @@ pub(crate) fn session_id() -> String {
 
 /// What an upstream proxy claims about its client, before anyone believes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Upstream {
+pub(crate) struct UpstreamClaim {
     pub addr: Option<IpAddr>,
     pub port: Option<u16>,
     pub dest_addr: Option<IpAddr>,
@@ -115,11 +115,11 @@ pub(crate) struct Upstream {
     pub ttl: Option<u32>,
 }
 
-impl Upstream {
+impl UpstreamClaim {
     /// The Dovecot fields of an IMAP `ID` parameter list (`x-originating-ip`, ...); other
     /// fields, `NIL` and unparsable values are left out.
     pub(crate) fn from_imap_id(args: &[Arg]) -> Self {
-        let mut upstream = Upstream::default();
+        let mut upstream = UpstreamClaim::default();
         let Some(Arg::List(fields)) = args.first() else {
             return upstream;
         };
@@ -144,7 +144,7 @@ impl Upstream {
     /// attributes are skipped, a known one with a bad value makes the command invalid.
     pub(crate) fn from_xclient(args: &[u8]) -> Result<Self, &'static str> {
         let args = std::str::from_utf8(args).map_err(|_| "XCLIENT arguments must be ASCII")?;
-        let mut upstream = Upstream::default();
+        let mut upstream = UpstreamClaim::default();
         for arg in args.split_ascii_whitespace() {
             let (name, value) = arg.split_once('=').ok_or("XCLIENT expects NAME=VALUE")?;
             let unavailable = value.eq_ignore_ascii_case("[UNAVAILABLE]");

@@ -13,8 +13,8 @@ use crate::client;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::inbound_proxy;
 use crate::node::Node;
-use crate::pipeline::SessionCtx;
 use crate::protocol;
+use crate::session::SessionCtx;
 use crate::tls::{MaybeTls, TlsAcceptor};
 
 /// A listener from the config with its sockets already bound (fail fast at start-up).

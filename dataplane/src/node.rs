@@ -18,6 +18,10 @@ use crate::route::{CacheStats, Resolver, RouteCache};
 use crate::sessions::Sessions;
 use crate::settings::{BreakerSettings, FleetSettings};
 
+/// One data-plane node: its identity, the current fleet settings and the route cache built
+/// from them, the destinations' breakers, the live sessions (for kicks and shutdown), login
+/// delays, and its standing with the control plane (connected, last revision applied,
+/// refused). Every listener and the control link hold the same `Arc<Node>`.
 pub(crate) struct Node {
     pub id: String,
     pub instance_id: String,
@@ -52,14 +56,7 @@ impl Node {
             resolver,
             // Only until the first Welcome: no session is routed before fleet settings arrive,
             // and applying them reconfigures every breaker.
-            // shared defaults: see issue 13 item 2 (the control plane's `BreakerConfig::default`)
-            breakers: Breakers::new(BreakerSettings {
-                failure_threshold: 5,
-                cooldown: Duration::from_secs(30),
-                connect_timeout: Duration::from_secs(10),
-                connect_retries: 1,
-                login_timeout: crate::settings::DEFAULT_LOGIN_TIMEOUT,
-            }),
+            breakers: Breakers::new(BreakerSettings::default()),
             sessions: Arc::new(Sessions::default()),
             delays: Mutex::default(),
             delay_changed: Notify::new(),

@@ -8,8 +8,8 @@ use std::future::Future;
 use crate::backend::BackendConn;
 use crate::client;
 use crate::error::Result;
-use crate::pipeline::{Route, SessionCtx};
 use crate::protocol;
+use crate::session::{Route, SessionCtx};
 use crate::tls::MaybeTls;
 
 /// How one pre-auth conversation ended.

@@ -98,6 +98,8 @@ struct InFlight {
 /// How often a lookup starts over when changes keep superseding its `Resolve`.
 const ROUNDS: usize = 3;
 
+/// The node's route cache (see the module doc): lookups by route key, pushed changes from
+/// the control link, and its hit/miss counters for the metrics line and reports.
 pub struct RouteCache {
     entries: Entries,
     settings: CacheSettings,
@@ -200,8 +202,8 @@ impl RouteCache {
 
     /// How long past its TTL an answer may serve while the control plane cannot be reached.
     /// Never for an unmapped one: serving it would send the account to the default
-    /// destination on an answer we can no longer check, which is the misroute SPEC §2.2
-    /// forbids when the control plane is down (the account may have been mapped meanwhile;
+    /// destination on an answer we can no longer check, the misroute a node must never make
+    /// while the control plane is down (the account may have been mapped meanwhile;
     /// moving accounts off the default is what a migration does). The sender's MTA or the
     /// user's client retries a temporary failure; mail written to the wrong server is lost
     /// to the migration.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_common::config::{parse_toml, read_file};
+use switchyard_common::settings::BreakerSettings;
 
 pub use destination::{DestinationConfig, EndpointConfig, TlsVerify};
 pub use stores::{load_store_url, PostgresConfig, RedisConfig};
@@ -374,15 +375,12 @@ pub struct BreakerConfig {
     pub login_timeout: Duration,
 }
 
+/// The fleet's shared breaker defaults (`switchyard-common`), which nodes use too.
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 5,
-            cooldown: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(10),
-            connect_retries: 1,
-            login_timeout: Duration::from_secs(30),
-        }
+        let BreakerSettings { failure_threshold, cooldown, connect_timeout, connect_retries, login_timeout } =
+            BreakerSettings::default();
+        BreakerConfig { failure_threshold, cooldown, connect_timeout, connect_retries, login_timeout }
     }
 }
 

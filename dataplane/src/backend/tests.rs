@@ -19,8 +19,8 @@ use crate::codec::mechanism::Credential;
 use crate::error::{Blame, Error, Result};
 use crate::identity::Identity;
 use crate::node::Node;
-use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
+use crate::session::SessionCtx;
 use crate::settings::{BreakerSettings, FleetSettings};
 
 const LOGIN_TIMEOUT: Duration = Duration::from_millis(300);

@@ -18,8 +18,8 @@ use crate::codec::CodecError;
 use crate::config::ListenerConfig;
 use crate::error::{Blame, Result};
 use crate::identity::Identity;
-use crate::pipeline::{Route, SessionCtx};
 use crate::preauth::End;
+use crate::session::{Route, SessionCtx};
 use crate::tls::MaybeTls;
 
 /// Invalid commands tolerated before the client is disconnected.
@@ -254,7 +254,7 @@ impl<G: Grammar> ClientConn<G> {
         }
     }
 
-    /// Routes, establishes and replays `credential` through the shared pipeline, and
+    /// Routes, establishes and replays `credential` through the shared login steps, and
     /// answers the client as `replies` words it.
     pub(crate) async fn replay<D: LoginDialect>(
         &mut self,

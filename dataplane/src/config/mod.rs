@@ -1,4 +1,4 @@
-//! The node's own config file (`dataplane.toml`, SPEC §5): typed, defaulted, validated.
+//! The node's own config file (`dataplane.toml`): typed, defaulted, validated.
 //!
 //! Everything a node learns from the control plane (destinations, cache, breaker) is not
 //! here; see `settings`. The strict loading machinery and the wire enums come from

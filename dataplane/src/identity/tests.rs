@@ -127,10 +127,10 @@ fn an_imap_id_states_the_upstreams_client() {
         "a ID (\"name\" \"webmail\" \"X-Originating-IP\" \"[2001:db8::9]\" \"x-originating-port\" \"4711\" \
          \"x-connected-ip\" \"192.0.2.1\" \"x-connected-port\" \"143\" \"x-session-id\" \"up-1\" \"x-proxy-ttl\" \"3\")\r\n",
     );
-    let upstream = Upstream::from_imap_id(&args);
+    let upstream = UpstreamClaim::from_imap_id(&args);
     assert_eq!(
         upstream,
-        Upstream {
+        UpstreamClaim {
             addr: Some("2001:db8::9".parse().unwrap()),
             port: Some(4711),
             dest_addr: Some("192.0.2.1".parse().unwrap()),
@@ -141,19 +141,22 @@ fn an_imap_id_states_the_upstreams_client() {
     );
     // NIL, junk and a session id that could not travel unquoted are left out.
     let odd = imap_args("a ID (\"x-originating-ip\" \"nonsense\" \"x-session-id\" \"a b\" \"x-proxy-ttl\" NIL)\r\n");
-    assert_eq!(Upstream::from_imap_id(&odd), Upstream::default());
-    assert_eq!(Upstream::from_imap_id(&imap_args("a ID NIL\r\n")), Upstream::default());
+    assert_eq!(UpstreamClaim::from_imap_id(&odd), UpstreamClaim::default());
+    assert_eq!(UpstreamClaim::from_imap_id(&imap_args("a ID NIL\r\n")), UpstreamClaim::default());
 }
 
 #[test]
 fn a_dovecot_xclient_states_the_upstreams_client() {
-    let upstream = Upstream::from_xclient(b"ADDR=203.0.113.8 PORT=4712 SESSION=s1 TTL=4 FORWARD=abc").unwrap();
+    let upstream = UpstreamClaim::from_xclient(b"ADDR=203.0.113.8 PORT=4712 SESSION=s1 TTL=4 FORWARD=abc").unwrap();
     assert_eq!(upstream.addr, Some("203.0.113.8".parse().unwrap()));
     assert_eq!((upstream.port, upstream.ttl, upstream.session.as_deref()), (Some(4712), Some(4), Some("s1")));
-    assert_eq!(Upstream::from_xclient(b"ADDR=IPV6:2001:db8::1").unwrap().addr, Some("2001:db8::1".parse().unwrap()));
-    assert_eq!(Upstream::from_xclient(b"ADDR=[UNAVAILABLE]").unwrap(), Upstream::default());
+    assert_eq!(
+        UpstreamClaim::from_xclient(b"ADDR=IPV6:2001:db8::1").unwrap().addr,
+        Some("2001:db8::1".parse().unwrap())
+    );
+    assert_eq!(UpstreamClaim::from_xclient(b"ADDR=[UNAVAILABLE]").unwrap(), UpstreamClaim::default());
     for bad in [&b"ADDR=nowhere"[..], b"PORT=99999", b"TTL=-1", b"ADDR", b"SESSION=\"x\"", b"\xff"] {
-        assert!(Upstream::from_xclient(bad).is_err(), "{bad:?}");
+        assert!(UpstreamClaim::from_xclient(bad).is_err(), "{bad:?}");
     }
 }
 
@@ -169,13 +172,13 @@ fn ctx(client: &str, trusted: &str) -> SessionCtx {
     SessionCtx { node, listener, client, local: client, tls: None, accepted: tokio::time::Instant::now() }
 }
 
-fn upstream(ttl: u32) -> Upstream {
-    Upstream {
+fn upstream(ttl: u32) -> UpstreamClaim {
+    UpstreamClaim {
         addr: Some("203.0.113.9".parse().unwrap()),
         port: Some(4711),
         session: Some("up-1".into()),
         ttl: Some(ttl),
-        ..Upstream::default()
+        ..UpstreamClaim::default()
     }
 }
 

@@ -13,9 +13,9 @@ use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::CodecError;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::error::Result;
-use crate::identity::{Identity, Upstream};
-use crate::pipeline::SessionCtx;
+use crate::identity::{Identity, UpstreamClaim};
 use crate::preauth::{self, End, PreAuth};
+use crate::session::SessionCtx;
 use crate::tls::MaybeTls;
 use backend::Imap;
 
@@ -132,7 +132,7 @@ impl PreAuth for Session {
                 }
                 "NOOP" => self.conn.answer(format!("{tag} OK NOOP completed\r\n").as_bytes()).await?,
                 "ID" => {
-                    self.identity.adopt(&self.ctx, Upstream::from_imap_id(&command.args));
+                    self.identity.adopt(&self.ctx, UpstreamClaim::from_imap_id(&command.args));
                     let id = format!("* ID (\"name\" \"Switchyard\")\r\n{tag} OK ID completed\r\n");
                     self.conn.answer(id.as_bytes()).await?
                 }

@@ -15,8 +15,8 @@ use crate::client;
 use crate::codec::smtp::{self, Command, CommandParser, Hello};
 use crate::config::TlsMode;
 use crate::error::{Error, Result};
-use crate::pipeline::{Route, SessionCtx};
 use crate::route::ResolveBudget;
+use crate::session::{Route, SessionCtx};
 use crate::tls::MaybeTls;
 use delivery::{Delivery, Opened};
 

@@ -13,8 +13,8 @@ use crate::codec::CodecError;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::error::Result;
 use crate::identity::Identity;
-use crate::pipeline::SessionCtx;
 use crate::preauth::{self, End, PreAuth};
+use crate::session::SessionCtx;
 use crate::tls::MaybeTls;
 use backend::ManageSieve;
 

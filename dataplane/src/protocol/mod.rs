@@ -9,7 +9,7 @@ pub(crate) mod submission;
 pub(crate) mod testing;
 
 use crate::config::Protocol;
-use crate::pipeline::SessionCtx;
+use crate::session::SessionCtx;
 use crate::tls::MaybeTls;
 
 /// Serves one client connection with the listener's protocol.

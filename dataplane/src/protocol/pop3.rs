@@ -13,9 +13,9 @@ use crate::codec::mechanism::{Credential, Mechanism};
 use crate::codec::CodecError;
 use crate::config::{ListenerConfig, TlsMode};
 use crate::error::Result;
-use crate::identity::{self, Identity, Upstream};
-use crate::pipeline::SessionCtx;
+use crate::identity::{self, Identity, UpstreamClaim};
 use crate::preauth::{self, End, PreAuth};
+use crate::session::SessionCtx;
 use crate::tls::MaybeTls;
 use backend::Pop3;
 
@@ -210,7 +210,7 @@ impl Session {
         if !identity::trusted(&self.ctx) {
             return self.conn.bad(b"-ERR You are not from a trusted address\r\n").await;
         }
-        match Upstream::from_xclient(arg) {
+        match UpstreamClaim::from_xclient(arg) {
             Ok(upstream) => {
                 self.identity.adopt(&self.ctx, upstream);
                 self.conn.answer(b"+OK Updated\r\n").await

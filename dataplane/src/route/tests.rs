@@ -150,7 +150,7 @@ async fn removal_and_clear_force_a_new_resolve() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
 }
 
-/// SPEC §2.2: an unknown account gets a temporary failure during an outage. An unmapped
+/// An unknown account gets a temporary failure during an outage. An unmapped
 /// answer past its TTL is treated as unknown, as serving it would send the account to the
 /// default destination on an answer nobody can check any more.
 #[tokio::test(start_paused = true)]

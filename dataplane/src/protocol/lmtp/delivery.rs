@@ -16,7 +16,7 @@ use crate::backend::smtp::Smtp;
 use crate::codec::smtp::{Reply, ReplyParser};
 use crate::error::{Error, Result};
 use crate::identity::Identity;
-use crate::pipeline::{Route, SessionCtx};
+use crate::session::{Route, SessionCtx};
 
 /// RFC 5321 §4.5.3.2: a client waits 5 minutes for the reply to MAIL, RCPT or DATA…
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5 * 60);

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::node::Node;
-use crate::pipeline::SessionCtx;
 use crate::route::{Resolved, Resolver, RouteError};
+use crate::session::SessionCtx;
 use crate::settings::FleetSettings;
 use crate::tls::TlsAcceptor;
 use switchyard_proto::v1 as pb;

@@ -100,6 +100,20 @@ pub struct BreakerSettings {
 /// fixed wait nodes had before it was configurable.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The one set of breaker defaults: the control plane's `[breaker]` when the config says
+/// nothing, and what a node's breakers use before its first Welcome.
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            connect_retries: 1,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
+        }
+    }
+}
+
 /// An immutable snapshot of everything the control plane tells a node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetSettings {

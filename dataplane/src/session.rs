@@ -103,7 +103,7 @@ impl SessionCtx {
         Ok((settings, key))
     }
 
-    /// Step 5 for a route key: login delay, cache/control plane, declared destination.
+    /// Routing a route key: login delay, cache/control plane, declared destination.
     pub(crate) async fn route_key_to(
         &self,
         settings: &Arc<FleetSettings>,
@@ -157,7 +157,7 @@ impl SessionCtx {
         }
     }
 
-    /// Step 6 (transport): breaker gate, connect timeout and retries (the route's settings),
+    /// Connecting to the backend: breaker gate, connect timeout and retries (the route's settings),
     /// and the TLS handshake for an implicit-TLS endpoint. Every failed attempt fails its
     /// permit; the caller settles the one returned (see [`SessionCtx::establish`]).
     pub(crate) async fn connect(&self, route: &Route) -> Result<(MaybeTls, Permit)> {
@@ -234,7 +234,7 @@ impl SessionCtx {
         }
     }
 
-    /// Step 7: relays bytes both ways until one side closes, the session is kicked or
+    /// The bridge: relays bytes both ways until one side closes, the session is kicked or
     /// nothing moved for the listener's `idle_timeout`, then logs the completed session.
     /// `kick` is the registration the login took before it looked the route up.
     pub(crate) async fn bridge<C, B>(
@@ -298,7 +298,7 @@ impl SessionCtx {
 /// The destination a route names, if the fleet settings this node holds declare it. A
 /// mapping to one they do not declare (settings lagging the control plane, or a replica
 /// whose config lacks it) is a temporary failure, never the default destination: sending an
-/// explicitly mapped account to the default is the misroute of a migration (SPEC §2.2).
+/// explicitly mapped account to the default is the misroute a migration must never see.
 fn declared(settings: &FleetSettings, key: &str, destination: &str) -> Result<Arc<Destination>> {
     match settings.destination(destination) {
         Some(d) => Ok(Arc::clone(d)),
