@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::CommandLog;
 use crate::error::Result;
+use crate::node_info::{CommandAck, CommandKind, NodeCommand};
 use crate::outbox::Outbox;
 use crate::route::RouteUpdate;
+use crate::wire;
 pub use claim::{Refused, REFUSAL_MEMORY};
 use results::{applied_outcome, applied_result, send_command};
 pub use results::{NodeOutcome, NodeResult};
@@ -51,7 +53,7 @@ struct NodeState {
     report: Option<pb::Report>,
     report_at: Option<Instant>,
     applied: (String, u64),
-    pending: HashMap<String, oneshot::Sender<pb::CommandAck>>,
+    pending: HashMap<String, oneshot::Sender<CommandAck>>,
     outbox: Outbox,
     /// Processes refused because this id was held.
     refused: Vec<Refused>,
@@ -256,6 +258,7 @@ impl Fleet {
                 entry.wake.notify_one();
             }
             Kind::CommandAck(ack) => {
+                let ack = CommandAck::from(ack);
                 self.log.acked(&ack.command_id, node_id);
                 if let Some(waiter) = entry.pending.remove(&ack.command_id) {
                     let _ = waiter.send(ack);
@@ -338,12 +341,10 @@ impl Fleet {
     /// Sends one command to every connected node (or just `only`) and collects the acks,
     /// all within `timeout`: a node whose stream has no room for it by then is `timeout`
     /// too. Known nodes that are not connected are listed as `not_connected`.
-    pub async fn command(&self, kind: pb::command::Kind, only: Option<&str>, timeout: Duration) -> Vec<NodeResult> {
+    pub async fn command(&self, kind: CommandKind, only: Option<&str>, timeout: Duration) -> Vec<NodeResult> {
         let id = uuid::Uuid::new_v4().to_string();
         self.log.record(&id, &kind, only);
-        let message = pb::ControlMessage {
-            kind: Some(pb::control_message::Kind::Command(pb::Command { id: id.clone(), kind: Some(kind) })),
-        };
+        let message = wire::command_message(NodeCommand { id: id.clone(), kind });
         let mut waiting = Vec::new();
         let mut results = Vec::new();
         {

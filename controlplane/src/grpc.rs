@@ -180,8 +180,7 @@ impl Control for ControlService {
 /// does not fit is replayed on its next connect.
 fn replay_commands(shared: &Shared, node_id: &str, tx: &fleet::CommandSender) {
     for command in shared.fleet.log.pending_for(node_id) {
-        let replay = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
-        if tx.try_send(replay).is_err() {
+        if tx.try_send(wire::command_message(command)).is_err() {
             break;
         }
     }

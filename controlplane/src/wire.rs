@@ -5,6 +5,7 @@
 use switchyard_proto::v1 as pb;
 
 use crate::config::Config;
+use crate::node_info::{CommandAck, CommandKind, NodeCommand};
 use crate::publisher::Welcome;
 use crate::route::{RouteChange, RouteUpdate};
 
@@ -29,6 +30,31 @@ impl From<RouteChange> for pb::RouteChange {
 /// A route update as a message on a node's stream.
 pub fn route_update_message(update: RouteUpdate) -> pb::ControlMessage {
     pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update.into())) }
+}
+
+impl From<CommandKind> for pb::command::Kind {
+    fn from(kind: CommandKind) -> Self {
+        match kind {
+            CommandKind::BreakerReset { destination } => Self::BreakerReset(pb::BreakerReset { destination }),
+            CommandKind::Invalidate { key } => Self::Invalidate(pb::Invalidate { key }),
+            CommandKind::Kick { key } => Self::Kick(pb::Kick { key }),
+            CommandKind::Delay { key, seconds } => Self::Delay(pb::Delay { key, seconds }),
+            CommandKind::Probe => Self::Probe(pb::Probe {}),
+        }
+    }
+}
+
+/// A command as a message on a node's stream.
+pub fn command_message(NodeCommand { id, kind }: NodeCommand) -> pb::ControlMessage {
+    let command = pb::Command { id, kind: Some(kind.into()) };
+    pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) }
+}
+
+impl From<pb::CommandAck> for CommandAck {
+    fn from(ack: pb::CommandAck) -> Self {
+        let applied = ack.result == pb::CommandResult::Applied as i32;
+        CommandAck { command_id: ack.command_id, applied, count: ack.count }
+    }
 }
 
 /// The Welcome message, carrying the fleet settings.
@@ -69,5 +95,26 @@ mod tests {
         assert_eq!(sent.changes[0].key, "alice");
         assert_eq!(sent.changes[0].change, Some(pb::route_change::Change::Upsert("new".into())));
         assert_eq!(sent.changes[1].change, Some(pb::route_change::Change::Remove(true)));
+    }
+
+    #[test]
+    fn a_command_keeps_its_id_and_kind() {
+        let command = NodeCommand { id: "c".into(), kind: CommandKind::Delay { key: "alice".into(), seconds: 60 } };
+        let Some(pb::control_message::Kind::Command(sent)) = command_message(command).kind else { panic!() };
+        assert_eq!(sent.id, "c");
+        assert_eq!(sent.kind, Some(pb::command::Kind::Delay(pb::Delay { key: "alice".into(), seconds: 60 })));
+    }
+
+    #[test]
+    fn only_an_applied_ack_counts_as_applied() {
+        let ack = |result: pb::CommandResult| pb::CommandAck {
+            command_id: "c".into(),
+            result: result as i32,
+            count: 2,
+            ..Default::default()
+        };
+        assert!(CommandAck::from(ack(pb::CommandResult::Applied)).applied);
+        assert!(!CommandAck::from(ack(pb::CommandResult::Rejected)).applied);
+        assert!(!CommandAck::from(ack(pb::CommandResult::Unspecified)).applied);
     }
 }

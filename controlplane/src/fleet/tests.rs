@@ -38,10 +38,7 @@ fn ack(revision: u64) -> pb::node_message::Kind {
 }
 
 fn command(id: &str) -> pb::ControlMessage {
-    let kind = pb::command::Kind::Probe(pb::Probe {});
-    pb::ControlMessage {
-        kind: Some(pb::control_message::Kind::Command(pb::Command { id: id.into(), kind: Some(kind) })),
-    }
+    wire::command_message(NodeCommand { id: id.into(), kind: CommandKind::Probe })
 }
 
 /// What the next message is: "welcome", "update N", "command ID".
@@ -144,7 +141,7 @@ async fn a_command_waits_for_room_no_longer_than_its_timeout() {
     let (_held, _messages, tx) = connect(&fleet, "first", 4000).unwrap();
     while tx.try_send(command("filler")).is_ok() {}
     let started = Instant::now();
-    let results = fleet.command(pb::command::Kind::Probe(pb::Probe {}), None, Duration::from_secs(3)).await;
+    let results = fleet.command(CommandKind::Probe, None, Duration::from_secs(3)).await;
     assert_eq!(started.elapsed(), Duration::from_secs(3));
     let got: Vec<_> = results.iter().map(|r| (r.node_id.as_str(), r.instance_id.as_deref(), r.result)).collect();
     assert_eq!(got, [("dp-1", Some("first"), NodeOutcome::Timeout)]);
