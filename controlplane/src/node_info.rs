@@ -1,6 +1,69 @@
-//! What the control plane tells its nodes and hears back, as domain values: the commands
-//! it sends and the acks they get. They become (and come from) `switchyard_proto`
-//! messages only in [`crate::wire`], at the node stream.
+//! What the control plane tells its nodes and hears back, as domain values: a node's
+//! Hello and reports, the commands it is sent and their acks. They become (and come from)
+//! `switchyard_proto` messages only in [`crate::wire`], at the node stream.
+
+use std::collections::HashMap;
+
+/// How a node process introduces itself when its stream opens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeHello {
+    /// Stable across restarts.
+    pub node_id: String,
+    /// New on every process start.
+    pub instance_id: String,
+    pub version: String,
+    pub listeners: Vec<ListenerInfo>,
+    /// The epoch of the last revision it applied ("" on first start).
+    pub epoch: String,
+    /// The last route revision it applied (0 on first start).
+    pub last_revision: u64,
+}
+
+/// One listener a node runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerInfo {
+    pub id: String,
+    pub protocol: String,
+    /// The addresses actually bound.
+    pub bind: Vec<String>,
+    pub tls: String,
+}
+
+/// A node instance's cumulative counters, as it last reported them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeReport {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_entries: u64,
+    pub active_connections: u64,
+    pub active_by_protocol: HashMap<String, u64>,
+    pub bytes_from_clients: u64,
+    pub bytes_to_clients: u64,
+    pub sessions_total: u64,
+    pub destinations: Vec<DestinationState>,
+}
+
+/// One destination's breaker as a node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationState {
+    pub destination: String,
+    pub consecutive_failures: u32,
+    pub down: bool,
+}
+
+/// One message from a node's stream after its Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    Report(NodeReport),
+    /// It applied `revision` of `epoch`.
+    RevisionAck {
+        epoch: String,
+        revision: u64,
+    },
+    CommandAck(CommandAck),
+    /// A heartbeat (or a repeated Hello): it is alive, nothing more.
+    Alive,
+}
 
 /// What a command asks a node to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,9 @@
 use switchyard_proto::v1 as pb;
 
 use crate::config::Config;
-use crate::node_info::{CommandAck, CommandKind, NodeCommand};
+use crate::node_info::{
+    CommandAck, CommandKind, DestinationState, ListenerInfo, NodeCommand, NodeEvent, NodeHello, NodeReport,
+};
 use crate::publisher::Welcome;
 use crate::route::{RouteChange, RouteUpdate};
 
@@ -57,6 +59,54 @@ impl From<pb::CommandAck> for CommandAck {
     }
 }
 
+impl From<pb::Hello> for NodeHello {
+    fn from(hello: pb::Hello) -> Self {
+        let pb::Hello { node_id, instance_id, version, listeners, epoch, last_revision } = hello;
+        let listeners = listeners.into_iter().map(ListenerInfo::from).collect();
+        NodeHello { node_id, instance_id, version, listeners, epoch, last_revision }
+    }
+}
+
+impl From<pb::Listener> for ListenerInfo {
+    fn from(pb::Listener { id, protocol, bind, tls }: pb::Listener) -> Self {
+        ListenerInfo { id, protocol, bind, tls }
+    }
+}
+
+impl From<pb::Report> for NodeReport {
+    fn from(report: pb::Report) -> Self {
+        NodeReport {
+            cache_hits: report.cache_hits,
+            cache_misses: report.cache_misses,
+            cache_entries: report.cache_entries,
+            active_connections: report.active_connections,
+            active_by_protocol: report.active_by_protocol,
+            bytes_from_clients: report.bytes_from_clients,
+            bytes_to_clients: report.bytes_to_clients,
+            sessions_total: report.sessions_total,
+            destinations: report.destinations.into_iter().map(DestinationState::from).collect(),
+        }
+    }
+}
+
+impl From<pb::DestinationHealth> for DestinationState {
+    fn from(pb::DestinationHealth { destination, consecutive_failures, down }: pb::DestinationHealth) -> Self {
+        DestinationState { destination, consecutive_failures, down }
+    }
+}
+
+impl From<pb::node_message::Kind> for NodeEvent {
+    fn from(kind: pb::node_message::Kind) -> Self {
+        use pb::node_message::Kind;
+        match kind {
+            Kind::Report(report) => NodeEvent::Report(report.into()),
+            Kind::RevisionAck(pb::RevisionAck { epoch, revision }) => NodeEvent::RevisionAck { epoch, revision },
+            Kind::CommandAck(ack) => NodeEvent::CommandAck(ack.into()),
+            Kind::Heartbeat(_) | Kind::Hello(_) => NodeEvent::Alive,
+        }
+    }
+}
+
 /// The Welcome message, carrying the fleet settings.
 pub fn welcome_message(welcome: Welcome, settings: &pb::FleetSettings) -> pb::ControlMessage {
     let Welcome { epoch, revision, flush_cache } = welcome;
@@ -103,6 +153,20 @@ mod tests {
         let Some(pb::control_message::Kind::Command(sent)) = command_message(command).kind else { panic!() };
         assert_eq!(sent.id, "c");
         assert_eq!(sent.kind, Some(pb::command::Kind::Delay(pb::Delay { key: "alice".into(), seconds: 60 })));
+    }
+
+    #[test]
+    fn a_report_keeps_its_counters_and_breakers_and_a_heartbeat_only_says_alive() {
+        let health = pb::DestinationHealth { destination: "new".into(), consecutive_failures: 3, down: true };
+        let report = pb::Report { cache_hits: 4, destinations: vec![health], ..Default::default() };
+        let NodeEvent::Report(got) = NodeEvent::from(pb::node_message::Kind::Report(report)) else { panic!() };
+        assert_eq!(got.cache_hits, 4);
+        assert_eq!(
+            got.destinations,
+            [DestinationState { destination: "new".into(), consecutive_failures: 3, down: true }]
+        );
+        let beat = pb::node_message::Kind::Heartbeat(pb::Heartbeat::default());
+        assert_eq!(NodeEvent::from(beat), NodeEvent::Alive);
     }
 
     #[test]

@@ -11,8 +11,8 @@ use crate::route::RouteChange;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-fn hello(node: &str, instance: &str) -> pb::Hello {
-    pb::Hello { node_id: node.into(), instance_id: instance.into(), ..Default::default() }
+fn hello(node: &str, instance: &str) -> NodeHello {
+    NodeHello { node_id: node.into(), instance_id: instance.into(), ..Default::default() }
 }
 
 fn addr(port: u16) -> Option<SocketAddr> {
@@ -33,8 +33,8 @@ fn update(revision: u64, key: &str) -> RouteUpdate {
     RouteUpdate { epoch: "e".into(), revision, changes: vec![change], flush: false }
 }
 
-fn ack(revision: u64) -> pb::node_message::Kind {
-    pb::node_message::Kind::RevisionAck(pb::RevisionAck { epoch: "e".into(), revision })
+fn ack(revision: u64) -> NodeEvent {
+    NodeEvent::RevisionAck { epoch: "e".into(), revision }
 }
 
 fn command(id: &str) -> pb::ControlMessage {
@@ -91,7 +91,7 @@ async fn the_same_process_or_a_newcomer_after_a_silent_holder_takes_the_id_over(
     assert_eq!(next(&mut messages).await, "welcome");
     // Another process while the holder is heard from: refused; once silent: it takes over.
     tokio::time::advance(HEARTBEAT * 2).await;
-    fleet.on_message("dp-1", newer.stream_id, pb::node_message::Kind::Heartbeat(pb::Heartbeat::default()));
+    fleet.on_message("dp-1", newer.stream_id, NodeEvent::Alive);
     tokio::time::advance(HEARTBEAT * 2).await;
     assert!(connect(&fleet, "second", 5000).is_err());
     tokio::time::advance(HEARTBEAT * 2).await;
