@@ -1,6 +1,6 @@
 //! What the control plane tells its nodes and hears back, as domain values: a node's
 //! Hello and reports, the commands it is sent and their acks. They become (and come from)
-//! `switchyard_proto` messages only in [`crate::wire`], at the node stream.
+//! protobuf messages only in [`crate::wire`], at the node stream.
 
 use std::collections::HashMap;
 
