@@ -9,8 +9,9 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use switchyard_proto::v1 as pb;
 use tokio::time::Instant;
+
+use crate::node_info::{CommandKind, NodeCommand};
 
 /// How long a breaker reset, invalidation or kick stays worth replaying.
 pub const COMMAND_TTL: Duration = Duration::from_secs(300);
@@ -20,7 +21,7 @@ const CAPACITY: usize = 4096;
 #[derive(Debug)]
 struct Logged {
     id: String,
-    kind: pb::command::Kind,
+    kind: CommandKind,
     only: Option<String>,
     /// Replayed until then.
     expires: Instant,
@@ -37,15 +38,15 @@ pub struct CommandLog {
 impl CommandLog {
     /// Remembers a command. A delay supersedes the account's earlier delays and lives as long
     /// as the longest of them or itself, so a release reaches every node still held.
-    pub fn record(&self, id: &str, kind: &pb::command::Kind, only: Option<&str>) {
+    pub fn record(&self, id: &str, kind: &CommandKind, only: Option<&str>) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (expires, ends) = match kind {
             // A probe is a question for now, not an instruction to replay.
-            pb::command::Kind::Probe(_) => return,
-            pb::command::Kind::Delay(d) => {
-                let ends = now + Duration::from_secs(d.seconds);
-                let outlived = supersede_delays(&mut entries, &d.key, only);
+            CommandKind::Probe => return,
+            CommandKind::Delay { key, seconds } => {
+                let ends = now + Duration::from_secs(*seconds);
+                let outlived = supersede_delays(&mut entries, key, only);
                 (outlived.map_or(ends, |o| o.max(ends)), Some(ends))
             }
             _ => (now + COMMAND_TTL, None),
@@ -76,7 +77,7 @@ impl CommandLog {
 
     /// The unexpired commands aimed at `node_id` that it has not acked, oldest first. A
     /// delay is re-aimed at its remaining time so a replay does not extend it.
-    pub fn pending_for(&self, node_id: &str) -> Vec<pb::Command> {
+    pub fn pending_for(&self, node_id: &str) -> Vec<NodeCommand> {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|e| e.expires > now);
@@ -85,13 +86,13 @@ impl CommandLog {
             .filter(|e| !e.acked.contains(node_id) && e.only.as_deref().is_none_or(|o| o == node_id))
             .map(|e| {
                 let kind = match (&e.kind, e.ends) {
-                    (pb::command::Kind::Delay(d), Some(ends)) => pb::command::Kind::Delay(pb::Delay {
-                        key: d.key.clone(),
+                    (CommandKind::Delay { key, .. }, Some(ends)) => CommandKind::Delay {
+                        key: key.clone(),
                         seconds: whole_seconds(ends.saturating_duration_since(now)),
-                    }),
+                    },
                     (other, _) => other.clone(),
                 };
-                pb::Command { id: e.id.clone(), kind: Some(kind) }
+                NodeCommand { id: e.id.clone(), kind }
             })
             .collect()
     }
@@ -103,7 +104,7 @@ impl CommandLog {
 fn supersede_delays(entries: &mut VecDeque<Logged>, key: &str, only: Option<&str>) -> Option<Instant> {
     let mut outlived = None;
     entries.retain(|e| {
-        if !matches!(&e.kind, pb::command::Kind::Delay(d) if d.key == key) {
+        if !matches!(&e.kind, CommandKind::Delay { key: k, .. } if k == key) {
             return true;
         }
         let same_target = only.is_none() || e.only.as_deref() == only;
@@ -124,8 +125,8 @@ fn whole_seconds(left: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn reset(dest: &str) -> pb::command::Kind {
-        pb::command::Kind::BreakerReset(pb::BreakerReset { destination: dest.into() })
+    fn reset(dest: &str) -> CommandKind {
+        CommandKind::BreakerReset { destination: dest.into() }
     }
 
     #[tokio::test(start_paused = true)]
@@ -133,7 +134,7 @@ mod tests {
         let log = CommandLog::default();
         log.record("c1", &reset("new"), None);
         log.record("c2", &reset(""), Some("dp-2"));
-        log.record("p", &pb::command::Kind::Probe(pb::Probe {}), None);
+        log.record("p", &CommandKind::Probe, None);
         log.acked("c1", "dp-1");
         assert!(log.pending_for("dp-1").is_empty(), "dp-1 acked c1; c2 is for dp-2; probes are not kept");
         let ids: Vec<_> = log.pending_for("dp-2").into_iter().map(|c| c.id).collect();
@@ -145,23 +146,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_replayed_delay_keeps_only_its_remaining_time() {
         let log = CommandLog::default();
-        log.record("d", &pb::command::Kind::Delay(pb::Delay { key: "alice".into(), seconds: 60 }), None);
+        log.record("d", &delay("alice", 60), None);
         tokio::time::advance(Duration::from_secs(45)).await;
         let pending = log.pending_for("dp-1");
-        let Some(pb::command::Kind::Delay(d)) = &pending[0].kind else { panic!("{pending:?}") };
-        assert_eq!(d.seconds, 15);
+        let CommandKind::Delay { seconds, .. } = &pending[0].kind else { panic!("{pending:?}") };
+        assert_eq!(*seconds, 15);
         tokio::time::advance(Duration::from_secs(16)).await;
         assert!(log.pending_for("dp-1").is_empty());
     }
 
-    fn delay(key: &str, seconds: u64) -> pb::command::Kind {
-        pb::command::Kind::Delay(pb::Delay { key: key.into(), seconds })
+    fn delay(key: &str, seconds: u64) -> CommandKind {
+        CommandKind::Delay { key: key.into(), seconds }
     }
 
     /// (id, seconds) of every delay `node` would be replayed.
     fn delays_for(log: &CommandLog, node: &str) -> Vec<(String, u64)> {
         let delays = log.pending_for(node).into_iter().filter_map(|c| match c.kind {
-            Some(pb::command::Kind::Delay(d)) => Some((c.id, d.seconds)),
+            CommandKind::Delay { seconds, .. } => Some((c.id, seconds)),
             _ => None,
         });
         delays.collect()

@@ -22,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::CommandLog;
 use crate::error::Result;
+use crate::node_info::{CommandAck, CommandKind, ListenerInfo, NodeCommand, NodeEvent, NodeHello, NodeReport};
 use crate::outbox::Outbox;
 use crate::route::RouteUpdate;
+use crate::wire;
 pub use claim::{Refused, REFUSAL_MEMORY};
 use results::{applied_outcome, applied_result, send_command};
 pub use results::{NodeOutcome, NodeResult};
@@ -36,7 +38,7 @@ pub type CommandSender = mpsc::Sender<pb::ControlMessage>;
 /// reported and applied, its outbox, and the commands waiting for its acks.
 #[derive(Debug)]
 struct NodeState {
-    hello: pb::Hello,
+    hello: NodeHello,
     /// Identifies the current stream, so a late disconnect of an old stream is ignored.
     stream_id: u64,
     tx: Option<CommandSender>,
@@ -48,10 +50,10 @@ struct NodeState {
     wake: Arc<Notify>,
     connected_at: Instant,
     last_seen: Instant,
-    report: Option<pb::Report>,
+    report: Option<NodeReport>,
     report_at: Option<Instant>,
     applied: (String, u64),
-    pending: HashMap<String, oneshot::Sender<pb::CommandAck>>,
+    pending: HashMap<String, oneshot::Sender<CommandAck>>,
     outbox: Outbox,
     /// Processes refused because this id was held.
     refused: Vec<Refused>,
@@ -72,7 +74,7 @@ pub struct NodeView {
     pub node_id: String,
     pub instance_id: String,
     pub version: String,
-    pub listeners: Vec<pb::Listener>,
+    pub listeners: Vec<ListenerInfo>,
     /// Where the current (or last) stream connects from.
     pub address: Option<SocketAddr>,
     pub connected: bool,
@@ -80,7 +82,7 @@ pub struct NodeView {
     pub applied_revision: u64,
     pub applied_epoch: String,
     pub last_report_age: Option<Duration>,
-    pub report: Option<pb::Report>,
+    pub report: Option<NodeReport>,
     /// Messages waiting in the control plane for the node's stream to take them.
     pub queued: usize,
     /// Other processes with this node id, refused while this one held it.
@@ -150,7 +152,7 @@ impl Fleet {
 
     /// Refuses a Hello whose node id a live process holds (see [`claim`]), before any
     /// work is done for it; [`connect`](Self::connect) checks again.
-    pub fn check_claim(&self, hello: &pb::Hello, address: Option<SocketAddr>) -> Result<()> {
+    pub fn check_claim(&self, hello: &NodeHello, address: Option<SocketAddr>) -> Result<()> {
         match self.lock().get_mut(&hello.node_id) {
             Some(entry) => entry.admit(hello, address, self.silence()).map(drop),
             None => Ok(()),
@@ -163,7 +165,7 @@ impl Fleet {
     /// ahead of the stream (0: none).
     pub fn connect(
         &self,
-        hello: pb::Hello,
+        hello: NodeHello,
         address: Option<SocketAddr>,
         applied: (String, u64),
         in_flight: u64,
@@ -239,29 +241,28 @@ impl Fleet {
     }
 
     /// Records one message from a node's stream.
-    pub fn on_message(&self, node_id: &str, stream_id: u64, kind: pb::node_message::Kind) {
-        use pb::node_message::Kind;
+    pub fn on_message(&self, node_id: &str, stream_id: u64, event: NodeEvent) {
         let mut nodes = self.lock();
         let Some(entry) = nodes.get_mut(node_id).filter(|e| e.stream_id == stream_id) else {
             return;
         };
         entry.last_seen = Instant::now();
-        match kind {
-            Kind::Report(report) => {
+        match event {
+            NodeEvent::Report(report) => {
                 entry.report = Some(report);
                 entry.report_at = Some(Instant::now());
             }
-            Kind::RevisionAck(ack) => {
-                entry.applied = (ack.epoch, ack.revision);
+            NodeEvent::RevisionAck { epoch, revision } => {
+                entry.applied = (epoch, revision);
                 entry.wake.notify_one();
             }
-            Kind::CommandAck(ack) => {
+            NodeEvent::CommandAck(ack) => {
                 self.log.acked(&ack.command_id, node_id);
                 if let Some(waiter) = entry.pending.remove(&ack.command_id) {
                     let _ = waiter.send(ack);
                 }
             }
-            Kind::Heartbeat(_) | Kind::Hello(_) => return,
+            NodeEvent::Alive => return,
         }
         drop(nodes);
         self.changed.notify_waiters();
@@ -338,12 +339,10 @@ impl Fleet {
     /// Sends one command to every connected node (or just `only`) and collects the acks,
     /// all within `timeout`: a node whose stream has no room for it by then is `timeout`
     /// too. Known nodes that are not connected are listed as `not_connected`.
-    pub async fn command(&self, kind: pb::command::Kind, only: Option<&str>, timeout: Duration) -> Vec<NodeResult> {
+    pub async fn command(&self, kind: CommandKind, only: Option<&str>, timeout: Duration) -> Vec<NodeResult> {
         let id = uuid::Uuid::new_v4().to_string();
         self.log.record(&id, &kind, only);
-        let message = pb::ControlMessage {
-            kind: Some(pb::control_message::Kind::Command(pb::Command { id: id.clone(), kind: Some(kind) })),
-        };
+        let message = wire::command_message(NodeCommand { id: id.clone(), kind });
         let mut waiting = Vec::new();
         let mut results = Vec::new();
         {

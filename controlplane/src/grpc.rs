@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fleet::{self, Registration};
 use crate::lockout::Lockout;
+use crate::node_info::NodeHello;
 use crate::publisher::Registered;
 use crate::state::Shared;
 use crate::wire;
@@ -143,6 +144,7 @@ impl Control for ControlService {
         let Some(pb::NodeMessage { kind: Some(pb::node_message::Kind::Hello(hello)) }) = first else {
             return Err(Status::invalid_argument("a session starts with a hello"));
         };
+        let hello = NodeHello::from(hello);
         if hello.node_id.is_empty() {
             return Err(Status::invalid_argument("hello without a node id"));
         }
@@ -180,8 +182,7 @@ impl Control for ControlService {
 /// does not fit is replayed on its next connect.
 fn replay_commands(shared: &Shared, node_id: &str, tx: &fleet::CommandSender) {
     for command in shared.fleet.log.pending_for(node_id) {
-        let replay = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
-        if tx.try_send(replay).is_err() {
+        if tx.try_send(wire::command_message(command)).is_err() {
             break;
         }
     }
@@ -206,7 +207,7 @@ async fn pump(
             message = inbound.message() => match message {
                 Ok(Some(pb::NodeMessage { kind: Some(kind) })) => {
                     last_heard = tokio::time::Instant::now();
-                    shared.fleet.on_message(&node_id, stream_id, kind);
+                    shared.fleet.on_message(&node_id, stream_id, kind.into());
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break "stream closed".to_string(),

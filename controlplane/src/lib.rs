@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod grpc;
 pub mod lockout;
 pub mod metrics;
+pub mod node_info;
 pub mod outbox;
 pub mod publisher;
 pub mod route;

@@ -10,13 +10,13 @@ mod history;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use switchyard_proto::v1 as pb;
 use tokio::sync::{Mutex, MutexGuard};
 
 use history::HistoryGuard;
 
 use crate::error::{Error, Result};
 use crate::fleet::{CommandSender, Fleet, Registration};
+use crate::node_info::NodeHello;
 use crate::route::RouteUpdate;
 use crate::store::{Change, Store, StoreError};
 use crate::undeclared::Undeclared;
@@ -156,7 +156,7 @@ impl Publisher {
     /// change after its Welcome's revision reaches it through its outbox.
     pub async fn register(
         &self,
-        hello: pb::Hello,
+        hello: NodeHello,
         address: Option<SocketAddr>,
         commands: CommandSender,
     ) -> Result<Registered> {

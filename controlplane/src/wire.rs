@@ -5,6 +5,9 @@
 use switchyard_proto::v1 as pb;
 
 use crate::config::Config;
+use crate::node_info::{
+    CommandAck, CommandKind, DestinationState, ListenerInfo, NodeCommand, NodeEvent, NodeHello, NodeReport,
+};
 use crate::publisher::Welcome;
 use crate::route::{RouteChange, RouteUpdate};
 
@@ -29,6 +32,79 @@ impl From<RouteChange> for pb::RouteChange {
 /// A route update as a message on a node's stream.
 pub fn route_update_message(update: RouteUpdate) -> pb::ControlMessage {
     pb::ControlMessage { kind: Some(pb::control_message::Kind::RouteUpdate(update.into())) }
+}
+
+impl From<CommandKind> for pb::command::Kind {
+    fn from(kind: CommandKind) -> Self {
+        match kind {
+            CommandKind::BreakerReset { destination } => Self::BreakerReset(pb::BreakerReset { destination }),
+            CommandKind::Invalidate { key } => Self::Invalidate(pb::Invalidate { key }),
+            CommandKind::Kick { key } => Self::Kick(pb::Kick { key }),
+            CommandKind::Delay { key, seconds } => Self::Delay(pb::Delay { key, seconds }),
+            CommandKind::Probe => Self::Probe(pb::Probe {}),
+        }
+    }
+}
+
+/// A command as a message on a node's stream.
+pub fn command_message(NodeCommand { id, kind }: NodeCommand) -> pb::ControlMessage {
+    let command = pb::Command { id, kind: Some(kind.into()) };
+    pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) }
+}
+
+impl From<pb::CommandAck> for CommandAck {
+    fn from(ack: pb::CommandAck) -> Self {
+        let applied = ack.result == pb::CommandResult::Applied as i32;
+        CommandAck { command_id: ack.command_id, applied, count: ack.count }
+    }
+}
+
+impl From<pb::Hello> for NodeHello {
+    fn from(hello: pb::Hello) -> Self {
+        let pb::Hello { node_id, instance_id, version, listeners, epoch, last_revision } = hello;
+        let listeners = listeners.into_iter().map(ListenerInfo::from).collect();
+        NodeHello { node_id, instance_id, version, listeners, epoch, last_revision }
+    }
+}
+
+impl From<pb::Listener> for ListenerInfo {
+    fn from(pb::Listener { id, protocol, bind, tls }: pb::Listener) -> Self {
+        ListenerInfo { id, protocol, bind, tls }
+    }
+}
+
+impl From<pb::Report> for NodeReport {
+    fn from(report: pb::Report) -> Self {
+        NodeReport {
+            cache_hits: report.cache_hits,
+            cache_misses: report.cache_misses,
+            cache_entries: report.cache_entries,
+            active_connections: report.active_connections,
+            active_by_protocol: report.active_by_protocol,
+            bytes_from_clients: report.bytes_from_clients,
+            bytes_to_clients: report.bytes_to_clients,
+            sessions_total: report.sessions_total,
+            destinations: report.destinations.into_iter().map(DestinationState::from).collect(),
+        }
+    }
+}
+
+impl From<pb::DestinationHealth> for DestinationState {
+    fn from(pb::DestinationHealth { destination, consecutive_failures, down }: pb::DestinationHealth) -> Self {
+        DestinationState { destination, consecutive_failures, down }
+    }
+}
+
+impl From<pb::node_message::Kind> for NodeEvent {
+    fn from(kind: pb::node_message::Kind) -> Self {
+        use pb::node_message::Kind;
+        match kind {
+            Kind::Report(report) => NodeEvent::Report(report.into()),
+            Kind::RevisionAck(pb::RevisionAck { epoch, revision }) => NodeEvent::RevisionAck { epoch, revision },
+            Kind::CommandAck(ack) => NodeEvent::CommandAck(ack.into()),
+            Kind::Heartbeat(_) | Kind::Hello(_) => NodeEvent::Alive,
+        }
+    }
 }
 
 /// The Welcome message, carrying the fleet settings.
@@ -69,5 +145,40 @@ mod tests {
         assert_eq!(sent.changes[0].key, "alice");
         assert_eq!(sent.changes[0].change, Some(pb::route_change::Change::Upsert("new".into())));
         assert_eq!(sent.changes[1].change, Some(pb::route_change::Change::Remove(true)));
+    }
+
+    #[test]
+    fn a_command_keeps_its_id_and_kind() {
+        let command = NodeCommand { id: "c".into(), kind: CommandKind::Delay { key: "alice".into(), seconds: 60 } };
+        let Some(pb::control_message::Kind::Command(sent)) = command_message(command).kind else { panic!() };
+        assert_eq!(sent.id, "c");
+        assert_eq!(sent.kind, Some(pb::command::Kind::Delay(pb::Delay { key: "alice".into(), seconds: 60 })));
+    }
+
+    #[test]
+    fn a_report_keeps_its_counters_and_breakers_and_a_heartbeat_only_says_alive() {
+        let health = pb::DestinationHealth { destination: "new".into(), consecutive_failures: 3, down: true };
+        let report = pb::Report { cache_hits: 4, destinations: vec![health], ..Default::default() };
+        let NodeEvent::Report(got) = NodeEvent::from(pb::node_message::Kind::Report(report)) else { panic!() };
+        assert_eq!(got.cache_hits, 4);
+        assert_eq!(
+            got.destinations,
+            [DestinationState { destination: "new".into(), consecutive_failures: 3, down: true }]
+        );
+        let beat = pb::node_message::Kind::Heartbeat(pb::Heartbeat::default());
+        assert_eq!(NodeEvent::from(beat), NodeEvent::Alive);
+    }
+
+    #[test]
+    fn only_an_applied_ack_counts_as_applied() {
+        let ack = |result: pb::CommandResult| pb::CommandAck {
+            command_id: "c".into(),
+            result: result as i32,
+            count: 2,
+            ..Default::default()
+        };
+        assert!(CommandAck::from(ack(pb::CommandResult::Applied)).applied);
+        assert!(!CommandAck::from(ack(pb::CommandResult::Rejected)).applied);
+        assert!(!CommandAck::from(ack(pb::CommandResult::Unspecified)).applied);
     }
 }

@@ -8,13 +8,13 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use switchyard_common::routekey::redact;
-use switchyard_proto::v1 as pb;
 
 use super::fleetwide::Fleetwide;
 use super::ApiState;
 use crate::cluster::{PeerCall, PeerStatus, ScopeQuery};
 use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
+use crate::node_info::CommandKind;
 
 /// The longest login delay an operator may set (a move needs seconds, not days).
 const MAX_DELAY_SECONDS: u64 = 3600;
@@ -74,7 +74,7 @@ async fn invalidate(
         Some(identifier) => Some(state.route_key(identifier)?),
         None => None,
     };
-    let kind = pb::command::Kind::Invalidate(pb::Invalidate { key: key.clone().unwrap_or_default() });
+    let kind = CommandKind::Invalidate { key: key.clone().unwrap_or_default() };
     let call = peer_call(&["cache", "invalidate"], q.identifier.as_deref());
     let Fleetwide { nodes, peers } = state.fleet_command(scope.scope, kind, call).await;
     tracing::info!(account = %key.as_deref().map(redact).unwrap_or_else(|| "*".into()), "admin: cache invalidated");
@@ -87,7 +87,7 @@ async fn kick(
     Query(scope): Query<ScopeQuery>,
 ) -> Result<Json<CommandResult>> {
     let key = state.required_key(q.identifier.as_deref())?;
-    let kind = pb::command::Kind::Kick(pb::Kick { key: key.clone() });
+    let kind = CommandKind::Kick { key: key.clone() };
     let call = kick_call(q.identifier.as_deref().unwrap_or_default());
     let Fleetwide { nodes, peers } = state.fleet_command(scope.scope, kind, call).await;
     let kicked: u64 = nodes.iter().filter_map(|n| n.count).sum();
@@ -105,7 +105,7 @@ async fn delay(
     if seconds > MAX_DELAY_SECONDS {
         return Err(Error::BadRequest(format!("seconds must be at most {MAX_DELAY_SECONDS}")));
     }
-    let kind = pb::command::Kind::Delay(pb::Delay { key: key.clone(), seconds });
+    let kind = CommandKind::Delay { key: key.clone(), seconds };
     let call = delay_call(q.identifier.as_deref().unwrap_or_default(), seconds);
     let Fleetwide { nodes, peers } = state.fleet_command(scope.scope, kind, call).await;
     tracing::info!(account = %redact(&key), seconds, "admin: login delay set");

@@ -9,13 +9,13 @@ use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use switchyard_proto::v1 as pb;
 
 use super::fleetwide::PeerNodes;
 use super::{peers_header, seconds, unknown_node, ApiState};
 use crate::cluster::{merge_nodes, merge_results, NodeEntry, PeerCall, PeerStatus, Scope, ScopeQuery};
 use crate::error::{Error, Result};
 use crate::fleet::NodeResult;
+use crate::node_info::CommandKind;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/destinations", get(list)).route("/destinations/reset", post(reset))
@@ -128,8 +128,7 @@ async fn reset(
         .query_opt("destination", q.destination.as_deref())
         .query_opt("node", q.node.as_deref())
         .waits(timeout);
-    let kind =
-        pb::command::Kind::BreakerReset(pb::BreakerReset { destination: q.destination.clone().unwrap_or_default() });
+    let kind = CommandKind::BreakerReset { destination: q.destination.clone().unwrap_or_default() };
     let here = async {
         match known_here {
             true => shared.fleet.command(kind, q.node.as_deref(), timeout).await,

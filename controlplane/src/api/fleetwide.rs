@@ -14,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use switchyard_proto::v1 as pb;
 
 use super::ApiState;
 use crate::cluster::{gather, merge_results, PeerCall, PeerStatus, Scope};
 use crate::error::Result;
 use crate::fleet::{NodeOutcome, NodeResult};
+use crate::node_info::CommandKind;
 use crate::publisher::Committed;
 use crate::undeclared::Conflict;
 
@@ -52,7 +52,7 @@ pub(super) struct PeerNodes {
 
 impl ApiState {
     /// Runs `kind` on this replica's nodes while `peers` asks every peer to run it on theirs.
-    pub async fn fleet_command(&self, scope: Scope, kind: pb::command::Kind, peers: PeerCall) -> Fleetwide {
+    pub async fn fleet_command(&self, scope: Scope, kind: CommandKind, peers: PeerCall) -> Fleetwide {
         let timeout = self.shared.config.api.ack_timeout;
         let here = self.shared.fleet.command(kind, None, timeout);
         let call = peers.waits(timeout);

@@ -11,7 +11,6 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use switchyard_common::routekey::redact;
-use switchyard_proto::v1 as pb;
 
 use super::commands::{delay_call, kick_call};
 use super::fleetwide::Fleetwide;
@@ -19,6 +18,7 @@ use super::ApiState;
 use crate::cluster::{PeerStatus, ScopeQuery};
 use crate::error::Result;
 use crate::fleet::{NodeOutcome, NodeResult};
+use crate::node_info::CommandKind;
 
 /// How long logins are held at most if a move stalls; it is released as soon as it is done.
 const MOVE_DELAY_SECONDS: u64 = 30;
@@ -72,7 +72,7 @@ async fn move_account(
     let account = redact(&key);
     tracing::info!(account = %account, destination = %body.destination, "admin: move started");
     let delay = |seconds| {
-        let kind = pb::command::Kind::Delay(pb::Delay { key: key.clone(), seconds });
+        let kind = CommandKind::Delay { key: key.clone(), seconds };
         state.fleet_command(scope, kind, delay_call(&identifier, seconds))
     };
     let mut steps = vec![step("delay", None, delay(MOVE_DELAY_SECONDS).await)];
@@ -91,7 +91,7 @@ async fn move_account(
     }
     let all_applied = write.ok;
     steps.push(write);
-    let kick = pb::command::Kind::Kick(pb::Kick { key: key.clone() });
+    let kick = CommandKind::Kick { key: key.clone() };
     steps.push(step("kick", None, state.fleet_command(scope, kick, kick_call(&identifier)).await));
     if all_applied {
         steps.push(step("release", None, delay(0).await));

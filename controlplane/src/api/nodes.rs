@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::{peers_header, seconds, unknown_node, ApiState};
 use crate::cluster::{gather, merge_nodes, NodeEntry, PeerCall, PeerStatus, Scope, ScopeQuery};
 use crate::fleet::{NodeOutcome, NodeView, Refused};
+use crate::node_info::CommandKind;
 use crate::undeclared::UndeclaredCount;
-use switchyard_proto::v1 as pb;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/nodes", get(list)).route("/nodes/{id}/healthz", get(probe))
@@ -75,7 +75,7 @@ async fn probe(State(state): State<ApiState>, Path(id): Path<String>, Query(q): 
 
 async fn probe_here(state: &ApiState, id: &str) -> ProbeResult {
     let started = tokio::time::Instant::now();
-    let results = state.shared.fleet.command(pb::command::Kind::Probe(pb::Probe {}), Some(id), PROBE_TIMEOUT).await;
+    let results = state.shared.fleet.command(CommandKind::Probe, Some(id), PROBE_TIMEOUT).await;
     let rtt = started.elapsed();
     let result = results.first().map(|r| r.result).unwrap_or(NodeOutcome::NotConnected);
     let rtt_ms = (result == NodeOutcome::Applied).then(|| rtt.as_micros() as f64 / 1000.0);

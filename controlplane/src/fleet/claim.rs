@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use switchyard_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::NodeState;
 use crate::error::{Error, Result};
+use crate::node_info::NodeHello;
 
 /// How long a refused process is still listed after its last attempt: it retries at
 /// least every 10 s (its backoff's cap), so a minute without one means it stopped.
@@ -44,7 +44,7 @@ pub(super) enum Claim {
 }
 
 impl NodeState {
-    pub(super) fn claim(&self, hello: &pb::Hello, silence: Duration) -> Claim {
+    pub(super) fn claim(&self, hello: &NodeHello, silence: Duration) -> Claim {
         if self.tx.is_none() {
             Claim::Free
         } else if self.hello.instance_id == hello.instance_id {
@@ -57,7 +57,7 @@ impl NodeState {
     }
 
     /// The refusal for `hello` (remembered for `/nodes`), or `Ok` with how it may connect.
-    pub(super) fn admit(&mut self, hello: &pb::Hello, address: Option<SocketAddr>, silence: Duration) -> Result<Claim> {
+    pub(super) fn admit(&mut self, hello: &NodeHello, address: Option<SocketAddr>, silence: Duration) -> Result<Claim> {
         let claim = self.claim(hello, silence);
         if claim != Claim::Held {
             return Ok(claim);
@@ -110,7 +110,7 @@ impl NodeState {
 
     /// Ends the current stream for a newer one: its pump and its messages stop, and its
     /// waiting commands see "not connected".
-    pub(super) fn supersede(&mut self, claim: Claim, newcomer: &pb::Hello) {
+    pub(super) fn supersede(&mut self, claim: Claim, newcomer: &NodeHello) {
         if matches!(claim, Claim::Free | Claim::Held) {
             return;
         }

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{CommandSender, NodeState};
+use crate::node_info::CommandAck;
 
 /// One node's result for a fleet-wide command or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +57,7 @@ pub(super) async fn send_command(
     result: NodeResult,
     tx: CommandSender,
     message: pb::ControlMessage,
-    ack: oneshot::Receiver<pb::CommandAck>,
+    ack: oneshot::Receiver<CommandAck>,
     deadline: Instant,
 ) -> NodeResult {
     let outcome = |o| NodeResult { result: o, ..result.clone() };
@@ -66,9 +67,7 @@ pub(super) async fn send_command(
         Ok(Ok(())) => {}
     }
     match tokio::time::timeout_at(deadline, ack).await {
-        Ok(Ok(ack)) if ack.result == pb::CommandResult::Applied as i32 => {
-            outcome(NodeOutcome::Applied).counted(ack.count)
-        }
+        Ok(Ok(ack)) if ack.applied => outcome(NodeOutcome::Applied).counted(ack.count),
         Ok(Ok(_)) => outcome(NodeOutcome::Rejected),
         Ok(Err(_)) => outcome(NodeOutcome::NotConnected),
         Err(_) => outcome(NodeOutcome::Timeout),

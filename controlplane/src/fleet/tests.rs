@@ -11,8 +11,8 @@ use crate::route::RouteChange;
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-fn hello(node: &str, instance: &str) -> pb::Hello {
-    pb::Hello { node_id: node.into(), instance_id: instance.into(), ..Default::default() }
+fn hello(node: &str, instance: &str) -> NodeHello {
+    NodeHello { node_id: node.into(), instance_id: instance.into(), ..Default::default() }
 }
 
 fn addr(port: u16) -> Option<SocketAddr> {
@@ -33,15 +33,12 @@ fn update(revision: u64, key: &str) -> RouteUpdate {
     RouteUpdate { epoch: "e".into(), revision, changes: vec![change], flush: false }
 }
 
-fn ack(revision: u64) -> pb::node_message::Kind {
-    pb::node_message::Kind::RevisionAck(pb::RevisionAck { epoch: "e".into(), revision })
+fn ack(revision: u64) -> NodeEvent {
+    NodeEvent::RevisionAck { epoch: "e".into(), revision }
 }
 
 fn command(id: &str) -> pb::ControlMessage {
-    let kind = pb::command::Kind::Probe(pb::Probe {});
-    pb::ControlMessage {
-        kind: Some(pb::control_message::Kind::Command(pb::Command { id: id.into(), kind: Some(kind) })),
-    }
+    wire::command_message(NodeCommand { id: id.into(), kind: CommandKind::Probe })
 }
 
 /// What the next message is: "welcome", "update N", "command ID".
@@ -94,7 +91,7 @@ async fn the_same_process_or_a_newcomer_after_a_silent_holder_takes_the_id_over(
     assert_eq!(next(&mut messages).await, "welcome");
     // Another process while the holder is heard from: refused; once silent: it takes over.
     tokio::time::advance(HEARTBEAT * 2).await;
-    fleet.on_message("dp-1", newer.stream_id, pb::node_message::Kind::Heartbeat(pb::Heartbeat::default()));
+    fleet.on_message("dp-1", newer.stream_id, NodeEvent::Alive);
     tokio::time::advance(HEARTBEAT * 2).await;
     assert!(connect(&fleet, "second", 5000).is_err());
     tokio::time::advance(HEARTBEAT * 2).await;
@@ -144,7 +141,7 @@ async fn a_command_waits_for_room_no_longer_than_its_timeout() {
     let (_held, _messages, tx) = connect(&fleet, "first", 4000).unwrap();
     while tx.try_send(command("filler")).is_ok() {}
     let started = Instant::now();
-    let results = fleet.command(pb::command::Kind::Probe(pb::Probe {}), None, Duration::from_secs(3)).await;
+    let results = fleet.command(CommandKind::Probe, None, Duration::from_secs(3)).await;
     assert_eq!(started.elapsed(), Duration::from_secs(3));
     let got: Vec<_> = results.iter().map(|r| (r.node_id.as_str(), r.instance_id.as_deref(), r.result)).collect();
     assert_eq!(got, [("dp-1", Some("first"), NodeOutcome::Timeout)]);

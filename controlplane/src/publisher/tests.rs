@@ -14,6 +14,7 @@ use super::history::diagnose;
 use super::*;
 use crate::config::Config;
 use crate::fleet::NodeOutcome;
+use crate::node_info::NodeEvent;
 use crate::state::Shared;
 use crate::store::{Head, Store};
 
@@ -40,7 +41,7 @@ async fn fixture() -> Fixture {
     let store = Store::open(&config.mapping, &config.route_key_rule()).await.unwrap();
     let shared = Shared::new(config, store);
     let (tx, rx) = mpsc::channel(16);
-    let hello = pb::Hello { node_id: "dp-1".into(), ..Default::default() };
+    let hello = NodeHello { node_id: "dp-1".into(), ..Default::default() };
     let registration = shared.fleet.connect(hello, None, (shared.epoch().to_string(), 0), 0, tx.clone()).unwrap();
     let node = shared.fleet.messages("dp-1", &registration, Vec::new(), rx);
     let db = SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
@@ -64,8 +65,8 @@ impl Fixture {
     }
 
     fn ack(&self, epoch: &str, revision: u64) {
-        let ack = pb::RevisionAck { epoch: epoch.into(), revision };
-        self.shared.fleet.on_message("dp-1", self.stream, pb::node_message::Kind::RevisionAck(ack));
+        let ack = NodeEvent::RevisionAck { epoch: epoch.into(), revision };
+        self.shared.fleet.on_message("dp-1", self.stream, ack);
     }
 
     fn publisher(&self) -> &Publisher {
@@ -158,7 +159,7 @@ async fn a_node_ahead_of_the_store_in_the_same_epoch_starts_a_new_epoch_and_flus
     let f = fixture().await;
     let old = f.shared.epoch();
     f.write("alice").await.unwrap();
-    let hello = pb::Hello { node_id: "dp-2".into(), epoch: old.to_string(), last_revision: 7, ..Default::default() };
+    let hello = NodeHello { node_id: "dp-2".into(), epoch: old.to_string(), last_revision: 7, ..Default::default() };
     let (tx, _rx) = mpsc::channel(16);
     let Registered { welcome, replay, .. } = f.publisher().register(hello, None, tx).await.unwrap();
     assert!(welcome.flush_cache && replay.is_none());

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::{call, gone, serve, TOKEN};
 use crate::cluster::Cluster;
 use crate::config::{ClusterConfig, Config};
+use crate::node_info::NodeHello;
 use crate::state::Shared;
 use crate::store::Store;
 
@@ -47,7 +48,7 @@ fn router(shared: &Arc<Shared>, peers: &[&str]) -> axum::Router {
 /// the receiver alive for as long as it should stay connected.
 fn connect_node(shared: &Shared, id: &str) -> mpsc::Receiver<pb::ControlMessage> {
     let (tx, rx) = mpsc::channel(16);
-    let hello = pb::Hello { node_id: id.into(), instance_id: format!("{id}-1"), ..Default::default() };
+    let hello = NodeHello { node_id: id.into(), instance_id: format!("{id}-1"), ..Default::default() };
     shared.fleet.connect(hello, None, (shared.epoch().to_string(), 1000), 0, tx).unwrap();
     rx
 }
