@@ -48,7 +48,7 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
         .node("dp-2")
         .start()
         .await?;
-    let Fleet { cp, nodes } = fleet;
+    let Fleet { cp, nodes, .. } = fleet;
     let api = cp.api();
 
     // An open session on legacy, on each node.
@@ -102,7 +102,7 @@ async fn nodes_keep_serving_without_the_control_plane_and_resync_when_it_returns
         .map("alice@example.test", "new")
         .start()
         .await?;
-    let Fleet { mut cp, nodes } = fleet;
+    let Fleet { mut cp, nodes, .. } = fleet;
     let node = &nodes[0];
     assert_eq!(subjects(node, "alice@example.test").await?, on("new"));
 
@@ -143,7 +143,7 @@ async fn a_restarted_node_is_a_new_instance_with_fresh_counters() -> Result<()> 
         return Ok(());
     }
     let legacy = Dovecot::start(USERS)?;
-    let Fleet { cp, mut nodes } = Fleet::builder().dovecot("legacy", &legacy, &["imap"]).start().await?;
+    let Fleet { cp, mut nodes, .. } = Fleet::builder().dovecot("legacy", &legacy, &["imap"]).start().await?;
     let api = cp.api();
     let node = &mut nodes[0];
     let first = connected(&api, 1).await?[0]["instance_id"].clone();
