@@ -257,10 +257,8 @@ async fn a_hundred_nodes_all_ack_one_change() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_is_admitted_at_a_bounded_rate() -> Result<()> {
-    let cp = ControlPlane::start_edited(&[("legacy", 1)], "legacy", |toml| {
-        toml.replacen("[grpc]\n", "[grpc]\nsession_rate = 50\nsession_burst = 10\n", 1)
-    })
-    .await?;
+    let rate = [("grpc", "session_rate = 50"), ("grpc", "session_burst = 10")];
+    let cp = ControlPlane::start_keyed(&[("legacy", 1)], "legacy", &rate).await?;
     let sims = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "storm", 60).await?;
     eventually(WAIT, || async {
         ensure!(sims.welcomed() == 60, "{} welcomed", sims.welcomed());
