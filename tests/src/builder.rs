@@ -1,7 +1,10 @@
 //! `Fleet::builder()`: a test names the destinations (real Dovecots' endpoints or any ports),
 //! the node listeners, the nodes and the mappings it wants, and gets back an in-process
 //! control plane with every node connected and ready (by polling `/nodes` and `/readyz`,
-//! never by sleeping), the mappings written.
+//! never by sleeping), the mappings written. With [`FleetBuilder::replica`] it is several
+//! control-plane replicas on one shared store (each other's cluster peers), and a node may
+//! list them in any order ([`FleetBuilder::node_on`]); each is ready once it is connected to
+//! the first one it lists.
 //!
 //! ```ignore
 //! let legacy = Dovecot::start_marked(USERS, "legacy")?;
@@ -27,9 +30,12 @@ use crate::Dovecot;
 /// How long nodes may take to connect and become ready.
 const READY: Duration = Duration::from_secs(30);
 
-/// A control plane and its nodes, all connected and ready.
+/// A control plane (and its other replicas) and its nodes, all connected and ready.
 pub struct Fleet {
+    /// The first control plane (replica 0).
     pub cp: ControlPlane,
+    /// The other replicas, in the order declared (replica 1, 2, ...).
+    pub replicas: Vec<ControlPlane>,
     pub nodes: Vec<Node>,
 }
 
@@ -56,7 +62,10 @@ pub struct FleetBuilder {
     store: Option<MappingStore>,
     routing: Vec<String>,
     listeners: Vec<Listener>,
-    nodes: Vec<String>,
+    /// Each replica after the first: the destinations it declares (`None`: all of them).
+    replicas: Vec<Option<Vec<String>>>,
+    /// Each node's id and the replicas it lists, in order (`None`: all, in order).
+    nodes: Vec<(String, Option<Vec<usize>>)>,
     mappings: Vec<(String, String)>,
 }
 
@@ -111,9 +120,28 @@ impl FleetBuilder {
         self
     }
 
-    /// Adds a node (default: one node `dp-1`).
+    /// Adds a node listing every replica in order (default: one node `dp-1`).
     pub fn node(mut self, id: &str) -> Self {
-        self.nodes.push(id.to_string());
+        self.nodes.push((id.to_string(), None));
+        self
+    }
+
+    /// Adds a node that lists the replicas `on` (0 is the first control plane) in this order.
+    pub fn node_on(mut self, id: &str, on: &[usize]) -> Self {
+        self.nodes.push((id.to_string(), Some(on.to_vec())));
+        self
+    }
+
+    /// Adds a control-plane replica on the same store (which must be given: [`store`](Self::store)),
+    /// declaring every destination.
+    pub fn replica(mut self) -> Self {
+        self.replicas.push(None);
+        self
+    }
+
+    /// Adds a replica whose config declares only the destinations `ids`.
+    pub fn replica_declaring(mut self, ids: &[&str]) -> Self {
+        self.replicas.push(Some(ids.iter().map(|id| id.to_string()).collect()));
         self
     }
 
@@ -123,8 +151,9 @@ impl FleetBuilder {
         self
     }
 
-    /// The control plane's config as this builder would write it (its SQLite store in `dir`).
-    fn control_plane_config(&self, dir: &std::path::Path) -> Result<String> {
+    /// The control plane's config as this builder would write it (its SQLite store in `dir`),
+    /// declaring the destinations `declares` allows (`None`: all).
+    fn control_plane_config(&self, dir: &std::path::Path, declares: Option<&[String]>) -> Result<String> {
         let default = match (&self.default_destination, self.destinations.first()) {
             (Some(id), _) => id.clone(),
             (None, Some(first)) => first.id.clone(),
@@ -133,34 +162,65 @@ impl FleetBuilder {
         let store = self.store.clone().unwrap_or_else(|| MappingStore::Sqlite(dir.join("mappings.db")));
         let config = ControlPlaneConfig::with_store(store, &default);
         let config = self.routing.iter().fold(config, |c, line| c.routing(line));
-        let config = self.destinations.iter().cloned().fold(config, ControlPlaneConfig::destination);
+        let declared = self.destinations.iter().filter(|d| declares.is_none_or(|ids| ids.contains(&d.id)));
+        let config = declared.cloned().fold(config, ControlPlaneConfig::destination);
         Ok(config.to_toml())
+    }
+
+    /// The first control plane and the other replicas, started as peers of each other.
+    async fn start_control_planes(&self) -> Result<(ControlPlane, Vec<ControlPlane>)> {
+        let dir = tempfile::tempdir()?;
+        if self.replicas.is_empty() {
+            let config = self.control_plane_config(dir.path(), None)?;
+            return Ok((ControlPlane::start_with(dir, config).await?, Vec::new()));
+        }
+        ensure!(self.store.is_some(), "replicas need a shared store: FleetBuilder::store");
+        let mut configs = vec![self.control_plane_config(dir.path(), None)?];
+        for declares in &self.replicas {
+            configs.push(self.control_plane_config(dir.path(), declares.as_deref())?);
+        }
+        let mut all = ControlPlane::start_replicas(configs).await?.into_iter();
+        let first = all.next().context("no control plane started")?;
+        Ok((first, all.collect()))
     }
 
     /// Starts the control plane, then the nodes; returns once every node is connected and
     /// ready and every mapping is written.
     pub async fn start(self) -> Result<Fleet> {
-        let dir = tempfile::tempdir()?;
-        let config = self.control_plane_config(dir.path())?;
-        let cp = ControlPlane::start_with(dir, config).await?;
+        let (cp, replicas) = self.start_control_planes().await?;
+        let all: Vec<&ControlPlane> = std::iter::once(&cp).chain(&replicas).collect();
         let listeners = if self.listeners.is_empty() { vec![Listener::new("imap", "imap")] } else { self.listeners };
-        let ids = if self.nodes.is_empty() { vec!["dp-1".to_string()] } else { self.nodes };
+        let wanted = if self.nodes.is_empty() { vec![("dp-1".to_string(), None)] } else { self.nodes };
         let mut nodes = Vec::new();
-        for id in &ids {
-            let config = listeners.iter().cloned().fold(NodeConfig::new(id, &[cp.endpoint()]), NodeConfig::listener);
+        let mut first_listed = Vec::new();
+        for (id, on) in &wanted {
+            let on = on.clone().unwrap_or_else(|| (0..all.len()).collect());
+            let endpoints = on
+                .iter()
+                .map(|&i| all.get(i).map(|cp| cp.endpoint()).with_context(|| format!("{id} lists no replica {i}")))
+                .collect::<Result<Vec<_>>>()?;
+            let config = listeners.iter().cloned().fold(NodeConfig::new(id, &endpoints), NodeConfig::listener);
             nodes.push(Node::start_config(&config, Some(NODE_TOKEN)).await?);
+            first_listed.push((id.as_str(), on.first().copied().unwrap_or(0)));
         }
-        let api = cp.api();
-        let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
-        api.until_nodes("", READY, |connected| wanted.iter().all(|id| connected.iter().any(|c| c == id))).await?;
+        // One control plane: everything it lists. Replicas: each its own (`scope=local`).
+        let query = if replicas.is_empty() { "" } else { "?scope=local" };
+        for (i, replica) in all.iter().enumerate() {
+            let here: Vec<&str> = first_listed.iter().filter(|(_, on)| *on == i).map(|(id, _)| *id).collect();
+            if !here.is_empty() {
+                let accept = |connected: &[String]| here.iter().all(|id| connected.iter().any(|c| c == id));
+                replica.api().until_nodes(query, READY, accept).await?;
+            }
+        }
         for node in &nodes {
             node.until_ready().await?;
         }
+        let api = cp.api();
         for (user, destination) in &self.mappings {
             let (code, body) = api.put(&format!("/mappings/{user}"), json!({ "destination": destination })).await?;
             ensure!(code == 200, "mapping {user} to {destination}: {code} {body}");
         }
-        Ok(Fleet { cp, nodes })
+        Ok(Fleet { cp, replicas, nodes })
     }
 }
 

@@ -181,7 +181,8 @@ impl ControlPlaneConfig {
     }
 
     /// Adds a line (or several) to `table` (`server`, `grpc`, `api`, `routing` or
-    /// `breaker`), e.g. `key("api", "header_read_timeout = \"1s\"")`.
+    /// `breaker`), e.g. `key("api", "header_read_timeout = \"1s\"")`; a key this type already
+    /// writes (`heartbeat_interval = "5s"`) replaces its default.
     pub fn key(mut self, table: &str, line: &str) -> Self {
         if !line.is_empty() {
             self.keys.push((table.to_string(), line.to_string()));
@@ -194,13 +195,16 @@ impl ControlPlaneConfig {
         self.key("routing", line)
     }
 
-    /// `[table]` with its fixed `lines` and the caller's extra keys for it.
+    /// `[table]` with its fixed `lines` and the caller's extra keys for it; an extra key the
+    /// fixed lines already set (e.g. `heartbeat_interval`) replaces the fixed line.
     fn table(&self, table: &str, lines: &[String]) -> String {
+        let extra: Vec<&str> = self.keys.iter().filter(|(t, _)| t == table).map(|(_, line)| line.as_str()).collect();
+        let overridden = |line: &str| extra.iter().flat_map(|e| e.lines()).any(|e| key_name(e) == key_name(line));
         let mut toml = format!("[{table}]\n");
-        for line in lines {
+        for line in lines.iter().filter(|line| !overridden(line)) {
             let _ = writeln!(toml, "{line}");
         }
-        for (_, line) in self.keys.iter().filter(|(t, _)| t == table) {
+        for line in extra {
             let _ = writeln!(toml, "{line}");
         }
         toml
@@ -227,6 +231,11 @@ impl ControlPlaneConfig {
         toml.push_str(destination_tables);
         toml
     }
+}
+
+/// The key a `key = value` line sets (`None` for anything else).
+fn key_name(line: &str) -> Option<&str> {
+    line.split_once('=').map(|(key, _)| key.trim())
 }
 
 /// A data-plane node for tests: id, control endpoints, health on 127.0.0.1:0, listeners.
@@ -310,6 +319,20 @@ mod tests {
              [breaker]\nfailure_threshold = 2\ncooldown = \"5m\"\nconnect_timeout = \"2s\"\nconnect_retries = 0\n\
              [mapping.sqlite]\npath = \"/m.db\"\n"
         );
+    }
+
+    #[test]
+    fn an_extra_key_replaces_the_default_it_names() {
+        let toml = ControlPlaneConfig::sqlite(Path::new("/m.db"), "legacy")
+            .destination(Destination::new("legacy").endpoint("imap", 143))
+            .key("server", "heartbeat_interval = \"5s\"")
+            .key("grpc", "session_rate = 50\nsession_burst = 10")
+            .to_toml();
+        assert!(toml.starts_with(
+            "[server]\nmetrics_interval = \"1s\"\nreport_interval = \"200ms\"\nheartbeat_interval = \"5s\"\n\
+             [grpc]\nbind = \"127.0.0.1:0\"\nsession_rate = 50\nsession_burst = 10\n[api]\n"
+        ));
+        controlplane::config::Config::from_toml_str(&toml).unwrap();
     }
 
     #[test]

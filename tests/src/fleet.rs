@@ -75,15 +75,14 @@ impl ControlPlane {
         Self::start_with(dir, config).await
     }
 
-    /// Like [`start`](Self::start) with the config text passed through `edit` first.
-    pub async fn start_edited(
-        destinations: &[(&str, u16)],
-        default: &str,
-        edit: impl FnOnce(String) -> String,
-    ) -> Result<Self> {
+    /// Like [`start`](Self::start) with extra lines `(table, line)` in the tables the typed
+    /// config writes (`server`, `grpc`, `api`, `routing`, `breaker`; see [`ControlPlaneConfig::key`]).
+    pub async fn start_keyed(destinations: &[(&str, u16)], default: &str, keys: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let config = edit(controlplane_toml(&dir.path().join("mappings.db"), destinations, default));
-        Self::start_with(dir, config).await
+        let config =
+            imap_destinations(ControlPlaneConfig::sqlite(&dir.path().join("mappings.db"), default), destinations);
+        let config = keys.iter().fold(config, |c, (table, line)| c.key(table, line));
+        Self::start_with(dir, config.to_toml()).await
     }
 
     /// With destination tables from [`destination_toml`] (any protocols, TLS, forwarding).

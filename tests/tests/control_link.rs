@@ -35,7 +35,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// and the node's flow-control window.
 /// The floods below hold thousands of API requests open at once, each waiting for node
 /// acks: past `api.max_connections` (512 by default) they would be answered 503.
-const FLOOD_CONNECTIONS: &str = "[api]\nmax_connections = 8192\n";
+const FLOOD_CONNECTIONS: (&str, &str) = ("api", "max_connections = 8192");
 
 struct Flood {
     answered: Arc<AtomicUsize>,
@@ -105,14 +105,9 @@ async fn a_route_update_written_while_a_nodes_stream_is_full_reaches_it_without_
     new.deliver(ALICE, "on new")?;
     // Heartbeats every 30 s: neither side's silence timer (90 s) ends the stream during the
     // test, so the update has to travel on the stream that was full.
-    let cp = ControlPlane::start_edited(&[("legacy", legacy.imap_port()), ("new", new.imap_port())], "legacy", |t| {
-        t.replacen("heartbeat_interval = \"500ms\"", "heartbeat_interval = \"30s\"", 1).replacen(
-            "[api]\n",
-            FLOOD_CONNECTIONS,
-            1,
-        )
-    })
-    .await?;
+    let destinations = [("legacy", legacy.imap_port()), ("new", new.imap_port())];
+    let keys = [("server", "heartbeat_interval = \"30s\""), FLOOD_CONNECTIONS];
+    let cp = ControlPlane::start_keyed(&destinations, "legacy", &keys).await?;
     let api = cp.api();
     api.put(&format!("/mappings/{ALICE}"), json!({"destination": "legacy"})).await?;
     let node = NodeProc::start("dp-full", &[cp.endpoint()]).await?;
@@ -201,8 +196,7 @@ impl DeafNode {
 async fn a_silent_node_behind_a_full_stream_is_detected_and_the_api_answers_within_ack_timeout() -> Result<()> {
     switchyard_tests::procs::raise_fd_limit(8_192)?;
     // Heartbeats every 500 ms: the control plane calls a node silent after 1.5 s.
-    let cp =
-        ControlPlane::start_edited(&[("legacy", 1)], "legacy", |t| t.replacen("[api]\n", FLOOD_CONNECTIONS, 1)).await?;
+    let cp = ControlPlane::start_keyed(&[("legacy", 1)], "legacy", &[FLOOD_CONNECTIONS]).await?;
     let api = cp.api();
     let deaf = DeafNode::connect(&cp.endpoint(), "dp-deaf").await?;
     eventually(WAIT, || async {

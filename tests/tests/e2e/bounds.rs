@@ -70,10 +70,7 @@ async fn fleet_totals_saturate_instead_of_overflowing() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_ids_that_left_are_forgotten_after_the_retention() -> Result<()> {
-    let cp = ControlPlane::start_edited(&[("legacy", 143)], "legacy", |c| {
-        c.replacen("[server]\n", "[server]\nnode_retention = \"2s\"\n", 1)
-    })
-    .await?;
+    let cp = ControlPlane::start_keyed(&[("legacy", 143)], "legacy", &[("server", "node_retention = \"2s\"")]).await?;
     let api = cp.api();
     let sims = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "gone", 30).await?;
     let listed = |body: &serde_json::Value| body.as_array().map_or(0, |nodes| nodes.len());

@@ -26,11 +26,7 @@ fn key(name: &str, path: &Path) -> String {
 
 /// A control plane whose `[grpc]` and `[api]` tables get `grpc` and `api` added.
 async fn control_plane(grpc: &str, api: &str) -> Result<ControlPlane> {
-    let (grpc, api) = (grpc.to_string(), api.to_string());
-    ControlPlane::start_edited(&[("legacy", 1)], "legacy", move |config| {
-        config.replacen("[grpc]\n", &format!("[grpc]\n{grpc}"), 1).replacen("[api]\n", &format!("[api]\n{api}"), 1)
-    })
-    .await
+    ControlPlane::start_keyed(&[("legacy", 1)], "legacy", &[("grpc", grpc.trim_end()), ("api", api.trim_end())]).await
 }
 
 /// A data-plane node started like the binary, with `control` added to its `[control]`.

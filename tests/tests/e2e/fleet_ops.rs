@@ -48,7 +48,7 @@ async fn a_move_closes_old_sessions_and_no_login_reaches_the_old_backend_after_i
         .node("dp-2")
         .start()
         .await?;
-    let Fleet { cp, nodes } = fleet;
+    let Fleet { cp, nodes, .. } = fleet;
     let api = cp.api();
 
     // An open session on legacy, on each node.
@@ -96,15 +96,16 @@ async fn nodes_keep_serving_without_the_control_plane_and_resync_when_it_returns
         return Ok(());
     }
     let (legacy, new) = two_dovecots().await?;
-    let cp = ControlPlane::start(&[("legacy", legacy.imap_port()), ("new", new.imap_port())], "legacy").await?;
-    let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
-    let api = cp.api();
-    connected(&api, 1).await?;
-    node.until_ready().await?;
-    api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
-    assert_eq!(subjects(&node, "alice@example.test").await?, on("new"));
+    let fleet = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .map("alice@example.test", "new")
+        .start()
+        .await?;
+    let Fleet { mut cp, nodes, .. } = fleet;
+    let node = &nodes[0];
+    assert_eq!(subjects(node, "alice@example.test").await?, on("new"));
 
-    let mut cp = cp;
     cp.stop().await;
     eventually(WAIT, || async {
         let (code, body) = node.readyz().await?;
@@ -113,8 +114,8 @@ async fn nodes_keep_serving_without_the_control_plane_and_resync_when_it_returns
     })
     .await?;
     assert_eq!(reqwest::get(format!("http://{}/healthz", node.health)).await?.status(), 200, "liveness stays up");
-    assert_eq!(subjects(&node, "alice@example.test").await?, on("new"), "cached route still served");
-    let refused = subjects(&node, "bob@example.test").await?.unwrap_err();
+    assert_eq!(subjects(node, "alice@example.test").await?, on("new"), "cached route still served");
+    let refused = subjects(node, "bob@example.test").await?.unwrap_err();
     assert!(refused.contains("NO [UNAVAILABLE]"), "uncached account: temporary failure, never legacy: {refused}");
 
     // A change made while the node is away (straight into the store) reaches it on resync.
@@ -129,8 +130,8 @@ async fn nodes_keep_serving_without_the_control_plane_and_resync_when_it_returns
         Ok(())
     })
     .await?;
-    assert_eq!(subjects(&node, "alice@example.test").await?, on("legacy"));
-    assert_eq!(subjects(&node, "bob@example.test").await?, on("legacy"));
+    assert_eq!(subjects(node, "alice@example.test").await?, on("legacy"));
+    assert_eq!(subjects(node, "bob@example.test").await?, on("legacy"));
     let (code, body) = node.readyz().await?;
     assert_eq!((code, body["status"].as_str()), (200, Some("ready")));
     Ok(())
@@ -142,13 +143,12 @@ async fn a_restarted_node_is_a_new_instance_with_fresh_counters() -> Result<()> 
         return Ok(());
     }
     let legacy = Dovecot::start(USERS)?;
-    let cp = ControlPlane::start(&[("legacy", legacy.imap_port())], "legacy").await?;
+    let Fleet { cp, mut nodes, .. } = Fleet::builder().dovecot("legacy", &legacy, &["imap"]).start().await?;
     let api = cp.api();
-    let mut node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
+    let node = &mut nodes[0];
     let first = connected(&api, 1).await?[0]["instance_id"].clone();
-    node.until_ready().await?;
     for _ in 0..3 {
-        assert!(subjects(&node, "carol@example.test").await?.is_ok(), "login through the node");
+        assert!(subjects(node, "carol@example.test").await?.is_ok(), "login through the node");
     }
     let node_stats = |want: u64| {
         let api = &api;
@@ -257,10 +257,8 @@ async fn a_hundred_nodes_all_ack_one_change() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_is_admitted_at_a_bounded_rate() -> Result<()> {
-    let cp = ControlPlane::start_edited(&[("legacy", 1)], "legacy", |toml| {
-        toml.replacen("[grpc]\n", "[grpc]\nsession_rate = 50\nsession_burst = 10\n", 1)
-    })
-    .await?;
+    let rate = [("grpc", "session_rate = 50"), ("grpc", "session_burst = 10")];
+    let cp = ControlPlane::start_keyed(&[("legacy", 1)], "legacy", &rate).await?;
     let sims = SimFleet::start(&cp.endpoint(), NODE_TOKEN, "storm", 60).await?;
     eventually(WAIT, || async {
         ensure!(sims.welcomed() == 60, "{} welcomed", sims.welcomed());

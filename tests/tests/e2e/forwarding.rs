@@ -36,7 +36,7 @@ async fn fleet(legacy: Destination, listeners: &[(&str, &str)]) -> Result<(Contr
     let builder = Fleet::builder().destination(legacy).map("alice@example.test", "legacy");
     let builder =
         listeners.iter().fold(builder, |b, (id, protocol)| b.listener_with(Listener::new(id, protocol).key(BEHIND_LB)));
-    let Fleet { cp, mut nodes } = builder.start().await?;
+    let Fleet { cp, mut nodes, .. } = builder.start().await?;
     Ok((cp, nodes.remove(0)))
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
-use switchyard_tests::fleet::{Api, ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::config::Destination;
+use switchyard_tests::fleet::{Api, ControlPlane, Fleet};
 use switchyard_tests::nodeproc::NodeProc;
 use switchyard_tests::relay::SlowGreeting;
 use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient};
@@ -145,18 +146,14 @@ async fn a_complete_move_leaves_no_session_of_the_account_on_the_old_server() ->
     legacy.deliver("alice@example.test", "on legacy")?;
     new.deliver("alice@example.test", "on new")?;
     let slow = SlowGreeting::start(([127, 0, 0, 1], legacy.imap_port()).into(), Duration::from_millis(300)).await?;
-    let cp = ControlPlane::start(&[("legacy", slow.addr.port()), ("new", new.imap_port())], "legacy").await?;
-    let api = cp.api();
-    let nodes = [
-        Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?,
-        Node::start("dp-2", &[cp.endpoint()], Some(NODE_TOKEN)).await?,
-    ];
-    eventually(WAIT, || async {
-        let (_, all) = api.get("/nodes").await?;
-        ensure!(all.as_array().is_some_and(|a| a.iter().filter(|n| n["connected"] == true).count() == 2), "{all}");
-        Ok(())
-    })
-    .await?;
+    let fleet = Fleet::builder()
+        .destination(Destination::new("legacy").endpoint("imap", slow.addr.port()))
+        .dovecot("new", &new, &["imap"])
+        .node("dp-1")
+        .node("dp-2")
+        .start()
+        .await?;
+    let (api, nodes) = (fleet.api(), &fleet.nodes);
 
     let (moves, moved) = watch::channel((0u64, "legacy"));
     let seen = Arc::new(Seen::default());

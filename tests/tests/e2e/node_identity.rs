@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use switchyard_tests::fleet::{controlplane_toml_store, destination_toml, sqlite_mapping, Api, ControlPlane};
+use switchyard_tests::config::{ControlPlaneConfig, Destination};
+use switchyard_tests::fleet::{Api, ControlPlane};
 use switchyard_tests::nodeproc::NodeProc;
 use switchyard_tests::{eventually, require_or_skip, Dovecot};
 
@@ -28,14 +29,11 @@ async fn two_dovecots() -> Result<(Dovecot, Dovecot)> {
     Ok((legacy, new))
 }
 
-fn config(db: &std::path::Path, legacy: &Dovecot, new: &Dovecot) -> String {
-    let destinations = destination_toml("legacy", &[("imap", legacy.imap_port())], "")
-        + &destination_toml("new", &[("imap", new.imap_port())], "");
-    controlplane_toml_store(&sqlite_mapping(db), &destinations, "legacy").replacen(
-        "heartbeat_interval = \"500ms\"",
-        HEARTBEAT,
-        1,
-    )
+/// The control plane on SQLite in `db`, `legacy` the default (heartbeats every 500 ms).
+fn config(db: &std::path::Path, legacy: &Dovecot, new: &Dovecot) -> ControlPlaneConfig {
+    ControlPlaneConfig::sqlite(db, "legacy")
+        .destination(Destination::new("legacy").endpoint("imap", legacy.imap_port()))
+        .destination(Destination::new("new").endpoint("imap", new.imap_port()))
 }
 
 /// What a login through `node` shows: `Ok(["on legacy"])`, `Ok(["on new"])` or the refusal.
@@ -73,7 +71,9 @@ async fn a_second_live_process_with_the_same_id_is_refused_and_never_reported_ap
     }
     let (legacy, new) = two_dovecots().await?;
     let dir = tempfile::tempdir()?;
-    let cp = ControlPlane::start_config(config(&dir.path().join("m.db"), &legacy, &new)).await?;
+    let cp =
+        ControlPlane::start_config(config(&dir.path().join("m.db"), &legacy, &new).key("server", HEARTBEAT).to_toml())
+            .await?;
     let api = cp.api();
     put(&api, "legacy").await?;
 
@@ -166,7 +166,7 @@ async fn two_live_processes_of_one_id_on_two_replicas_are_applied_only_when_both
     }
     let (legacy, new) = two_dovecots().await?;
     let dir = tempfile::tempdir()?;
-    let config = config(&dir.path().join("m.db"), &legacy, &new);
+    let config = config(&dir.path().join("m.db"), &legacy, &new).key("server", HEARTBEAT).to_toml();
     let [r1, r2]: [ControlPlane; 2] = ControlPlane::start_replicas(vec![config.clone(), config])
         .await?
         .try_into()
@@ -228,9 +228,7 @@ async fn a_holder_that_fell_silent_is_replaced_and_refused_when_it_comes_back() 
     let (legacy, new) = two_dovecots().await?;
     let dir = tempfile::tempdir()?;
     // Heartbeats every 500 ms: a holder silent for 1.5 s gives the id up.
-    let config =
-        config(&dir.path().join("m.db"), &legacy, &new).replacen(HEARTBEAT, "heartbeat_interval = \"500ms\"", 1);
-    let cp = ControlPlane::start_config(config).await?;
+    let cp = ControlPlane::start_config(config(&dir.path().join("m.db"), &legacy, &new).to_toml()).await?;
     let api = cp.api();
     put(&api, "legacy").await?;
     let a = NodeProc::start(ID, &[cp.endpoint()]).await?;

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
+use switchyard_tests::config::MappingStore;
 use switchyard_tests::fleet::{
-    controlplane_toml_store, destination_toml, postgres_mapping, sqlite_mapping, Api, ControlPlane, Node, ADMIN_TOKEN,
-    NODE_TOKEN,
+    controlplane_toml_store, destination_toml, sqlite_mapping, Api, ControlPlane, Fleet, Node, ADMIN_TOKEN, NODE_TOKEN,
 };
 use switchyard_tests::postgres::Postgres;
 use switchyard_tests::{eventually, require_or_skip, status, Dovecot, ImapClient, TestPki};
@@ -47,22 +47,20 @@ async fn fixture() -> Result<Fixture> {
     }
     let pg = Postgres::start()?;
     let url = pg.fresh_database("replicas")?;
-    let destinations = destination_toml("legacy", &[("imap", legacy.imap_port())], "")
-        + &destination_toml("new", &[("imap", new.imap_port())], "");
-    let config = controlplane_toml_store(&postgres_mapping(&url), &destinations, "legacy");
-    let [a, b]: [ControlPlane; 2] = ControlPlane::start_replicas(vec![config.clone(), config])
-        .await?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two replicas"))?;
-    let nodes = [
-        Node::start("dp-1", &[a.endpoint(), b.endpoint()], Some(NODE_TOKEN)).await?,
-        Node::start("dp-2", &[b.endpoint(), a.endpoint()], Some(NODE_TOKEN)).await?,
-    ];
-    connected_here(&a.api(), &["dp-1"]).await?;
-    connected_here(&b.api(), &["dp-2"]).await?;
-    for node in &nodes {
-        node.until_ready().await?;
-    }
+    // dp-1 lists [A, B] and is on A; dp-2 lists [B, A] and is on B.
+    let Fleet { cp: a, replicas, nodes } = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .store(MappingStore::Postgres(url))
+        .replica()
+        .node_on("dp-1", &[0, 1])
+        .node_on("dp-2", &[1, 0])
+        .start()
+        .await?;
+    let ([b], nodes): ([ControlPlane; 1], [Node; 2]) = (
+        replicas.try_into().map_err(|_| anyhow::anyhow!("two replicas"))?,
+        nodes.try_into().map_err(|_| anyhow::anyhow!("two nodes"))?,
+    );
     Ok(Fixture { a, b, nodes, _legacy: legacy, _new: new, pg })
 }
 

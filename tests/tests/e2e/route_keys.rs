@@ -95,7 +95,7 @@ async fn fixture(setup: Setup<'_>) -> Result<Fixture> {
         Some(tables) => builder.store(MappingStore::Tables(tables.to_string())),
         None => builder.map("alice@example.test", "new"),
     };
-    let Fleet { cp, mut nodes } = builder.start().await?;
+    let Fleet { cp, mut nodes, .. } = builder.start().await?;
     Ok(Fixture { legacy, new, cp, node: nodes.remove(0) })
 }
 

@@ -62,7 +62,7 @@ async fn fixture(with_postfix: bool) -> Result<Fixture> {
         .map("bob@example.test", "new")
         .start()
         .await?;
-    let Fleet { cp, mut nodes } = fleet;
+    let Fleet { cp, mut nodes, .. } = fleet;
     Ok(Fixture { legacy, new, _cp: cp, node: nodes.remove(0) })
 }
 

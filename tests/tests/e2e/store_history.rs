@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use switchyard_tests::fleet::{
-    controlplane_toml_store, destination_toml, postgres_mapping, Api, ControlPlane, Node, NODE_TOKEN,
-};
+use switchyard_tests::config::MappingStore;
+use switchyard_tests::fleet::{postgres_mapping, Api, ControlPlane, FleetBuilder, Node};
 use switchyard_tests::postgres::Postgres;
 use switchyard_tests::redis::Redis;
 use switchyard_tests::{eventually, require_or_skip, Dovecot};
@@ -36,12 +35,14 @@ impl Fleet {
             legacy.deliver(user, "on legacy")?;
             new.deliver(user, "on new")?;
         }
-        let destinations = destination_toml("legacy", &[("imap", legacy.imap_port())], "")
-            + &destination_toml("new", &[("imap", new.imap_port())], "");
-        let cp = ControlPlane::start_config(controlplane_toml_store(mapping_tables, &destinations, "legacy")).await?;
-        let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
-        node.until_ready().await?;
-        Ok(Fleet { node, cp, _legacy: legacy, _new: new })
+        let started = FleetBuilder::default()
+            .dovecot("legacy", &legacy, &["imap"])
+            .dovecot("new", &new, &["imap"])
+            .store(MappingStore::Tables(mapping_tables.to_string()))
+            .start()
+            .await?;
+        let node = started.nodes.into_iter().next().context("one node")?;
+        Ok(Fleet { node, cp: started.cp, _legacy: legacy, _new: new })
     }
 
     fn api(&self) -> Api {
@@ -252,15 +253,17 @@ async fn two_replicas_on_a_restored_postgres_agree_on_one_new_epoch() -> Result<
         legacy.deliver(user, "on legacy")?;
         new.deliver(user, "on new")?;
     }
-    let destinations = destination_toml("legacy", &[("imap", legacy.imap_port())], "")
-        + &destination_toml("new", &[("imap", new.imap_port())], "");
-    let config = controlplane_toml_store(&mapping, &destinations, "legacy");
-    let replicas = ControlPlane::start_replicas(vec![config.clone(), config]).await?;
-    let (a, b) = (&replicas[0], &replicas[1]);
-    let nodes = [
-        Node::start("dp-1", &[a.endpoint()], Some(NODE_TOKEN)).await?,
-        Node::start("dp-2", &[b.endpoint()], Some(NODE_TOKEN)).await?,
-    ];
+    // dp-1 lists only A, dp-2 only B.
+    let fleet = FleetBuilder::default()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .store(MappingStore::Tables(mapping))
+        .replica()
+        .node_on("dp-1", &[0])
+        .node_on("dp-2", &[1])
+        .start()
+        .await?;
+    let (a, b, nodes) = (&fleet.cp, &fleet.replicas[0], fleet.nodes.as_slice());
     let routed = |node: &Node, user: &'static str| {
         let addr = node.imap;
         async move {
@@ -282,14 +285,14 @@ async fn two_replicas_on_a_restored_postgres_agree_on_one_new_epoch() -> Result<
     let epoch_before = a.open_store().await?.epoch().to_string();
     let dump = pg.dump("replicated")?;
     put("alice@example.test", "new").await?;
-    for node in &nodes {
+    for node in nodes {
         ensure!(routed(node, "alice@example.test").await? == "on new");
         ensure!(routed(node, "carol@example.test").await? == "on legacy");
     }
 
     pg.restore("replicated", &dump)?;
     eventually(WAIT, || put("carol@example.test", "new")).await?;
-    for node in &nodes {
+    for node in nodes {
         let (carol, alice) = (routed(node, "carol@example.test").await?, routed(node, "alice@example.test").await?);
         ensure!(carol == "on new" && alice == "on legacy", "{}: carol {carol}, alice {alice}", node.id);
     }

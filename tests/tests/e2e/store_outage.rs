@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use serde_json::json;
-use switchyard_tests::fleet::{controlplane_toml_store, destination_toml, ControlPlane, Node, NODE_TOKEN};
+use switchyard_tests::config::MappingStore;
+use switchyard_tests::fleet::{Fleet, Node};
 use switchyard_tests::postgres::Postgres;
 use switchyard_tests::{eventually, require_or_skip, Dovecot};
 
@@ -36,16 +37,15 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
     let mapping = format!(
         "[mapping]\nsource = \"postgres\"\npoll_interval = \"200ms\"\n[mapping.postgres]\nurl = \"{url}\"\nconnect_timeout = \"1s\"\n"
     );
-    let destinations = destination_toml("legacy", &[("imap", legacy.imap_port())], "")
-        + &destination_toml("new", &[("imap", new.imap_port())], "");
-    let cp = ControlPlane::start_config(controlplane_toml_store(&mapping, &destinations, "legacy")).await?;
-    let api = cp.api();
-    let node = Node::start("dp-1", &[cp.endpoint()], Some(NODE_TOKEN)).await?;
-    node.until_ready().await?;
-
-    let (code, body) = api.put("/mappings/alice@example.test", json!({"destination": "new"})).await?;
-    ensure!(code == 200, "{code} {body}");
-    let alice = login(&node, "alice@example.test").await?;
+    let fleet = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .store(MappingStore::Tables(mapping))
+        .map("alice@example.test", "new")
+        .start()
+        .await?;
+    let (cp, node, api) = (&fleet.cp, fleet.node(), fleet.api());
+    let alice = login(node, "alice@example.test").await?;
     ensure!(alice == Ok(vec!["on new".into()]), "alice before the outage: {alice:?}");
     ensure!(api.get("/readyz").await?.0 == 200);
 
@@ -70,9 +70,9 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
     let message = body["error"].as_str().unwrap_or_default();
     ensure!(code == 503 && message.contains("mapping store unavailable"), "a write without the store: {code} {body}");
     // Cached: still routed where the store said. Uncached: a temporary failure, not legacy.
-    let alice = login(&node, "alice@example.test").await?;
+    let alice = login(node, "alice@example.test").await?;
     ensure!(alice == Ok(vec!["on new".into()]), "alice during the outage: {alice:?}");
-    let carol = login(&node, "carol@example.test").await?;
+    let carol = login(node, "carol@example.test").await?;
     ensure!(carol.as_ref().is_err_and(|t| t.contains("NO [UNAVAILABLE]")), "carol during the outage: {carol:?}");
 
     pg.restart()?;
@@ -84,9 +84,9 @@ async fn a_store_outage_is_a_temporary_failure_and_heals_by_itself() -> Result<(
     .await?;
     let (code, body) = api.put("/mappings/bob@example.test", json!({"destination": "new"})).await?;
     ensure!(code == 200 && body["nodes"][0]["result"] == "applied", "a write after the outage: {code} {body}");
-    let bob = login(&node, "bob@example.test").await?;
+    let bob = login(node, "bob@example.test").await?;
     ensure!(bob == Ok(vec!["on new".into()]), "bob after the outage: {bob:?}");
-    let carol = login(&node, "carol@example.test").await?;
+    let carol = login(node, "carol@example.test").await?;
     ensure!(carol == Ok(vec!["on legacy".into()]), "carol (unmapped) after the outage: {carol:?}");
     Ok(())
 }

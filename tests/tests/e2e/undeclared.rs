@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use switchyard_tests::fleet::{
-    controlplane_toml_store, destination_toml, listener_toml, postgres_mapping, Api, ControlPlane, Node, NODE_TOKEN,
-};
+use switchyard_tests::config::MappingStore;
+use switchyard_tests::fleet::{Api, ControlPlane, Fleet, Node};
 use switchyard_tests::postgres::Postgres;
 use switchyard_tests::{
     eventually, inbox_subjects, python_lmtp_send, python_pop3, require_or_skip, ClientTls, Dovecot, SieveClient,
@@ -83,21 +82,17 @@ async fn a_mapping_to_a_destination_the_control_plane_does_not_declare_is_a_temp
     for (user, _) in USERS {
         legacy.deliver(user, "on legacy")?;
     }
-    let endpoints = [
-        ("imap", legacy.imap_port()),
-        ("pop3", legacy.pop3_port()),
-        ("managesieve", legacy.sieve_port()),
-        ("lmtp", legacy.lmtp_port()),
-    ];
-    let cp = ControlPlane::start_destinations(&destination_toml("legacy", &endpoints, ""), "legacy").await?;
-    let listeners = listener_toml("imap", "imap", "")
-        + &listener_toml("pop3", "pop3", "")
-        + &listener_toml("sieve", "managesieve", "")
-        + &listener_toml("lmtp", "lmtp", "");
-    let node = Node::start_listeners("dp-1", &[cp.endpoint()], Some(NODE_TOKEN), &listeners).await?;
-    node.until_ready().await?;
+    let fleet = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap", "pop3", "managesieve", "lmtp"])
+        .listener("imap", "imap")
+        .listener("pop3", "pop3")
+        .listener("sieve", "managesieve")
+        .listener("lmtp", "lmtp")
+        .start()
+        .await?;
+    let (cp, node) = (&fleet.cp, fleet.node());
     // Unmapped: the default. The answer is now in dp-1's route cache.
-    assert_eq!(imap(&node, "imap", ALICE).await?, "on legacy");
+    assert_eq!(imap(node, "imap", ALICE).await?, "on legacy");
 
     // The store names `ghost`, which this control plane does not declare (a bulk import run
     // with another config, a replica with more destinations): the PUT refuses it...
@@ -106,7 +101,7 @@ async fn a_mapping_to_a_destination_the_control_plane_does_not_declare_is_a_temp
     // ...so it is written into the store directly. The feed pushes it to dp-1.
     let revision = cp.open_store().await?.put(ALICE, "ghost").await?;
     applied(&cp.api(), &["dp-1"], revision).await?;
-    let pushed = every_protocol(&node, ALICE).await?;
+    let pushed = every_protocol(node, ALICE).await?;
 
     // The API shows what the store says, and that it is not declared here.
     let (code, shown) = cp.api().get(&format!("/mappings/{ALICE}")).await?;
@@ -116,7 +111,7 @@ async fn a_mapping_to_a_destination_the_control_plane_does_not_declare_is_a_temp
     // Uncached: dp-1 asks the control plane's Resolve, which must not answer the default either.
     let (code, dropped) = cp.api().post(&format!("/cache/invalidate?identifier={ALICE}")).await?;
     ensure!(code == 200 && dropped["nodes"][0]["result"] == "applied", "{dropped}");
-    let resolved = every_protocol(&node, ALICE).await?;
+    let resolved = every_protocol(node, ALICE).await?;
 
     assert_eq!(pushed, temporary_failures(ALICE), "pushed route to an undeclared destination");
     assert_eq!(resolved, temporary_failures(ALICE), "Resolve of a mapping to an undeclared destination");
@@ -126,7 +121,7 @@ async fn a_mapping_to_a_destination_the_control_plane_does_not_declare_is_a_temp
     let subjects = inbox_subjects(legacy.imap_addr(), ALICE, "pw").await?;
     assert_eq!(subjects, Ok(vec!["on legacy".to_string()]), "mail for alice written to the default server");
     // Only an account with no mapping at all goes to the default.
-    assert_eq!(imap(&node, "imap", BOB).await?, "on legacy");
+    assert_eq!(imap(node, "imap", BOB).await?, "on legacy");
     Ok(())
 }
 
@@ -155,23 +150,20 @@ async fn replicas() -> Result<Replicas> {
     }
     let pg = Postgres::start()?;
     let url = pg.fresh_database("undeclared")?;
-    let legacy_table = destination_toml("legacy", &[("imap", legacy.imap_port())], "");
-    let both = legacy_table.clone() + &destination_toml("new", &[("imap", new.imap_port())], "");
-    let config_a = controlplane_toml_store(&postgres_mapping(&url), &both, "legacy");
-    let config_b = controlplane_toml_store(&postgres_mapping(&url), &legacy_table, "legacy");
-    let [a, b]: [ControlPlane; 2] = ControlPlane::start_replicas(vec![config_a, config_b])
-        .await?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("two replicas"))?;
-    let nodes = [
-        Node::start("dp-1", &[a.endpoint(), b.endpoint()], Some(NODE_TOKEN)).await?,
-        Node::start("dp-2", &[b.endpoint(), a.endpoint()], Some(NODE_TOKEN)).await?,
-    ];
-    connected_here(&a.api(), &["dp-1"]).await?;
-    connected_here(&b.api(), &["dp-2"]).await?;
-    for node in &nodes {
-        node.until_ready().await?;
-    }
+    // A declares legacy and new, B only legacy; dp-1 lists [A, B], dp-2 lists [B, A].
+    let Fleet { cp: a, replicas, nodes } = Fleet::builder()
+        .dovecot("legacy", &legacy, &["imap"])
+        .dovecot("new", &new, &["imap"])
+        .store(MappingStore::Postgres(url))
+        .replica_declaring(&["legacy"])
+        .node_on("dp-1", &[0, 1])
+        .node_on("dp-2", &[1, 0])
+        .start()
+        .await?;
+    let ([b], nodes): ([ControlPlane; 1], [Node; 2]) = (
+        replicas.try_into().map_err(|_| anyhow::anyhow!("two replicas"))?,
+        nodes.try_into().map_err(|_| anyhow::anyhow!("two nodes"))?,
+    );
     Ok(Replicas { a, b, nodes, _legacy: legacy, _new: new, _pg: pg })
 }
 
