@@ -119,3 +119,27 @@ async fn an_unusable_path_is_unavailable() {
     let err = SqliteStore::open(&blocker.join("mappings.db")).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
 }
+
+/// Replicas started together on one fresh database file: every one of them opens it (the
+/// switch to WAL and the schema set-up take locks the others must wait for) and they all
+/// see one epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_opening_one_fresh_file_together_all_open_it() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        let opens = (0..6).map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { SqliteStore::open(&path).await })
+        });
+        let mut epochs = Vec::new();
+        for open in futures::future::join_all(opens).await {
+            match open.unwrap() {
+                Ok(store) => epochs.push(store.epoch().to_string()),
+                Err(e) => panic!("round {round}: a replica could not open the shared file: {e}"),
+            }
+        }
+        epochs.dedup();
+        assert_eq!(epochs.len(), 1, "round {round}: one epoch for every replica: {epochs:?}");
+    }
+}
