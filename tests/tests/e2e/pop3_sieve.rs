@@ -4,16 +4,14 @@
 //! scripts written through the proxy are looked up on each server directly.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use base64::Engine;
 use switchyard_tests::fleet::Fleet;
-use switchyard_tests::{require_or_skip, Dovecot};
+use switchyard_tests::{require_or_skip, run_client, Dovecot};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::Command;
 
 const USERS: &[(&str, &str)] = &[("alice@example.test", "alicepw"), ("bob@example.test", "bobpw")];
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,29 +59,14 @@ except Exception as err:
     sys.exit(1)
 "#;
 
-/// Runs a client program; async so the in-process node keeps serving meanwhile.
-async fn run(program: &str, args: &[&str]) -> Result<(bool, String)> {
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("running {program}"))?;
-    let out = tokio::time::timeout(IO_TIMEOUT * 2, child.wait_with_output()).await.context("client timed out")??;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr);
-    Ok((out.status.success(), text))
-}
-
 async fn poplib(addr: SocketAddr, user: &str, pass: &str) -> Result<(bool, String)> {
-    run("python3", &["-c", POPLIB, &addr.port().to_string(), user, pass]).await
+    run_client("python3", ["-c", POPLIB, &addr.port().to_string(), user, pass]).await
 }
 
 /// curl's POP3 client: it authenticates with SASL when CAPA offers it.
 async fn curl_pop3(addr: SocketAddr, path: &str, user: &str, pass: &str) -> Result<(bool, String)> {
     let url = format!("pop3://{addr}/{path}");
-    run("curl", &["-sS", "--max-time", "20", &url, "--user", &format!("{user}:{pass}")]).await
+    run_client("curl", ["-sS", "--max-time", "20", &url, "--user", &format!("{user}:{pass}")]).await
 }
 
 /// A line-oriented client for hand-written POP3 and ManageSieve conversations.

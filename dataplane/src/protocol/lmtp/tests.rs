@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenerConfig, Protocol};
 use crate::node::Node;
-use crate::route::{Resolved, Resolver, RouteError};
+use crate::protocol::testing::Table;
 use crate::session::SessionCtx;
 use crate::settings::FleetSettings;
 use crate::tls::TlsAcceptor;
@@ -29,22 +28,7 @@ mod tls;
 const OTHER_SERVER: &str = "451 4.4.1 Recipient belongs to another server; try again in a separate transaction\r\n";
 const UNROUTABLE: &str = "451 4.4.1 Recipient's server temporarily unavailable, try again later\r\n";
 
-/// bob → `new`, everyone else → `legacy` (the default); `None`: the control plane is down.
-struct Table(Option<HashMap<String, String>>);
-
-impl Resolver for Table {
-    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Resolved, RouteError>> {
-        let answer = match &self.0 {
-            None => Err(RouteError::Unavailable("control plane down".into())),
-            Some(t) => Ok(match t.get(&key) {
-                Some(d) => Resolved { destination: d.clone(), mapped: true },
-                None => Resolved { destination: "legacy".into(), mapped: false },
-            }),
-        };
-        async move { answer }.boxed()
-    }
-}
-
+/// bob → `new`, everyone else → `legacy` (the default), through the shared test resolver.
 fn bob_on_new() -> Option<HashMap<String, String>> {
     Some(HashMap::from([("bob@example.test".to_string(), "new".to_string())]))
 }
